@@ -1,0 +1,223 @@
+"""The ``osapi`` command line: the argparse tree and the one error funnel.
+
+``main(argv, env)`` is the only place where a failure becomes a message and an
+exit status (httpie's shape): commands raise ``osapi.errors.OsapiError`` (or let a
+``ConfigError`` rise from configuration) and never call ``sys.exit``. An
+``Environment`` carries stdin/stdout/stderr and the process environment so tests
+can run the CLI in-process and read what it printed.
+
+Each command group lives in its own module with ``register(subparsers)``; the
+modules import their heavy dependencies inside the handlers so that
+``osapi client …`` and ``--version`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TextIO
+
+from osapi import __version__
+from osapi.errors import ExitStatus, OsapiError, UsageError
+
+# One module per command group, in the order of `osapi --help`.
+COMMAND_MODULES = (
+    "osapi.cli.tokens",
+)
+
+log = logging.getLogger("osapi.cli")
+
+
+@dataclass
+class Environment:
+    """What a command may touch of the outside world."""
+
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    @property
+    def stdin_isatty(self) -> bool:
+        return bool(getattr(self.stdin, "isatty", lambda: False)())
+
+    @property
+    def stdout_isatty(self) -> bool:
+        return bool(getattr(self.stdout, "isatty", lambda: False)())
+
+
+class Context:
+    """Handed to every command: parsed args, the environment, lazily loaded config."""
+
+    def __init__(self, args: argparse.Namespace, env: Environment):
+        self.args = args
+        self.env = env
+        self._config = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from osapi import config
+
+            self._config = config.load(self.args.osapi_file, self.env.environ)
+            if self._config.debug and not self.args.debug:
+                from osapi import logs
+
+                self.args.debug = True  # `debug: true` in the file means the same as -d
+                logs.setup(debug=True, json_lines=self.json, stream=self.env.stderr)
+        return self._config
+
+    @property
+    def json(self) -> bool:
+        return bool(self.args.json)
+
+    def print(self, text: str = "") -> None:
+        self.env.stdout.write(text + "\n")
+
+    def print_json(self, data: Any) -> None:
+        from osapi.cli.output import dump_json
+
+        self.env.stdout.write(dump_json(data) + "\n")
+
+    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+        """``--json``: the data exactly; otherwise ``human(data)``."""
+        if self.json:
+            self.print_json(data)
+        else:
+            self.print(human(data))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` instead of exiting, so main() owns exits."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            self._print_message(message, sys.stderr)
+        raise _Exit(status)
+
+
+class _Exit(Exception):
+    def __init__(self, status: int):
+        self.status = status
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """The flags every (sub)command takes, before or after its name.
+
+    Defaults are SUPPRESS so a value given at one level is not overwritten by the
+    default of another; ``_finish_globals`` fills in the real defaults.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("global options")
+    group.add_argument("-f", "--osapi-file", metavar="PATH", default=argparse.SUPPRESS,
+                       help="configuration file (default: ./osapi.yaml, then /etc/osapi/osapi.yaml)")
+    group.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging, and tracebacks on errors")
+    group.add_argument("-j", "--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print the API response body as JSON; log as JSON lines")
+    return parent
+
+
+GLOBAL_FLAGS = _global_flags()
+
+
+def add_parser(subparsers, name: str, help: str, **kwargs) -> ArgumentParser:
+    """A subcommand that also takes the global flags."""
+    kwargs.setdefault("description", help)
+    return subparsers.add_parser(name, help=help, parents=[GLOBAL_FLAGS], **kwargs)
+
+
+def add_group(subparsers, name: str, help: str) -> Any:
+    """A command group: a subcommand with its own subcommands; bare use prints its help."""
+    parser = add_parser(subparsers, name, help)
+    parser.set_defaults(func=lambda ctx, p=parser: _group_help(ctx, p))
+    return parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+
+
+def _group_help(ctx: Context, parser: argparse.ArgumentParser) -> int:
+    ctx.env.stderr.write(parser.format_help())
+    return ExitStatus.USAGE
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="osapi",
+        description="A REST API for Linux hosts: every operation is a job on NATS JetStream, "
+        "run by workers on the target hosts.",
+        parents=[GLOBAL_FLAGS],
+        epilog="Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.set_defaults(func=None)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def _finish_globals(args: argparse.Namespace) -> None:
+    for name, default in (("osapi_file", None), ("debug", False), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+
+
+def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run one command; return the exit status. Never raises (but for SystemExit from below)."""
+    env = env or Environment()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "-d" in argv or "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except _Exit as exc:  # --help
+            return exc.status
+        _finish_globals(args)
+        debug = debug or args.debug
+        if args.version and args.func is None:
+            env.stdout.write(f"osapi {__version__}\n")
+            return ExitStatus.SUCCESS
+        if args.func is None:
+            env.stderr.write(parser.format_help())
+            return ExitStatus.USAGE
+        from osapi import logs
+
+        ctx = Context(args, env)
+        logs.setup(debug=args.debug, json_lines=args.json, stream=env.stderr)
+        status = args.func(ctx)
+        return ExitStatus.SUCCESS if status is None else int(status)
+    except OsapiError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+        env.stderr.write(f"osapi: error: {exc}\n")
+        return exc.exit_status
+    except KeyboardInterrupt:
+        env.stderr.write("osapi: interrupted\n")
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        return ExitStatus.ERROR
+    except Exception as exc:  # a bug: one line, the traceback only with -d
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+            env.stderr.write(f"osapi: internal error: {type(exc).__name__}: {exc}\n")
+        else:
+            env.stderr.write(
+                f"osapi: internal error: {type(exc).__name__}: {exc} (run with -d for the traceback)\n"
+            )
+        return ExitStatus.ERROR
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

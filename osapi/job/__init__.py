@@ -1,0 +1,1 @@
+"""The job system on NATS JetStream: operations table, store, routing, workers."""
