@@ -69,6 +69,7 @@ class Context:
 
                 self.args.debug = True  # `debug: true` in the file means the same as -d
                 logs.setup(debug=True, json_lines=self.json, stream=self.env.stderr)
+            log.debug("configuration from %s", self._config.source)
         return self._config
 
     @property

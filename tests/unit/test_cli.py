@@ -1,0 +1,140 @@
+"""CONTRACT §2: global flags anywhere, one error funnel, exit codes, logging to stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from osapi import __version__
+
+ENV = {"OSAPI_API_SERVER_SECURITY_SIGNING_KEY": "k" * 40}
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.status == 0
+    assert r.stdout == f"osapi {__version__}\n"
+
+
+def test_no_command_prints_help_and_exits_2(cli):
+    r = cli()
+    assert r.status == 2
+    assert "usage: osapi" in r.stderr and "token" in r.stderr
+
+
+def test_group_without_command_prints_its_help_and_exits_2(cli):
+    r = cli("token")
+    assert r.status == 2
+    assert "generate" in r.stderr and "validate" in r.stderr
+
+
+def test_help_exits_0(cli, capsys):
+    r = cli("token", "generate", "--help")
+    assert r.status == 0
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["token", "bogus"], ["--no-such-flag"], ["token", "generate", "-r"]])
+def test_usage_errors_exit_2_with_one_line(cli, argv):
+    r = cli(*argv)
+    assert r.status == 2
+    assert r.stderr.startswith("osapi: error: ")
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-j", "token", "generate", "-r", "read", "-u", "x"],
+        ["token", "-j", "generate", "-r", "read", "-u", "x"],
+        ["token", "generate", "-r", "read", "-u", "x", "-j"],
+        ["token", "generate", "--json", "-r", "read", "-u", "x"],
+    ],
+)
+def test_global_flags_before_or_after_the_subcommand(cli, argv):
+    r = cli(*argv, env=ENV)
+    assert r.status == 0, r.stderr
+    assert json.loads(r.stdout)["subject"] == "x"
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_osapi_file_flag_before_or_after(cli, tmp_path, position):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("api:\n  server:\n    security:\n      signing_key: " + "f" * 40 + "\n")
+    flag = ["-f", str(conf)]
+    base = ["token", "generate", "-r", "read", "-u", "x"]
+    r = cli(*(flag + base if position == "before" else base + flag))
+    assert r.status == 0, r.stderr
+    from osapi import authtoken
+
+    assert authtoken.validate(r.stdout.strip(), "f" * 40).subject == "x"
+
+
+def test_missing_config_file_exits_2(cli, tmp_path):
+    r = cli("-f", str(tmp_path / "nope.yaml"), "token", "generate", "-r", "read", "-u", "x")
+    assert r.status == 2
+    assert "nope.yaml does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_config_file_exits_2_naming_key_and_file(cli, tmp_path):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("api:\n  server:\n    port: lots\n")
+    r = cli("-f", str(conf), "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert r.status == 2
+    assert "api.server.port" in r.stderr and str(conf) in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_debug_logs_to_stderr_and_json_lines_with_json(cli):
+    r = cli("-d", "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert "DEBUG osapi.cli: configuration from built-in defaults" in r.stderr
+    assert r.stdout.count(".") == 2  # only the token on stdout
+    r = cli("-d", "--json", "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    lines = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any(entry["message"] == "configuration from built-in defaults" and entry["level"] == "debug" for entry in lines)
+
+
+def test_debug_true_in_the_file_turns_on_debug_logging(cli, tmp_path):
+    conf = tmp_path / "d.yaml"
+    conf.write_text("debug: true\n")
+    r = cli("-f", str(conf), "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert r.status == 0
+    assert f"DEBUG osapi.cli: configuration from {conf}" in r.stderr
+    r = cli("token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert "DEBUG" not in r.stderr
+
+
+def test_internal_errors_are_one_line_without_traceback(cli, monkeypatch):
+    import osapi.cli.tokens as tokens
+
+    def boom(ctx):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(tokens, "generate", boom)
+    # the parser binds the function at build time, so rebuild through main()
+    r = cli("token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert r.status == 1
+    assert "internal error: RuntimeError: kaboom" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("-d", "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert "Traceback" in r.stderr
+
+
+def test_python_dash_m_and_exit_status_in_a_real_process(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+    p = subprocess.run([sys.executable, "-m", "osapi", "--version"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == f"osapi {__version__}"
+    p = subprocess.run([sys.executable, "-m", "osapi", "token", "validate", "-t", "x"], capture_output=True,
+                       text=True, env={**env, **ENV}, timeout=60)
+    assert p.returncode == 1 and "token is not valid" in p.stderr
+
+
+def test_version_does_not_import_heavy_modules():
+    code = "import sys; from osapi.cli import main; main(['--version']); " \
+           "print(sorted(m for m in ('nats','bottle','waitress','psutil','yaml','jwt') if m in sys.modules))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().endswith("[]"), p.stdout
