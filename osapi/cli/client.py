@@ -1,0 +1,119 @@
+"""``osapi client …``: every REST API operation from the command line (CONTRACT §2).
+
+The command groups live in ``client_system``, ``client_network`` and
+``client_job``; this module registers them and holds what they share: the
+``--url`` and ``-T/--target`` options, building an ``osapi.client.ApiClient``
+from the configuration, and printing per-host results with the exit status an
+operator scripting this expects.
+
+Start-up stays light: only the standard library, ``osapi.config`` and the
+``osapi.client`` HTTP client are imported -- never nats, bottle, waitress or
+psutil.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from osapi.cli import Context, add_parser
+from osapi.errors import ExitStatus, OperationError, UsageError
+
+TARGET_HELP = (
+    "which workers run it: _any (one worker, the default), _all (every worker), "
+    "a hostname, or key:value (workers whose label key equals value or starts with value.)"
+)
+EXIT_HELP = """\
+Exit status: 0 success; 1 the operation failed (API unreachable or an API
+error, token rejected, or any targeted host failed -- the table is still
+printed, failed hosts with their error); 2 usage or configuration error."""
+
+
+def register(subparsers) -> None:
+    from osapi.cli import client_job, client_network, client_system
+
+    client = group(subparsers, "client", "talk to the osapi REST API: query and change hosts, manage jobs")
+    client_system.register(client)
+    client_network.register(client)
+    client_job.register(client)
+
+
+# ---------------------------------------------------------------- parser helpers
+
+
+def add_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", metavar="URL", default=argparse.SUPPRESS,
+                        help="the API's base URL (default: api.client.url, http://127.0.0.1:8080)")
+
+
+def group(subparsers, name: str, help: str) -> Any:
+    """A command group under ``client``: takes ``--url`` too; bare use prints its help."""
+    parser = add_parser(subparsers, name, help, epilog=EXIT_HELP)
+    add_url(parser)
+    parser.set_defaults(func=lambda ctx, p=parser: _group_help(ctx, p))
+    return parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=type(parser))
+
+
+def _group_help(ctx: Context, parser: argparse.ArgumentParser) -> int:
+    ctx.env.stderr.write(parser.format_help())
+    return ExitStatus.USAGE
+
+
+def command(subparsers, name: str, help: str, func, epilog: str = EXIT_HELP, **kwargs) -> argparse.ArgumentParser:
+    """A leaf command that takes the global flags and ``--url``."""
+    parser = add_parser(subparsers, name, help, epilog=epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    add_url(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_target(parser: argparse.ArgumentParser, default: str | None = "_any") -> None:
+    parser.add_argument("-T", "--target", "--target-hostname", dest="target", metavar="TARGET",
+                        default=default, help=TARGET_HELP)
+
+
+def positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise UsageError(f"{name} must be greater than zero, got {value:g}")
+    return value
+
+
+# ---------------------------------------------------------------- the API client
+
+
+def api(ctx: Context):
+    """An ``ApiClient`` for ``--url`` (else ``api.client.url``) with the resolved token."""
+    from osapi.client import ApiClient, check_url, resolve_token
+
+    cfg = ctx.config
+    url = getattr(ctx.args, "url", None)
+    if url is not None:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise UsageError(f"--url: {exc}") from None
+    else:
+        url = cfg.api.client.url
+    token, source = resolve_token(cfg, ctx.env.environ)
+    return ApiClient(url, token, token_source=source)
+
+
+# ---------------------------------------------------------------- output
+
+
+def show_results(ctx: Context, body: Any, op_type: str) -> None:
+    """Print a synchronous domain answer; exit 1 (after printing) when any host failed."""
+    from osapi.cli import client_format as fmt
+
+    ctx.emit(body, lambda b: fmt.domain_answer(b, op_type))
+    check_failed(fmt.domain_results(body))
+
+
+def check_failed(results: list[dict]) -> None:
+    from osapi.cli import client_format as fmt
+
+    failed = fmt.failed_hosts(results)
+    if failed:
+        names = ", ".join(sorted(str(item.get("hostname")) for item in failed))
+        raise OperationError(f"{len(failed)} of {len(results)} hosts failed: {names}")

@@ -1,0 +1,220 @@
+"""``osapi client job …``: submit, inspect, list, delete and run jobs; queue status; workers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from osapi.cli import Context
+from osapi.cli.client import EXIT_HELP, add_target, api, check_failed, command, group, positive
+from osapi.errors import OperationError, UsageError
+
+FINAL = ("completed", "failed", "partial_failure")
+STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
+
+JOB_FILE_HELP = """\
+The JSON file holds an operation, e.g.
+  {"type": "system.hostname.get", "data": {}}
+  {"type": "network.ping.do", "data": {"address": "127.0.0.1", "count": 1}}
+or a whole job body {"operation": {...}, "target_hostname": "_all"}; a
+--target-hostname flag wins over the file's target. "-" reads standard input.
+"""
+
+RUN_HELP = """\
+Submits the job, then polls GET /jobs/{id} every --poll-interval seconds until
+the job is completed, failed or partial_failure, and prints each host's result.
+Exit status 1 when the job failed, partially failed or did not finish within
+--timeout (the message says which); the job keeps running on the workers.
+"""
+
+STATUS_HELP = """\
+On a terminal the view refreshes every --poll-interval-seconds until Ctrl-C
+(which exits 0). With --once, or when stdout is not a terminal, it prints one
+snapshot and exits.
+"""
+
+
+def register(client) -> None:
+    job = group(client, "job", "submit and inspect jobs, queue status, workers")
+
+    add = command(job, "add", "submit a job; prints its id and status", add_cmd,
+                  epilog=JOB_FILE_HELP + "\n" + EXIT_HELP)
+    add.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
+    add_target(add, default=None)
+
+    get = command(job, "get", "show a job: status, hosts, results, timeline", get_cmd)
+    get.add_argument("--job-id", required=True, metavar="ID")
+
+    lst = command(job, "list", "list jobs, newest first", list_cmd)
+    lst.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    lst.add_argument("--limit", type=int, default=10, metavar="N", help="jobs per page, 1-1000 (default: 10)")
+    lst.add_argument("--offset", type=int, default=0, metavar="N", help="jobs to skip (default: 0)")
+
+    delete = command(job, "delete", "delete a job, its events and its results", delete_cmd)
+    delete.add_argument("--job-id", required=True, metavar="ID")
+
+    run = command(job, "run", "submit a job, wait for it and print each host's result", run_cmd,
+                  epilog=RUN_HELP + "\n" + JOB_FILE_HELP + "\n" + EXIT_HELP)
+    run.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
+    add_target(run, default=None)
+    run.add_argument("-t", "--timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="give up waiting after this long (default: 60)")
+    run.add_argument("-p", "--poll-interval", type=float, default=2.0, metavar="SECONDS",
+                     help="how often to ask for the job's status (default: 2)")
+
+    status = command(job, "status", "queue statistics: jobs per status and operation, dead letters", status_cmd,
+                     epilog=STATUS_HELP + "\n" + EXIT_HELP)
+    status.add_argument("--poll-interval-seconds", type=float, default=30.0, metavar="SECONDS",
+                        help="refresh interval of the live view (default: 30)")
+    status.add_argument("--once", action="store_true", help="print one snapshot and exit")
+
+    workers = group(job, "workers", "the workers registered with the job system")
+    command(workers, "list", "list registered workers: hostname, labels, version, last heartbeat", workers_cmd)
+
+
+# ---------------------------------------------------------------- the job file
+
+
+def read_job_file(ctx: Context) -> tuple[dict, str]:
+    """The operation and target from ``--json-file`` (and ``--target-hostname``)."""
+    path = ctx.args.json_file
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            text = ctx.env.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(f"--json-file {path}: cannot read it: {reason}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
+        reason = getattr(exc, "msg", str(exc))
+        raise UsageError(f"--json-file: {name} is not valid JSON{where}: {reason}") from None
+    if isinstance(data, dict) and "operation" in data:
+        operation, file_target = data["operation"], data.get("target_hostname")
+    elif isinstance(data, dict) and "type" in data:
+        operation, file_target = data, None
+    else:
+        raise UsageError(
+            f"--json-file: {name} must hold an operation object such as "
+            '{"type": "system.hostname.get", "data": {}}, or {"operation": {...}, "target_hostname": "..."}'
+        )
+    target = ctx.args.target or file_target or "_any"
+    return operation, target
+
+
+# ---------------------------------------------------------------- commands
+
+
+def add_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    operation, target = read_job_file(ctx)
+    ctx.emit(api(ctx).job_create(operation, target), fmt.job_created)
+
+
+def get_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    ctx.emit(api(ctx).job_get(ctx.args.job_id), fmt.job_detail)
+
+
+def list_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    args = ctx.args
+    body = api(ctx).job_list(args.status, args.limit, args.offset)
+    ctx.emit(body, lambda b: fmt.job_list(b, args.offset))
+
+
+def delete_cmd(ctx: Context) -> None:
+    api(ctx).job_delete(ctx.args.job_id)  # 204: no body, so --json prints nothing
+    if not ctx.json:
+        ctx.print(f"job {ctx.args.job_id} deleted")
+
+
+def run_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    args = ctx.args
+    timeout = positive("--timeout", args.timeout)
+    interval = positive("--poll-interval", args.poll_interval)
+    operation, target = read_job_file(ctx)
+    client = api(ctx)
+    created = client.job_create(operation, target)
+    job_id = created.get("job_id") if isinstance(created, dict) else None
+    if not job_id:
+        raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job_get(job_id)
+        status = job.get("status")
+        remaining = deadline - time.monotonic()
+        if status in FINAL or remaining <= 0:
+            break
+        time.sleep(min(interval, remaining))
+
+    results = fmt.job_results(job)
+    ctx.emit(job, lambda j: f"job {job_id}: {status}\n\n" + fmt.view_for(fmt.job_type(j))(results))
+    hint = f"see `osapi client job get --job-id {job_id}`"
+    if status not in FINAL:
+        raise OperationError(f"job {job_id} did not finish within {timeout:g}s (status: {status})", hint)
+    if status in ("failed", "partial_failure"):
+        failed = fmt.failed_hosts(results)
+        detail = ""
+        if failed:
+            detail = ": " + "; ".join(f"{item.get('hostname')}: {item.get('error')}" for item in failed)
+        elif job.get("error"):
+            detail = f": {job.get('error')}"
+        raise OperationError(f"job {job_id} {status.replace('_', ' ')}{detail}", hint)
+    check_failed(results)
+
+
+def status_cmd(ctx: Context) -> int:
+    from osapi.cli import client_format as fmt
+    from osapi.cli.output import dump_json
+
+    interval = positive("--poll-interval-seconds", ctx.args.poll_interval_seconds)
+    client = api(ctx)
+    if ctx.args.once or not ctx.env.stdout_isatty:
+        ctx.emit(client.job_stats(), fmt.job_stats)
+        return 0
+    return live(ctx, client, interval, lambda body: dump_json(body) if ctx.json else fmt.job_stats(body))
+
+
+def live(ctx: Context, client, interval: float, render) -> int:
+    """Redraw the queue statistics every ``interval`` seconds until Ctrl-C (exit 0).
+
+    A passing failure (API restarting, NATS away) is shown in the view and retried;
+    a rejected token is not going to get better, so it ends the command.
+    """
+    from osapi.client import ApiError
+
+    out = ctx.env.stdout
+    try:
+        while True:
+            try:
+                text = render(client.job_stats())
+            except ApiError as exc:
+                if exc.status in (401, 403):
+                    raise
+                text = f"error: {exc}"
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"osapi job status  {client.url}  {stamp}  (every {interval:g}s, Ctrl-C to quit)"
+            out.write("\x1b[H\x1b[2J" + header + "\n\n" + text + "\n")
+            out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        return 0
+
+
+def workers_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    ctx.emit(api(ctx).workers(), fmt.workers)

@@ -1,0 +1,28 @@
+"""``osapi client system …``: hostname, status, uptime, OS, disks, memory, load of hosts."""
+
+from __future__ import annotations
+
+from osapi.cli import Context
+from osapi.cli.client import add_target, api, command, group, show_results
+
+# command -> (API path segment, operation type, help)
+SYSTEM = {
+    "hostname": ("hostname", "system.hostname.get", "the host's name and the worker's labels"),
+    "status": ("status", "system.status.get", "uptime, load, memory, disks and OS in one view"),
+    "uptime": ("uptime", "system.uptime.get", "time since boot"),
+    "os": ("os", "system.os.get", "distribution and version"),
+    "disk": ("disk", "system.disk.get", "usage of the mounted filesystems"),
+    "memory": ("memory", "system.memory.get", "memory in use"),
+    "load": ("load", "system.load.get", "1, 5 and 15 minute load averages"),
+}
+
+
+def register(client) -> None:
+    system = group(client, "system", "query hosts: hostname, status, uptime, os, disk, memory, load")
+    for name, (what, op_type, help) in SYSTEM.items():
+        parser = command(system, name, help, lambda ctx, w=what, t=op_type: query(ctx, w, t))
+        add_target(parser)
+
+
+def query(ctx: Context, what: str, op_type: str) -> None:
+    show_results(ctx, api(ctx).system(what, ctx.args.target), op_type)
