@@ -27,6 +27,7 @@ from osapi.errors import ExitStatus, OsapiError, UsageError
 # One module per command group, in the order of `osapi --help`.
 COMMAND_MODULES = (
     "osapi.cli.tokens",
+    "osapi.cli.api",
     "osapi.cli.client",
 )
 

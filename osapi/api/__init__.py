@@ -1,0 +1,13 @@
+"""The REST API (CONTRACT §4): Bottle on Waitress, JWT scopes, one NATS connection.
+
+The path of a request, top to bottom:
+
+``server.py`` (Waitress, signals) -> ``app.py`` (WSGI: CORS, access log, Bottle
+routes, auth, error envelopes) -> a route module -- ``system.py`` / ``network.py``
+(generated from the operations table by ``domain.py``), ``jobs.py``,
+``health.py`` -> ``bridge.py`` (the asyncio loop holding the one NATS connection
+and the ``JobClient``) -> NATS -> workers.
+
+``routing.py`` describes routes and validates input; ``schemas.py`` and
+``openapi.py`` build the OpenAPI document from the same route objects.
+"""

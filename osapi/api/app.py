@@ -1,0 +1,224 @@
+"""The WSGI application: Bottle routes wrapped in access logging and CORS.
+
+``create_app(cfg, bridge)`` registers every ``Route`` (system, network, jobs,
+health) on a Bottle app. Each route's callback authenticates (when the route
+has a scope), builds a ``Call`` (query and body validation), runs the handler
+and turns whatever happens into JSON: a ``Reply``, an ``ApiError`` envelope, or
+-- for a bug -- a 500 envelope while the traceback goes to the log only.
+
+Around Bottle sits a thin WSGI layer that answers ``OPTIONS`` (CORS preflight),
+adds CORS headers to every answer for an allowed origin, and writes one access
+log line per request (method, path, status, duration, token subject -- never
+the token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import bottle
+
+from osapi.api import errors
+from osapi.api.auth import Authenticator
+from osapi.api.cors import CorsPolicy
+from osapi.api.errors import ApiError
+from osapi.api.routing import API_PREFIX, Call, Route
+
+log = logging.getLogger("osapi.api")
+access_log = logging.getLogger("osapi.api.access")
+
+JSON_TYPE = "application/json"
+SUBJECT_KEY = "osapi.subject"
+
+
+def all_routes() -> list[Route]:
+    """Every route the API serves, in the order of the document."""
+    from osapi.api import health, jobs, network, system
+
+    return [*system.routes(), *network.routes(), *jobs.routes(), *health.routes()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    job_timeout: float  # seconds a synchronous endpoint waits for workers
+    quiet_period: float  # broadcast fallback (CONTRACT §5.4)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        return cls(float(cfg.api.server.job_timeout), float(cfg.api.server.broadcast_quiet_period))
+
+
+class Services:
+    """What handlers share: configuration, the NATS bridge, settings, start time."""
+
+    def __init__(self, cfg, bridge, routes: list[Route]):
+        self.cfg = cfg
+        self.bridge = bridge
+        self.settings = Settings.from_config(cfg)
+        self.started = time.monotonic()
+        self._routes = routes
+        self._document: dict | None = None
+
+    def openapi(self) -> dict:
+        if self._document is None:
+            from osapi.api import openapi
+
+            self._document = openapi.build(self._routes)
+        return self._document
+
+
+def _json_bytes(body: Any) -> bytes:
+    return json.dumps(body, default=str, ensure_ascii=False).encode("utf-8")
+
+
+class Api:
+    """The WSGI callable: ``Api(cfg, bridge)(environ, start_response)``."""
+
+    def __init__(self, cfg, bridge, signing_key: str, routes: list[Route] | None = None):
+        self.routes = list(routes if routes is not None else all_routes())
+        self.services = Services(cfg, bridge, self.routes)
+        self.auth = Authenticator(signing_key)
+        self.cors = CorsPolicy(cfg.api.server.security.cors.allow_origins)
+        self.bottle = bottle.Bottle(catchall=True, autojson=False)
+        self.bottle.default_error_handler = self._bottle_error  # 404, 405, uncaught 500
+        for route in self.routes:
+            self.bottle.route(route.bottle_rule, route.method, self._endpoint(route))
+
+    # ------------------------------------------------------------ WSGI
+
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        started = time.monotonic()
+        status_seen: list[str] = []
+        extra = self.cors.headers(environ.get("HTTP_ORIGIN"))
+
+        def start(status: str, headers: list, exc_info=None):
+            status_seen.append(status)
+            return start_response(status, list(headers) + extra, exc_info)
+
+        try:
+            if environ.get("REQUEST_METHOD", "").upper() == "OPTIONS":
+                return self._options(environ, start_response, status_seen)
+            return self.bottle(environ, start)
+        finally:
+            self._log_access(environ, status_seen, started)
+
+    def _log_access(self, environ: dict, status_seen: list[str], started: float) -> None:
+        status = status_seen[-1].split(" ", 1)[0] if status_seen else "-"
+        access_log.info("request", extra={"fields": {
+            "method": environ.get("REQUEST_METHOD", "-"),
+            "path": environ.get("PATH_INFO", "") or "/",
+            "status": int(status) if status.isdigit() else status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "subject": environ.get(SUBJECT_KEY) or "-",
+            "remote": environ.get("REMOTE_ADDR", "-"),
+        }})
+
+    def _options(self, environ: dict, start_response: Callable, status_seen: list[str]) -> list[bytes]:
+        """``OPTIONS``: 204 with ``Allow`` (and the CORS preflight headers for an allowed origin)."""
+        methods = self._methods_for(environ)
+        if not methods:
+            return self._raw_error(environ, start_response, status_seen, errors.not_found(
+                "not found", f"no route {environ.get('PATH_INFO', '')}; see {API_PREFIX}/openapi.json"))
+        allow = sorted(set(methods) | {"OPTIONS"})
+        headers = [("Allow", ", ".join(allow)), ("Content-Length", "0")]
+        headers += self.cors.preflight_headers(environ.get("HTTP_ORIGIN"), methods)
+        status_seen.append("204 No Content")
+        start_response("204 No Content", headers)
+        return []
+
+    def _methods_for(self, environ: dict) -> list[str]:
+        probe = dict(environ, REQUEST_METHOD="OPTIONS")
+        try:
+            probe["PATH_INFO"] = probe.get("PATH_INFO", "").encode("latin1").decode("utf8")
+        except UnicodeError:
+            return []
+        try:
+            self.bottle.router.match(probe)
+        except bottle.HTTPError as exc:
+            if exc.status_code == 405:
+                return [m.strip() for m in exc.get_header("Allow", "").split(",") if m.strip()]
+        return []
+
+    def _raw_error(self, environ, start_response, status_seen, err: ApiError) -> list[bytes]:
+        body = _json_bytes(err.body())
+        status = errors.status_line(err.status)
+        status_seen.append(status)
+        headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))]
+        headers += self.cors.headers(environ.get("HTTP_ORIGIN"))
+        start_response(status, headers + list(err.headers.items()))
+        return [body]
+
+    # ------------------------------------------------------------ routes
+
+    def _endpoint(self, route: Route) -> Callable:
+        def callback(**path_args):
+            environ = bottle.request.environ
+            try:
+                claims = None
+                if route.scope is not None:
+                    claims = self.auth.claims(environ.get("HTTP_AUTHORIZATION"))
+                    environ[SUBJECT_KEY] = claims.subject
+                    self.auth.require(claims, route.scope)
+                reply = route.handler(Call(route, environ, path_args, claims, self.services))
+                return self._response(reply.status, reply.body, reply.headers)
+            except Exception as exc:  # every failure becomes an envelope, here
+                return self._error_response(self._to_api_error(exc, route))
+
+        callback.__name__ = route.operation_id or route.path
+        return callback
+
+    def _to_api_error(self, exc: Exception, route: Route) -> ApiError:
+        err = errors.from_exception(exc)
+        if err is None:
+            log.error("%s %s: unexpected %s", route.method, route.full_path, type(exc).__name__, exc_info=exc)
+            return ApiError(500, "internal error", "the server failed to answer this request; its log has the cause")
+        if err.status >= 500:
+            log.warning("%s %s: %d %s: %s", route.method, route.full_path, err.status, err.error, err.details)
+        return err
+
+    @staticmethod
+    def _response(status: int, body: Any, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
+        out_headers = {"Cache-Control": "no-store"}
+        out_headers.update(headers or {})
+        if body is None or status == 204:
+            return bottle.HTTPResponse(body=b"", status=status, headers=out_headers)
+        out_headers["Content-Type"] = JSON_TYPE
+        return bottle.HTTPResponse(body=_json_bytes(body), status=status, headers=out_headers)
+
+    def _error_response(self, err: ApiError) -> bottle.HTTPResponse:
+        return self._response(err.status, err.body(), err.headers)
+
+    def _bottle_error(self, exc: bottle.HTTPError) -> bytes:
+        """Bottle's own errors (no route, wrong method, a handler that escaped) as envelopes."""
+        request = bottle.request
+        code = exc.status_code
+        if code == 404:
+            err = errors.not_found("not found",
+                                   f"no route {request.method} {request.path}; see {API_PREFIX}/openapi.json")
+        elif code == 405:
+            allow = exc.get_header("Allow", "")
+            pretty = ", ".join(m.strip() for m in allow.split(",") if m.strip())
+            bottle.response.set_header("Allow", pretty)
+            err = ApiError(405, "method not allowed", f"{request.path} accepts {pretty}; got {request.method}")
+        elif code >= 500:
+            if exc.exception is not None:
+                log.error("unhandled error on %s %s: %s", request.method, request.path, exc.exception,
+                          exc_info=exc.exception)
+            err = ApiError(code, "internal error", "the server failed to answer this request; its log has the cause")
+        else:
+            err = ApiError(code, str(exc.status_line).split(" ", 1)[-1].lower(), str(exc.body or ""))
+        bottle.response.content_type = JSON_TYPE
+        return _json_bytes(err.body())
+
+
+def create_app(cfg, bridge, signing_key: str | None = None) -> Api:
+    """The API for ``cfg``; the signing key comes from the configuration unless given."""
+    if signing_key is None:
+        from osapi import config
+
+        signing_key = config.signing_key(cfg)
+    return Api(cfg, bridge, signing_key)

@@ -1,0 +1,180 @@
+"""The API's one NATS connection: an asyncio loop in a background thread.
+
+Waitress runs handlers in ordinary threads; nats-py is asyncio. The bridge owns
+one event loop in a daemon thread, connects once (``osapi.job.connection``),
+sets up the stream and buckets (``JobClient.setup``) and keeps the
+``JobClient``. A handler hands it a coroutine with ``call`` and waits for the
+answer with a bound -- no connection per request.
+
+NATS may be down when the API starts: the bridge keeps trying in the background
+(with a growing pause, at most ``RETRY_MAX`` seconds) and, until it succeeds,
+``call`` answers 503 at once. Once connected, nats-py reconnects by itself; while
+it is disconnected ``call`` answers 503 too instead of letting requests pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Any, Awaitable, Callable
+
+from osapi import config as configuration
+from osapi.api.errors import ApiError, unavailable
+
+log = logging.getLogger("osapi.api.nats")
+
+RETRY_MIN = 0.5
+RETRY_MAX = 5.0
+CONNECTION_NAME = "osapi-api"
+
+
+class NatsBridge:
+    def __init__(self, cfg, name: str = CONNECTION_NAME):
+        self.cfg = cfg
+        self.name = name
+        self.urls = configuration.nats_urls(cfg)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="nats-bridge", daemon=True)
+        self._connector: concurrent.futures.Future | None = None
+        self.nc = None
+        self.client = None  # osapi.job.client.JobClient once set up
+        self.last_error: str | None = "not connected yet"
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> "NatsBridge":
+        self._thread.start()
+        self._connector = asyncio.run_coroutine_threadsafe(self._connect_forever(), self.loop)
+        return self
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _connect_forever(self) -> None:
+        from osapi.job.client import JobClient
+        from osapi.job.connection import connect
+
+        pause = RETRY_MIN
+        attempt = 0
+        while not self._stopping:
+            attempt += 1
+            try:
+                if self.nc is None or self.nc.is_closed:
+                    self.nc = await connect(self.cfg, self.name)
+                client = JobClient(self.nc, self.cfg)
+                await client.setup()
+                self.client = client
+                self.last_error = None
+                log.info("connected to NATS at %s", ", ".join(self.urls),
+                         extra={"fields": {"attempts": attempt}})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving (503) and keep trying
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                level = logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG
+                log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
+                        ", ".join(self.urls), self.last_error, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """True once the job client is ready (for tests and start-up logs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected:
+                return True
+            time.sleep(0.02)
+        return self.connected
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain the connection and stop the loop (bounded)."""
+        self._stopping = True
+        if not self._thread.is_alive():
+            return
+        if self._connector is not None:
+            self._connector.cancel()
+
+        async def shutdown() -> None:
+            nc = self.nc
+            if nc is not None and not nc.is_closed:
+                try:
+                    await asyncio.wait_for(nc.drain(), timeout)
+                except Exception:  # already gone or slow: close hard
+                    try:
+                        await nc.close()
+                    except Exception:
+                        pass
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout + 1)
+        except Exception as exc:
+            log.debug("NATS shutdown: %s", exc)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def connected(self) -> bool:
+        nc = self.nc
+        return self.client is not None and nc is not None and nc.is_connected
+
+    def problem(self) -> str:
+        """Why the bridge cannot serve right now, for 503 details and health."""
+        where = ", ".join(self.urls)
+        if self.client is None:
+            return f"cannot reach NATS at {where}: {self.last_error or 'connecting'}; is nats-server running?"
+        nc = self.nc
+        if nc is not None and nc.is_reconnecting:
+            return f"lost the connection to NATS at {where}; reconnecting"
+        if nc is not None and nc.is_closed:
+            return f"the connection to NATS at {where} is closed"
+        return f"not connected to NATS at {where}"
+
+    @property
+    def connected_url(self) -> str | None:
+        nc = self.nc
+        url = getattr(nc, "connected_url", None) if nc is not None else None
+        if url is None:
+            return None
+        # never the credentials
+        return f"{url.scheme}://{url.hostname}:{url.port}"
+
+    # ------------------------------------------------------------ calls
+
+    def call(self, work: Callable[[Any], Awaitable[Any]], timeout: float,
+             on_timeout: ApiError | None = None) -> Any:
+        """Run ``work(job_client)`` on the loop and wait at most ``timeout`` seconds.
+
+        503 when not connected; ``on_timeout`` (default 503) when the bound passes.
+        Exceptions from ``work`` propagate to the caller unchanged.
+        """
+        client = self.client
+        if client is None or not self.connected:
+            raise unavailable(self.problem())
+        future = asyncio.run_coroutine_threadsafe(work(client), self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise on_timeout or unavailable(
+                f"NATS at {', '.join(self.urls)} did not answer within {timeout:g}s"
+            ) from None
+
+    def call_raw(self, work: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
+        """Like ``call`` but hands ``work`` the NATS connection (health checks)."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            raise unavailable(self.problem())
+        future = asyncio.run_coroutine_threadsafe(work(nc), self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise unavailable(f"NATS at {', '.join(self.urls)} did not answer within {timeout:g}s") from None

@@ -1,0 +1,140 @@
+"""Synchronous domain endpoints, generated from the operations table.
+
+An ``OperationRoute`` says which operation type a method + path runs and where
+the operation's data comes from (path parameters, and for PUT/POST the JSON
+body). ``routes()`` turns a list of them into ordinary ``Route``s whose handler
+validates the data with the operation's own validator
+(``osapi.job.operations``), checks the target, submits the job and waits for
+the workers with ``JobClient.run`` -- the API never runs a provider itself.
+Adding an endpoint for a new operation is one ``OperationRoute`` line.
+
+``target_hostname`` is a query parameter on every domain route; PUT and POST
+also accept it as a body field (give it in one place: both, differing, is 400).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+from osapi.api import schemas
+from osapi.api.errors import ApiError, bad_request
+from osapi.api.routing import TARGET_PARAM, Call, InvalidValue, Reply, Response, Route, parse_target
+from osapi.job import operations
+
+SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
+
+
+@dataclass(frozen=True)
+class OperationRoute:
+    method: str
+    path: str
+    op_type: str
+    summary: str
+    tag: str
+    scope: str = "read"
+    status: int = 200
+    # ok result item -> what the endpoint returns for it (e.g. add status: ok)
+    shape_result: Callable[[dict], dict] | None = None
+    result_extra: dict | None = None  # extra properties in the documented ok item
+
+
+def mark_ok(item: dict) -> dict:
+    """Modify endpoints report ``status: ok|failed`` per host."""
+    if item.get("status") != "failed":
+        item = {"hostname": item.get("hostname"), "status": "ok", **{k: v for k, v in item.items() if k != "hostname"}}
+    return item
+
+
+def build_routes(specs: list[OperationRoute]) -> list[Route]:
+    return [_route(spec) for spec in specs]
+
+
+def _route(spec: OperationRoute) -> Route:
+    op = operations.get(spec.op_type)
+    has_body = spec.method in ("PUT", "POST")
+    path_fields = [p for p in _path_fields(spec.path)]
+
+    def handler(call: Call) -> Reply:
+        return _run(call, spec, op, has_body)
+
+    body_schema = None
+    if has_body:
+        body_schema = copy.deepcopy(op.data_schema)
+        body_schema.setdefault("properties", {})
+        for name in path_fields:
+            body_schema["properties"].pop(name, None)
+        body_schema["properties"]["target_hostname"] = {
+            "type": "string",
+            "description": "alternative to the query parameter of the same name",
+        }
+        body_schema["additionalProperties"] = False
+    return Route(
+        method=spec.method,
+        path=spec.path,
+        handler=handler,
+        summary=spec.summary,
+        tag=spec.tag,
+        scope=spec.scope,
+        query=(TARGET_PARAM,),
+        body=body_schema,
+        body_description=f"the data of `{op.type}`" + (
+            "; `target_hostname` may be given here instead of in the query" if has_body else ""),
+        responses={
+            spec.status: Response(
+                f"one result per responding worker (`{op.type}`)",
+                schemas.sync_result(op.result_schema, spec.result_extra),
+            ),
+            **schemas.error_responses(400, 401, 403, 503, 504),
+        },
+        description=f"Runs the `{op.type}` job ({op.kind}) on the target and waits for its workers: {op.summary}.",
+        operation_id=op.type.replace(".", "_"),
+    )
+
+
+def _path_fields(path: str) -> list[str]:
+    import re
+
+    return re.findall(r"\{(\w+)\}", path)
+
+
+def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
+    data: dict = dict(call.path)
+    target = call.query["target_hostname"]
+    target_in_query = "target_hostname" in call.given
+    if has_body:
+        body = dict(call.body_object())
+        if "target_hostname" in body:
+            value = body.pop("target_hostname")
+            if not isinstance(value, str):
+                raise bad_request("invalid field target_hostname", "target_hostname must be a string")
+            try:
+                value = parse_target(value)
+            except InvalidValue as exc:
+                raise bad_request("invalid field target_hostname", f"target_hostname {exc}") from None
+            if target_in_query and value != target:
+                raise bad_request("conflicting target_hostname",
+                                  f"the query says {target!r} and the body {value!r}; give it once")
+            target = value
+        for name in data:
+            if name in body:
+                raise bad_request(f"unexpected field {name} in the request body",
+                                  f"{name} is part of the path")
+        data.update(body)
+    try:
+        data = op.check(data)
+    except operations.InvalidData as exc:
+        raise bad_request(f"invalid data for {op.type}", str(exc)) from None
+
+    settings = call.services.settings
+    result = call.services.bridge.call(
+        lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period),
+        settings.job_timeout + SYNC_MARGIN,
+        on_timeout=ApiError(504, "no worker answered in time",
+                            f"no answer for {op.type} on {target!r} within {settings.job_timeout:g}s"),
+    )
+    results = list(result.get("results") or [])
+    if spec.shape_result is not None:
+        results = [spec.shape_result(dict(item)) for item in results]
+    return Reply(spec.status, {"job_id": result.get("job_id"), "results": results})

@@ -1,0 +1,104 @@
+"""The error envelope (CONTRACT §4.2) and how failures become HTTP statuses.
+
+Every 4xx/5xx the API sends is ``{"error": …, "details": …, "code": <status>}``:
+``error`` says what went wrong in a few words, ``details`` says which value
+and, where it helps, what to do. Handlers raise ``ApiError``; failures from the
+job system are translated in one place (``from_exception``) so that a status
+code means the same thing on every route. Nothing here ever puts a traceback
+into a response.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+# Statuses a handler may answer with, and the reason phrase waitress does not know.
+REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class ApiError(Exception):
+    """An answer that is an error: status, a short ``error`` and optional ``details``."""
+
+    def __init__(self, status: int, error: str, details: str | None = None,
+                 headers: dict[str, str] | None = None, extra: dict | None = None):
+        super().__init__(f"{status} {error}: {details}" if details else f"{status} {error}")
+        self.status = int(status)
+        self.error = error
+        self.details = details
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict:
+        return envelope(self.status, self.error, self.details, self.extra)
+
+
+def envelope(status: int, error: str, details: str | None = None, extra: dict | None = None) -> dict:
+    """The error body. ``details`` is always present (empty string when there is none)."""
+    body = {"error": error, "details": details or "", "code": int(status)}
+    if extra:
+        body.update(extra)
+    return body
+
+
+def envelope_bytes(status: int, error: str, details: str | None = None) -> bytes:
+    return json.dumps(envelope(status, error, details)).encode("utf-8")
+
+
+def status_line(status: int) -> str:
+    return f"{status} {REASONS.get(status, 'Unknown')}"
+
+
+# ---------------------------------------------------------------- shortcuts
+
+
+def bad_request(error: str, details: str | None = None) -> ApiError:
+    return ApiError(400, error, details)
+
+
+def not_found(error: str, details: str | None = None) -> ApiError:
+    return ApiError(404, error, details)
+
+
+def unavailable(details: str) -> ApiError:
+    return ApiError(503, "NATS is not reachable", details)
+
+
+# ---------------------------------------------------------------- translation
+
+
+def from_exception(exc: BaseException) -> ApiError | None:
+    """The ``ApiError`` for an expected failure of the job system or NATS, else None.
+
+    None means "a bug": the caller answers 500 and logs the traceback.
+    """
+    if isinstance(exc, ApiError):
+        return exc
+    from osapi.job import errors as job_errors
+
+    if isinstance(exc, job_errors.InvalidJob):
+        return ApiError(400, "invalid job", str(exc))
+    if isinstance(exc, job_errors.JobNotFound):
+        return ApiError(404, "job not found", str(exc))
+    if isinstance(exc, job_errors.NatsUnavailable):
+        return ApiError(503, "NATS is not reachable", str(exc))
+    if isinstance(exc, job_errors.JobTimeout):
+        job_id = getattr(exc, "job_id", None)
+        extra = {"job_id": job_id} if job_id else None
+        details = str(exc) or "no worker answered in time"
+        if job_id and job_id not in details:
+            details += f" (job {job_id} stays queued; see GET /api/v1/jobs/{job_id})"
+        return ApiError(504, "no worker answered in time", details, extra=extra)
+    if _is_nats_error(exc):
+        text = str(exc) or type(exc).__name__
+        return ApiError(503, "NATS is not reachable", f"{type(exc).__name__}: {text}")
+    return None
+
+
+def _is_nats_error(exc: BaseException) -> bool:
+    """Errors of nats-py (connection lost, JetStream unavailable, request timeouts)."""
+    try:
+        import nats.errors
+    except ImportError:  # pragma: no cover - nats is a dependency
+        return False
+    return isinstance(exc, nats.errors.Error)

@@ -1,0 +1,135 @@
+"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, delete, statistics.
+
+POST /jobs checks the operation type, its data and the target before anything
+reaches NATS, so a refused request (400) never leaves a job behind.
+"""
+
+from __future__ import annotations
+
+import re
+
+from osapi.api import schemas
+from osapi.api.errors import bad_request
+from osapi.api.routing import (
+    API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
+    parse_choice, parse_int, parse_target,
+)
+from osapi.job import operations
+
+TAG = "jobs"
+QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+JOB_ID_PARAM_DOC = "the job's id (a UUID)"
+
+
+def _job_id(call: Call) -> str:
+    job_id = call.path["job_id"]
+    if not JOB_ID_RE.match(job_id):
+        raise bad_request("invalid job_id", f"a job id is a UUID such as 3f2b…; got {job_id[:80]!r}")
+    return job_id
+
+
+def create(call: Call) -> Reply:
+    body = call.body_object()
+    check_fields(body, {"operation", "target_hostname"})
+    operation = body.get("operation")
+    if operation is None:
+        raise bad_request("missing field operation", 'operation is required: {"type": …, "data": {…}}')
+    if not isinstance(operation, dict):
+        raise bad_request("invalid field operation", f"operation must be an object, got {json_type(operation)}")
+    check_fields(operation, {"type", "data"}, "operation")
+    if "type" not in operation:
+        raise bad_request("missing field operation.type", f"known types: {', '.join(operations.OPERATIONS)}")
+    try:
+        op = operations.get(operation["type"])
+    except operations.InvalidData as exc:
+        raise bad_request("invalid field operation.type", str(exc)) from None
+    data = operation.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise bad_request("invalid field operation.data", f"operation.data must be an object, got {json_type(data)}")
+    try:
+        data = op.check(data)
+    except operations.InvalidData as exc:
+        raise bad_request("invalid field operation.data", f"{op.type}: {exc}") from None
+    target = body.get("target_hostname", "_any")
+    if not isinstance(target, str):
+        raise bad_request("invalid field target_hostname", f"target_hostname must be a string, got {json_type(target)}")
+    try:
+        target = parse_target(target)
+    except InvalidValue as exc:
+        raise bad_request("invalid field target_hostname", f"target_hostname {exc}") from None
+
+    job = call.services.bridge.call(
+        lambda client: client.create({"type": op.type, "data": data}, target), QUEUE_TIMEOUT
+    )
+    return Reply(201, job, {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"})
+
+
+def list_jobs(call: Call) -> Reply:
+    q = call.query
+    page = call.services.bridge.call(
+        lambda client: client.list(status=q["status"], limit=q["limit"], offset=q["offset"]), QUEUE_TIMEOUT
+    )
+    return Reply(200, page)
+
+
+def get(call: Call) -> Reply:
+    job_id = _job_id(call)
+    return Reply(200, call.services.bridge.call(lambda client: client.get(job_id), QUEUE_TIMEOUT))
+
+
+def delete(call: Call) -> Reply:
+    job_id = _job_id(call)
+    call.services.bridge.call(lambda client: client.delete(job_id), QUEUE_TIMEOUT)
+    return Reply(204, None)
+
+
+def status(call: Call) -> Reply:
+    return Reply(200, call.services.bridge.call(lambda client: client.stats(), QUEUE_TIMEOUT))
+
+
+def workers(call: Call) -> Reply:
+    return Reply(200, call.services.bridge.call(lambda client: client.workers(), QUEUE_TIMEOUT))
+
+
+_err = schemas.error_responses
+
+
+def routes() -> list[Route]:
+    return [
+        Route("POST", "/jobs", create, "submit a job (asynchronous)", TAG, "write",
+              body=schemas.JOB_REQUEST,
+              body_description="the operation and where it runs; unknown fields are refused",
+              responses={201: Response("the job is stored and announced", schemas.JOB_CREATED),
+                         **_err(400, 401, 403, 413, 503)},
+              operation_id="jobs_create"),
+        Route("GET", "/jobs", list_jobs, "list jobs, newest first", TAG, "read",
+              query=(
+                  Param("status", {"type": "string", "enum": list(schemas.JOB_STATUSES)},
+                        "only jobs in this status", parse_choice(*schemas.JOB_STATUSES), None),
+                  Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                        f"page size, 1 to {MAX_LIMIT}", parse_int(1, MAX_LIMIT), DEFAULT_LIMIT),
+                  Param("offset", {"type": "integer", "minimum": 0, "default": 0},
+                        "jobs to skip", parse_int(0), 0),
+              ),
+              responses={200: Response("one page of jobs", schemas.JOB_LIST), **_err(400, 401, 403, 503)},
+              operation_id="jobs_list"),
+        Route("GET", "/jobs/status", status, "queue statistics", TAG, "read",
+              responses={200: Response("counts by status and operation", schemas.QUEUE_STATS),
+                         **_err(400, 401, 403, 503)},
+              operation_id="jobs_status"),
+        Route("GET", "/jobs/workers", workers, "registered workers", TAG, "read",
+              responses={200: Response("live workers from the registry", schemas.WORKERS),
+                         **_err(400, 401, 403, 503)},
+              operation_id="jobs_workers"),
+        Route("GET", "/jobs/{job_id}", get, "one job with its responses and timeline", TAG, "read",
+              responses={200: Response("the job", schemas.ref("Job")), **_err(400, 401, 403, 404, 503)},
+              operation_id="jobs_get"),
+        Route("DELETE", "/jobs/{job_id}", delete, "delete a job, its events and responses", TAG, "write",
+              responses={204: Response("deleted"), **_err(400, 401, 403, 404, 503)},
+              operation_id="jobs_delete"),
+    ]

@@ -1,0 +1,158 @@
+"""The OpenAPI 3.1 document, built from the routes (and so from the operations table).
+
+``build()`` walks the same ``Route`` objects the app registers, so the document
+lists exactly the served routes with their parameters, bodies, responses
+(including the error envelope) and the bearer security scheme. The repository
+keeps the result in ``osapi/api/openapi.yaml`` for readers and client
+generators; a test keeps that file equal to ``build()``. Regenerate it with::
+
+    python -m osapi.api.openapi > osapi/api/openapi.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+from osapi import __version__
+from osapi.api import schemas
+from osapi.api.routing import Param, Response, Route
+
+DESCRIPTION = """\
+A REST API for Linux hosts. Every domain operation runs as a job on NATS JetStream and is
+executed by the workers on the target hosts.
+
+* Authentication: `Authorization: Bearer <JWT>` (HS256, created with `osapi token generate`).
+  Roles map to scopes: admin = read, write, admin; write = read, write; read = read.
+  GET needs `read`, POST/PUT/DELETE need `write`. No token, an invalid or expired one: 401
+  with `WWW-Authenticate: Bearer`; a valid token without the scope: 403.
+* Errors: every 4xx/5xx body is `{"error", "details", "code"}`, including unknown paths (404)
+  and wrong methods (405, with an `Allow` header).
+* Synchronous domain endpoints answer `{job_id, results}`, one item per responding worker;
+  a worker that failed appears as `{hostname, status: "failed", error}`. No worker within
+  `api.server.job_timeout`: 504. NATS unreachable: 503.
+* Targets (`target_hostname`): `_any`, `_all`, `key:value` (label prefix match) or a hostname.
+  On PUT/POST domain endpoints it may also be a body field.
+* Input: query parameters a route does not declare are refused (400); the body is parsed as
+  JSON whatever its Content-Type; bodies over 1 MiB are refused (413).
+"""
+
+
+def build(routes: list[Route] | None = None) -> dict:
+    if routes is None:
+        from osapi.api.app import all_routes
+
+        routes = all_routes()
+    paths: dict = {}
+    for route in routes:
+        paths.setdefault(route.full_path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "osapi",
+            "version": __version__,
+            "description": DESCRIPTION,
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "servers": [{"url": "/", "description": "this server"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": t} for t in _tags(routes)],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT with claims sub, roles, iat, exp (required), iss=osapi",
+                }
+            },
+            "schemas": copy.deepcopy(schemas.COMPONENTS),
+        },
+    }
+
+
+def _tags(routes: list[Route]) -> list[str]:
+    seen: list[str] = []
+    for route in routes:
+        if route.tag not in seen:
+            seen.append(route.tag)
+    return seen
+
+
+def _operation(route: Route) -> dict:
+    op: dict = {
+        "operationId": route.operation_id or f"{route.method.lower()}_{route.full_path.strip('/').replace('/', '_')}",
+        "summary": route.summary,
+        "tags": [route.tag],
+    }
+    if route.description:
+        op["description"] = route.description
+    if route.scope is None:
+        op["security"] = []
+    else:
+        op["x-required-scope"] = route.scope
+        op["description"] = (op.get("description", "") + f" Needs the `{route.scope}` scope.").strip()
+    params = [_path_param(name) for name in route.path_params] + [_query_param(p) for p in route.query]
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "description": route.body_description or "a JSON object",
+            "content": {"application/json": {"schema": copy.deepcopy(route.body)}},
+        }
+    op["responses"] = {str(code): _response(code, resp) for code, resp in sorted(_responses(route).items())}
+    return op
+
+
+def _responses(route: Route) -> dict[int, Response]:
+    """The route's own responses plus those every route of its kind can give."""
+    common = [400, 500]
+    if route.scope is not None:
+        common += [401, 403]
+    if route.body is not None:
+        common.append(413)
+    out = dict(route.responses)
+    for code, resp in schemas.error_responses(*common).items():
+        out.setdefault(code, resp)
+    return out
+
+
+def _path_param(name: str) -> dict:
+    descriptions = {"job_id": "the job's id (a UUID)", "interface_name": "a network interface, e.g. eth0"}
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "description": descriptions.get(name, name)}
+
+
+def _query_param(param: Param) -> dict:
+    return {"name": param.name, "in": "query", "required": False,
+            "schema": copy.deepcopy(param.schema), "description": param.description}
+
+
+def _response(code: int, resp: Response) -> dict:
+    out: dict = {"description": resp.description}
+    if code == 401:
+        out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
+                                               "description": "Bearer challenge with the reason"}}
+    if resp.schema is not None:
+        out["content"] = {"application/json": {"schema": copy.deepcopy(resp.schema)}}
+    return out
+
+
+def to_yaml(document: dict) -> str:
+    import yaml
+
+    header = (
+        "# Generated by `python -m osapi.api.openapi` from the routes and the operations table.\n"
+        "# Do not edit by hand; a test keeps this file equal to what the server serves.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+
+
+def main() -> None:
+    sys.stdout.write(to_yaml(build()))
+
+
+if __name__ == "__main__":
+    main()

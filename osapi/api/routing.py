@@ -1,0 +1,306 @@
+"""What a route is, and what its handler gets and gives back.
+
+Every endpoint is one ``Route``: method, path (OpenAPI form, ``/jobs/{job_id}``),
+the scope it needs, its query parameters, its body schema and its responses. The
+app registers routes from this description and the OpenAPI document is built
+from the very same objects, so the two cannot drift apart.
+
+A handler is ``fn(call: Call) -> Reply``. ``Call`` gives it the already
+validated path and query values and reads the JSON body on demand (bounded to
+``MAX_BODY`` bytes); every bad input raises ``ApiError`` 400 or 413 naming the
+field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from osapi.api.errors import ApiError, bad_request
+
+API_PREFIX = "/api/v1"
+MAX_BODY = 1024 * 1024  # bytes; larger bodies are refused with 413
+MAX_JSON_DEPTH = 32
+
+TARGET_DESCRIPTION = (
+    "where the job runs: `_any` (one worker, load-balanced), `_all` (every worker), "
+    "`key:value` (every worker whose label `key` equals `value` or starts with `value.`), "
+    "anything else is a hostname"
+)
+
+
+class InvalidValue(ValueError):
+    """A parser refused a value; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter: how it is parsed and how the document describes it."""
+
+    name: str
+    schema: dict
+    description: str
+    parse: Callable[[str], Any] = str
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Response:
+    description: str
+    schema: dict | None = None  # None: no body
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # OpenAPI form, relative to ``prefix``
+    handler: Callable[["Call"], "Reply"]
+    summary: str
+    tag: str
+    scope: str | None  # None: no token needed
+    prefix: str = API_PREFIX
+    query: tuple[Param, ...] = ()
+    body: dict | None = None  # JSON schema of the request body
+    body_description: str = ""
+    responses: dict[int, Response] = field(default_factory=dict)
+    description: str = ""
+    operation_id: str = ""
+
+    @property
+    def full_path(self) -> str:
+        return self.prefix + self.path
+
+    @property
+    def bottle_rule(self) -> str:
+        return re.sub(r"\{(\w+)\}", r"<\1>", self.full_path)
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.path)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # JSON-able, or None for no body
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def parse_int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,9}", text.strip()):
+            raise InvalidValue(f"must be a whole number{_range(lo, hi)}, got {text!r}")
+        value = int(text)
+        if value < lo or (hi is not None and value > hi):
+            raise InvalidValue(f"must be{_range(lo, hi)}, got {value}")
+        return value
+
+    return parse
+
+
+def _range(lo: int, hi: int | None) -> str:
+    return f" from {lo} to {hi}" if hi is not None else f" of at least {lo}"
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise InvalidValue(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def parse_target(text: str) -> str:
+    """A target as CONTRACT §4.3 defines it, checked by the job system's own parser."""
+    from osapi.job import errors as job_errors
+    from osapi.job import subjects
+
+    if not text:
+        raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
+    try:
+        subjects.parse_target(text)
+    except job_errors.InvalidJob as exc:
+        raise InvalidValue(str(exc)) from None
+    return text
+
+
+TARGET_PARAM = Param(
+    "target_hostname",
+    {"type": "string", "default": "_any"},
+    TARGET_DESCRIPTION,
+    parse_target,
+    "_any",
+)
+
+
+# ---------------------------------------------------------------- the call
+
+
+class Call:
+    """One request as a handler sees it."""
+
+    def __init__(self, route: Route, environ: dict, path_args: dict, claims, services):
+        self.route = route
+        self.environ = environ
+        self.path = path_args
+        self.claims = claims
+        self.services = services
+        self.given: frozenset[str] = frozenset()  # query parameters the client gave
+        self.query = self._parse_query()
+        self._body: Any = _UNREAD
+
+    # -- query
+
+    def _parse_query(self) -> dict[str, Any]:
+        from urllib.parse import parse_qsl
+
+        raw = self.environ.get("QUERY_STRING", "")
+        try:
+            pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False,
+                              encoding="utf-8", errors="strict", max_num_fields=50)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request("invalid query string", str(exc)) from None
+        known = {p.name: p for p in self.route.query}
+        values: dict[str, Any] = {}
+        for name, text in pairs:
+            param = known.get(name)
+            if param is None:
+                accepted = ", ".join(known) or "none"
+                raise bad_request(f"unknown query parameter {name}",
+                                  f"{self.route.method} {self.route.full_path} accepts: {accepted}")
+            if name in values:
+                raise bad_request(f"invalid query parameter {name}", "given more than once")
+            try:
+                values[name] = param.parse(text)
+            except InvalidValue as exc:
+                raise bad_request(f"invalid query parameter {name}", f"{name} {exc}") from None
+        self.given = frozenset(values)
+        for param in self.route.query:
+            values.setdefault(param.name, param.default)
+        return values
+
+    # -- body
+
+    def body(self) -> Any:
+        """The parsed JSON body (read once, at most ``MAX_BODY`` bytes)."""
+        if self._body is _UNREAD:
+            self._body = parse_json(read_body(self.environ))
+        return self._body
+
+    def body_object(self) -> dict:
+        body = self.body()
+        if body is None:
+            raise bad_request("request body is required", "send a JSON object")
+        if not isinstance(body, dict):
+            raise bad_request("invalid request body", f"must be a JSON object, got {_json_type(body)}")
+        return body
+
+    @property
+    def subject(self) -> str | None:
+        return self.claims.subject if self.claims is not None else None
+
+
+_UNREAD = object()
+
+
+def read_body(environ: dict) -> bytes:
+    """The request body, refusing more than ``MAX_BODY`` bytes with 413.
+
+    Waitress already refuses larger bodies before the app runs; this is the
+    second line for any other WSGI server and for lying ``Content-Length``s.
+    """
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    if raw_length.strip():
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise bad_request("invalid Content-Length header", f"got {raw_length!r}") from None
+        if length < 0:
+            raise bad_request("invalid Content-Length header", f"got {raw_length!r}")
+    else:
+        length = 0
+    if length > MAX_BODY:
+        raise too_large(length)
+    if length == 0:
+        return b""
+    stream = environ["wsgi.input"]
+    data = stream.read(min(length, MAX_BODY + 1))
+    if len(data) > MAX_BODY:
+        raise too_large(len(data))
+    return data
+
+
+def too_large(size: int) -> ApiError:
+    return ApiError(413, "request body too large",
+                    f"the body has {size} bytes; the limit is {MAX_BODY} bytes (1 MiB)")
+
+
+def parse_json(data: bytes) -> Any:
+    """The body as JSON; None for an empty body; 400 naming the problem otherwise."""
+    if not data.strip():
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request("malformed JSON body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise bad_request("malformed JSON body", f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise bad_request("malformed JSON body", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except InvalidValue as exc:
+        raise bad_request("malformed JSON body", str(exc)) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise bad_request("malformed JSON body", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidValue(f"{name} is not valid JSON")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def json_type(value: Any) -> str:
+    return _json_type(value)
+
+
+def check_fields(body: dict, allowed: set[str], where: str = "request body") -> None:
+    """400 naming the first field the schema does not know."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]} in the {where}",
+                          f"allowed fields: {', '.join(sorted(allowed)) or 'none'}")
+
+
+def unexpected(exc: BaseException) -> ApiError:
+    return ApiError(500, "internal error", "the server failed to answer; see its log")

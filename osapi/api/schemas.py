@@ -1,0 +1,199 @@
+"""JSON Schemas of the API's bodies, shared by the routes and the OpenAPI document.
+
+Operation data and results come from the operations table; this module adds
+what the API wraps around them: the error envelope, the synchronous
+``{job_id, results}`` answer, the job object and the queue statistics. The
+document is OpenAPI 3.1, so these are plain JSON Schema (2020-12) and tests
+validate real responses against them with ``jsonschema``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from osapi.api.errors import REASONS
+
+REF = "#/components/schemas/"
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
+NULLABLE_STR = {"type": ["string", "null"]}
+JOB_STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
+
+
+def ref(name: str) -> dict:
+    return {"$ref": REF + name}
+
+
+def obj(props: dict, required: list[str] | None = None, additional=None) -> dict:
+    schema: dict = {"type": "object", "properties": props}
+    schema["required"] = list(props) if required is None else required
+    if additional is not None:
+        schema["additionalProperties"] = additional
+    return schema
+
+
+ERROR = obj(
+    {
+        "error": {"type": "string", "description": "what went wrong, in a few words"},
+        "details": {"type": "string", "description": "which value, and what to do; may be empty"},
+        "code": {"type": "integer", "description": "the HTTP status, repeated"},
+        "job_id": {"type": "string", "description": "504 only: the job that stays queued"},
+    },
+    ["error", "details", "code"],
+)
+
+FAILED_ITEM = obj(
+    {
+        "hostname": STR,
+        "status": {"type": "string", "const": "failed"},
+        "error": STR,
+    },
+    ["hostname", "status", "error"],
+)
+
+JOB = obj(
+    {
+        "id": STR,
+        "status": {"type": "string", "enum": list(JOB_STATUSES)},
+        "created": TIME,
+        "updated_at": TIME,
+        "target_hostname": STR,
+        "operation": obj({"type": STR, "data": {"type": "object"}}, ["type", "data"]),
+        "hostname": {"type": ["string", "null"], "description": "the (first) host that answered"},
+        "result": {"description": "the (first) host's result data, or null"},
+        "error": {"type": ["string", "null"]},
+        "responses": {
+            "type": "object",
+            "additionalProperties": obj(
+                {"status": STR, "data": {}, "error": NULLABLE_STR}, ["status"]
+            ),
+        },
+        "worker_states": {
+            "type": "object",
+            "additionalProperties": obj(
+                {"status": STR, "error": NULLABLE_STR, "duration": {"type": ["number", "string", "null"]}},
+                ["status"],
+            ),
+        },
+        "timeline": {
+            "type": "array",
+            "items": obj({"timestamp": TIME, "event": STR, "hostname": NULLABLE_STR}, ["timestamp", "event"]),
+        },
+    },
+    [
+        "id", "status", "created", "updated_at", "target_hostname", "operation",
+        "hostname", "result", "error", "responses", "worker_states", "timeline",
+    ],
+)
+
+JOB_LIST = obj({"total_items": INT, "items": {"type": "array", "items": ref("Job")}})
+
+JOB_CREATED = obj(
+    {
+        "job_id": STR,
+        "status": {"type": "string", "const": "submitted"},
+        "revision": INT,
+        "timestamp": TIME,
+    }
+)
+
+JOB_REQUEST = obj(
+    {
+        "operation": obj(
+            {
+                "type": {"type": "string", "description": "an operation type, e.g. system.hostname.get"},
+                "data": {"type": "object", "description": "the operation's data; default {}"},
+            },
+            ["type"],
+            additional=False,
+        ),
+        "target_hostname": {"type": "string", "default": "_any"},
+    },
+    ["operation"],
+    additional=False,
+)
+
+COUNTS = {"type": "object", "additionalProperties": INT}
+QUEUE_STATS = obj(
+    {
+        "total_jobs": INT,
+        "status_counts": COUNTS,
+        "operation_counts": COUNTS,
+        "dlq_count": INT,
+    }
+)
+
+WORKER = obj(
+    {
+        "hostname": STR,
+        "labels": {"type": "object", "additionalProperties": STR},
+        "version": STR,
+        "started_at": TIME,
+        "last_seen": TIME,
+    }
+)
+WORKERS = obj({"total": INT, "workers": {"type": "array", "items": WORKER}})
+
+VERSION = obj({"version": STR})
+HEALTH = obj({"status": {"type": "string", "const": "ok"}})
+READY = obj(
+    {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "error": {"type": "string", "description": "not_ready only: why"},
+    },
+    ["status"],
+)
+COMPONENT = obj(
+    {"status": {"type": "string", "enum": ["ok", "error"]}, "error": STR, "url": STR, "bucket": STR},
+    ["status"],
+)
+HEALTH_STATUS = obj(
+    {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "version": STR,
+        "uptime_seconds": NUM,
+        "components": obj({"nats": COMPONENT, "kv": COMPONENT}),
+        "jobs": {"oneOf": [QUEUE_STATS, {"type": "null"}], "description": "null when NATS cannot tell"},
+    }
+)
+
+COMPONENTS = {
+    "Error": ERROR,
+    "FailedResult": FAILED_ITEM,
+    "Job": JOB,
+}
+
+
+def sync_result(result_schema: dict, extra: dict | None = None) -> dict:
+    """``{job_id, results: [ok item | failed item]}`` for one operation's result schema."""
+    item = copy.deepcopy(result_schema) or {"type": "object", "properties": {}}
+    item.setdefault("type", "object")
+    props = {"hostname": STR, **item.get("properties", {}), **(extra or {})}
+    item["properties"] = props
+    item["required"] = ["hostname", *[r for r in item.get("required", []) if r != "hostname"]]
+    return obj(
+        {
+            "job_id": STR,
+            "results": {"type": "array", "items": {"anyOf": [item, ref("FailedResult")]}},
+        }
+    )
+
+
+ERROR_DESCRIPTIONS = {
+    400: "bad input: malformed JSON, a missing or invalid field, query parameter or target",
+    401: "no token, or an invalid one (see the WWW-Authenticate header and details)",
+    403: "the token lacks the scope this endpoint needs",
+    404: "no such job",
+    413: "the body is larger than 1 MiB",
+    503: "NATS is not reachable",
+    504: "no worker answered within api.server.job_timeout",
+}
+
+
+def error_responses(*codes: int) -> dict:
+    from osapi.api.routing import Response
+
+    return {code: Response(ERROR_DESCRIPTIONS.get(code, REASONS.get(code, "error")), ref("Error")) for code in codes}

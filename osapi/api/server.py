@@ -1,0 +1,163 @@
+"""Serving the API with Waitress, in the foreground, until SIGTERM or SIGINT.
+
+``ApiServer`` binds first (so a taken port fails fast with exit 2 and nothing
+else started), then starts the NATS bridge, then serves. Waitress refuses
+bodies over 1 MiB itself (``max_request_body_size``) and its own errors --
+413, a malformed HTTP request -- are sent in the API's JSON envelope, not as
+Waitress's plain text. SIGTERM/SIGINT stop accepting, let running requests
+finish (bounded), drain NATS and return normally (exit 0).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import signal
+import threading
+
+from osapi.api.errors import envelope
+from osapi.api.routing import MAX_BODY
+from osapi.errors import ConfigError
+
+log = logging.getLogger("osapi.api")
+
+THREADS = 8  # concurrent requests; a synchronous endpoint holds one for up to job_timeout
+CHANNEL_TIMEOUT = 120  # seconds an idle connection stays open
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the signal handler to leave the serving loop."""
+
+
+def _json_error_task():
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        """Waitress's own errors (413, 400 for broken HTTP, 431) in the API's envelope."""
+
+        def execute(self):
+            err = self.request.error
+            body = json.dumps(envelope(err.code, err.reason.lower(), str(err.body))).encode("utf-8")
+            self.status = f"{err.code} {err.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+            log.info("request", extra={"fields": {"status": err.code, "error": err.reason, "detail": str(err.body)}})
+
+    return JsonErrorTask
+
+
+def _json_channel():
+    from waitress.channel import HTTPChannel
+
+    class JsonChannel(HTTPChannel):
+        error_task_class = _json_error_task()
+
+    return JsonChannel
+
+
+class ApiServer:
+    """One API process: Waitress + the NATS bridge."""
+
+    def __init__(self, cfg, threads: int = THREADS):
+        from waitress import create_server
+        from waitress.server import BaseWSGIServer
+
+        from osapi import config
+        from osapi.api.app import create_app
+        from osapi.api.bridge import NatsBridge
+
+        self.cfg = cfg
+        key = config.signing_key(cfg)  # ConfigError (exit 2) before anything else starts
+        self.bridge = NatsBridge(cfg)
+        self.app = create_app(cfg, self.bridge, key)
+        host, port = cfg.api.server.host, cfg.api.server.port
+        try:
+            self.server = create_server(
+                self.app,
+                host=host,
+                port=port,
+                threads=threads,
+                ident="osapi",
+                max_request_body_size=MAX_BODY + 1,  # waitress refuses at >= this size
+                channel_timeout=CHANNEL_TIMEOUT,
+                clear_untrusted_proxy_headers=True,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {_reason(exc)}",
+                _hint(exc),
+            ) from None
+        channel = _json_channel()
+        for dispatcher in list(self.server_map().values()):
+            if isinstance(dispatcher, BaseWSGIServer):
+                dispatcher.channel_class = channel
+
+    def server_map(self) -> dict:
+        return getattr(self.server, "map", None) or getattr(self.server, "_map", {})
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        listen = getattr(self.server, "effective_listen", None)
+        if listen:
+            return [(h, int(p)) for h, p in listen]
+        return [(self.server.effective_host, int(self.server.effective_port))]
+
+    def urls(self) -> list[str]:
+        return [f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p in self.addresses]
+
+    def serve(self) -> None:
+        """Serve until SIGTERM/SIGINT (main thread) and shut down cleanly."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        self.bridge.start()
+        log.info("API listening on %s", ", ".join(self.urls()),
+                 extra={"fields": {"nats": ", ".join(self.bridge.urls), "threads": self.server.adj.threads}})
+        try:
+            self.server.run()
+        except _Stop:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.shutdown()
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        raise _Stop()
+
+    def shutdown(self) -> None:
+        """Stop accepting, finish running requests (bounded), drain NATS."""
+        try:
+            self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        except Exception as exc:
+            log.debug("waitress shutdown: %s", exc)
+        for dispatcher in list(self.server_map().values()):
+            try:
+                dispatcher.close()
+            except Exception:
+                pass
+        self.bridge.close()
+        log.info("API stopped")
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not available on this host"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _hint(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "stop the other process, or choose another port with api.server.port / OSAPI_API_SERVER_PORT"
+    if exc.errno == errno.EACCES:
+        return "ports below 1024 need root; choose another api.server.port"
+    return "check api.server.host and api.server.port"

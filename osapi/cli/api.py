@@ -1,0 +1,22 @@
+"""``osapi api server start``: run the REST API in the foreground."""
+
+from __future__ import annotations
+
+from osapi.cli import Context, add_group, add_parser
+
+
+def register(subparsers) -> None:
+    api = add_group(subparsers, "api", "the REST API server")
+    server = add_group(api, "server", "run the REST API server")
+    start = add_parser(
+        server, "start",
+        "serve the REST API (foreground) on api.server.host:api.server.port until SIGTERM/SIGINT",
+    )
+    start.set_defaults(func=start_server)
+
+
+def start_server(ctx: Context) -> int:
+    from osapi.api.server import ApiServer
+
+    ApiServer(ctx.config).serve()
+    return 0
