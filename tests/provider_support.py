@@ -1,0 +1,122 @@
+"""Helpers for the provider tests: run code as an unprivileged user, or inside a
+private mount namespace where bind mounts stay invisible to the host.
+
+Both start a fresh Python subprocess that prints one JSON line; the tests read it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra or {})
+    return env
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: float = 60, prefix: list[str] | None = None):
+    """Run ``code`` in a new interpreter; ``(returncode, parsed last stdout line or None, stderr)``."""
+    proc = subprocess.run(
+        [*(prefix or []), sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=_env(env), stdin=subprocess.DEVNULL,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    return proc.returncode, result, proc.stderr
+
+
+def run_as_nobody(code: str, preload: list[str], **kwargs):
+    """Run ``code`` as uid/gid 65534 with no supplementary groups.
+
+    The interpreter starts as root and drops privileges itself after importing
+    ``preload``: the test interpreter may live under /root, which nobody cannot read.
+    """
+    imports = "".join(f"import {m}\n" for m in ["json", "os", "sys", *preload])
+    drop = f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
+    return run_python(imports + drop + textwrap.dedent(code), **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def unshare_reason() -> str | None:
+    """None when private mount namespaces work here, else why not (for skip messages)."""
+    if os.geteuid() != 0:
+        return "needs root for unshare --mount and bind mounts"
+    exe = shutil.which("unshare")
+    if exe is None:
+        return "unshare (util-linux) is not installed"
+    try:
+        probe = subprocess.run([exe, "--mount", "--propagation", "private", "true"],
+                               capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare does not run: {exc}"
+    if probe.returncode != 0:
+        return f"unshare --mount is not permitted here: {probe.stderr.strip()}"
+    return None
+
+
+def run_in_mount_namespace(code: str, binds: list[tuple[str, str]] = (), **kwargs):
+    """Run ``code`` in a private mount namespace after ``mount --bind src dst`` for each pair.
+
+    The bind mounts exist only inside that namespace and vanish with it.
+    """
+    mounts = "".join(
+        f"subprocess.run(['mount', '--bind', {src!r}, {dst!r}], check=True)\n" for src, dst in binds
+    )
+    prelude = "import json, os, subprocess, sys\n" + mounts
+    return run_python(prelude + textwrap.dedent(code),
+                      prefix=[shutil.which("unshare") or "unshare", "--mount", "--propagation", "private"],
+                      **kwargs)
+
+
+def ipv6_loopback_reason() -> str | None:
+    """None when ::1 is usable, else why not."""
+    import socket
+
+    if not socket.has_ipv6:
+        return "Python was built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"no IPv6 loopback (::1) on this host: {exc}"
+    return None
+
+
+def check_result(op_type: str, result: dict) -> dict:
+    """``result`` matches the operations table's result schema exactly: the same
+    field names at every level (nothing missing, nothing extra) and the types."""
+    import jsonschema
+
+    from osapi.job import operations
+
+    schema = operations.get(op_type).result_schema
+    jsonschema.validate(result, schema)
+
+    def same_fields(value, node, where):
+        if node.get("type") == "object" and "properties" in node:
+            assert set(value) == set(node["properties"]), f"{where}: fields {sorted(value)}"
+            for key, sub in node["properties"].items():
+                same_fields(value[key], sub, f"{where}.{key}")
+        elif node.get("type") == "array" and isinstance(node.get("items"), dict):
+            for i, item in enumerate(value):
+                same_fields(item, node["items"], f"{where}[{i}]")
+
+    same_fields(result, schema, op_type)
+    return result
