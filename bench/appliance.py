@@ -1,0 +1,335 @@
+"""A real osapi appliance on loopback, started and stopped by pid.
+
+Two ways to run it, reported in results.md:
+
+* ``pyz``: ``python3 build_pyz.py`` builds ``osapi.pyz``, then
+  ``python3 osapi.pyz supervise --workers N`` runs nats, api and worker(s) with a
+  private state dir and free ports: exactly what an operator runs.
+* ``source``: the same three programs started one by one from the source tree
+  (``python -m osapi nats server start`` is replaced by nats-server with the
+  configuration ``osapi.natsd.render_config`` writes, as the test harness does),
+  used while the pyz/supervise are not there yet, or with ``--source``.
+
+Extra worker processes with their own hostnames (the broadcast benchmark) are
+started with ``add_workers`` and pointed at the appliance's NATS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NotAvailable(RuntimeError):
+    """A part of osapi the benchmark needs has not landed (message says which)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"pid {proc.pid} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def osapi_commands() -> set[str]:
+    """The top-level commands ``python -m osapi --help`` lists (to know what has landed)."""
+    out = subprocess.run([sys.executable, "-m", "osapi", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    words = set()
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and line.startswith("    ") and not line.startswith("     "):
+            words.add(parts[0])
+    return words
+
+
+def pyz_available() -> bool:
+    return (REPO / "build_pyz.py").is_file() and "supervise" in osapi_commands()
+
+
+_PYZ_CACHE: dict[str, Path] = {}
+
+
+def build_pyz(outdir: Path, python3: str) -> Path:
+    """``python3 build_pyz.py -o outdir/osapi.pyz`` once per bench run."""
+    key = str(outdir)
+    if key in _PYZ_CACHE and _PYZ_CACHE[key].is_file():
+        return _PYZ_CACHE[key]
+    target = outdir / "osapi.pyz"
+    outdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "-o", str(target)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not target.is_file():
+        raise NotAvailable(f"build_pyz.py failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    _PYZ_CACHE[key] = target
+    return target
+
+
+class Appliance:
+    """nats + api + N workers of one host, on free loopback ports, in ``workdir``."""
+
+    def __init__(self, workdir: Path, *, mode: str = "source", workers: int = 1, python3: str = "python3",
+                 pyz: Path | None = None, api: bool = True, hostname: str = "bench-host",
+                 extra_env: dict | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        self.workers = workers
+        self.python3 = python3
+        self.pyz = pyz
+        self.with_api = api
+        self.hostname = hostname
+        self.extra_env = dict(extra_env or {})
+        self.api_port = free_port()
+        self.nats_port = free_port()
+        self.state_dir = self.workdir / "state"
+        self.procs: list[subprocess.Popen] = []   # every process started, stopped in reverse
+        self.root: subprocess.Popen | None = None  # supervise (pyz mode)
+        self.api_proc: subprocess.Popen | None = None
+        self.nats_proc: subprocess.Popen | None = None
+        self.worker_procs: list[subprocess.Popen] = []
+        self.token = ""
+        self.nats_token = ""
+        self.signing_key = ""
+
+    # ------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def env(self, **more: str) -> dict:
+        """The environment an osapi process of this appliance runs with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+        env.update({
+            "OSAPI_SUPERVISE_STATE_DIR": str(self.state_dir),
+            "OSAPI_API_SERVER_PORT": str(self.api_port),
+            "OSAPI_API_CLIENT_URL": self.url,
+            "OSAPI_NATS_SERVER_PORT": str(self.nats_port),
+            "OSAPI_JOB_WORKER_HOSTNAME": self.hostname,
+        })
+        if self.mode == "source":
+            env.update({
+                "OSAPI_NATS_URL": self.nats_url,
+                "OSAPI_NATS_TOKEN": self.nats_token,
+                "OSAPI_API_SERVER_SECURITY_SIGNING_KEY": self.signing_key,
+                "OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN": self.token,
+            })
+        env.update(self.extra_env)
+        env.update(more)
+        return env
+
+    def _log(self, name: str):
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        return open(self.workdir / "logs" / f"{name}.log", "ab")
+
+    def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
+        with self._log(name) as log:
+            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def osapi_argv(self, *args: str) -> list[str]:
+        if self.mode == "pyz":
+            return [self.python3, str(self.pyz), *args]
+        return [sys.executable, "-m", "osapi", *args]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 60.0) -> "Appliance":
+        try:
+            if self.mode == "pyz":
+                self._start_pyz(timeout)
+            else:
+                self._start_source(timeout)
+            if self.with_api:
+                self.wait_ready(timeout)
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_source(self, timeout: float) -> None:
+        from osapi import authtoken, natsd
+
+        self.nats_token = secrets.token_hex(16)
+        self.signing_key = secrets.token_hex(32)
+        self.token = authtoken.generate(self.signing_key, ["admin"], "bench", 7 * 86400)
+        conf = self.workdir / "nats.conf"
+        conf.write_text(natsd.render_config(host="127.0.0.1", port=self.nats_port,
+                                            store_dir=self.workdir / "jetstream", token=self.nats_token))
+        self.nats_proc = self._spawn("nats", [str(natsd.find_binary()), "-c", str(conf)], dict(os.environ))
+        wait_for_port(self.nats_port, timeout, self.nats_proc)
+        if self.with_api:
+            self.api_proc = self._spawn("api", self.osapi_argv("api", "server", "start"), self.env())
+        for i in range(self.workers):
+            self.worker_procs.append(self._spawn(f"worker-{i}", self.osapi_argv("job", "worker", "start"), self.env()))
+        if self.with_api:
+            wait_for_port(self.api_port, timeout, self.api_proc)
+
+    def _start_pyz(self, timeout: float) -> None:
+        self.root = self._spawn("supervise", self.osapi_argv("supervise", "--workers", str(self.workers)),
+                                self.env())
+        secrets_dir = self.state_dir / "secrets"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.root.poll() is not None:
+                raise RuntimeError(f"supervise exited with {self.root.returncode}; see {self.workdir}/logs")
+            if (secrets_dir / "admin.token").is_file() and (secrets_dir / "nats.token").is_file():
+                break
+            time.sleep(0.05)
+        self.token = (secrets_dir / "admin.token").read_text().strip()
+        self.nats_token = (secrets_dir / "nats.token").read_text().strip()
+        self.signing_key = (secrets_dir / "signing_key").read_text().strip()
+        wait_for_port(self.nats_port, timeout, self.root)
+        if self.with_api:
+            wait_for_port(self.api_port, timeout, self.root)
+
+    def wait_ready(self, timeout: float) -> None:
+        """/health/ready answers 200 and the workers are in the registry."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                status, body = self.request("GET", "/health/ready")
+                if status == 200:
+                    break
+                last = f"{status} {body}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(f"{self.url}/health/ready not 200 within {timeout}s: {last}")
+        if self.workers:
+            self.wait_workers({self.hostname}, deadline - time.monotonic())
+
+    def wait_workers(self, hostnames: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + max(timeout, 1.0)
+        seen: set[str] = set()
+        while time.monotonic() < deadline:
+            status, body = self.request("GET", "/api/v1/jobs/workers")
+            if status == 200:
+                seen = {w.get("hostname") for w in body.get("workers", [])}
+                if hostnames <= seen:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"workers {sorted(hostnames - seen)} not registered within {timeout:.0f}s")
+
+    def add_workers(self, hostnames: list[str]) -> list[subprocess.Popen]:
+        """One more worker process per hostname, on this appliance's NATS."""
+        env = self.env()
+        if self.mode == "pyz":
+            env.update({"OSAPI_NATS_URL": self.nats_url, "OSAPI_NATS_TOKEN": self.nats_token})
+        procs = []
+        for name in hostnames:
+            proc = self._spawn(f"worker-{name}", self.osapi_argv("job", "worker", "start"),
+                               dict(env, OSAPI_JOB_WORKER_HOSTNAME=name))
+            self.worker_procs.append(proc)
+            procs.append(proc)
+        return procs
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                stop(proc)
+            except Exception:  # noqa: BLE001 - best effort; the next one must still be stopped
+                pass
+        self.procs.clear()
+
+    def __enter__(self) -> "Appliance":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ helpers
+
+    def pids(self) -> list[int]:
+        """The whole tree: supervise and its descendants, or the processes started here."""
+        import psutil
+
+        roots = [self.root] if self.root is not None else self.procs
+        pids: list[int] = []
+        for proc in roots:
+            if proc.poll() is not None:
+                continue
+            pids.append(proc.pid)
+            try:
+                pids += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return sorted(set(pids))
+
+    def request(self, method: str, path: str, body=None, token: str | None = "default", timeout: float = 30.0):
+        """One HTTP call: (status, decoded JSON or text)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if token == "default":
+            token = self.token
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw, status = resp.read(), resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+
+def logs_tail(app: Appliance, lines: int = 20) -> str:
+    out = []
+    for path in sorted((app.workdir / "logs").glob("*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def which_python3() -> str:
+    return shutil.which("python3") or sys.executable
