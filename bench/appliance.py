@@ -210,8 +210,10 @@ class Appliance:
             wait_for_port(self.api_port, timeout, self.api_proc)
 
     def _start_pyz(self, timeout: float) -> None:
-        self.root = self._spawn("supervise", self.osapi_argv("supervise", "--workers", str(self.workers)),
-                                self.env())
+        programs = ["nats"] + (["api"] if self.with_api else []) + (["worker"] if self.workers else [])
+        env = self.env(OSAPI_SUPERVISE_PROGRAMS=",".join(programs))
+        self.root = self._spawn("supervise", self.osapi_argv("supervise", "--workers", str(max(1, self.workers))),
+                                env)
         secrets_dir = self.state_dir / "secrets"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
