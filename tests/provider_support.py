@@ -120,3 +120,49 @@ def check_result(op_type: str, result: dict) -> dict:
 
     same_fields(result, schema, op_type)
     return result
+
+
+LO_UP = """
+import fcntl, socket, struct
+def _lo_up():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, 0x8913, req))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+    finally:
+        s.close()
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def unshare_net_reason() -> str | None:
+    """None when private network namespaces work here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root for unshare --net"
+    exe = shutil.which("unshare")
+    if exe is None:
+        return "unshare (util-linux) is not installed"
+    try:
+        probe = subprocess.run([exe, "--net", "true"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare does not run: {exc}"
+    if probe.returncode != 0:
+        return f"unshare --net is not permitted here: {probe.stderr.strip()}"
+    return None
+
+
+def run_in_net_namespace(code: str, *, lo_up: bool = True, sysctls: dict | None = None,
+                         as_nobody: bool = False, preload: list[str] = (), **kwargs):
+    """Run ``code`` in a new, empty network namespace (only ``lo``, brought up when
+    ``lo_up``), after writing ``sysctls`` (``{"net/ipv4/…": "value"}``, per-namespace
+    ones only) and optionally dropping to uid/gid 65534. Nothing leaves it."""
+    lines = ["import json, os, sys", *[f"import {m}" for m in preload], LO_UP]
+    if lo_up:
+        lines.append("_lo_up()")
+    for key, value in (sysctls or {}).items():
+        lines.append(f"open('/proc/sys/{key}', 'w').write({value!r})")
+    if as_nobody:
+        lines.append(f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})")
+    return run_python("\n".join(lines) + "\n" + textwrap.dedent(code),
+                      prefix=[shutil.which("unshare") or "unshare", "--net"], **kwargs)
