@@ -248,10 +248,13 @@ class ApiClient:
             )
         if status == 403:
             scope = "read" if method == "GET" else "write"
-            why = f": {details or error}" if (details or error) else ""
+            if isinstance(error, str) and error.startswith("missing scope "):
+                scope = error[len("missing scope "):].strip() or scope
+            why = f": {details}" if details else ""
             return ApiError(
-                f"permission denied: {method} {path} needs the '{scope}' scope, which this token lacks{why}",
-                "use a token with a role that grants it (write or admin)", status, data,
+                f"permission denied: {method} {path} needs the '{scope}' scope{why}",
+                "use a token whose roles grant it (read: read, write or admin; write: write or admin)",
+                status, data,
             )
         hint = None
         if status == 503:

@@ -260,10 +260,10 @@ def view_dns_update(results: Sequence[dict]) -> str:
 
 
 def _loss(value: Any) -> str:
-    """``packet_loss`` as a percentage; the API sends a fraction 0..1 (icmplib's)."""
+    """``packet_loss`` is a percentage (0-100, CONTRACT §4.3 / osapi.provider.ping)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "" if value is None else str(value)
-    return f"{value * 100:.0f}%" if value <= 1 else f"{value:.0f}%"
+    return f"{value:g}%"
 
 
 def view_ping(results: Sequence[dict]) -> str:
