@@ -139,15 +139,16 @@ def test_socket_failure_is_a_provider_error_naming_the_address():
 
 @needs_netns
 def test_broadcast_address_is_refused_clearly():
-    """Only inside a private network namespace, so nothing could reach a real network."""
+    """127.255.255.255, the loopback network's broadcast address, inside a private
+    network namespace, so nothing could reach a real network."""
     code = """
     from osapi.provider import ProviderError
     from osapi.provider.ping import ping
     try:
-        print(json.dumps({"result": ping({"address": "255.255.255.255", "count": 1}, None)}))
+        print(json.dumps({"result": ping({"address": "127.255.255.255", "count": 1}, None)}))
     except ProviderError as exc:
         print(json.dumps({"error": str(exc)}))
     """
     status, out, err = run_in_net_namespace(code)
     assert status == 0, err
-    assert out == {"error": "255.255.255.255 is a broadcast address; pinging it is not allowed"}
+    assert out == {"error": "127.255.255.255 is a broadcast address; pinging it is not allowed"}
