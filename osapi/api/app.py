@@ -83,7 +83,8 @@ class Api:
         self.services = Services(cfg, bridge, self.routes)
         self.auth = Authenticator(signing_key)
         self.cors = CorsPolicy(cfg.api.server.security.cors.allow_origins)
-        self.bottle = bottle.Bottle(catchall=True, autojson=False)
+        self.bottle = bottle.Bottle(catchall=True)
+        self.bottle.config["json.enable"] = False  # handlers return bytes; JSON is ours
         self.bottle.default_error_handler = self._bottle_error  # 404, 405, uncaught 500
         for route in self.routes:
             self.bottle.route(route.bottle_rule, route.method, self._endpoint(route))

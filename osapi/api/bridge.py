@@ -56,14 +56,14 @@ class NatsBridge:
         self.loop.run_forever()
 
     async def _connect_forever(self) -> None:
-        from osapi.job.client import JobClient
-        from osapi.job.connection import connect
-
         pause = RETRY_MIN
         attempt = 0
         while not self._stopping:
             attempt += 1
             try:
+                from osapi.job.client import JobClient
+                from osapi.job.connection import connect
+
                 if self.nc is None or self.nc.is_closed:
                     self.nc = await connect(self.cfg, self.name)
                 client = JobClient(self.nc, self.cfg)

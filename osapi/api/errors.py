@@ -74,8 +74,13 @@ def from_exception(exc: BaseException) -> ApiError | None:
     """
     if isinstance(exc, ApiError):
         return exc
-    from osapi.job import errors as job_errors
-
+    if _is_nats_error(exc):
+        text = str(exc) or type(exc).__name__
+        return ApiError(503, "NATS is not reachable", f"{type(exc).__name__}: {text}")
+    try:
+        from osapi.job import errors as job_errors
+    except ImportError:  # pragma: no cover - the job system is part of the package
+        return None
     if isinstance(exc, job_errors.InvalidJob):
         return ApiError(400, "invalid job", str(exc))
     if isinstance(exc, job_errors.JobNotFound):
@@ -89,9 +94,6 @@ def from_exception(exc: BaseException) -> ApiError | None:
         if job_id and job_id not in details:
             details += f" (job {job_id} stays queued; see GET /api/v1/jobs/{job_id})"
         return ApiError(504, "no worker answered in time", details, extra=extra)
-    if _is_nats_error(exc):
-        text = str(exc) or type(exc).__name__
-        return ApiError(503, "NATS is not reachable", f"{type(exc).__name__}: {text}")
     return None
 
 

@@ -118,11 +118,11 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 def parse_target(text: str) -> str:
     """A target as CONTRACT §4.3 defines it, checked by the job system's own parser."""
+    if not text:
+        raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
     from osapi.job import errors as job_errors
     from osapi.job import subjects
 
-    if not text:
-        raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
     try:
         subjects.parse_target(text)
     except job_errors.InvalidJob as exc:

@@ -21,6 +21,7 @@ from osapi.api.routing import MAX_BODY
 from osapi.errors import ConfigError
 
 log = logging.getLogger("osapi.api")
+access_log = logging.getLogger("osapi.api.access")
 
 THREADS = 8  # concurrent requests; a synchronous endpoint holds one for up to job_timeout
 CHANNEL_TIMEOUT = 120  # seconds an idle connection stays open
@@ -38,13 +39,23 @@ def _json_error_task():
 
         def execute(self):
             err = self.request.error
-            body = json.dumps(envelope(err.code, err.reason.lower(), str(err.body))).encode("utf-8")
+            if err.code == 413:
+                error, details = "request body too large", f"the limit is {MAX_BODY} bytes (1 MiB)"
+            else:
+                error, details = err.reason.lower(), str(err.body)
+            body = json.dumps(envelope(err.code, error, details)).encode("utf-8")
             self.status = f"{err.code} {err.reason}"
             self.response_headers.append(("Content-Type", "application/json"))
             self.set_close_on_finish()
             self.content_length = len(body)
             self.write(body)
-            log.info("request", extra={"fields": {"status": err.code, "error": err.reason, "detail": str(err.body)}})
+            access_log.info("request", extra={"fields": {
+                "method": getattr(self.request, "command", None) or "-",
+                "path": getattr(self.request, "path", None) or "-",
+                "status": err.code,
+                "error": details,
+                "remote": self.channel.addr[0] if self.channel.addr else "-",
+            }})
 
     return JsonErrorTask
 
