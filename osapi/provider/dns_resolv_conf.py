@@ -33,13 +33,20 @@ link stays, its target is replaced. A resolv.conf that is itself a mount point
 file in place with one write — still never a half-written file on any error
 before that point, but a concurrent reader could in theory see the rewrite.
 
+Two updates at once (several jobs in one worker, several workers on one host)
+would lose one of them in the read-modify-write: each update holds an exclusive
+flock(2) on the file's directory while it reads, compares and writes. Locking
+the directory needs no extra lock file; readers are not blocked.
+
 glibc reads at most 3 name servers (MAXNS); asking for more is refused rather
 than silently ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
 import stat
@@ -212,6 +219,22 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _directory_lock(path: str):
+    """Exclusive flock on the directory of ``path``'s target, if it can be opened."""
+    directory = os.path.dirname(os.path.realpath(path)) or "."
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield  # cannot open the directory: writing there will fail with a clear error anyway
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ---------------------------------------------------------------- the provider
 
 
@@ -242,6 +265,10 @@ class ResolvConfProvider:
                 f"{self.path} can hold at most {MAXNS} name servers (glibc reads no more); "
                 f"got {len(servers)}: {', '.join(servers)}"
             )
+        with _directory_lock(self.path):
+            return self._update_locked(servers, domains)
+
+    def _update_locked(self, servers: list[str] | None, domains: list[str] | None) -> dict:
         text = self._read()
         old_servers, old_domains = parse(text)
         if servers is not None:

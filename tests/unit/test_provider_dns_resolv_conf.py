@@ -331,3 +331,37 @@ def test_bind_mounted_file_is_rewritten_in_place(tmp_path):
     assert source.read_text() == "# keep\nsearch in.example\nnameserver 192.0.2.2\n"
     assert target.read_text() == "placeholder, hidden by the bind mount\n"
     assert leftovers(target.parent) == []
+
+
+def test_concurrent_updates_of_servers_and_domains_both_land(conf):
+    """Each update holds a lock on the directory for its read-modify-write: a
+    servers update racing a search-domains update never undoes the other."""
+    import threading
+
+    rounds = 15
+    barrier = threading.Barrier(2, timeout=30)
+    errors: list[BaseException] = []
+
+    def worker(kind: str):
+        try:
+            provider = ResolvConfProvider(str(conf))
+            for i in range(rounds):
+                barrier.wait()
+                if kind == "servers":
+                    provider.update("lo", [f"198.51.100.{i + 1}"], None)
+                else:
+                    provider.update("lo", None, [f"d{i}.example"])
+                barrier.wait()
+                assert parse(conf.read_text()) == ([f"198.51.100.{i + 1}"], [f"d{i}.example"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in ("servers", "domains")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert leftovers(conf.parent) == []
+    assert "# between servers" in conf.read_text()
