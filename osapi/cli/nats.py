@@ -1,0 +1,29 @@
+"""``osapi nats server start``: run nats-server with JetStream from ``nats.server.*``."""
+
+from __future__ import annotations
+
+from osapi.cli import Context, add_group, add_parser
+
+
+def register(subparsers) -> None:
+    nats = add_group(subparsers, "nats", "the NATS JetStream server the jobs travel through")
+    server = add_group(nats, "server", "run nats-server")
+    start = add_parser(
+        server, "start",
+        "run nats-server with JetStream in the foreground: renders <state_dir>/nats-server.conf "
+        "from nats.server.* (host, port, store_dir, auth token, cluster), then becomes nats-server "
+        "(signals go to it, its exit status is ours)",
+        epilog="Binary: nats.server.binary, else the nats-server bundled in osapi.pyz, else PATH. "
+        "Token: nats.server.auth.token, else <state_dir>/secrets/nats.token; with neither the "
+        "server runs without authentication (a warning says so) unless --require-auth is given.",
+    )
+    start.add_argument("--require-auth", action="store_true",
+                       help="refuse to start without a token (osapi supervise passes this)")
+    start.set_defaults(func=start_server)
+
+
+def start_server(ctx: Context) -> int:
+    from osapi import natsd
+
+    natsd.exec_server(ctx.config, require_auth=ctx.args.require_auth)
+    return 1  # not reached: exec_server replaces this process or raises

@@ -1,0 +1,92 @@
+"""``osapi supervise [--workers N]`` and ``osapi supervise status|start|stop|restart``."""
+
+from __future__ import annotations
+
+from osapi.cli import ArgumentParser, Context, add_parser
+from osapi.errors import UsageError
+
+EPILOG = """\
+State directory: supervise.state_dir (OSAPI_SUPERVISE_STATE_DIR), else /var/lib/osapi as
+root, else ~/.local/state/osapi. It holds secrets/ (signing_key, admin.token valid 10
+years, nats.token: mode 0600, created once, never overwritten), supervisord.conf,
+supervisor.sock, nats/ (JetStream storage) and logs/ (rotated at 10 MB, 5 kept).
+Programs start in the order nats, api, workers and stop in the reverse order; SIGTERM
+stops them all and exits 0.
+"""
+
+
+def register(subparsers) -> None:
+    sup = add_parser(
+        subparsers, "supervise",
+        "run nats-server, the REST API and the workers under supervisord (foreground)",
+        epilog=EPILOG,
+    )
+    sup.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes (1-64; default: supervise.workers)")
+    sup.set_defaults(func=run)
+    commands = sup.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+
+    status = add_parser(commands, "status", "show the supervised programs; exit 1 when supervise is not running")
+    status.set_defaults(func=show_status)
+    for action, text in (
+        ("start", "start a stopped program"),
+        ("stop", "stop a program (it stays stopped until start/restart)"),
+        ("restart", "stop, then start a program"),
+    ):
+        cmd = add_parser(commands, action, text)
+        cmd.add_argument("name", metavar="NAME",
+                         help="nats, api, worker (every worker), worker-N (one worker) or all")
+        cmd.set_defaults(func=control, action=action)
+
+
+def _programs_and_workers(ctx: Context) -> tuple[list[str], int]:
+    cfg = ctx.config
+    workers = cfg.supervise.workers if ctx.args.workers is None else ctx.args.workers
+    if not 1 <= workers <= 64:
+        raise UsageError(f"--workers must be from 1 to 64, got {workers}")
+    return list(cfg.supervise.programs), workers
+
+
+def run(ctx: Context) -> int:
+    from osapi import supervise
+
+    programs, workers = _programs_and_workers(ctx)
+    flags = supervise.passthrough_flags(ctx.args.osapi_file, ctx.args.debug, ctx.args.json)
+    return supervise.run(ctx.config, programs, workers, flags)
+
+
+def _uptime(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours:d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {text}" if days else text
+
+
+def show_status(ctx: Context) -> int:
+    from osapi import supervise
+    from osapi.cli.output import table
+
+    data = supervise.status(supervise.layout(ctx.config))
+    ctx.emit(data, lambda d: f"supervisord {d['state']} (pid {d['pid']}, socket {d['socket']})\n" + table(
+        ["NAME", "STATE", "PID", "UPTIME", "DESCRIPTION"],
+        [(p["name"], p["state"], p["pid"] or "", _uptime(p["uptime_seconds"]), p["description"])
+         for p in d["processes"]],
+    ))
+    return 0
+
+
+def control(ctx: Context) -> int:
+    from osapi import supervise
+
+    paths = supervise.layout(ctx.config)
+    supervise.control(paths, ctx.args.action, ctx.args.name)
+    data = supervise.status(paths)
+    ctx.emit(data, lambda d: "\n".join(
+        f"{p['name']}: {p['state']}" for p in d["processes"]
+        if ctx.args.name in ("all", p["name"], p["program"]) or p["name"].endswith(":" + ctx.args.name)
+    ))
+    return 0

@@ -1,0 +1,584 @@
+"""``osapi supervise``: the state directory, the supervisord configuration, control.
+
+One foreground process runs the ``supervisor`` package's supervisord in-process
+(``supervisor.supervisord.main(["-n", "-c", conf])``), so SIGTERM reaches
+supervisord itself: it stops the workers, then the API, then NATS (reverse
+priority, each group waiting for the previous), and returns; the command exits 0.
+Nothing sits between the signal and supervisord that could die and orphan it.
+
+The state directory (``config.state_dir``: ``supervise.state_dir``, else
+``/var/lib/osapi`` as root, else ``~/.local/state/osapi``), mode 0700::
+
+    secrets/signing_key     HS256 key for the API's tokens      (when api runs and
+                                                                   none is configured)
+    secrets/admin.token     an admin JWT, valid 10 years, that
+                            `osapi client` on this host reads     (when api runs)
+    secrets/nats.token      the token nats-server requires      (when nats runs)
+    secrets/supervisor.password  for supervisord's socket (defence in depth: the
+                            socket is 0700 in a 0700 directory already)
+    supervisord.conf        rendered at every start (0600)
+    supervisor.sock         supervisord's XML-RPC socket (0700): `supervise status|stop|restart`
+    supervisord.pid
+    nats-server.conf        rendered by `osapi nats server start` (0600)
+    nats/                   JetStream file storage (nats.server.store_dir)
+    logs/                   supervisord.log, nats.log, api.log, worker-<n>.log,
+                            each rotated at 10 MB, 5 kept
+
+Secrets are created once, mode 0600, and never overwritten: each is written to a
+temporary file and published with ``link()``, which fails when the name exists,
+so two starts at the same moment agree on one value and no reader ever sees a
+half-written file. To replace one, delete it and start again (for the admin
+token, after changing the signing key, that is the way to get a valid one).
+
+Programs (``supervise.programs``, ``--workers`` / ``supervise.workers``), each run
+as ``<python> <osapi.pyz> …`` from the running archive, or ``<python> -m osapi …``
+from a source tree, with the same ``-f`` file and ``-d``/``-j`` flags:
+
+==========  ========  =================================  ===========
+program     priority  command                            stopwaitsecs
+==========  ========  =================================  ===========
+nats        10        nats server start --require-auth   30
+api         20        api server start                   30
+worker-<n>  30        job worker start                   60
+==========  ========  =================================  ===========
+
+Lower priority starts first and stops last. Every program restarts whenever it
+exits (``autorestart``), counts as started after 1 s and is retried
+``STARTRETRIES`` times with supervisor's growing back-off (1 s more each try) --
+the API and workers wait for NATS on their own, but if one exits because NATS
+was not up yet, supervisor keeps trying rather than giving up. Stops and kills go
+to the whole process group (``stopasgroup``/``killasgroup``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from osapi.errors import ConfigError, OperationError, UsageError
+
+log = logging.getLogger("osapi.supervise")
+
+DIR_MODE = 0o700
+SECRET_MODE = 0o600
+ADMIN_TOKEN_LIFETIME = 10 * 365 * 86400  # seconds: the host's own admin token, valid 10 years
+ADMIN_SUBJECT = "admin"
+PROGRAMS = ("nats", "api", "worker")
+PRIORITY = {"nats": 10, "api": 20, "worker": 30}
+STOPWAITSECS = {"nats": 30, "api": 30, "worker": 60}
+STARTSECS = 1
+STARTRETRIES = 1000  # with 1 s more back-off per try: days of retrying, never a quick FATAL
+LOG_MAXBYTES = "10MB"
+LOG_BACKUPS = 5
+UNIX_SOCKET_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+SUPERVISOR_USER = "osapi"
+SUPERVISOR_PASSWORD = "supervisor.password"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of one state directory."""
+
+    state_dir: Path
+
+    @property
+    def secrets(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def conf(self) -> Path:
+        return self.state_dir / "supervisord.conf"
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "supervisor.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "supervisord.pid"
+
+    def secret(self, name: str) -> Path:
+        return self.secrets / name
+
+
+def layout(cfg) -> Layout:
+    from osapi import config
+
+    return Layout(config.state_dir(cfg).absolute())
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {path}: {exc.strerror or exc}",
+            "set supervise.state_dir (OSAPI_SUPERVISE_STATE_DIR) to a directory you can write",
+        ) from None
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory", "set supervise.state_dir to a directory")
+
+
+def create_secret(path: Path, make: Callable[[], str]) -> bool:
+    """Create ``path`` (mode 0600) holding ``make()`` unless it exists. True if this call created it.
+
+    Atomic and race-free: the value goes to a temporary file that is then
+    published with ``link()``, which fails with EEXIST when another process got
+    there first; its value is kept. An existing file is never rewritten, only
+    its mode is tightened to 0600 if it was laxer.
+    """
+    if path.exists():
+        _tighten(path)
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(make() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, SECRET_MODE)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            # a filesystem without hard links: O_EXCL still refuses to overwrite
+            with open(tmp, "rb") as src:
+                data = src.read()
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "wb") as dst:
+                dst.write(data)
+        log.info("created %s", path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _tighten(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, SECRET_MODE)
+            log.warning("%s was mode %04o; set it to 0600", path, mode)
+    except OSError as exc:
+        log.warning("cannot check the mode of %s: %s", path, exc.strerror or exc)
+
+
+def _random_secret() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(48)  # 64 characters
+
+
+def bootstrap(cfg, programs: list[str]) -> Layout:
+    """Create the state directory and the secrets the selected programs need; never overwrite."""
+    from osapi import authtoken, config
+
+    paths = layout(cfg)
+    for directory in (paths.state_dir, paths.secrets, paths.logs):
+        _make_dir(directory)
+    _tighten_dir(paths.secrets)
+    create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
+    if "nats" in programs:
+        create_secret(paths.secret("nats.token"), _random_secret)
+    if "api" in programs:
+        if not cfg.api.server.security.signing_key:
+            create_secret(paths.secret("signing_key"), _random_secret)
+        key = config.signing_key(cfg)
+        created = create_secret(
+            paths.secret("admin.token"),
+            lambda: authtoken.generate(key, ["admin"], ADMIN_SUBJECT, ADMIN_TOKEN_LIFETIME),
+        )
+        if not created:
+            _check_admin_token(paths.secret("admin.token"), key)
+    return paths
+
+
+def _tighten_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, DIR_MODE)
+
+
+def _check_admin_token(path: Path, key: str) -> None:
+    from osapi import authtoken
+
+    try:
+        authtoken.validate(path.read_text(encoding="utf-8").strip(), key)
+    except (OSError, UnicodeDecodeError, authtoken.TokenError) as exc:
+        log.warning(
+            "%s is not valid with the current signing key (%s): `osapi client` on this host will get 401; "
+            "delete the file and restart supervise to create a new one", path, exc,
+        )
+
+
+# ---------------------------------------------------------------- supervisord.conf
+
+
+def self_command() -> list[str]:
+    """How to run this same osapi: ``<python> <osapi.pyz>`` from the archive, else ``<python> -m osapi``."""
+    boot = sys.modules.get("_osapi_boot")
+    archive = getattr(boot, "ARCHIVE", None)
+    if archive:
+        return [sys.executable, archive]
+    return [sys.executable, "-m", "osapi"]
+
+
+def _source_root() -> str | None:
+    """The directory holding the ``osapi`` package when not running from the archive."""
+    if getattr(sys.modules.get("_osapi_boot"), "ARCHIVE", None):
+        return None
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _ini(value: str, what: str) -> str:
+    """A value for supervisord.conf: ``%`` doubled (supervisor expands ``%(name)s``), one line."""
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"{what} must not contain a line break: {value!r}")
+    return value.replace("%", "%%")
+
+
+def _env_pair(name: str, value: str) -> str:
+    if '"' in value:
+        raise ConfigError(f"{name} must not contain a double quote: {value!r}")
+    return f'{name}="{value}"'
+
+
+def program_commands(programs: list[str], base: list[str], flags: list[str]) -> dict[str, list[str]]:
+    args = {
+        "nats": ["nats", "server", "start", "--require-auth"],
+        "api": ["api", "server", "start"],
+        "worker": ["job", "worker", "start"],
+    }
+    return {name: base + args[name] + flags for name in programs}
+
+
+def render(paths: Layout, programs: list[str], workers: int, base: list[str], flags: list[str],
+           user: str | None = None, password: str | None = None) -> str:
+    """The text of supervisord.conf (``password``: for the socket, stored as its SHA-1)."""
+    state = _ini(str(paths.state_dir), "supervise.state_dir")
+    logs = _ini(str(paths.logs), "the log directory")
+    environment = [_env_pair("OSAPI_SUPERVISE_STATE_DIR", state)]
+    source = _source_root()
+    if source:
+        environment.append(_env_pair("PYTHONPATH", _ini(source, "the source directory")))
+    lines = [
+        "; rendered by `osapi supervise` at every start: edits here are overwritten",
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs}/supervisord.log",
+        f"logfile_maxbytes={LOG_MAXBYTES}",
+        f"logfile_backups={LOG_BACKUPS}",
+        "loglevel=info",
+        f"pidfile={_ini(str(paths.pidfile), 'the pid file')}",
+        f"childlogdir={logs}",
+        "identifier=osapi",
+    ]
+    if user:
+        lines.append(f"user={user}")
+    lines += [
+        "",
+        "[unix_http_server]",
+        f"file={_ini(str(paths.socket), 'the socket path')}",
+        "chmod=0700",
+    ]
+    if password:
+        import hashlib
+
+        lines += [f"username={SUPERVISOR_USER}", "password={SHA}" + hashlib.sha1(password.encode()).hexdigest()]
+    lines += [
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{_ini(str(paths.socket), 'the socket path')}",
+    ]
+    for name, command in program_commands(programs, base, flags).items():
+        lines += ["", f"[program:{name}]"]
+        lines.append("command=" + _ini(" ".join(shlex.quote(part) for part in command), f"the {name} command"))
+        if name == "worker":
+            lines += [
+                f"numprocs={workers}",
+                "numprocs_start=1",
+                "process_name=%(program_name)s-%(process_num)d",
+                f"stdout_logfile={logs}/%(program_name)s-%(process_num)d.log",
+            ]
+        else:
+            lines.append(f"stdout_logfile={logs}/{name}.log")
+        lines += [
+            f"priority={PRIORITY[name]}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={STARTSECS}",
+            f"startretries={STARTRETRIES}",
+            "stopsignal=TERM",
+            f"stopwaitsecs={STOPWAITSECS[name]}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile_maxbytes={LOG_MAXBYTES}",
+            f"stdout_logfile_backups={LOG_BACKUPS}",
+            "environment=" + ",".join(environment),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, SECRET_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------- run
+
+
+def _listening(host: str, port: int) -> bool:
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def preflight(cfg, paths: Layout, programs: list[str]) -> None:
+    """Refuse early, with a clear message, what would otherwise be a restart loop."""
+    from osapi import natsd
+
+    if len(os.fsencode(str(paths.socket))) > UNIX_SOCKET_MAX:
+        raise ConfigError(
+            f"the supervisor socket path {paths.socket} is longer than {UNIX_SOCKET_MAX} bytes",
+            "set supervise.state_dir to a shorter path",
+        )
+    if paths.socket.exists() and is_running(paths):
+        raise OperationError(
+            f"osapi supervise is already running with state dir {paths.state_dir} (socket {paths.socket})",
+            "see `osapi supervise status`",
+        )
+    if "nats" in programs:
+        natsd.find_binary(cfg.nats.server.binary)
+    checks = []
+    if "nats" in programs:
+        checks.append(("nats.server", cfg.nats.server.host, cfg.nats.server.port))
+    if "api" in programs:
+        checks.append(("api.server", cfg.api.server.host, cfg.api.server.port))
+    for key, host, port in checks:
+        if _listening(host, port):
+            raise OperationError(
+                f"{host}:{port} ({key}.host/{key}.port) is already in use",
+                f"stop what listens there, or set {key}.port",
+            )
+
+
+def passthrough_flags(osapi_file: str | None, debug: bool, json_lines: bool) -> list[str]:
+    from osapi import config
+
+    flags = []
+    found = config.find_file(osapi_file)
+    if found is not None:
+        flags += ["-f", str(Path(found).absolute())]
+    if debug:
+        flags.append("-d")
+    if json_lines:
+        flags.append("-j")
+    return flags
+
+
+def _user() -> str | None:
+    """``user=root`` when root: supervisord then does not warn that it kept root privileges."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(0).pw_name
+    return None
+
+
+def prepare(cfg, programs: list[str], workers: int, flags: list[str]) -> Layout:
+    """Bootstrap, check, render: everything short of running supervisord."""
+    paths = bootstrap(cfg, programs)
+    preflight(cfg, paths, programs)
+    password = _password(paths)
+    write_private(paths.conf, render(paths, programs, workers, self_command(), flags, _user(), password))
+    return paths
+
+
+def run(cfg, programs: list[str], workers: int, flags: list[str]) -> int:
+    """Run supervisord in the foreground until SIGTERM/SIGINT; 0 when it stopped cleanly."""
+    paths = prepare(cfg, programs, workers, flags)
+    log.info(
+        "supervising %s from %s (state %s, logs %s)",
+        ", ".join(f"worker x{workers}" if p == "worker" else p for p in programs),
+        " ".join(self_command()), paths.state_dir, paths.logs,
+    )
+    from supervisor import supervisord
+
+    # supervisord logs to stdout in the foreground; osapi's stdout is for results
+    with contextlib.redirect_stdout(sys.stderr):
+        supervisord.main(["-n", "-c", str(paths.conf)])
+    return 0
+
+
+# ---------------------------------------------------------------- control
+
+
+def rpc(paths: Layout):
+    """An XML-RPC proxy to supervisord over its unix socket."""
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport
+
+    password = _password(paths)
+    transport = SupervisorTransport(
+        SUPERVISOR_USER if password else None, password, f"unix://{paths.socket}"
+    )
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def _password(paths: Layout) -> str | None:
+    try:
+        return paths.secret(SUPERVISOR_PASSWORD).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _not_running(paths: Layout, exc: Exception) -> OperationError:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return OperationError(
+        f"osapi supervise is not running: cannot connect to {paths.socket} ({reason})",
+        "start it with `osapi supervise`, with the same configuration (state dir)",
+    )
+
+
+def is_running(paths: Layout) -> bool:
+    try:
+        rpc(paths).supervisor.getPID()
+        return True
+    except (OSError, Exception):  # noqa: BLE001 -- any failure to talk means "not running"
+        return False
+
+
+def status(paths: Layout) -> dict:
+    """``{state, pid, socket, processes: [...]}`` from the running supervisord."""
+    proxy = rpc(paths)
+    try:
+        state = proxy.supervisor.getState()
+        pid = proxy.supervisor.getPID()
+        infos = proxy.supervisor.getAllProcessInfo()
+    except OSError as exc:
+        raise _not_running(paths, exc) from None
+    processes = []
+    for info in infos:
+        running = info["statename"] == "RUNNING"
+        processes.append({
+            "name": _full_name(info),
+            "program": info["group"],
+            "state": info["statename"],
+            "pid": info["pid"] or None,
+            "uptime_seconds": (info["now"] - info["start"]) if running and info["start"] else None,
+            "description": info["description"],
+            "exit_status": info["exitstatus"],
+            "log_file": info["stdout_logfile"],
+        })
+    processes.sort(key=lambda p: (PRIORITY.get(p["program"], 99), p["name"]))
+    return {"state": state["statename"], "pid": pid, "socket": str(paths.socket), "processes": processes}
+
+
+def _full_name(info: dict) -> str:
+    return info["name"] if info["name"] == info["group"] else f"{info['group']}:{info['name']}"
+
+
+def resolve(paths: Layout, name: str) -> tuple[str, str]:
+    """``(kind, target)``: ``("all", "")``, ``("group", "worker")`` or ``("process", "worker:worker-2")``."""
+    if name == "all":
+        return "all", ""
+    try:
+        infos = rpc(paths).supervisor.getAllProcessInfo()
+    except OSError as exc:
+        raise _not_running(paths, exc) from None
+    groups = {info["group"] for info in infos}
+    if name in groups:
+        return "group", name
+    for info in infos:
+        full = f"{info['group']}:{info['name']}"
+        if name in (full, info["name"]):
+            return "process", full
+    known = sorted(groups | {_full_name(info) for info in infos})
+    raise UsageError(f"no program named {name!r} under supervise", f"known: all, {', '.join(known)}")
+
+
+def _call(paths: Layout, method: str, *args):
+    import xmlrpc.client
+
+    proxy = rpc(paths)
+    try:
+        return getattr(proxy.supervisor, method)(*args)
+    except OSError as exc:
+        raise _not_running(paths, exc) from None
+    except xmlrpc.client.Fault as exc:
+        raise OperationError(f"supervisord refused {method}: {exc.faultString}") from None
+
+
+# supervisor's fault codes (supervisor.xmlrpc.Faults) that mean "already in the asked state"
+_ALREADY = {60, 70}  # ALREADY_STARTED, NOT_RUNNING
+
+
+def _results_ok(results) -> None:
+    failed = [r for r in results or [] if r.get("status") not in (80, *_ALREADY)]  # 80: SUCCESS
+    if failed:
+        detail = "; ".join(f"{r['group']}:{r['name']}: {r['description']}" for r in failed)
+        raise OperationError(f"supervisord: {detail}")
+
+
+def control(paths: Layout, action: str, name: str) -> None:
+    """``stop``, ``start`` or ``restart`` one program, one process or ``all``."""
+    import xmlrpc.client
+
+    kind, target = resolve(paths, name)
+    steps = {"stop": ["stop"], "start": ["start"], "restart": ["stop", "start"]}[action]
+    for step in steps:
+        try:
+            if kind == "all":
+                _results_ok(_call(paths, f"{step}AllProcesses", True))
+            elif kind == "group":
+                _results_ok(_call(paths, f"{step}ProcessGroup", target, True))
+            else:
+                proxy = rpc(paths)
+                getattr(proxy.supervisor, f"{step}Process")(target, True)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode in _ALREADY:
+                continue
+            raise OperationError(f"cannot {step} {name}: {exc.faultString}") from None
+        except OSError as exc:
+            raise _not_running(paths, exc) from None
