@@ -167,3 +167,69 @@ def wsgi_call(app, method: str, path: str, *, query: str = "", body: bytes = b""
     if hasattr(chunks, "close"):
         chunks.close()
     return Resp(int(seen["status"].split()[0]), {k.lower(): v for k, v in seen["headers"]}, data)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``osapi job worker start`` process (the job system's real worker)."""
+
+    workdir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(self.env)
+        env.setdefault("OSAPI_SUPERVISE_STATE_DIR", str(self.workdir / "state"))
+        with open(self.workdir / "worker.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start"],
+                                         cwd=self.workdir, env=env, stdout=log, stderr=log)
+        return self
+
+    def log(self) -> str:
+        try:
+            return (self.workdir / "worker.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        return stop_process(self.proc) if self.proc is not None else None
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value (bounded); return that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def schema_validator(document: dict, schema: dict):
+    """A jsonschema validator for ``schema`` whose ``#/components/...`` refs resolve in ``document``."""
+    from jsonschema import Draft202012Validator
+
+    root = dict(schema)
+    root["components"] = document["components"]
+    return Draft202012Validator(root)
+
+
+def response_schema(document: dict, method: str, path_template: str, status: int) -> dict:
+    op = document["paths"][path_template][method.lower()]
+    resp = op["responses"][str(status)]
+    return resp["content"]["application/json"]["schema"]
+
+
+def check_against_document(document: dict, method: str, path_template: str, resp: Resp) -> None:
+    """Assert that ``resp`` is documented: status listed, body valid against its schema."""
+    op = document["paths"][path_template][method.lower()]
+    assert str(resp.status) in op["responses"], f"{method} {path_template} answered undocumented {resp.status}"
+    content = op["responses"][str(resp.status)].get("content")
+    if content is None:
+        assert resp.raw == b"", f"{method} {path_template} {resp.status} should have no body"
+        return
+    schema = content["application/json"]["schema"]
+    errors = sorted(schema_validator(document, schema).iter_errors(resp.json), key=str)
+    assert not errors, f"{method} {path_template} {resp.status}: {errors[0].message} at {list(errors[0].path)}"
