@@ -1,0 +1,186 @@
+"""``osapi nats server start`` against the real nats-server binary.
+
+Each test runs the command as a subprocess (it execs nats-server, so it cannot
+run in-process), on a free port, with its own state dir, and stops it by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import free_port, stop_process, wait_for_port
+from osapi import config, natsd
+
+
+def nats_command(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "osapi", "nats", "server", "start", *extra]
+
+
+def start(env: dict, *extra: str, stderr_path: Path) -> subprocess.Popen:
+    environ = dict(os.environ)
+    environ.update(env)
+    with open(stderr_path, "wb") as err:
+        return subprocess.Popen(nats_command(*extra), env=environ, stdout=err, stderr=err)
+
+
+def nats_handshake(port: int, token: str | None) -> str:
+    """Speak the NATS protocol: CONNECT (with the token) + PING; the server's answer line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        info = reader.readline().decode()
+        assert info.startswith("INFO "), info
+        connect = {"verbose": False, "pedantic": False}
+        if token is not None:
+            connect["auth_token"] = token
+        sock.sendall(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
+        return reader.readline().decode().strip()
+
+
+def info_of(port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        line = sock.makefile("rb").readline().decode()
+    return json.loads(line.split(" ", 1)[1])
+
+
+@pytest.fixture
+def state(tmp_path) -> Path:
+    return Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"])
+
+
+def write_token(state: Path, token: str) -> None:
+    (state / "secrets").mkdir(parents=True, mode=0o700)
+    (state / "secrets" / "nats.token").write_text(token + "\n")
+
+
+def test_runs_with_the_state_dir_token_and_becomes_nats_server(tmp_path, state):
+    token = "state-dir-token-0123456789"
+    write_token(state, token)
+    port = free_port()
+    proc = start({"OSAPI_NATS_SERVER_PORT": str(port)}, stderr_path=tmp_path / "out.log")
+    try:
+        wait_for_port("127.0.0.1", port, 15, proc)
+        # exec: the pid we started is nats-server itself, nothing in between
+        assert Path(f"/proc/{proc.pid}/exe").resolve().name == "nats-server"
+        assert info_of(port)["auth_required"] is True
+        assert nats_handshake(port, token) == "PONG"
+        assert "Authorization Violation" in nats_handshake(port, "wrong-token")
+        assert "Authorization Violation" in nats_handshake(port, None)
+
+        conf = state / natsd.CONFIG_NAME
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+        text = conf.read_text()
+        assert token in text and f"port: {port}" in text
+        # JetStream storage defaults to <state_dir>/nats
+        assert (state / "nats" / "jetstream").is_dir()
+
+        # SIGHUP is a config reload for nats-server, not an exit
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        assert nats_handshake(port, token) == "PONG"
+    finally:
+        status = stop_process(proc)
+    assert status == 0
+    log = (tmp_path / "out.log").read_text()
+    assert "starting" in log and "WITHOUT authentication" not in log
+
+
+def test_configured_token_and_store_dir(tmp_path, state):
+    port = free_port()
+    store = tmp_path / "elsewhere" / "js"
+    env = {
+        "OSAPI_NATS_SERVER_PORT": str(port),
+        "OSAPI_NATS_SERVER_AUTH_TOKEN": "configured-token-abcdef",
+        "OSAPI_NATS_SERVER_STORE_DIR": str(store),
+    }
+    proc = start(env, "--require-auth", stderr_path=tmp_path / "out.log")
+    try:
+        wait_for_port("127.0.0.1", port, 15, proc)
+        assert nats_handshake(port, "configured-token-abcdef") == "PONG"
+        assert (store / "jetstream").is_dir()
+        assert not (state / "nats").exists()
+    finally:
+        assert stop_process(proc, sig=signal.SIGINT) == 0
+
+
+def test_without_any_token_runs_open_and_warns(tmp_path):
+    port = free_port()
+    proc = start({"OSAPI_NATS_SERVER_PORT": str(port)}, stderr_path=tmp_path / "out.log")
+    try:
+        wait_for_port("127.0.0.1", port, 15, proc)
+        assert not info_of(port).get("auth_required")
+        assert nats_handshake(port, None) == "PONG"
+    finally:
+        stop_process(proc)
+    assert "WITHOUT authentication" in (tmp_path / "out.log").read_text()
+
+
+def test_require_auth_without_a_token_refuses(tmp_path, state):
+    port = free_port()
+    proc = start({"OSAPI_NATS_SERVER_PORT": str(port)}, "--require-auth", stderr_path=tmp_path / "out.log")
+    try:
+        assert proc.wait(timeout=30) == 2
+    finally:
+        stop_process(proc)
+    err = (tmp_path / "out.log").read_text()
+    assert "needs a token" in err and str(state / "secrets" / "nats.token") in err
+    assert not (state / natsd.CONFIG_NAME).exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_bad_binary_is_a_configuration_error(tmp_path, state):
+    not_executable = tmp_path / "nats-server"
+    not_executable.write_text("#!/bin/sh\n")
+    proc = start({"OSAPI_NATS_SERVER_BINARY": str(not_executable)}, stderr_path=tmp_path / "out.log")
+    assert proc.wait(timeout=30) == 2
+    err = (tmp_path / "out.log").read_text()
+    assert f"nats.server.binary: {not_executable} is not an executable file" in err
+    assert not (state / natsd.CONFIG_NAME).exists()
+
+
+def test_exit_status_of_nats_server_is_ours(tmp_path):
+    """A nats-server that cannot start (its port is taken) fails, and so does the command."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        proc = start({"OSAPI_NATS_SERVER_PORT": str(port)}, stderr_path=tmp_path / "out.log")
+        try:
+            status = proc.wait(timeout=30)
+        finally:
+            stop_process(proc)
+    finally:
+        busy.close()
+    assert status != 0
+    assert "address already in use" in (tmp_path / "out.log").read_text().lower()
+
+
+def test_cluster_block_gets_a_server_name(tmp_path, state):
+    cfg = config.load(environ={
+        "OSAPI_SUPERVISE_STATE_DIR": str(state),
+        "OSAPI_NATS_SERVER_CLUSTER_NAME": "osapi",
+        "OSAPI_NATS_SERVER_CLUSTER_PORT": "16222",
+        "OSAPI_NATS_SERVER_CLUSTER_ROUTES": "nats://10.0.0.2:6222,nats://10.0.0.3:6222",
+        "OSAPI_NATS_SERVER_AUTH_TOKEN": "t" * 20,
+    })
+    path, authenticated = natsd.write_config(cfg)
+    text = path.read_text()
+    assert authenticated
+    assert 'name: "osapi"' in text and "port: 16222" in text
+    assert 'routes: ["nats://10.0.0.2:6222", "nats://10.0.0.3:6222"]' in text
+    assert f'server_name: "{socket.gethostname()}-4222"' in text
+    # without a cluster there is no server_name and no cluster block
+    plain, _ = natsd.write_config(config.load(environ={"OSAPI_SUPERVISE_STATE_DIR": str(state)}))
+    assert "cluster {" not in plain.read_text() and "server_name" not in plain.read_text()

@@ -1,0 +1,207 @@
+"""The state directory, its secrets and the rendered supervisord.conf (no processes run)."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from osapi import authtoken, config, supervise
+from osapi.errors import ConfigError
+
+SECRETS = ("signing_key", "admin.token", "nats.token", "supervisor.password")
+
+
+def load(**env) -> config.Config:
+    environ = {"OSAPI_SUPERVISE_STATE_DIR": os.environ["OSAPI_SUPERVISE_STATE_DIR"]}
+    environ.update({f"OSAPI_{k.upper()}": v for k, v in env.items()})
+    return config.load(environ=environ)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def snapshot(paths: supervise.Layout) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(paths.secrets.iterdir())}
+
+
+def test_first_start_creates_private_dirs_and_secrets():
+    cfg = load()
+    paths = supervise.bootstrap(cfg, ["nats", "api", "worker"])
+    assert paths.state_dir == config.state_dir(cfg)
+    for directory in (paths.state_dir, paths.secrets, paths.logs):
+        assert mode(directory) == 0o700
+    assert sorted(p.name for p in paths.secrets.iterdir()) == sorted(SECRETS)
+    for name in SECRETS:
+        assert mode(paths.secret(name)) == 0o600
+    key = paths.secret("signing_key").read_text().strip()
+    assert len(key) >= 32 and config.signing_key(cfg) == key
+    assert config.nats_server_token(cfg) == config.nats_token(cfg) == paths.secret("nats.token").read_text().strip()
+    claims = authtoken.validate(paths.secret("admin.token").read_text().strip(), key)
+    assert claims.roles == ("admin",) and "admin" in claims.scopes
+    assert claims.expires_at - claims.issued_at == supervise.ADMIN_TOKEN_LIFETIME
+    assert supervise.ADMIN_TOKEN_LIFETIME >= 9 * 365 * 86400
+
+
+def test_second_start_keeps_every_byte_and_tightens_modes():
+    cfg = load()
+    paths = supervise.bootstrap(cfg, ["nats", "api", "worker"])
+    before = snapshot(paths)
+    os.chmod(paths.secret("nats.token"), 0o644)
+    os.chmod(paths.secrets, 0o755)
+    supervise.bootstrap(cfg, ["nats", "api", "worker"])
+    assert snapshot(paths) == before
+    assert mode(paths.secret("nats.token")) == 0o600
+    assert mode(paths.secrets) == 0o700
+
+
+def test_concurrent_first_starts_agree_on_one_value_per_secret():
+    """Several processes bootstrap the same empty state dir at the same moment."""
+    script = (
+        "import sys, time; from osapi import config, supervise\n"
+        "start = float(sys.argv[1])\n"
+        "while time.time() < start: pass\n"
+        "paths = supervise.bootstrap(config.load(), ['nats', 'api', 'worker'])\n"
+        "print(*(paths.secret(n).read_text().strip() for n in sys.argv[2:]))\n"
+    )
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(start), *SECRETS],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    assert len(set(outputs)) == 1 and outputs[0].strip()
+    paths = supervise.layout(load())
+    leftovers = [p.name for p in paths.secrets.iterdir() if p.name not in SECRETS]
+    assert leftovers == []
+
+
+def test_secrets_follow_the_programs_and_the_configuration():
+    # a worker-only fleet host: no local NATS, no API
+    paths = supervise.bootstrap(load(supervise_programs="worker"), ["worker"])
+    assert sorted(p.name for p in paths.secrets.iterdir()) == ["supervisor.password"]
+    # a configured signing key signs the admin token; no key file is made
+    key = "k" * 40
+    cfg = load(api_server_security_signing_key=key)
+    supervise.bootstrap(cfg, ["api"])
+    assert not paths.secret("signing_key").exists()
+    authtoken.validate(paths.secret("admin.token").read_text().strip(), key)
+
+
+def test_an_admin_token_from_another_key_is_kept_and_reported(caplog):
+    paths = supervise.bootstrap(load(), ["api"])
+    token = paths.secret("admin.token").read_bytes()
+    supervise.bootstrap(load(api_server_security_signing_key="n" * 40), ["api"])
+    assert paths.secret("admin.token").read_bytes() == token
+    assert "not valid with the current signing key" in caplog.text
+
+
+def test_unusable_state_dir_is_a_configuration_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot create"):
+        supervise.bootstrap(load(supervise_state_dir=str(blocker / "state")), ["nats"])
+
+
+def parse(text: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser()
+    parser.read_string(text)
+    return parser
+
+
+def test_rendered_configuration():
+    paths = supervise.Layout(Path("/srv/osapi state"))
+    base = ["/usr/bin/python3", "/opt/osapi.pyz"]
+    flags = ["-f", "/etc/osapi/osapi.yaml", "-d"]
+    conf = parse(supervise.render(paths, ["nats", "api", "worker"], 3, base, flags, "root", "pw"))
+    sup = conf["supervisord"]
+    assert sup["nodaemon"] == "true" and sup["user"] == "root"
+    assert sup["logfile"] == "/srv/osapi state/logs/supervisord.log"
+    assert conf["unix_http_server"]["file"] == "/srv/osapi state/supervisor.sock"
+    assert conf["unix_http_server"]["chmod"] == "0700"
+    assert conf["unix_http_server"]["password"] == "{SHA}" + hashlib.sha1(b"pw").hexdigest()
+
+    nats, api, worker = conf["program:nats"], conf["program:api"], conf["program:worker"]
+    assert nats["command"] == "/usr/bin/python3 /opt/osapi.pyz nats server start --require-auth -f /etc/osapi/osapi.yaml -d"
+    assert api["command"].endswith("/opt/osapi.pyz api server start -f /etc/osapi/osapi.yaml -d")
+    assert worker["command"].endswith("/opt/osapi.pyz job worker start -f /etc/osapi/osapi.yaml -d")
+    # NATS starts first and stops last; workers stop first
+    assert int(nats["priority"]) < int(api["priority"]) < int(worker["priority"])
+    assert worker["numprocs"] == "3" and worker["process_name"] == "%(program_name)s-%(process_num)d"
+    for program in (nats, api, worker):
+        assert program["autorestart"] == "true"
+        assert program["stopasgroup"] == program["killasgroup"] == "true"
+        assert int(program["startretries"]) >= 1000
+        assert program["redirect_stderr"] == "true"
+        assert program["stdout_logfile_maxbytes"] == "10MB"
+        assert program["environment"] == 'OSAPI_SUPERVISE_STATE_DIR="/srv/osapi state"' or \
+            program["environment"].startswith('OSAPI_SUPERVISE_STATE_DIR="/srv/osapi state",PYTHONPATH=')
+    assert nats["stdout_logfile"] == "/srv/osapi state/logs/nats.log"
+    assert worker["stdout_logfile"] == "/srv/osapi state/logs/%(program_name)s-%(process_num)d.log"
+
+
+def test_rendered_configuration_selects_programs_and_escapes():
+    paths = supervise.Layout(Path("/srv/100%/osapi"))
+    text = supervise.render(paths, ["worker"], 1, ["/py", "/a b/osapi.pyz"], [])
+    conf = parse(text)
+    assert [s for s in conf.sections() if s.startswith("program:")] == ["program:worker"]
+    assert conf["program:worker"]["command"] == "/py '/a b/osapi.pyz' job worker start"
+    assert "/srv/100%%/osapi/logs" in text  # supervisor expands %(name)s: a literal % is doubled
+    with pytest.raises(ConfigError, match="double quote"):
+        supervise.render(supervise.Layout(Path('/srv/"x"')), ["api"], 1, ["/py"], [])
+
+
+def test_children_run_this_osapi():
+    # from a source tree: the same python, -m osapi, with the source on PYTHONPATH
+    assert supervise.self_command() == [sys.executable, "-m", "osapi"]
+    text = supervise.render(supervise.Layout(Path("/s")), ["api"], 1, supervise.self_command(), [])
+    source = str(Path(supervise.__file__).resolve().parent.parent)
+    assert f'PYTHONPATH="{source}"' in text
+
+
+def test_passthrough_flags(tmp_path):
+    assert supervise.passthrough_flags(None, False, False) == []
+    (tmp_path / "osapi.yaml").write_text("debug: false\n")  # ./osapi.yaml is found by lookup
+    assert supervise.passthrough_flags(None, True, True) == ["-f", str(tmp_path / "osapi.yaml"), "-d", "-j"]
+
+
+def test_status_without_a_supervisor_names_the_socket(cli):
+    result = cli("supervise", "status")
+    socket_path = Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]) / "supervisor.sock"
+    assert result.status == 1
+    assert "not running" in result.stderr and str(socket_path) in result.stderr
+    result = cli("supervise", "restart", "api")
+    assert result.status == 1 and str(socket_path) in result.stderr
+
+
+def test_bad_arguments(cli):
+    result = cli("supervise", "--workers", "0")
+    assert result.status == 2 and "--workers must be from 1 to 64" in result.stderr
+    result = cli("supervise", "stop")
+    assert result.status == 2 and "NAME" in result.stderr
+    assert not Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]).exists()
+
+
+def test_long_socket_path_is_refused_before_anything_runs(cli, tmp_path):
+    state = tmp_path / ("x" * 120)
+    result = cli("supervise", env={"OSAPI_SUPERVISE_STATE_DIR": str(state), "OSAPI_SUPERVISE_PROGRAMS": "worker"})
+    assert result.status == 2 and "longer than 107 bytes" in result.stderr
+    assert not (state / "supervisord.conf").exists()
