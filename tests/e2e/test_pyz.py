@@ -1,0 +1,177 @@
+"""The archive itself: it runs on a bare Python, unpacks once to a safe cache, bundles nats-server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from harness import REPO
+
+from osapi import __version__
+
+
+def test_version_and_help_on_a_bare_python(runner):
+    result = runner.run("--version")
+    assert result.status == 0 and result.stdout == f"osapi {__version__}\n", result.stderr
+    result = runner.run("--help")
+    assert result.status == 0
+    for command in ("supervise", "nats", "api", "client", "token"):
+        assert command in result.stdout
+    result = runner.run("supervise", "--help")
+    assert result.status == 0 and "--workers" in result.stdout
+    # a configuration error is still exit 2 with the funnel's message
+    result = runner.run("--version", env=runner.env(OSAPI_NO_SUCH_KEY="1"))
+    assert result.status == 0  # --version loads no configuration
+    result = runner.run("supervise", "status", env=runner.env(OSAPI_NO_SUCH_KEY="1"))
+    assert result.status == 2 and "OSAPI_NO_SUCH_KEY" in result.stderr
+
+
+def test_every_dependency_loads_from_the_archive(runner):
+    code = (
+        "import json, os, psutil, yaml, nats, bottle, waitress, jwt, icmplib, supervisor.supervisord\n"
+        "from osapi import natsd\n"
+        "b = natsd.bundled_binary()\n"
+        "print(json.dumps({'psutil': psutil.__file__, 'cpus': psutil.cpu_count(), 'binary': str(b),\n"
+        "                  'x': os.access(b, os.X_OK)}))\n"
+    )
+    result = runner.run("-c", code, env=runner.env(SHIV_INTERPRETER="1"))
+    assert result.status == 0, result.stderr
+    data = json.loads(result.stdout)
+    cache = runner.home / ".cache" / "osapi"
+    assert data["psutil"].startswith(str(cache)) and data["cpus"] >= 1
+    assert data["binary"].startswith(str(cache)) and data["binary"].endswith("/bin/nats-server") and data["x"]
+    version = subprocess.run([data["binary"], "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and "nats-server" in version.stdout
+
+
+def test_unpacked_once_into_a_private_cache_keyed_by_content(runner, pyz):
+    runner.run("--version")
+    cache = runner.home / ".cache" / "osapi"
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    with zipfile.ZipFile(pyz) as zf:
+        build_id = json.loads(zf.read("environment.json"))["build_id"]
+    unpacked = [p.name for p in cache.iterdir() if p.is_dir()]
+    assert unpacked == [f"osapi.pyz_{build_id}"]
+    marker = cache / unpacked[0] / "site-packages" / "osapi" / "__init__.py"
+    before = marker.stat().st_mtime_ns
+    assert runner.run("--version").status == 0
+    assert marker.stat().st_mtime_ns == before  # reused, not unpacked again
+
+
+def test_two_first_starts_at_the_same_moment(runner, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = runner.env(HOME=str(home))
+    procs = [subprocess.Popen(runner.command() + ["--version"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        try:
+            results.append((*proc.communicate(timeout=120), proc.returncode))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for out, err, status in results:
+        assert status == 0 and out == f"osapi {__version__}\n", err
+    cache = home / ".cache" / "osapi"
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one unpacked copy, no .tmp left
+
+
+def test_unwritable_home_falls_back_to_a_private_temp_dir(runner, tmp_path):
+    home_file = tmp_path / "not-a-dir"
+    home_file.write_text("")  # HOME cannot hold .cache, not even for root
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = runner.env(HOME=str(home_file), TMPDIR=str(tmpdir))
+    result = runner.run("--version", env=env)
+    assert result.status == 0, result.stderr
+    fallback = tmpdir / f"osapi-{os.geteuid()}"
+    assert fallback.is_dir() and (fallback.stat().st_mode & 0o777) == 0o700
+    assert any(p.name.startswith("osapi.pyz_") for p in fallback.iterdir())
+
+    # XDG_CACHE_HOME comes first when set
+    xdg = tmp_path / "xdg"
+    result = runner.run("--version", env=runner.env(HOME=str(home_file), TMPDIR=str(tmpdir), XDG_CACHE_HOME=str(xdg)))
+    assert result.status == 0 and (xdg / "osapi").is_dir()
+
+
+def test_a_cache_dir_someone_else_owns_is_refused(runner, tmp_path):
+    home_file = tmp_path / "not-a-dir"
+    home_file.write_text("")
+    tmpdir = tmp_path / "tmp"
+    planted = tmpdir / f"osapi-{os.geteuid()}"
+    planted.mkdir(parents=True)
+    os.chmod(planted, 0o777)  # writable by anyone: could hold planted code
+    result = runner.run("--version", env=runner.env(HOME=str(home_file), TMPDIR=str(tmpdir)))
+    assert result.status == 2
+    assert "no usable directory to unpack osapi.pyz into" in result.stderr
+    assert str(planted) in result.stderr and "writable by group or others" in result.stderr
+    assert "SHIV_ROOT" in result.stderr
+    assert list(planted.iterdir()) == []
+    if os.geteuid() == 0:
+        os.chmod(planted, 0o700)
+        os.chown(planted, 65534, 65534)
+        result = runner.run("--version", env=runner.env(HOME=str(home_file), TMPDIR=str(tmpdir)))
+        assert result.status == 2 and "owned by uid 65534" in result.stderr
+    # an explicit SHIV_ROOT is used as given
+    root = tmp_path / "explicit"
+    result = runner.run("--version", env=runner.env(HOME=str(home_file), SHIV_ROOT=str(root)))
+    assert result.status == 0 and any(root.iterdir())
+
+
+def other_pythons() -> list[Path]:
+    """The oldest and newest real CPython >= 3.10 installed here, other than this one's minor version."""
+    found: dict[tuple[int, int], Path] = {}
+    candidates = list(Path("/usr/bin").glob("python3.[0-9]*")) + \
+        list((Path.home() / ".pyenv" / "versions").glob("3.*/bin/python3"))
+    for path in candidates:
+        match = re.search(r"(?:python|versions/)3\.(\d+)", str(path))
+        if not match or not path.is_file() or not os.access(path, os.X_OK) or path.name.endswith("-config"):
+            continue
+        version = (3, int(match.group(1)))
+        if version >= (3, 10) and version != sys.version_info[:2]:
+            found.setdefault(version, path)
+    if not found:
+        return []
+    return sorted({found[min(found)], found[max(found)]})
+
+
+@pytest.mark.parametrize("python", other_pythons() or [None], ids=str)
+def test_other_cpython_versions(runner, python, tmp_path):
+    """psutil's extension is abi3 and PyYAML falls back to pure Python: any CPython >= 3.10 works."""
+    if python is None:
+        pytest.skip("no other CPython >= 3.10 on this machine")
+    env = runner.env(HOME=str(tmp_path))
+    code = ("import psutil, yaml; print(psutil.virtual_memory().total > 0, yaml.safe_load('a: 1'), "
+            f"psutil.__file__.startswith({str(tmp_path)!r}))")
+    result = subprocess.run([str(python), "-I", str(runner.pyz), "-c", code], env={**env, "SHIV_INTERPRETER": "1"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True {'a': 1} True", result.stderr
+
+
+def test_build_is_reproducible(pyz, tmp_path):
+    again = tmp_path / "again.pyz"
+    result = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "-o", str(again)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (pyz, again)]
+    assert digest[0] == digest[1]
+    assert pyz.stat().st_size < 12_000_000
+    with zipfile.ZipFile(pyz) as zf:
+        names = zf.namelist()
+        stamps = {info.date_time for info in zf.infolist()}
+    assert stamps == {(1980, 1, 1, 0, 0, 0)}
+    assert "site-packages/bin/nats-server" in names
+    assert not [n for n in names if n.endswith(".pyc") or "/tests/" in n or n.endswith("/RECORD")]
+    assert not [n for n in names if n.endswith(".so") and ".abi3." not in n]
+    bad = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "--source", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
