@@ -64,7 +64,7 @@ def versions(python3: str, nats_binary: str | None) -> dict:
     import osapi
 
     out = {
-        "python (appliance, `python3`)": _run([python3, "--version"]).replace("Python ", ""),
+        "python3 that runs osapi.pyz": f"{_run([python3, '--version']).replace('Python ', '')} ({python3})",
         "python (bench driver)": platform.python_version(),
         "osapi": osapi.__version__,
         "nats-server": _run([nats_binary, "--version"]) if nats_binary else "not found",
