@@ -76,7 +76,8 @@ def test_permission_denied_mount_is_skipped_not_an_error(tmp_path):
         os.statvfs({str(hidden)!r}); can = True
     except PermissionError:
         can = False
-    disks = osapi.provider.disk.list_disks([P("/dev/sdz1", {str(hidden)!r}, "ext4", "rw"), P("/dev/vda", "/", "ext4", "rw")])
+    table = [P("/dev/sdz1", {str(hidden)!r}, "ext4", "rw"), P("/dev/vda", "/", "ext4", "rw")]
+    disks = osapi.provider.disk.list_disks(table)
     print(json.dumps({{"can": can, "names": [d["name"] for d in disks]}}))
     """
     status, out, err = run_as_nobody(code, ["osapi.provider.disk"])

@@ -244,7 +244,7 @@ WRITE_AS_NOBODY = """
 from osapi.provider import ProviderError
 from osapi.provider.dns_resolv_conf import ResolvConfProvider
 try:
-    print(json.dumps({"result": ResolvConfProvider(sys.argv[1] if len(sys.argv) > 1 else PATH).update("lo", ["192.0.2.77"], ["x.example"])}))
+    print(json.dumps({"result": ResolvConfProvider(PATH).update("lo", ["192.0.2.77"], ["x.example"])}))
 except ProviderError as exc:
     print(json.dumps({"error": str(exc)}))
 """

@@ -12,8 +12,6 @@ from provider_support import check_result
 from osapi.job import operations
 from osapi.job.operations import HostContext
 from osapi.provider import host as host_provider
-from osapi.provider import load as load_provider
-from osapi.provider import memory as memory_provider
 
 HOST = HostContext(hostname="", labels={"group": "web.dev"})
 

@@ -9,7 +9,6 @@ from provider_support import check_result, ipv6_loopback_reason, run_in_net_name
 
 from osapi.job import operations
 from osapi.job.operations import HostContext
-from osapi.provider import ProviderError
 
 HOST = HostContext(hostname="h", labels={})
 needs_netns = pytest.mark.skipif(unshare_net_reason() is not None, reason=str(unshare_net_reason()))
