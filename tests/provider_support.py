@@ -166,3 +166,10 @@ def run_in_net_namespace(code: str, *, lo_up: bool = True, sysctls: dict | None 
         lines.append(f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})")
     return run_python("\n".join(lines) + "\n" + textwrap.dedent(code),
                       prefix=[shutil.which("unshare") or "unshare", "--net"], **kwargs)
+
+
+def needs_root():
+    """pytest mark: the test switches users or changes file owners."""
+    import pytest
+
+    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534 or to chown")

@@ -7,7 +7,7 @@ from collections import namedtuple
 
 import psutil
 import pytest
-from provider_support import check_result, run_as_nobody, run_in_mount_namespace, unshare_reason
+from provider_support import check_result, needs_root, run_as_nobody, run_in_mount_namespace, unshare_reason
 
 from osapi.job import operations
 from osapi.job.operations import HostContext
@@ -63,6 +63,7 @@ def test_unreadable_or_vanished_mounts_are_skipped(tmp_path):
     assert [d["name"] for d in disk.list_disks(table)] == ["/"]
 
 
+@needs_root()
 def test_permission_denied_mount_is_skipped_not_an_error(tmp_path):
     """As an unprivileged user, a mount point inside a directory it may not enter
     (tmp_path is 0700 root) is skipped and the rest is still answered."""

@@ -7,7 +7,7 @@ import os
 import stat
 
 import pytest
-from provider_support import check_result, run_as_nobody, run_in_mount_namespace, unshare_reason
+from provider_support import check_result, needs_root, run_as_nobody, run_in_mount_namespace, unshare_reason
 
 from osapi.config import load
 from osapi.job import operations
@@ -177,6 +177,7 @@ def test_domain_line_equal_to_the_asked_search_list_is_no_change(tmp_path):
     assert path.read_text() == "domain only.example\nnameserver 192.0.2.1\n"
 
 
+@needs_root()
 def test_rewrite_is_a_rename_keeping_mode_and_owner(conf):
     os.chmod(conf, 0o640)
     os.chown(conf, 65534, 65534)
@@ -269,6 +270,7 @@ def _as_nobody(path: str):
                          ["osapi.provider", "osapi.provider.dns_resolv_conf"])
 
 
+@needs_root()
 def test_write_refused_before_a_temp_file_exists_leaves_the_file(shared_dir):
     """The worker user may write the file but not create files in its directory."""
     path = os.path.join(shared_dir, "resolv.conf")
@@ -282,6 +284,7 @@ def test_write_refused_before_a_temp_file_exists_leaves_the_file(shared_dir):
     assert leftovers(shared_dir) == []
 
 
+@needs_root()
 def test_rename_refused_after_the_temp_file_was_written_cleans_up(shared_dir):
     """A sticky directory lets nobody create the temp file but not rename it over
     root's file: the failure comes after the temp file is complete."""

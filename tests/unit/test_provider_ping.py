@@ -39,9 +39,17 @@ def test_ping_ipv6_loopback():
     assert_all_answered(ping({"address": "::1", "count": 2}), 2)
 
 
+@needs_netns
 def test_ping_a_hostname_resolves_it():
-    """``localhost`` comes from /etc/hosts: a name, but still only loopback traffic."""
-    assert_all_answered(ping({"address": "localhost", "count": 1}), 1)
+    """``localhost`` from /etc/hosts, inside a private network namespace so that
+    even a host without that entry could send no DNS query out."""
+    code = """
+    from osapi.provider.ping import ping
+    print(json.dumps(ping({"address": "localhost", "count": 1}, None)))
+    """
+    status, out, err = run_in_net_namespace(code)
+    assert status == 0, err
+    assert_all_answered(check_result("network.ping.do", out), 1)
 
 
 @pytest.mark.parametrize("data, word", [
