@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "osapi.cli.client",
     "osapi.cli.supervise",
     "osapi.cli.nats",
+    "osapi.cli.job",
 )
 
 log = logging.getLogger("osapi.cli")

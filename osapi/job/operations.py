@@ -257,6 +257,11 @@ OPERATIONS: dict[str, Operation] = {
 
 def get(op_type: Any) -> Operation:
     """The operation named ``op_type``, or ``InvalidData`` listing the known ones."""
+    if isinstance(op_type, str) and op_type.startswith("test.") and op_type not in OPERATIONS:
+        from osapi.job import testhooks  # test-only operations, inert unless OSAPITEST_HOOKS=1
+
+        if testhooks.enabled() and op_type in testhooks.OPERATIONS:
+            return testhooks.OPERATIONS[op_type]
     if not isinstance(op_type, str) or op_type not in OPERATIONS:
         raise InvalidData(f"unknown operation type {op_type!r}; known: {', '.join(OPERATIONS)}")
     return OPERATIONS[op_type]

@@ -1,0 +1,281 @@
+"""The job client: submit, inspect, list, delete, wait (CONTRACT §4.3, §5).
+
+Used by the REST API on its one long-lived connection (all methods are
+coroutines on that connection's event loop). Every input is validated before
+anything is stored; NATS failures become ``NatsUnavailable``.
+
+Costs (10,000 jobs stored, loopback NATS):
+
+* ``list()`` without a status filter: two subject listings (the total, then the
+  newest ``offset+limit`` job keys) plus, per job on the page, one events listing
+  and the answering hosts' responses (job bodies are cached: they never change).
+  A page does not read the other jobs. Deep pages cost more (``offset`` keys).
+* ``list(status=…)`` and ``stats()``: status is computed, not stored, so they
+  list every event key once (about 100 ms for 10,000 jobs), no values.
+  ``stats()`` also needs every job's operation type: bodies are read once per
+  process and then cached.
+* ``run()``: subscribes to the job's response subjects *before* submitting, so
+  answers arrive as they are written. A broadcast returns as soon as every live
+  registered worker host matching the target has answered (CONTRACT §5.4); the
+  quiet period only applies when the registry names no matching host, or to
+  notice that an expected host went silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from osapi.job import operations
+from osapi.job import status as st
+from osapi.job.errors import InvalidJob, JobError, JobNotFound, JobTimeout, NatsUnavailable
+from osapi.job.ids import is_job_id, new_job_id
+from osapi.job.registry import Registry
+from osapi.job.store import Store
+from osapi.job.subjects import Target, parse_target, subject_for
+
+log = logging.getLogger("osapi.job.client")
+
+MAX_LIMIT = 1000
+RECONNECT_CHECK = 2.0  # while waiting: how often to look whether the connection was re-established
+
+
+class JobClient:
+    def __init__(self, nc, cfg):
+        self.nc = nc
+        self.cfg = cfg
+        self.store = Store(nc, cfg)
+        self.registry = Registry(self.store)
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextlib.asynccontextmanager
+    async def _nats(self, what: str):
+        """Turn NATS trouble into ``NatsUnavailable`` naming the server."""
+        import nats.errors
+
+        from osapi.job.connection import describe
+
+        if self.nc.is_closed or not self.nc.is_connected:
+            raise NatsUnavailable(f"cannot {what}: not connected to NATS at {describe(self.cfg)} (reconnecting)")
+        try:
+            yield
+        except JobError:
+            raise
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            detail = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+            raise NatsUnavailable(f"cannot {what}: NATS at {describe(self.cfg)}: {detail}") from exc
+
+    async def setup(self) -> None:
+        """Streams, KV buckets, DLQ and the shared ``_any`` consumer (idempotent)."""
+        async with self._nats("set up the job streams"):
+            await self.store.setup()
+
+    @staticmethod
+    def prepare(operation: Any, target: Any = "_any") -> tuple[operations.Operation, dict, Target]:
+        """Validate an operation and a target; ``InvalidJob`` names the bad field."""
+        if not isinstance(operation, dict):
+            raise InvalidJob(f"operation must be an object with type and data, got {type(operation).__name__}")
+        unknown = sorted(set(operation) - {"type", "data"})
+        if unknown:
+            raise InvalidJob(f"operation has unknown field {', '.join(unknown)}; allowed: type, data")
+        if "type" not in operation:
+            raise InvalidJob("operation.type is required")
+        try:
+            op = operations.get(operation["type"])
+        except operations.InvalidData as exc:
+            raise InvalidJob(f"operation.type: {exc}") from None
+        try:
+            data = op.check(operation.get("data"))
+        except operations.InvalidData as exc:
+            raise InvalidJob(f"operation.data: {exc}") from None
+        return op, data, parse_target(target)
+
+    async def _submit(self, job_id: str, op: operations.Operation, data: dict, target: Target) -> dict:
+        nanos = time.time_ns()
+        job = {
+            "id": job_id,
+            "created": st.rfc3339(nanos),
+            "created_ns": nanos,
+            "target_hostname": target.text,
+            "operation": {"type": op.type, "data": data},
+            "kind": op.kind,
+            "subject": subject_for(op.kind, target, self.store.names.prefix),
+        }
+        revision = await self.store.put_job(job)
+        await self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text))
+        try:
+            await self.store.publish_job(job["subject"], job_id)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.store.purge_job(job_id)
+            raise
+        return {"job_id": job_id, "status": st.SUBMITTED, "revision": revision, "timestamp": job["created"]}
+
+    # ------------------------------------------------------------ the interface
+
+    async def create(self, operation: dict, target: str = "_any") -> dict:
+        """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``."""
+        op, data, parsed = self.prepare(operation, target)
+        async with self._nats("submit the job"):
+            return await self._submit(new_job_id(), op, data, parsed)
+
+    @staticmethod
+    def _check_id(job_id: Any) -> str:
+        if not is_job_id(job_id):
+            raise JobNotFound(f"job {job_id!r} not found: a job id is a lower-case UUID")
+        return job_id
+
+    async def get(self, job_id: str) -> dict:
+        self._check_id(job_id)
+        async with self._nats("read the job"):
+            self.store.forget(job_id)  # another process may have deleted it
+            view = await self.store.view(job_id)
+        if view is None:
+            raise JobNotFound(f"job {job_id} not found (never submitted, deleted, or expired)")
+        return view
+
+    async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+        """``{total_items, items}``, newest first."""
+        if status is not None and status not in st.STATUSES:
+            raise InvalidJob(f"status must be one of {', '.join(st.STATUSES)}, got {status!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidJob(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidJob(f"offset must be an integer of 0 or more, got {offset!r}")
+        async with self._nats("list jobs"):
+            if status is None:
+                ids, total = await self.store.newest_job_ids(offset, limit)
+            else:
+                all_ids, events = await asyncio.gather(self.store.all_job_ids(), self.store.all_events())
+                matching = [i for i in reversed(all_ids) if st.compute_status(events.get(i, ())) == status]
+                ids, total = matching[offset:offset + limit], len(matching)
+            views = await self.store.views(ids)
+        return {"total_items": total, "items": [views[i] for i in ids if i in views]}
+
+    async def delete(self, job_id: str) -> None:
+        self._check_id(job_id)
+        async with self._nats("delete the job"):
+            self.store.forget(job_id)
+            if await self.store.get_job(job_id) is None:
+                raise JobNotFound(f"job {job_id} not found (never submitted, deleted, or expired)")
+            await self.store.purge_job(job_id)
+
+    async def stats(self) -> dict:
+        """``{total_jobs, status_counts, operation_counts, dlq_count}``."""
+        import nats.js.errors as jse
+
+        async with self._nats("read queue statistics"):
+            ids, events = await asyncio.gather(self.store.all_job_ids(), self.store.all_events())
+            jobs = await self.store.get_jobs(ids)
+            try:
+                info = await self.store.js.stream_info(self.store.names.dlq_stream)
+                dlq = int(info.state.messages)
+            except jse.NotFoundError:
+                dlq = 0
+        status_counts = {s: 0 for s in st.STATUSES}
+        operation_counts: dict[str, int] = {}
+        for job_id in ids:
+            status_counts[st.compute_status(events.get(job_id, ()))] += 1
+            op_type = ((jobs.get(job_id) or {}).get("operation") or {}).get("type")
+            if op_type:
+                operation_counts[op_type] = operation_counts.get(op_type, 0) + 1
+        return {
+            "total_jobs": len(ids),
+            "status_counts": status_counts,
+            "operation_counts": dict(sorted(operation_counts.items())),
+            "dlq_count": dlq,
+        }
+
+    async def workers(self) -> dict:
+        async with self._nats("read the worker registry"):
+            return await self.registry.workers()
+
+    async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float) -> dict:
+        """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered."""
+        op, data, parsed = self.prepare({"type": op_type, "data": data}, target)
+        job_id = new_job_id()
+        async with self._nats("run the job"):
+            prefix = self.store.subject_of("responses", f"{job_id}.")
+            sub = await self.nc.subscribe(f"{prefix}>")
+            try:
+                expected = await self._expected_hosts(parsed) if parsed.broadcast else set()
+                await self._submit(job_id, op, data, parsed)
+                answers = await self._collect(sub, prefix, job_id, parsed, expected, timeout, quiet_period)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        if not answers:
+            raise JobTimeout(
+                f"no worker answered job {job_id} (target {parsed.text}) within {timeout:g}s",
+                job_id,
+                "is a worker running for that target? see `osapi client job workers list`",
+            )
+        return {"job_id": job_id, "results": [_result(h, r) for h, r in sorted(answers.items())]}
+
+    # ------------------------------------------------------------ waiting
+
+    async def _expected_hosts(self, target: Target) -> set[str]:
+        entries = await self.registry.entries()
+        return {e["hostname"] for e in entries if target.matches(e["hostname"], e.get("labels"))}
+
+    async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str],
+                       timeout: float, quiet_period: float) -> dict[str, dict]:
+        """Answers as they arrive on ``sub``, until the target is satisfied or the fallbacks end it."""
+        import nats.errors
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reconnects = self.nc.stats.get("reconnects", 0)
+        answers: dict[str, dict] = {}
+        quiet_until: float | None = None
+
+        def done() -> bool:
+            if not answers:
+                return False
+            return not target.broadcast or (bool(expected) and expected <= answers.keys())
+
+        while not done():
+            now = loop.time()
+            if now >= deadline:
+                answers.update(await self.store.responses(job_id))  # last look: answers missed in transit
+                break
+            wait = min(deadline - now, RECONNECT_CHECK)
+            if quiet_until is not None:
+                wait = min(wait, max(0.0, quiet_until - now))
+            try:
+                msg = await sub.next_msg(timeout=max(wait, 0.001))
+            except nats.errors.TimeoutError:
+                if self.nc.stats.get("reconnects", 0) != reconnects:
+                    # messages published while we were reconnecting never reach a core subscription
+                    reconnects = self.nc.stats.get("reconnects", 0)
+                    answers.update(await self.store.responses(job_id))
+                if quiet_until is not None and loop.time() >= quiet_until:
+                    if not expected:
+                        break  # the registry named nobody: the quiet period decides
+                    live = await self._expected_hosts(target)
+                    expected = {h for h in expected if h in live}  # a host that went silent is not awaited
+                    if not expected:
+                        break
+                    quiet_until = loop.time() + quiet_period
+                continue
+            try:
+                record = json.loads(msg.data)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                answers[msg.subject[len(prefix):]] = record
+                if target.broadcast:
+                    quiet_until = loop.time() + quiet_period
+        return answers
+
+
+def _result(hostname: str, record: dict) -> dict:
+    if record.get("status") == "ok":
+        data = record.get("data")
+        return {"hostname": hostname, **(data if isinstance(data, dict) else {"result": data})}
+    return {"hostname": hostname, "status": "failed", "error": record.get("error") or "failed"}

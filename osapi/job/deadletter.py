@@ -1,0 +1,76 @@
+"""Dead jobs: from the server's max-deliveries advisory to a ``failed`` job.
+
+The DLQ stream (``setup.py``) stores JetStream's
+``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` advisories:
+the server publishes one when a job was delivered ``job.consumer.max_deliver``
+times without an ack — its workers died, hung past ``ack_wait``, or asked for a
+retry (``RetryableError``) every time. That works even when no worker survives.
+
+Every worker runs one loop on the shared durable ``<consumer_name>-dlq``
+consumer, so each dead job is handled once: the job's host (from the consumer's
+metadata; for the fleet-wide ``_any`` consumer, the host that took it last) gets
+a ``failed`` response and event, unless it already has a final one. The
+advisory stays in the DLQ stream: ``dlq_count`` in the statistics counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from osapi.job import status as st
+from osapi.job.ids import is_job_id
+from osapi.job.store import Store
+
+log = logging.getLogger("osapi.job.deadletter")
+UNKNOWN_HOST = "_unknown"
+
+
+async def handle(store: Store, payload: bytes) -> str | None:
+    """Mark the job of one advisory as failed. Returns the job id handled, or None."""
+    import nats.js.errors as jse
+
+    try:
+        advisory = json.loads(payload)
+        seq = int(advisory["stream_seq"])
+        consumer = str(advisory.get("consumer") or "")
+        deliveries = int(advisory.get("deliveries") or 0)
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring a malformed dead-letter entry: %.200r", payload)
+        return None
+    names = store.names
+    try:
+        msg = await store.js.get_msg(names.stream, seq)
+    except jse.NotFoundError:
+        log.warning("dead job notification %d of %s is gone (expired); cannot mark its job", seq, names.stream)
+        return None
+    job_id = (msg.data or b"").decode(errors="replace").strip()
+    if not is_job_id(job_id) or await store.get_job(job_id) is None:
+        return None
+
+    host = None
+    if consumer != names.any_consumer:
+        try:
+            info = await store.js.consumer_info(names.stream, consumer)
+            host = (info.config.metadata or {}).get("osapi_hostname")
+        except jse.NotFoundError:
+            host = None
+    events = await store.events(job_id)
+    last = st.last_per_host(events)
+    if host is None:
+        if consumer == names.any_consumer and any(e.event in st.TERMINAL for e in events):
+            return job_id  # another host finished it
+        active = sorted((e for e in last.values() if e.event in st.ACTIVE), key=lambda e: e.sort_key)
+        host = active[-1].host if active else UNKNOWN_HOST
+    elif last.get(host) is not None and last[host].event in st.TERMINAL:
+        return job_id  # the worker already reported its final failure
+    error = (
+        f"gave up after {deliveries} deliveries: the worker died, timed out or asked to retry each time; "
+        f"the job is in the dead-letter stream {names.dlq_stream}"
+    )
+    await store.put_response(job_id, host, {
+        "status": "failed", "data": None, "error": error, "hostname": host, "deliveries": deliveries,
+    })
+    await store.add_event(job_id, st.FAILED, host, error=error, reason="dead-letter")
+    log.warning("job %s failed on %s: %s", job_id, host, error)
+    return job_id

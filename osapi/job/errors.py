@@ -1,0 +1,45 @@
+"""Failures of the job system, each mapped by the REST API to one HTTP status.
+
+``InvalidJob`` → 400, ``JobNotFound`` → 404, ``NatsUnavailable`` → 503,
+``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
+error funnel prints them as one line with exit status 1.
+
+``RetryableError`` is different: a provider raises it when trying the same job
+again later may succeed (a busy resource, a lock held by someone else). The
+worker then redelivers the job with ``job.consumer.back_off`` delays, up to
+``job.consumer.max_deliver`` deliveries, after which it goes to the dead-letter
+stream. Any other provider exception is taken as deterministic: the job fails
+for that host at once and is not retried.
+"""
+
+from __future__ import annotations
+
+from osapi.errors import OsapiError
+
+
+class JobError(OsapiError):
+    """Base of every job-system failure."""
+
+
+class InvalidJob(JobError):
+    """Bad operation type, data or target; the message names the field. Nothing was stored."""
+
+
+class JobNotFound(JobError):
+    """No job with that id (never existed, deleted, or expired after ``job.kv.ttl``)."""
+
+
+class NatsUnavailable(JobError):
+    """NATS cannot be reached or does not answer; the message names the URL."""
+
+
+class JobTimeout(JobError):
+    """No worker answered within the timeout. ``job_id`` is the job that was submitted."""
+
+    def __init__(self, message: str, job_id: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.job_id = job_id
+
+
+class RetryableError(Exception):
+    """Raised by a provider when the same job may succeed if tried again later."""

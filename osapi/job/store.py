@@ -1,0 +1,272 @@
+"""Reads and writes of the KV layout (CONTRACT §5.2), shared by client and worker.
+
+KV ``job-queue``
+    ``jobs.<id>``                         the immutable job (JSON)
+    ``status.<id>.<event>.<host>.<nanos>`` append-only events; the key says it all,
+                                          the value holds details (error, delivery)
+KV ``job-responses``
+    ``<id>.<host>``                       one host's result: ``{status, data, error, …}``
+stream ``JOBS``
+    ``jobs.<query|modify>.<target>``      the job id, to wake the right workers
+
+Listing is built on JetStream's *subject* listing (``STREAM.INFO`` with
+``subjects_filter``), which the server answers from its subject index, sorted,
+paged by ``offset``, with the total: no message is read. Job ids are UUIDv7, so
+sorted ``jobs.<id>`` subjects are sorted by creation time, and a newest-first
+page is the tail of that listing. Jobs are immutable, so their bodies are cached
+(LRU) per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from osapi.job import status as st
+from osapi.job.setup import Names
+
+REQUEST_TIMEOUT = 5.0
+CACHE_SIZE = 20000
+MAX_SUBJECT_PAGES = 1000  # 100,000 subjects a page: a bound, not a limit anyone meets
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+class Store:
+    def __init__(self, nc, cfg):
+        self.nc = nc
+        self.cfg = cfg
+        self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
+        self.names = Names.from_config(cfg)
+        self._kv: dict[str, Any] = {}
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self.local_hostname = socket.gethostname()
+
+    # ------------------------------------------------------------ setup and handles
+
+    async def setup(self) -> None:
+        from osapi.job.setup import ensure_all
+
+        self._kv = await ensure_all(self.js, self.cfg)
+
+    def kv(self, role: str):
+        """The KV handle for ``jobs``, ``responses`` or ``registry`` (made without a round trip)."""
+        handle = self._kv.get(role)
+        if handle is None:
+            from nats.js.kv import KeyValue
+
+            bucket = {
+                "jobs": self.names.jobs_bucket,
+                "responses": self.names.responses_bucket,
+                "registry": self.names.registry_bucket,
+            }[role]
+            handle = KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=self.js,
+                              direct=True)
+            self._kv[role] = handle
+        return handle
+
+    def stream_of(self, role: str) -> str:
+        return self.kv(role)._stream
+
+    def subject_of(self, role: str, key: str) -> str:
+        return f"{self.kv(role)._pre}{key}"
+
+    # ------------------------------------------------------------ subject listings
+
+    async def subjects(self, stream: str, subject_filter: str, offset: int = 0) -> tuple[dict[str, int], int]:
+        """One page of the subjects matching a filter (server-sorted) and the total count."""
+        import nats.js.errors as jse
+
+        request: dict[str, Any] = {"subjects_filter": subject_filter}
+        if offset:
+            request["offset"] = offset
+        msg = await self.nc.request(f"$JS.API.STREAM.INFO.{stream}", dumps(request), timeout=REQUEST_TIMEOUT)
+        data = json.loads(msg.data)
+        if "error" in data:
+            raise jse.APIError.from_error(data["error"])
+        found = (data.get("state") or {}).get("subjects") or {}
+        return found, int(data.get("total", len(found)))
+
+    async def all_subjects(self, stream: str, subject_filter: str, offset: int = 0) -> tuple[list[str], int]:
+        """Every matching subject from ``offset`` on, in sorted order, and the total."""
+        out: list[str] = []
+        total = 0
+        for _ in range(MAX_SUBJECT_PAGES):
+            found, total = await self.subjects(stream, subject_filter, offset + len(out))
+            out.extend(sorted(found))
+            if not found or offset + len(out) >= total:
+                break
+        return out, total
+
+    async def count_jobs(self) -> int:
+        _, total = await self.subjects(self.stream_of("jobs"), self.subject_of("jobs", "jobs.>"), 1 << 40)
+        return total
+
+    async def all_job_ids(self) -> list[str]:
+        """Every stored job id, oldest first."""
+        prefix = self.subject_of("jobs", "jobs.")
+        found, _ = await self.all_subjects(self.stream_of("jobs"), f"{prefix}>")
+        return [s[len(prefix):] for s in found]
+
+    async def newest_job_ids(self, offset: int, limit: int) -> tuple[list[str], int]:
+        """Ids ``offset … offset+limit-1`` counted from the newest, and the total.
+
+        Two subject listings: the total (no subjects returned), then the tail
+        from the page's start. Cost grows with ``offset + limit``, not with the
+        number of jobs stored.
+        """
+        stream, prefix = self.stream_of("jobs"), self.subject_of("jobs", "jobs.")
+        total = await self.count_jobs()
+        start = max(0, total - offset - limit)
+        if offset >= total:
+            return [], total
+        tail, total_now = await self.all_subjects(stream, f"{prefix}>", start)
+        ids = [s[len(prefix):] for s in tail]  # ascending, positions start … total_now-1
+        # jobs created between the two listings move the newest end: slice by the newer total
+        lo = max(0, total_now - offset - limit - start)
+        hi = max(0, total_now - offset - start)
+        return list(reversed(ids[lo:hi])), total_now
+
+    # ------------------------------------------------------------ jobs
+
+    async def put_job(self, job: dict) -> int:
+        revision = await self.kv("jobs").create(f"jobs.{job['id']}", dumps(job))
+        self._remember(job)
+        return revision
+
+    def _remember(self, job: dict) -> None:
+        self._cache[job["id"]] = job
+        self._cache.move_to_end(job["id"])
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def get_job(self, job_id: str) -> dict | None:
+        import nats.js.errors as jse
+
+        cached = self._cache.get(job_id)
+        if cached is not None:
+            return cached
+        try:
+            entry = await self.kv("jobs").get(f"jobs.{job_id}")
+        except jse.KeyNotFoundError:
+            return None
+        job = json.loads(entry.value)
+        self._remember(job)
+        return job
+
+    async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
+        ids = list(ids)
+        found = await _gather_bounded([self.get_job(i) for i in ids])
+        return {i: job for i, job in zip(ids, found) if job is not None}
+
+    def forget(self, job_id: str) -> None:
+        self._cache.pop(job_id, None)
+
+    async def publish_job(self, subject: str, job_id: str) -> int:
+        ack = await self.js.publish(subject, job_id.encode(), headers={"Nats-Msg-Id": job_id})
+        return ack.seq
+
+    # ------------------------------------------------------------ events
+
+    async def add_event(self, job_id: str, event: str, host: str, **details: Any) -> int:
+        nanos = time.time_ns()
+        await self.kv("jobs").put(st.event_key(job_id, event, host, nanos), dumps(details))
+        return nanos
+
+    async def events(self, job_id: str) -> list[st.Event]:
+        found, _ = await self.subjects(self.stream_of("jobs"), self.subject_of("jobs", f"status.{job_id}.>"))
+        return self._parse_events(found, job_id)
+
+    async def host_events(self, job_id: str, host: str | None = None) -> list[st.Event]:
+        events = await self.events(job_id)
+        return [e for e in events if host is None or e.host == host]
+
+    def _parse_events(self, subjects: Iterable[str], job_id: str | None = None) -> list[st.Event]:
+        pre = len(self.kv("jobs")._pre)
+        out = []
+        for subject in subjects:
+            parsed = st.parse_event_key(subject[pre:])
+            if parsed and (job_id is None or parsed[0] == job_id):
+                out.append(parsed[1])
+        return out
+
+    async def all_events(self) -> dict[str, list[st.Event]]:
+        """Every job's events from one subject listing (status filters and statistics)."""
+        found, _ = await self.all_subjects(self.stream_of("jobs"), self.subject_of("jobs", "status.>"))
+        pre = len(self.kv("jobs")._pre)
+        out: dict[str, list[st.Event]] = {}
+        for subject in found:
+            parsed = st.parse_event_key(subject[pre:])
+            if parsed:
+                out.setdefault(parsed[0], []).append(parsed[1])
+        return out
+
+    # ------------------------------------------------------------ responses
+
+    async def put_response(self, job_id: str, host: str, record: dict) -> None:
+        await self.kv("responses").put(f"{job_id}.{host}", dumps(record))
+
+    async def response(self, job_id: str, host: str) -> dict | None:
+        import nats.js.errors as jse
+
+        try:
+            entry = await self.kv("responses").get(f"{job_id}.{host}")
+        except jse.KeyNotFoundError:
+            return None
+        return json.loads(entry.value)
+
+    async def responses(self, job_id: str, hosts: Iterable[str] | None = None) -> dict[str, dict]:
+        """Responses of a job: of ``hosts`` if given, else of every host that answered."""
+        if hosts is None:
+            prefix = self.subject_of("responses", f"{job_id}.")
+            found, _ = await self.all_subjects(self.stream_of("responses"), f"{prefix}>")
+            hosts = [s[len(prefix):] for s in found]
+        hosts = list(hosts)
+        found = await _gather_bounded([self.response(job_id, h) for h in hosts])
+        return {h: r for h, r in zip(hosts, found) if r is not None}
+
+    # ------------------------------------------------------------ whole jobs
+
+    async def views(self, ids: list[str]) -> dict[str, dict]:
+        """Job objects (CONTRACT §4.3) for ``ids``; missing jobs are left out."""
+        jobs, events = await asyncio.gather(self.get_jobs(ids), _gather_bounded([self.events(i) for i in ids]))
+        by_id = dict(zip(ids, events))
+        answered = [
+            (i, [h for h, e in st.last_per_host(by_id[i]).items() if e.event in st.TERMINAL] or None)
+            for i in ids if i in jobs
+        ]
+        # hosts with a terminal event have written their response first; fetch exactly those
+        responses = await _gather_bounded([self.responses(i, hosts or []) for i, hosts in answered])
+        resp_by_id = {i: r for (i, _), r in zip(answered, responses)}
+        return {i: st.job_view(jobs[i], by_id[i], resp_by_id.get(i, {})) for i in ids if i in jobs}
+
+    async def view(self, job_id: str) -> dict | None:
+        return (await self.views([job_id])).get(job_id)
+
+    async def purge_job(self, job_id: str) -> None:
+        """Remove the job, its events and its responses, leaving no delete markers."""
+        self.forget(job_id)
+        await asyncio.gather(
+            self.js.purge_stream(self.stream_of("jobs"), subject=self.subject_of("jobs", f"jobs.{job_id}")),
+            self.js.purge_stream(self.stream_of("jobs"), subject=self.subject_of("jobs", f"status.{job_id}.>")),
+            self.js.purge_stream(self.stream_of("responses"), subject=self.subject_of("responses", f"{job_id}.>")),
+        )
+
+
+async def _gather_bounded(coros: list, limit: int = 256) -> list:
+    """``asyncio.gather`` with at most ``limit`` requests in flight."""
+    if len(coros) <= limit:
+        return list(await asyncio.gather(*coros))
+    sem = asyncio.Semaphore(limit)
+
+    async def one(coro):
+        async with sem:
+            return await coro
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
