@@ -10,6 +10,7 @@ the test adds.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,9 +23,19 @@ PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="session")
-def pyz(tmp_path_factory) -> Path:
+def source_snapshot(tmp_path_factory) -> Path:
+    """A frozen copy of what build_pyz.py reads, so a second build sees the very same source."""
+    snapshot = tmp_path_factory.mktemp("source")
+    for name in ("build_pyz.py", "pyproject.toml"):
+        shutil.copy2(REPO / name, snapshot / name)
+    shutil.copytree(REPO / "osapi", snapshot / "osapi", ignore=shutil.ignore_patterns("__pycache__"))
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory, source_snapshot) -> Path:
     out = tmp_path_factory.mktemp("pyz") / "osapi.pyz"
-    result = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "-o", str(out)],
+    result = subprocess.run([sys.executable, str(source_snapshot / "build_pyz.py"), "-o", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.is_file() and os.access(out, os.X_OK)

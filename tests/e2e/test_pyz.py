@@ -157,9 +157,9 @@ def test_other_cpython_versions(runner, python, tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "True {'a': 1} True", result.stderr
 
 
-def test_build_is_reproducible(pyz, tmp_path):
+def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
     again = tmp_path / "again.pyz"
-    result = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "-o", str(again)],
+    result = subprocess.run([sys.executable, str(source_snapshot / "build_pyz.py"), "-o", str(again)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (pyz, again)]

@@ -13,12 +13,12 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from harness import free_port, stop_process, wait_for_port
+from supervise_support import wait_until
 from osapi import config, natsd
 
 
@@ -85,7 +85,7 @@ def test_runs_with_the_state_dir_token_and_becomes_nats_server(tmp_path, state):
 
         # SIGHUP is a config reload for nats-server, not an exit
         os.kill(proc.pid, signal.SIGHUP)
-        time.sleep(0.5)
+        wait_until(lambda: "Reloaded server configuration" in (tmp_path / "out.log").read_text(), 15, "reload")
         assert proc.poll() is None
         assert nats_handshake(port, token) == "PONG"
     finally:
