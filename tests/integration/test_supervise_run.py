@@ -93,3 +93,53 @@ def test_port_in_use_is_refused_before_anything_starts(cli, env):
 def test_missing_nats_binary_is_refused(cli, tmp_path):
     result = cli("supervise", env={"OSAPI_NATS_SERVER_BINARY": str(tmp_path / "no-such-nats-server")})
     assert result.status == 2 and "no-such-nats-server is not an executable file" in result.stderr
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
+    """A host whose NATS is elsewhere and not up yet: supervise keeps both going until it is."""
+    from harness import NatsServer
+
+    nats = NatsServer(tmp_path / "remote-nats")  # port and token chosen, server not started yet
+    env.update({
+        "OSAPI_SUPERVISE_PROGRAMS": "api,worker",
+        "OSAPI_NATS_URL": nats.url,
+        "OSAPI_NATS_TOKEN": nats.token,
+        "OSAPI_JOB_WORKER_HOSTNAME": "late-nats-host",
+    })
+    state = Path(env["OSAPI_SUPERVISE_STATE_DIR"])
+    base = f"http://127.0.0.1:{env['OSAPI_API_SERVER_PORT']}"
+    sup = Supervise([sys.executable, "-m", "osapi", "supervise"], env, state, tmp_path / "run").start()
+    try:
+        sup.wait_running(["api", "worker:worker-1"])
+        assert _get(base + "/health/ready")[0] == 503
+        nats.start()
+        wait_until(lambda: _get(base + "/health/ready")[0] == 200, 60, "/health/ready 200 once NATS is up")
+        token = (state / "secrets" / "admin.token").read_text().strip()
+
+        def registered():
+            status, body = _get(base + "/api/v1/jobs/workers", token)
+            return status == 200 and [w["hostname"] for w in body["workers"]] == ["late-nats-host"]
+
+        wait_until(registered, 60, "the worker in the registry", interval=0.3)
+        assert not (state / "secrets" / "nats.token").exists()  # no local NATS, no local token
+    finally:
+        status = sup.stop()
+        nats.stop()
+    assert status == 0, sup.log()
