@@ -25,6 +25,9 @@ The version is ``osapi.__version__`` and must equal the top entry of
 ``nats-server`` is for another machine, since that binary is what makes the
 package architecture-specific.
 
+The data member is gzip-compressed: the pyz inside is already deflated, so xz
+would take seconds to save nothing.
+
 Reproducible: every mtime is ``SOURCE_DATE_EPOCH`` (default: the date of the top
 changelog entry, as ``dpkg-buildpackage`` does), modes are normalized, the
 members are owned by root (``--root-owner-group``) and dpkg-deb writes them in
@@ -35,10 +38,10 @@ from __future__ import annotations
 
 import argparse
 import email.utils
-import gzip
 import hashlib
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -164,15 +167,49 @@ def build_pyz(workdir: Path, epoch: int) -> Path:
 
 
 def with_shebang(pyz: Path) -> bytes:
-    """The pyz's bytes with its first line replaced by ``#!/usr/bin/python3``.
+    """The pyz behind a ``#!/usr/bin/python3`` line instead of its own first line.
 
-    A zip archive tolerates any prefix (readers find the central directory from
-    the end), so the shebang can change length.
+    A zip records absolute offsets (of each member's local header and of the
+    central directory), and Python's zipimport refuses an archive whose prefix
+    got shorter: its offsets would point before the data. So the offsets are
+    moved by the change in the prefix's length; the members' bytes stay as
+    they are.
     """
     data = pyz.read_bytes()
-    if data.startswith(b"#!"):
-        data = data[data.index(b"\n") + 1 :]
-    return SHEBANG + data
+    old_prefix = data.index(b"\n") + 1 if data.startswith(b"#!") else 0
+    try:
+        return SHEBANG + rebase_zip(data[old_prefix:], old_prefix, len(SHEBANG))
+    except (ValueError, struct.error) as exc:
+        raise BuildError(f"{pyz} is not a readable zip archive: {exc}") from None
+
+
+EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
+CDH = struct.Struct("<4s6H3L5H2L")  # central directory file header
+
+
+def rebase_zip(body: bytes, old_base: int, new_base: int) -> bytes:
+    """``body`` (a zip that sat at ``old_base`` in its file) with offsets for ``new_base``."""
+    end = body.rfind(b"PK\x05\x06", max(0, len(body) - EOCD.size - 0xFFFF))
+    if end < 0:
+        raise ValueError("no end of central directory record")
+    sig, disk, cd_disk, entries_disk, entries, cd_size, cd_offset, comment_len = EOCD.unpack_from(body, end)
+    if disk or cd_disk or entries != entries_disk or cd_offset == 0xFFFFFFFF or entries == 0xFFFF:
+        raise ValueError("multi-disk or zip64 archives are not supported")
+    delta = new_base - old_base
+    out = bytearray(body)
+    pos = cd_offset - old_base
+    for _ in range(entries):
+        fields = list(CDH.unpack_from(body, pos))
+        if fields[0] != b"PK\x01\x02":
+            raise ValueError(f"bad central directory entry at offset {pos}")
+        if fields[-1] == 0xFFFFFFFF:
+            raise ValueError("zip64 archives are not supported")
+        fields[-1] += delta  # offset of the member's local header
+        CDH.pack_into(out, pos, *fields)
+        name_len, extra_len, comment = fields[10], fields[11], fields[12]
+        pos += CDH.size + name_len + extra_len + comment
+    EOCD.pack_into(out, end, sig, disk, cd_disk, entries_disk, entries, cd_size, cd_offset + delta, comment_len)
+    return bytes(out)
 
 
 def gzip9n(data: bytes) -> bytes:
@@ -288,7 +325,7 @@ def build(pyz: Path | None, outdir: Path, log=print) -> Path:
         partial = outdir / f".{final.name}.partial"  # same filesystem: the rename is atomic
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         result = subprocess.run(
-            ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(partial)],
+            ["dpkg-deb", "--root-owner-group", "-Zgzip", "-z9", "--build", str(root), str(partial)],
             env=env, capture_output=True, text=True,
         )
         if result.returncode != 0:
