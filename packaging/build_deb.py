@@ -172,13 +172,12 @@ def with_shebang(pyz: Path) -> bytes:
     A zip records absolute offsets (of each member's local header and of the
     central directory), and Python's zipimport refuses an archive whose prefix
     got shorter: its offsets would point before the data. So the offsets are
-    moved by the change in the prefix's length; the members' bytes stay as
-    they are.
+    recomputed for the new prefix; the members' bytes stay as they are.
     """
     data = pyz.read_bytes()
-    old_prefix = data.index(b"\n") + 1 if data.startswith(b"#!") else 0
+    prefix = data.index(b"\n") + 1 if data.startswith(b"#!") and b"\n" in data else 0
     try:
-        return SHEBANG + rebase_zip(data[old_prefix:], old_prefix, len(SHEBANG))
+        return SHEBANG + rebase_zip(data[prefix:], len(SHEBANG))
     except (ValueError, struct.error) as exc:
         raise BuildError(f"{pyz} is not a readable zip archive: {exc}") from None
 
@@ -187,17 +186,24 @@ EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
 CDH = struct.Struct("<4s6H3L5H2L")  # central directory file header
 
 
-def rebase_zip(body: bytes, old_base: int, new_base: int) -> bytes:
-    """``body`` (a zip that sat at ``old_base`` in its file) with offsets for ``new_base``."""
+def rebase_zip(body: bytes, new_base: int) -> bytes:
+    """``body`` (a zip, its prefix cut off) with offsets for a file where it starts at ``new_base``.
+
+    Where its offsets were counted from (the old file's start, or the zip's own
+    start as a naive concatenation leaves them) is read from where the central
+    directory really is, as zip readers do.
+    """
     end = body.rfind(b"PK\x05\x06", max(0, len(body) - EOCD.size - 0xFFFF))
     if end < 0:
         raise ValueError("no end of central directory record")
     sig, disk, cd_disk, entries_disk, entries, cd_size, cd_offset, comment_len = EOCD.unpack_from(body, end)
     if disk or cd_disk or entries != entries_disk or cd_offset == 0xFFFFFFFF or entries == 0xFFFF:
         raise ValueError("multi-disk or zip64 archives are not supported")
-    delta = new_base - old_base
+    pos = end - cd_size  # where the central directory really starts in body
+    if pos < 0:
+        raise ValueError("the central directory size is larger than the archive")
+    delta = new_base + pos - cd_offset
     out = bytearray(body)
-    pos = cd_offset - old_base
     for _ in range(entries):
         fields = list(CDH.unpack_from(body, pos))
         if fields[0] != b"PK\x01\x02":

@@ -383,20 +383,31 @@ def test_source_date_epoch_sets_every_time(build_deb, deb, pyz, tmp_path):
     assert os.stat(tree / "usr" / "bin" / "osapi").st_mode & 0o777 == 0o755
 
 
-@pytest.mark.parametrize("prefix", [b"", b"#!/usr/bin/env python3\n", b"#!/opt/a/much/longer/path/to/some/python3.11 -E\n"])
-def test_the_shebang_swap_keeps_the_archive_importable(build_deb, tmp_path, prefix):
-    """Whatever the original first line (none, shorter, longer), zipimport and zipfile accept the result."""
-    plain = tmp_path / "plain.zip"
-    fake_pyz(plain, {"__main__.py": b"import hello; print(hello.WORD)\n", "site-packages/hello.py": b"WORD = 'hi'\n"})
+@pytest.mark.parametrize("absolute", [True, False], ids=["offsets-from-file-start", "naive-concatenation"])
+@pytest.mark.parametrize("prefix", [b"", b"#!/usr/bin/env python3\n", b"#!/opt/a/much/longer/path/to/python3.11 -E\n"],
+                         ids=["no-shebang", "shorter", "longer"])
+def test_the_shebang_swap_keeps_the_archive_importable(build_deb, tmp_path, prefix, absolute):
+    """Whatever the original first line and however its offsets were counted, zipimport accepts the result."""
     source = tmp_path / "source.pyz"
-    source.write_bytes(prefix + plain.read_bytes())
+    members = {"__main__.py": b"import sys; sys.path.insert(0, sys.argv[0] + '/site-packages'); import hello; print(hello.WORD)\n", "site-packages/hello.py": b"WORD = 'hi'\n"}
+    if absolute:  # as build_pyz.py and zipapp write it: the prefix first, then the zip into the same file
+        with open(source, "wb") as raw:
+            raw.write(prefix)
+            with zipfile.ZipFile(raw, "w") as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+    else:
+        source.write_bytes(prefix + fake_pyz(tmp_path / "plain.zip", members).read_bytes())
     swapped = tmp_path / "swapped.pyz"
     swapped.write_bytes(build_deb.with_shebang(source))
     assert swapped.read_bytes().startswith(b"#!/usr/bin/python3\n")
     with zipfile.ZipFile(swapped) as zf:
         assert zf.testzip() is None and zf.read("site-packages/hello.py") == b"WORD = 'hi'\n"
+        assert zf.infolist()[0].header_offset == len(b"#!/usr/bin/python3\n"), "offsets count from the file start"
     code = f"import sys; sys.path.insert(0, {str(swapped) + '/site-packages'!r}); import hello; print(hello.WORD)"
     result = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "hi\n", result.stderr
+    result = subprocess.run(["/usr/bin/python3", "-I", str(swapped)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "hi\n", result.stderr
 
 
