@@ -96,12 +96,22 @@ class Fleet:
         self.workers.append(worker)
         return worker.start()
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> dict[str, int | None]:
+        """SIGTERM every live worker at once, then wait for each (KILL after 20 s). Exit codes by name."""
+        for worker in self.workers:
+            if worker.alive():
+                try:
+                    os.kill(worker.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        codes = {}
         for worker in self.workers:
             try:
-                worker.stop()
+                codes[worker.name] = worker.stop()
             except Exception:  # noqa: BLE001 - keep stopping the others
                 worker.kill()
+                codes[worker.name] = None
+        return codes
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.workers)

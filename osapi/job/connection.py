@@ -51,8 +51,10 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
         else:
             log.warning("NATS: %s", exc or type(exc).__name__)
 
+    holder: list = []
+
     async def disconnected_cb() -> None:
-        if connected.is_set():
+        if connected.is_set() and not (holder and holder[0].is_closed):  # not our own close()
             log.warning("NATS disconnected from %s; reconnecting", describe(cfg))
 
     async def reconnected_cb() -> None:
@@ -80,6 +82,7 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
             f"cannot connect to NATS at {describe(cfg)} within {first_timeout:g}s: {_explain(cause)}",
             _hint(cause),
         ) from None
+    holder.append(nc)
     connected.set()
     log.debug("connected to NATS at %s as %s", describe(cfg), name)
     return nc

@@ -155,7 +155,7 @@ class Worker:
         attempt = 0
         while not stop.is_set():
             try:
-                return await connect(self.cfg, f"osapi-worker {self.hostname} {os.getpid()}")
+                return await connect(self.cfg, f"osapi-worker {self.hostname} {os.getpid()}", first_timeout=2.0)
             except NatsUnavailable as exc:
                 attempt += 1
                 if attempt == 1 or attempt % 12 == 0:

@@ -1,0 +1,208 @@
+"""Connecting, setting up and waiting, against a real nats-server (no worker fleet).
+
+Covers the first connect (bounded, names the URL, explains a wrong token),
+idempotent race-safe setup, ``NatsUnavailable`` when the server goes away, a
+worker started before its server, and ``run()``'s fallbacks: ``JobTimeout``
+when nobody answers, the quiet period when the registry names no host, the
+timeout when a registered host stays silent. For the fallbacks a coroutine in
+the test answers jobs in a worker's place (a real subscriber on the real
+server): it is the client's waiting that is under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import NatsServer, free_port, stop_process
+from job_support import Bridge, base_env, wait_for
+
+from osapi import config
+from osapi.job.errors import JobTimeout, NatsUnavailable
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def cfg_for(env: dict):
+    return config.load(None, env)
+
+
+def test_first_connect_fails_fast_and_names_the_url(tmp_path):
+    port = free_port()
+    cfg = cfg_for({"OSAPI_NATS_URL": f"nats://127.0.0.1:{port}", "OSAPI_SUPERVISE_STATE_DIR": str(tmp_path)})
+    from osapi.job.connection import connect
+
+    started = time.monotonic()
+    with pytest.raises(NatsUnavailable) as info:
+        asyncio.run(connect(cfg, "t", first_timeout=1.0))
+    assert time.monotonic() - started < 5
+    assert f"nats://127.0.0.1:{port}" in str(info.value)
+    assert "nats-server running" in str(info.value)
+
+
+def test_wrong_token_is_explained(nats_server, tmp_path):
+    cfg = cfg_for({"OSAPI_NATS_URL": nats_server.url, "OSAPI_NATS_TOKEN": "wrong-token",
+                   "OSAPI_SUPERVISE_STATE_DIR": str(tmp_path)})
+    from osapi.job.connection import connect
+
+    with pytest.raises(NatsUnavailable) as info:
+        asyncio.run(connect(cfg, "t", first_timeout=1.5))
+    assert "authorization" in str(info.value) and "nats.token" in str(info.value)
+
+
+def test_setup_is_idempotent_and_safe_when_run_at_once(nats_server, tmp_path):
+    env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_KV_TTL": "1h", "OSAPI_JOB_DLQ_MAX_MSGS": "50"})
+    cfg = cfg_for(env)
+    from osapi.job.client import JobClient
+    from osapi.job.connection import connect
+
+    async def main():
+        conns = [await connect(cfg, f"t{i}") for i in range(4)]
+        try:
+            clients = [JobClient(nc, cfg) for nc in conns]
+            await asyncio.gather(*(c.setup() for c in clients))
+            await asyncio.gather(*(c.setup() for c in clients))
+            js = conns[0].jetstream()
+            jobs = await js.stream_info("KV_job-queue")
+            dlq = await js.stream_info("JOBS_DLQ")
+            stream = await js.stream_info("JOBS")
+            consumer = await js.consumer_info("JOBS", "jobs-worker-any")
+            # a changed setting is applied to the existing stream
+            cfg2 = cfg_for({**env, "OSAPI_JOB_KV_TTL": "2h"})
+            await JobClient(conns[0], cfg2).setup()
+            updated = await js.stream_info("KV_job-queue")
+            return jobs, dlq, stream, consumer, updated
+        finally:
+            for nc in conns:
+                await nc.close()
+
+    jobs, dlq, stream, consumer, updated = asyncio.run(main())
+    assert jobs.config.max_age == 3600 and jobs.config.allow_direct
+    assert dlq.config.max_msgs == 50
+    assert dlq.config.subjects == ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.>"]
+    assert stream.config.subjects == ["jobs.>"] and stream.config.max_msgs == 10000
+    assert consumer.config.filter_subject == "jobs.*._any" and consumer.config.max_deliver == 5
+    assert updated.config.max_age == 7200
+
+
+def test_requests_fail_with_nats_unavailable_when_the_server_is_gone(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()
+    bridge = Bridge(base_env(server, tmp_path / "state"))
+    try:
+        server.stop()
+        wait_for(lambda: not bridge.nc.is_connected, 10, what="the client noticing")
+        with pytest.raises(NatsUnavailable) as info:
+            bridge.call(bridge.client.list())
+        assert server.url in str(info.value)
+        with pytest.raises(NatsUnavailable):
+            bridge.call(bridge.client.run("system.hostname.get", {}, "_any", 5, 1))
+    finally:
+        bridge.close()
+        server.stop()
+
+
+def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
+    server = NatsServer(tmp_path / "nats")  # port chosen, not started yet
+    env = base_env(server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "early"})
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    bridge = None
+    try:
+        wait_for(lambda: "cannot connect to NATS" in (tmp_path / "worker.log").read_text(), 15,
+                 what="the worker reporting the missing server")
+        assert proc.poll() is None
+        server.start()
+        bridge = Bridge(base_env(server, tmp_path / "state"))
+        bridge.wait_workers(["early"])
+        result = bridge.call(bridge.client.run("system.hostname.get", {}, "early", 20, 5))
+        assert result["results"][0]["hostname"] == "early"
+    finally:
+        if bridge is not None:
+            bridge.close()
+        code = stop_process(proc)
+        server.stop()
+    assert code == 0, (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heartbeat", "500ms"], "--heartbeat must be at least 1s"),
+    (["--grace", "soon"], "--grace must be a duration"),
+])
+def test_worker_command_refuses_bad_flags(cli, argv, message):
+    result = cli("job", "worker", "start", *argv)
+    assert result.status == 2 and message in result.stderr
+
+
+def test_worker_command_refuses_bad_configuration(cli):
+    result = cli("job", "worker", "start", env={"OSAPI_JOB_WORKER_MAX_JOBS": "0"})
+    assert result.status == 2 and "job.worker.max_jobs" in result.stderr
+
+
+# ---------------------------------------------------------------- run() fallbacks
+
+
+async def _answer_as(bridge, hostname: str, subject: str):
+    """A stand-in worker for ``hostname``: answers every job published on ``subject``."""
+    store = bridge.store
+
+    async def on_job(msg):
+        job_id = msg.data.decode()
+        await store.put_response(job_id, hostname, {"status": "ok", "data": {"hostname": hostname}, "error": None})
+
+    return await bridge.nc.subscribe(subject, cb=on_job)
+
+
+def test_run_times_out_when_no_worker_answers(nats_server, tmp_path):
+    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(JobTimeout) as info:
+            bridge.call(bridge.client.run("system.hostname.get", {}, "_any", 1.0, 1.0))
+        assert 0.9 <= time.monotonic() - started < 10
+        job = bridge.call(bridge.client.get(info.value.job_id))
+        assert job["status"] == "submitted" and "1s" in str(info.value)
+    finally:
+        bridge.close()
+
+
+def test_broadcast_with_an_empty_registry_ends_after_the_quiet_period(nats_server, tmp_path):
+    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
+    try:
+        sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
+        started = time.monotonic()
+        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 20.0, 0.5))
+        elapsed = time.monotonic() - started
+        bridge.call(sub.unsubscribe())
+        assert result["results"] == [{"hostname": "ghost"}]
+        assert 0.4 <= elapsed < 10  # the quiet period decided, not the 20 s timeout
+    finally:
+        bridge.close()
+
+
+def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tmp_path):
+    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
+    try:
+        entry = {"hostname": "silent", "labels": {}, "version": "0", "started_at": "x", "last_seen": "x"}
+        bridge.call(bridge.client.registry.beat("silent.1", entry, 30))
+        sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
+        started = time.monotonic()
+        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 2.0, 0.3))
+        elapsed = time.monotonic() - started
+        bridge.call(sub.unsubscribe())
+        assert result["results"] == [{"hostname": "ghost"}]
+        assert elapsed >= 1.9  # "silent" is live in the registry: it was waited for
+        # once it leaves the registry, the quiet period ends the wait
+        bridge.call(bridge.client.registry.remove("silent.1"))
+        sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
+        started = time.monotonic()
+        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 20.0, 0.3))
+        bridge.call(sub.unsubscribe())
+        assert result["results"] == [{"hostname": "ghost"}] and time.monotonic() - started < 10
+    finally:
+        bridge.close()

@@ -1,0 +1,198 @@
+"""Job system under failure: killed workers, dead letters, restarts, new hosts, SIGTERM, NATS restart.
+
+Real nats-server, real worker processes. Consumers use ``max_deliver=2``,
+``ack_wait=2s`` and a 100 ms back-off so redeliveries happen in test time. The
+tests run in file order on one fleet (hosts ``a1``, ``a2``, ``b1``); each one
+leaves the fleet usable for the next, and the NATS restart comes last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from harness import NatsServer
+from job_support import Bridge, Fleet, base_env, wait_for
+
+from osapi.job.errors import NatsUnavailable
+
+pytestmark = pytest.mark.timeout(120)
+
+ENV = {
+    "OSAPI_JOB_CONSUMER_MAX_DELIVER": "2",
+    "OSAPI_JOB_CONSUMER_ACK_WAIT": "2s",
+    "OSAPI_JOB_CONSUMER_BACK_OFF": "100ms",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("job-failures")
+    server = NatsServer(workdir / "nats").start()
+    fleet = Fleet(server, workdir / "fleet", ENV)
+    saved = os.environ.get("OSAPITEST_HOOKS")
+    os.environ["OSAPITEST_HOOKS"] = "1"
+    bridge = None
+    try:
+        hosts = {name: fleet.add(name) for name in ("a1", "a2", "b1")}
+        bridge = Bridge(base_env(server, workdir / "state", ENV))
+        bridge.wait_workers(["a1", "a2", "b1"])
+        yield SimpleNamespace(server=server, fleet=fleet, bridge=bridge, client=bridge.client, hosts=hosts)
+    finally:
+        if bridge is not None:
+            bridge.close()
+        fleet.stop_all()
+        server.stop()
+        if saved is None:
+            os.environ.pop("OSAPITEST_HOOKS", None)
+        else:
+            os.environ["OSAPITEST_HOOKS"] = saved
+
+
+def create(stack, op_type, data, target):
+    return stack.bridge.call(stack.client.create({"type": op_type, "data": data}, target))["job_id"]
+
+
+def live_hostnames(stack) -> list[str]:
+    return sorted(w["hostname"] for w in stack.bridge.call(stack.client.workers())["workers"])
+
+
+def dlq_count(stack) -> int:
+    return stack.bridge.call(stack.client.stats())["dlq_count"]
+
+
+def replace(stack, hostname: str):
+    """Start a new process for ``hostname`` (the old one is dead or stopped)."""
+    stack.hosts[hostname] = stack.fleet.add(hostname)
+    return stack.hosts[hostname]
+
+
+def test_worker_killed_mid_job_is_redelivered_and_completed(stack):
+    job_id = create(stack, "test.sleep", {"seconds": 3}, "_any")
+    first = wait_for(lambda: stack.bridge.started_hosts(job_id), 15, what="the job started")[0]
+    stack.hosts[first].kill()
+    job = stack.bridge.wait_status(job_id, "completed", timeout=30)
+    starts = stack.bridge.started_hosts(job_id)
+    assert len(starts) == 2 and first in starts, starts
+    assert job["hostname"] != first and job["result"] == {"slept": 3}
+    # the dead host's dangling "started" does not keep a one-host job processing
+    assert job["worker_states"][first]["status"] == "started"
+    replace(stack, first)
+    stack.bridge.wait_workers(["a1", "a2", "b1"])
+
+
+def test_job_that_always_asks_to_retry_goes_to_the_dlq(stack):
+    dead_before = dlq_count(stack)
+    job_id = create(stack, "test.retry", {}, "b1")
+    job = stack.bridge.wait_status(job_id, "failed", timeout=20)
+    assert stack.bridge.started_hosts(job_id) == ["b1", "b1"]  # max_deliver = 2
+    assert "gave up after 2 deliveries" in job["error"]
+    wait_for(lambda: dlq_count(stack) == dead_before + 1, 15, what="the job in the DLQ")
+    # the dead-letter handler saw the final failure already recorded: no second failed event
+    info = wait_for(lambda: (lambda i: i if i.num_pending == 0 and i.num_ack_pending == 0 else None)(
+        stack.bridge.call(stack.bridge.store.js.consumer_info(stack.bridge.store.names.dlq_stream,
+                                                              stack.bridge.store.names.dlq_consumer))),
+        15, what="the DLQ handled")
+    assert info.delivered.consumer_seq >= 1
+    events = [(e.event, e.host) for e in stack.bridge.events(job_id)]
+    assert events.count(("failed", "b1")) == 1
+
+
+def test_job_whose_worker_always_dies_goes_to_the_dlq_and_fails(stack):
+    dead_before = dlq_count(stack)
+    doomed = stack.fleet.add("doomed")
+    stack.bridge.wait_workers(["a1", "a2", "b1", "doomed"])
+    job_id = create(stack, "test.sleep", {"seconds": 30}, "doomed")
+    for delivery in (1, 2):
+        wait_for(lambda: len(stack.bridge.started_hosts(job_id)) == delivery, 20, what=f"delivery {delivery}")
+        doomed.kill()
+        doomed = stack.fleet.add("doomed")  # pulls again: the server redelivers, or gives up
+    job = stack.bridge.wait_status(job_id, "failed", timeout=30)
+    assert "gave up after 2 deliveries" in job["error"]
+    assert job["worker_states"]["doomed"]["status"] == "failed"
+    assert job["responses"]["doomed"]["status"] == "failed"
+    assert stack.bridge.started_hosts(job_id) == ["doomed", "doomed"]
+    assert dlq_count(stack) == dead_before + 1
+    assert doomed.stop() == 0
+
+
+def test_restarted_host_processes_jobs_sent_while_it_was_down(stack):
+    assert stack.hosts["b1"].stop() == 0
+    wait_for(lambda: "b1" not in live_hostnames(stack), 10, what="b1 leaving the registry")
+    direct = create(stack, "system.hostname.get", {}, "b1")
+    broadcast = create(stack, "system.hostname.get", {}, "_all")
+    stack.bridge.wait_status(broadcast, "completed")  # a1 and a2 answered
+    assert "b1" not in stack.bridge.started_hosts(broadcast)
+    assert stack.bridge.call(stack.client.get(direct))["status"] == "submitted"
+    replace(stack, "b1")
+    job = stack.bridge.wait_status(direct, "completed", timeout=20)
+    assert job["hostname"] == "b1" and job["result"]["hostname"] == "b1"
+    wait_for(lambda: "b1" in stack.bridge.started_hosts(broadcast), 20, what="b1 catching up on _all")
+    stack.bridge.wait_status(broadcast, "completed")
+
+
+def test_new_host_does_not_replay_history(stack):
+    old = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    assert sorted(r["hostname"] for r in old["results"]) == ["a1", "a2", "b1"]
+    fresh = stack.fleet.add("fresh", "role=new")
+    stack.bridge.wait_workers(["a1", "a2", "b1", "fresh"])
+    new = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    assert sorted(r["hostname"] for r in new["results"]) == ["a1", "a2", "b1", "fresh"]
+    history = stack.bridge.call(stack.client.list(limit=1000))["items"]
+    replayed = [j["id"] for j in history if j["id"] != new["job_id"] and "fresh" in j["worker_states"]]
+    assert replayed == []
+    stack.hosts["fresh"] = fresh
+
+
+def test_sigterm_finishes_the_running_job_and_exits_zero(stack):
+    fresh = stack.hosts.pop("fresh")
+    job_id = create(stack, "test.sleep", {"seconds": 2}, "fresh")
+    wait_for(lambda: stack.bridge.started_hosts(job_id) == ["fresh"], 15, what="the job started")
+    os.kill(fresh.pid, signal.SIGTERM)
+    assert fresh.proc.wait(timeout=30) == 0
+    job = stack.bridge.call(stack.client.get(job_id))
+    assert job["status"] == "completed" and job["result"] == {"slept": 2}
+    assert "fresh" not in live_hostnames(stack)  # a clean stop leaves the registry at once
+
+
+def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
+    stack.hosts["a2"].kill()
+    wait_for(lambda: "a2" not in live_hostnames(stack), 15, what="a2 expiring from the registry")
+    started = time.monotonic()
+    result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    assert sorted(r["hostname"] for r in result["results"]) == ["a1", "b1"]
+    assert time.monotonic() - started < 10
+    replace(stack, "a2")
+    stack.bridge.wait_workers(["a1", "a2", "b1"])
+
+
+def test_workers_survive_a_nats_restart_without_losing_jobs(stack):
+    job_id = create(stack, "test.sleep", {"seconds": 3}, "a1")
+    wait_for(lambda: stack.bridge.started_hosts(job_id) == ["a1"], 15, what="the job started")
+    stack.server.stop()
+    queued = None
+    stack.server.start()
+
+    def submit():
+        try:
+            return create(stack, "system.hostname.get", {}, "b1")
+        except NatsUnavailable:
+            return None
+
+    queued = wait_for(submit, 30, interval=0.2, what="the client reconnecting")
+
+    def status(job):
+        try:
+            return stack.bridge.call(stack.client.get(job))["status"]
+        except NatsUnavailable:
+            return None
+
+    wait_for(lambda: status(job_id) == "completed", 40, interval=0.2, what="the running job completing")
+    wait_for(lambda: status(queued) == "completed", 40, interval=0.2, what="the queued job completing")
+    assert all(w.alive() for w in stack.hosts.values()), stack.fleet.logs()
+    result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    assert sorted(r["hostname"] for r in result["results"]) == ["a1", "a2", "b1"]

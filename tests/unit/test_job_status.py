@@ -1,0 +1,97 @@
+"""Status computed from events (CONTRACT §5.2) and the job object (§4.3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from osapi.job.status import (
+    Event, compute_status, event_key, job_view, parse_event_key, rfc3339, target_token,
+)
+
+S = 1_000_000_000
+
+
+def ev(event, host, t):
+    return Event(event, host, t * S)
+
+
+def submitted(target="_any"):
+    return ev("submitted", target_token(target), 0)
+
+
+def test_event_keys_round_trip_with_dotted_hostnames():
+    key = event_key("0190-id", "completed", "web1.example.com", 123)
+    assert key == "status.0190-id.completed.web1.example.com.123"
+    assert parse_event_key(key) == ("0190-id", Event("completed", "web1.example.com", 123))
+    assert parse_event_key("jobs.x") is None
+    assert parse_event_key("status.id.exploded.h.1") is None
+    assert parse_event_key("status.id.started.h.notanumber") is None
+
+
+@pytest.mark.parametrize("events, expected", [
+    ([], "submitted"),
+    ([submitted()], "submitted"),
+    ([submitted(), ev("acknowledged", "a", 1)], "processing"),
+    ([submitted(), ev("acknowledged", "a", 1), ev("started", "a", 2), ev("completed", "a", 3)], "completed"),
+    ([submitted(), ev("started", "a", 2), ev("failed", "a", 3)], "failed"),
+    # _any: a dead host's dangling start does not hold the job once another host finished it
+    ([submitted(), ev("started", "a", 1), ev("started", "b", 5), ev("completed", "b", 6)], "completed"),
+    ([submitted(), ev("started", "a", 1), ev("failed", "a", 2), ev("started", "b", 3)], "processing"),
+    ([submitted("w1"), ev("started", "w1", 1), ev("started", "w1", 3), ev("completed", "w1", 4)], "completed"),
+])
+def test_single_host_targets(events, expected):
+    assert compute_status(events) == expected
+
+
+@pytest.mark.parametrize("target", ["_all", "group:web"])
+@pytest.mark.parametrize("events, expected", [
+    ([ev("completed", "a", 2), ev("started", "b", 1)], "processing"),
+    ([ev("completed", "a", 2), ev("completed", "b", 3)], "completed"),
+    ([ev("failed", "a", 2), ev("failed", "b", 3)], "failed"),
+    ([ev("failed", "a", 2), ev("completed", "b", 3)], "partial_failure"),
+    ([ev("started", "a", 1), ev("completed", "a", 2), ev("acknowledged", "b", 3)], "processing"),
+    # a host redelivered after its worker died: its newest event decides
+    ([ev("started", "a", 1), ev("acknowledged", "a", 4), ev("started", "a", 5), ev("completed", "a", 6)], "completed"),
+])
+def test_broadcast_targets(target, events, expected):
+    assert compute_status([submitted(target)] + events) == expected
+
+
+def test_order_of_events_does_not_matter():
+    events = [submitted("_all"), ev("completed", "a", 3), ev("acknowledged", "a", 1), ev("started", "a", 2)]
+    assert compute_status(events) == compute_status(list(reversed(events))) == "completed"
+
+
+def test_job_view_single_host():
+    job = {"id": "j", "created": rfc3339(0), "created_ns": 0, "target_hostname": "_any",
+           "operation": {"type": "system.hostname.get", "data": {}}}
+    events = [submitted(), ev("acknowledged", "a", 1), ev("started", "a", 1), ev("completed", "a", 3)]
+    responses = {"a": {"status": "ok", "data": {"hostname": "a"}, "error": None, "hostname": "a"}}
+    view = job_view(job, events, responses)
+    assert view["status"] == "completed" and view["hostname"] == "a"
+    assert view["result"] == {"hostname": "a"} and view["error"] is None
+    assert view["responses"] == {"a": {"status": "ok", "data": {"hostname": "a"}, "error": None}}
+    assert view["worker_states"] == {"a": {"status": "completed", "error": None, "duration": 2.0}}
+    assert [t["event"] for t in view["timeline"]] == ["submitted", "acknowledged", "started", "completed"]
+    assert view["timeline"][0]["hostname"] == "_any"
+    assert view["updated_at"] == "1970-01-01T00:00:03.000Z"
+    assert set(view) == {"id", "status", "created", "updated_at", "target_hostname", "operation", "hostname",
+                         "result", "error", "responses", "worker_states", "timeline"}
+
+
+def test_job_view_partial_failure_summarises_errors():
+    job = {"id": "j", "created": rfc3339(0), "target_hostname": "group:web", "operation": {}}
+    events = [submitted("group:web"), ev("started", "a", 1), ev("failed", "a", 2),
+              ev("started", "b", 1), ev("completed", "b", 2)]
+    responses = {"a": {"status": "failed", "data": None, "error": "boom"},
+                 "b": {"status": "ok", "data": {}, "error": None}}
+    view = job_view(job, events, responses)
+    assert view["status"] == "partial_failure"
+    assert view["hostname"] is None and view["result"] is None
+    assert view["error"] == "1 of 2 hosts failed: a: boom"
+    assert view["worker_states"]["a"] == {"status": "failed", "error": "boom", "duration": 1.0}
+    assert view["timeline"][0]["hostname"] == "group:web"
+
+
+def test_rfc3339():
+    assert rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"
