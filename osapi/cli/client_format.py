@@ -62,7 +62,7 @@ def ago(value: Any, now: float | None = None) -> str:
     if moment is None:
         return ""
     seconds = max(0.0, (now if now is not None else time.time()) - moment.timestamp())
-    return f"{human_duration(seconds)} ago"
+    return "just now" if seconds < 1 else f"{human_duration(seconds)} ago"
 
 
 def human_duration(seconds: Any) -> str:
@@ -377,6 +377,8 @@ def job_detail(job: dict) -> str:
 def _duration(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "" if value is None else str(value)
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
     return f"{value:.2f}s" if value < 60 else human_duration(value)
 
 

@@ -55,6 +55,7 @@ def test_times_are_shown_local(utc_plus_2, text, expected):
 def test_ago_and_durations():
     now = dt.datetime(2024, 5, 1, 12, 0, 10, tzinfo=dt.timezone.utc).timestamp()
     assert fmt.ago("2024-05-01T12:00:00Z", now) == "10s ago"
+    assert fmt.ago("2024-05-01T12:00:09.500Z", now) == "just now"
     assert fmt.ago("2024-04-30T11:00:00Z", now) == "1d 1h ago"
     assert fmt.human_duration(90061) == "1d 1h 1m"
     assert fmt.human_duration(125) == "2m 5s"
@@ -155,7 +156,7 @@ def test_job_detail_lists_fields_workers_results_and_timeline(utc_plus_2):
     assert "id:        j-1" in text
     assert "operation: system.os.get" in text
     assert "created:   2024-05-01 12:00:00" in text
-    assert "workers:" in text and "0.01s" in text
+    assert "workers:" in text and "12 ms" in text
     assert "results:" in text and "rolling" in text
     assert "2024-05-01 12:00:01  completed  h" in text
 
