@@ -200,27 +200,6 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def die_with_parent(sig: int = 15) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies.
-
-    Under ``osapi supervise`` the parent is supervisord: if it is killed outright
-    (SIGKILL, no chance to stop its children) this keeps nats-server from living on
-    as an orphan that holds the port and the JetStream store. The setting survives
-    ``exec``. Best effort: silently nothing where prctl is unavailable.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        parent = os.getppid()
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-    except (OSError, AttributeError, ImportError):
-        pass
-
-
 def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
     """Render the configuration, then replace this process with nats-server.
 
@@ -244,8 +223,9 @@ def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    if os.environ.get("SUPERVISOR_ENABLED"):
-        die_with_parent()
+    from osapi.supervise import exit_with_supervisor
+
+    exit_with_supervisor()
     argv = [str(binary), "-c", str(path)]
     try:
         os.execv(argv[0], argv)

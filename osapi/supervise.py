@@ -450,6 +450,30 @@ def run(cfg, programs: list[str], workers: int, flags: list[str]) -> int:
     return 0
 
 
+def exit_with_supervisor(sig: int = 15) -> None:
+    """Under supervise, ask Linux to send ``sig`` to this process when supervisord dies.
+
+    supervisord stops its children itself on SIGTERM/SIGINT; this covers the case
+    where it is killed outright (SIGKILL, the OOM killer) and cannot: the child
+    then does not live on as an orphan holding its port (or, for nats-server, the
+    JetStream store). The setting survives ``exec``. A no-op outside supervise
+    (no ``SUPERVISOR_ENABLED`` in the environment) and where prctl is unavailable.
+    """
+    if not os.environ.get("SUPERVISOR_ENABLED"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        parent = os.getppid()
+        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+    except (OSError, AttributeError, ImportError):
+        pass
+
+
 # ---------------------------------------------------------------- control
 
 

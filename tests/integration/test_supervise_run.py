@@ -128,7 +128,9 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     sup = Supervise([sys.executable, "-m", "osapi", "supervise"], env, state, tmp_path / "run").start()
     try:
         sup.wait_running(["api", "worker:worker-1"])
-        assert _get(base + "/health/ready")[0] == 503
+        # RUNNING means the process stayed up 1 s; the API answers once it listens: not ready
+        answer = wait_until(lambda: _get(base + "/health/ready")[0], 60, "the API answers")
+        assert answer == 503
         nats.start()
         wait_until(lambda: _get(base + "/health/ready")[0] == 200, 60, "/health/ready 200 once NATS is up")
         token = (state / "secrets" / "admin.token").read_text().strip()
@@ -143,3 +145,17 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
         status = sup.stop()
         nats.stop()
     assert status == 0, sup.log()
+
+
+def test_nats_server_does_not_outlive_a_killed_supervisor(tmp_path, env):
+    """SIGKILL leaves supervisord no chance to stop its children: nats-server follows it anyway."""
+    env["OSAPI_SUPERVISE_PROGRAMS"] = "nats"
+    state = Path(env["OSAPI_SUPERVISE_STATE_DIR"])
+    sup = Supervise([sys.executable, "-m", "osapi", "supervise"], env, state, tmp_path / "run").start()
+    try:
+        nats_pid = sup.wait_running(["nats"])["nats"]["pid"]
+        os.kill(sup.proc.pid, signal.SIGKILL)
+        sup.proc.wait(timeout=30)
+        wait_until(lambda: not alive(nats_pid), 30, "nats-server exits after its supervisor was killed")
+    finally:
+        sup.stop()
