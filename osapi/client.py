@@ -257,7 +257,9 @@ class ApiClient:
                 status, data,
             )
         hint = None
-        if status == 503:
+        if details:
+            pass  # the API said what to do
+        elif status == 503:
             hint = "the API cannot reach NATS; is nats-server running?"
         elif status == 504:
             hint = "no worker answered in time; is a worker (`osapi job worker start`) running for that target?"

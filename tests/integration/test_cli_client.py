@@ -127,6 +127,22 @@ class Stack:
         self.nats.stop()
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until the API answers /health/ready with 200 (it listens before NATS is connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health/ready", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} was not ready within {timeout}s")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("cli-client"))
@@ -334,7 +350,15 @@ def test_an_invalid_target_is_a_400(osapi):
 
 
 def test_a_host_without_a_worker_times_out_with_504(osapi, stack):
-    res = osapi("client", "system", "hostname", "-T", "no-such-host")
+    # a second API on the same NATS with a short job_timeout, so the test waits 1 s, not 10
+    port = free_port()
+    api = stack.spawn("api-short", ["api", "server", "start"],
+                      stack.env(OSAPI_API_SERVER_PORT=str(port), OSAPI_API_SERVER_JOB_TIMEOUT="1s"))
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", api)
+        res = osapi("client", "system", "hostname", "-T", "no-such-host", "--url", f"http://127.0.0.1:{port}")
+    finally:
+        stop_process(api)
     assert res.status == 1 and "(HTTP 504)" in res.stderr and "worker" in res.stderr
 
 
