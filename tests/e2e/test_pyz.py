@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -175,3 +176,21 @@ def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "--source", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare for a private mount")
+def test_a_read_only_home_falls_back(runner, tmp_path):
+    """A HOME on a read-only mount (inside a private mount namespace this test creates)."""
+    home, tmpdir = tmp_path / "ro-home", tmp_path / "tmp"
+    home.mkdir()
+    tmpdir.mkdir()
+    script = (
+        f"mount --bind {home} {home} && mount -o remount,bind,ro {home} && "
+        f"! touch {home}/probe 2>/dev/null && exec \"$@\""
+    )
+    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *runner.command(), "--version"]
+    result = subprocess.run(command, env=runner.env(HOME=str(home), TMPDIR=str(tmpdir)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == f"osapi {__version__}\n", result.stderr
+    assert list(home.iterdir()) == []
+    assert any((tmpdir / f"osapi-{os.geteuid()}").iterdir())
