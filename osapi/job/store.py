@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections import OrderedDict
@@ -29,7 +30,10 @@ from typing import Any, Iterable
 from osapi.job import status as st
 from osapi.job.setup import Names
 
+log = logging.getLogger("osapi.job.store")
+
 REQUEST_TIMEOUT = 5.0
+BULK_THRESHOLD = 200  # more job bodies than this missing from the cache: read them all in batches
 CACHE_SIZE = 20000
 MAX_SUBJECT_PAGES = 1000  # 100,000 subjects a page: a bound, not a limit anyone meets
 
@@ -161,9 +165,61 @@ class Store:
         return job
 
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
+        """Bodies of ``ids`` (missing ones left out): from the cache, else one by one, else in bulk."""
         ids = list(ids)
-        found = await _gather_bounded([self.get_job(i) for i in ids])
-        return {i: job for i, job in zip(ids, found) if job is not None}
+        out = {i: self._cache[i] for i in ids if i in self._cache}
+        missing = [i for i in ids if i not in out]
+        if len(missing) > BULK_THRESHOLD:
+            try:
+                await self._load_all_jobs()
+            except Exception as exc:  # noqa: BLE001 - a server without batch gets: fall back below
+                log.debug("batch get of jobs failed (%s); reading them one by one", exc)
+            out.update({i: self._cache[i] for i in missing if i in self._cache})
+            missing = [i for i in missing if i not in out]
+        found = await _gather_bounded([self.get_job(i) for i in missing])
+        out.update({i: job for i, job in zip(missing, found) if job is not None})
+        return out
+
+    async def _load_all_jobs(self) -> None:
+        """Every job body into the cache, 1000 a request (JetStream batch direct get)."""
+        pre = self.subject_of("jobs", "jobs.")
+        async for subject, data in self.batch_get(self.stream_of("jobs"), f"{pre}>"):
+            try:
+                job = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(job, dict) and job.get("id") == subject[len(pre):]:
+                self._remember(job)
+
+    async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000):
+        """Yield ``(subject, data)`` of every message matching a filter, oldest first (server 2.11+)."""
+        seq = 1
+        for _ in range(MAX_SUBJECT_PAGES):
+            inbox = self.nc.new_inbox()
+            got: list = []
+            end: dict = {}
+            done = asyncio.Event()
+
+            async def on_msg(msg, got=got, end=end, done=done):
+                headers = msg.headers or {}
+                if not msg.data and "Status" in headers:
+                    end.update(headers)
+                    done.set()
+                else:
+                    got.append(msg)
+
+            sub = await self.nc.subscribe(inbox, cb=on_msg)
+            try:
+                request = {"seq": seq, "next_by_subj": subject_filter, "batch": batch}
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", dumps(request), reply=inbox)
+                await asyncio.wait_for(done.wait(), REQUEST_TIMEOUT)
+            finally:
+                await sub.unsubscribe()
+            for msg in got:
+                yield msg.headers.get("Nats-Subject", ""), msg.data
+            if end.get("Status") not in ("204", None) or not got or end.get("Nats-Num-Pending") == "0":
+                return
+            seq = int(got[-1].headers["Nats-Sequence"]) + 1
 
     def forget(self, job_id: str) -> None:
         self._cache.pop(job_id, None)

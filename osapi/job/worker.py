@@ -197,6 +197,8 @@ class Worker:
             await self.slots.acquire()
             handed_off = False
             try:
+                if self.stopping.is_set():
+                    break  # a slot came free while stopping: do not pull again
                 if sub is None:
                     sub = await bind()
                 try:
