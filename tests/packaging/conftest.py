@@ -2,8 +2,10 @@
 
 ``deb`` runs ``packaging/build_deb.py`` the way a packager does (it builds the real
 ``osapi.pyz`` with ``build_pyz.py`` itself) and unpacks the result with
-``dpkg-deb -R``. ``pyz`` is a second, separate ``build_pyz.py`` run with the same
-``SOURCE_DATE_EPOCH``, for the tests that compare the two.
+``dpkg-deb -R``. ``pyz`` is a separate ``build_pyz.py`` run with the same
+``SOURCE_DATE_EPOCH``, made just before, for the tests that compare the two (in a
+work tree that others edit at the same moment, the two builds can see different
+sources; CI's clone does not change).
 
 ``debian_root`` is a minimal Debian made by ``debootstrap --variant=minbase
 --include=python3`` for the host's own release and architecture: a real
@@ -50,8 +52,22 @@ def build_deb():
 
 
 @pytest.fixture(scope="session")
-def deb(tmp_path_factory, build_deb) -> Deb:
+def pyz(tmp_path_factory, build_deb) -> Path:
+    """A separate build of osapi.pyz with the epoch the package build uses (the changelog's date)."""
     require_tools()
+    _version, epoch = build_deb.changelog_top(REPO / "packaging" / "debian" / "changelog")
+    out = tmp_path_factory.mktemp("pyz") / "osapi.pyz"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "build_pyz.py"), "-o", str(out)],
+        capture_output=True, text=True, timeout=300, env=plain_env(SOURCE_DATE_EPOCH=str(epoch)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory, build_deb, pyz) -> Deb:
+    """``build_deb.py`` building its own pyz, right after ``pyz`` so both see the same sources."""
     out = tmp_path_factory.mktemp("deb")
     result = subprocess.run(
         [sys.executable, str(REPO / "packaging" / "build_deb.py"), "-o", str(out)],
@@ -65,18 +81,6 @@ def deb(tmp_path_factory, build_deb) -> Deb:
     version, epoch = build_deb.changelog_top(REPO / "packaging" / "debian" / "changelog")
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
     return Deb(debs[0], tree, epoch, version, arch)
-
-
-@pytest.fixture(scope="session")
-def pyz(tmp_path_factory, deb) -> Path:
-    """A separate build of osapi.pyz with the epoch the package build used."""
-    out = tmp_path_factory.mktemp("pyz") / "osapi.pyz"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "build_pyz.py"), "-o", str(out)],
-        capture_output=True, text=True, timeout=300, env=plain_env(SOURCE_DATE_EPOCH=str(deb.epoch)),
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
 
 
 # ---------------------------------------------------------------- the Debian root
