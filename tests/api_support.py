@@ -233,3 +233,21 @@ def check_against_document(document: dict, method: str, path_template: str, resp
     schema = content["application/json"]["schema"]
     errors = sorted(schema_validator(document, schema).iter_errors(resp.json), key=str)
     assert not errors, f"{method} {path_template} {resp.status}: {errors[0].message} at {list(errors[0].path)}"
+
+
+def stop_all(procs) -> None:
+    """SIGTERM every process first, then wait for each (their grace periods overlap)."""
+    for proc in procs:
+        popen = getattr(proc, "proc", None)
+        if popen is not None and popen.poll() is None:
+            try:
+                os.kill(popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        popen = getattr(proc, "proc", None)
+        if popen is not None:
+            try:
+                popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.stop(signal.SIGKILL) if isinstance(proc, ApiProcess) else stop_process(popen, sig=signal.SIGKILL)

@@ -92,8 +92,8 @@ class NatsBridge:
             time.sleep(0.02)
         return self.connected
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Drain the connection and stop the loop (bounded)."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Drain the connection and stop the loop; returns within about ``2 * timeout`` s."""
         self._stopping = True
         if not self._thread.is_alive():
             return
@@ -102,21 +102,22 @@ class NatsBridge:
 
         async def shutdown() -> None:
             nc = self.nc
-            if nc is not None and not nc.is_closed:
+            if nc is None or nc.is_closed:
+                return
+            try:
+                await asyncio.wait_for(nc.drain(), timeout)
+            except BaseException:  # already gone or slow: close hard
                 try:
-                    await asyncio.wait_for(nc.drain(), timeout)
-                except Exception:  # already gone or slow: close hard
-                    try:
-                        await nc.close()
-                    except Exception:
-                        pass
+                    await asyncio.wait_for(nc.close(), timeout / 2)
+                except BaseException:
+                    pass
 
         try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout + 1)
-        except Exception as exc:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout * 1.5 + 0.5)
+        except BaseException as exc:
             log.debug("NATS shutdown: %s", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
+        self._thread.join(timeout / 2)
 
     # ------------------------------------------------------------ state
 

@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import threading
+import time
 
 from osapi.api.errors import envelope
 from osapi.api.routing import MAX_BODY
@@ -25,10 +26,8 @@ access_log = logging.getLogger("osapi.api.access")
 
 THREADS = 8  # concurrent requests; a synchronous endpoint holds one for up to job_timeout
 CHANNEL_TIMEOUT = 120  # seconds an idle connection stays open
-
-
-class _Stop(Exception):
-    """Raised in the main thread by the signal handler to leave the serving loop."""
+SHUTDOWN_GRACE = 5.0  # seconds running requests get to finish after SIGTERM
+LOOP_TIMEOUT = 0.25  # seconds per poll round; bounds how late a stop signal is noticed
 
 
 def _json_error_task():
@@ -101,6 +100,8 @@ class ApiServer:
                 f"cannot listen on {host}:{port}: {_reason(exc)}",
                 _hint(exc),
             ) from None
+        self._signal: int | None = None
+        self._stop = threading.Event()
         channel = _json_channel()
         for dispatcher in list(self.server_map().values()):
             if isinstance(dispatcher, BaseWSGIServer):
@@ -120,7 +121,14 @@ class ApiServer:
         return [f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p in self.addresses]
 
     def serve(self) -> None:
-        """Serve until SIGTERM/SIGINT (main thread) and shut down cleanly."""
+        """Serve until SIGTERM/SIGINT (or ``stop()``) and shut down cleanly.
+
+        The signal handler only records the signal: the serving loop polls in
+        short rounds and notices it within ``LOOP_TIMEOUT``. Raising from the
+        handler instead could interrupt waitress while it holds a lock.
+        """
+        from waitress import wasyncore
+
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,22 +137,53 @@ class ApiServer:
         log.info("API listening on %s", ", ".join(self.urls()),
                  extra={"fields": {"nats": ", ".join(self.bridge.urls), "threads": self.server.adj.threads}})
         try:
-            self.server.run()
-        except _Stop:
-            pass
+            serving_map = self.server_map()
+            while self._signal is None and not self._stop.is_set() and serving_map:
+                wasyncore.loop(timeout=LOOP_TIMEOUT, map=serving_map,
+                               use_poll=self.server.adj.asyncore_use_poll, count=1)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.shutdown()
+            if self._signal is not None:
+                log.info("received %s; stopping", signal.Signals(self._signal).name)
+            try:
+                self.shutdown()  # a second signal meanwhile changes nothing: shutdown is bounded
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def _busy(self) -> bool:
+        """Requests queued, running, or with answers not yet sent."""
+        from waitress.channel import HTTPChannel
+
+        tasks = self.server.task_dispatcher
+        if tasks.queue or tasks.active_count:
+            return True
+        return any(isinstance(c, HTTPChannel) and (c.requests or c.total_outbufs_len)
+                   for c in list(self.server_map().values()))
 
     def _on_signal(self, signum, frame) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        raise _Stop()
+        self._signal = signum
+
+    def stop(self) -> None:
+        """Ask ``serve()`` (in another thread) to return."""
+        self._stop.set()
 
     def shutdown(self) -> None:
         """Stop accepting, finish running requests (bounded), drain NATS."""
+        from waitress import wasyncore
+
+        serving_map = self.server_map()
+        for dispatcher in list(serving_map.values()):
+            if getattr(dispatcher, "accepting", False):
+                try:  # only the listening socket; the trigger stays for the running tasks
+                    wasyncore.dispatcher.close(dispatcher)
+                except Exception:
+                    pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self._busy() and time.monotonic() < deadline:
+            # keep the loop turning so answers of running requests are sent
+            wasyncore.loop(timeout=0.05, map=serving_map, use_poll=self.server.adj.asyncore_use_poll, count=1)
         try:
-            self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+            self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=SHUTDOWN_GRACE)
         except Exception as exc:
             log.debug("waitress shutdown: %s", exc)
         for dispatcher in list(self.server_map().values()):
@@ -152,7 +191,7 @@ class ApiServer:
                 dispatcher.close()
             except Exception:
                 pass
-        self.bridge.close()
+        self.bridge.close(timeout=2.0)
         log.info("API stopped")
 
 

@@ -74,3 +74,32 @@ def test_bad_config_is_exit_2(tmp_path, name, value, words):
     result = _run(env)
     assert result.returncode == 2
     assert words in result.stderr
+
+
+def test_sigterm_lets_a_running_request_finish(tmp_path, nats_server):
+    """SIGTERM while a synchronous request waits for workers: it still gets its answer."""
+    import threading
+
+    from api_support import make_token, wait_for
+
+    api = ApiProcess(tmp_path, clean_env(**nats_server.env(), OSAPI_API_SERVER_JOB_TIMEOUT="3s")).start()
+    http = api.http(make_token(["admin"]))
+    answers = []
+    try:
+        api.wait_ready()
+        waiting = threading.Thread(
+            target=lambda: answers.append(http.get("/api/v1/system/uptime?target_hostname=nobody.example")))
+        waiting.start()
+        # the job is stored once the request is in flight (no worker will ever answer it)
+        wait_for(lambda: http.get("/api/v1/jobs").json["total_items"] == 1, timeout=20, what="job submitted")
+        assert not answers
+        api.proc.send_signal(signal.SIGTERM)
+        waiting.join(30)
+        code = api.proc.wait(30)
+    finally:
+        api.stop()
+    assert code == 0, api.log()
+    assert len(answers) == 1 and answers[0].status == 504, answers
+    assert answers[0].json["code"] == 504
+    log = api.log()
+    assert log.index("received SIGTERM") < log.index("path=/api/v1/system/uptime status=504")

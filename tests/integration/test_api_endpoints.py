@@ -1,0 +1,468 @@
+"""The REST API end to end: real Waitress, real nats-server, two real workers.
+
+One stack per module (NATS, workers ``api-w1`` (group=web.dev) and ``api-w2``
+(group=web.prod), the API, and a second API with ``job_timeout=1s`` for the 504
+case). Every answer is checked against the served OpenAPI document. DNS changes
+go to per-worker temp files (``job.worker.dns.resolv_conf``), never the host's.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from api_support import (
+    ApiProcess, Http, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for,
+)
+from harness import NatsServer
+
+from osapi import __version__
+
+ADMIN = make_token(["admin"], subject="admin-user")
+WRITE = make_token(["write"], subject="writer")
+READ = make_token(["read"], subject="reader")
+HOSTS = {"api-w1", "api-w2"}
+RESOLV = "# managed by the test\nnameserver 192.0.2.1\nsearch example.test\noptions ndots:2\n"
+QUIET = 15.0  # broadcast_quiet_period of the main API: a broadcast must answer well before it
+
+
+@dataclass
+class Stack:
+    api: ApiProcess
+    fast: ApiProcess  # job_timeout=1s
+    workers: list[WorkerProcess]
+    resolv: dict[str, Path]
+    doc: dict
+
+    def http(self, token: str | None = ADMIN) -> Http:
+        return self.api.http(token)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base = tmp_path_factory.mktemp("api-stack")
+    nats = NatsServer(base / "nats").start()
+    procs: list = []
+    try:
+        common = clean_env(**nats.env())
+        resolv = {}
+        workers = []
+        for host, group in (("api-w1", "web.dev"), ("api-w2", "web.prod")):
+            resolv[host] = base / f"{host}.resolv.conf"
+            resolv[host].write_text(RESOLV)
+            worker = WorkerProcess(base / host, dict(
+                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS=f"group={group}",
+                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
+            )).start()
+            procs.append(worker)
+            workers.append(worker)
+        api = ApiProcess(base / "api", dict(
+            common, OSAPI_API_SERVER_JOB_TIMEOUT="20s", OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD=f"{QUIET:g}s",
+            OSAPI_API_SERVER_SECURITY_CORS_ALLOW_ORIGINS="https://ui.example")).start()
+        procs.append(api)
+        fast = ApiProcess(base / "api-fast", dict(common, OSAPI_API_SERVER_JOB_TIMEOUT="1s")).start()
+        procs.append(fast)
+        api.wait_ready()
+        fast.wait_ready()
+        http = api.http(ADMIN)
+        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])} >= HOSTS,
+                 timeout=30, what="both workers registered")
+        doc = http.get("/api/v1/openapi.json", token=None).json
+        yield Stack(api, fast, workers, resolv, doc)
+    finally:
+        stop_all(procs)
+        nats.stop()
+        for proc in procs:
+            if "Traceback" in proc.log():
+                print(proc.log())
+
+
+def _ok(stack: Stack, method: str, template: str, resp, status: int = 200):
+    assert resp.status == status, (resp.status, resp.raw[:500])
+    check_against_document(stack.doc, method, template, resp)
+    return resp.json
+
+
+def _total(stack: Stack) -> int:
+    return stack.http(READ).get("/api/v1/jobs?limit=1").json["total_items"]
+
+
+# ---------------------------------------------------------------- system
+
+
+@pytest.mark.parametrize("what, keys", [
+    ("hostname", {"hostname", "labels"}),
+    ("status", {"hostname", "uptime", "uptime_seconds", "load_average", "memory", "disks", "os_info"}),
+    ("uptime", {"hostname", "uptime", "uptime_seconds"}),
+    ("os", {"hostname", "distribution", "version"}),
+    ("disk", {"hostname", "disks"}),
+    ("memory", {"hostname", "total", "free", "used"}),
+    ("load", {"hostname", "1min", "5min", "15min"}),
+])
+def test_system_endpoints_any(stack, what, keys):
+    body = _ok(stack, "GET", f"/api/v1/system/{what}", stack.http(READ).get(f"/api/v1/system/{what}"))
+    assert len(body["results"]) == 1
+    item = body["results"][0]
+    assert set(item) >= keys, item
+    assert item["hostname"] in HOSTS
+    assert len(body["job_id"]) >= 32
+
+
+def test_status_shape_details(stack):
+    item = stack.http(READ).get("/api/v1/system/status?target_hostname=api-w1").json["results"][0]
+    assert item["hostname"] == "api-w1"
+    assert item["memory"]["total"] >= item["memory"]["free"] > 0
+    assert all(set(d) == {"name", "device", "fstype", "total", "used", "free"} for d in item["disks"])
+    assert set(item["load_average"]) == {"1min", "5min", "15min"}
+
+
+def test_named_host_and_labels_of_hostname(stack):
+    body = stack.http(READ).get("/api/v1/system/hostname?target_hostname=api-w2").json
+    assert body["results"] == [{"hostname": "api-w2", "labels": {"group": "web.prod"}}]
+
+
+def test_broadcast_all_answers_from_every_worker_without_the_quiet_period(stack):
+    started = time.monotonic()
+    body = _ok(stack, "GET", "/api/v1/system/hostname",
+               stack.http(READ).get("/api/v1/system/hostname?target_hostname=_all"))
+    elapsed = time.monotonic() - started
+    assert {r["hostname"] for r in body["results"]} == HOSTS
+    assert elapsed < QUIET, f"broadcast took {elapsed:.1f}s: it waited for the quiet period"
+
+
+@pytest.mark.parametrize("target, hosts", [
+    ("group:web", HOSTS),
+    ("group:web.dev", {"api-w1"}),
+    ("group:web.prod", {"api-w2"}),
+])
+def test_label_targets(stack, target, hosts):
+    body = stack.http(READ).get(f"/api/v1/system/uptime?target_hostname={target}").json
+    assert {r["hostname"] for r in body["results"]} == hosts
+
+
+# ---------------------------------------------------------------- network
+
+
+def test_dns_get_and_update_on_one_host(stack):
+    http = stack.http(WRITE)
+    got = _ok(stack, "GET", "/api/v1/network/dns/{interface_name}",
+              http.get("/api/v1/network/dns/lo?target_hostname=api-w1"))
+    assert got["results"] == [{"hostname": "api-w1", "servers": ["192.0.2.1"], "search_domains": ["example.test"]}]
+
+    put = http.request("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+                       {"interface_name": "lo", "servers": ["192.0.2.53", "2001:db8::53"]})
+    body = _ok(stack, "PUT", "/api/v1/network/dns", put, 202)
+    assert body["results"] == [{"hostname": "api-w1", "status": "ok", "changed": True}]
+    text = stack.resolv["api-w1"].read_text()
+    assert "nameserver 192.0.2.53\nnameserver 2001:db8::53\n" in text
+    assert "options ndots:2" in text and "search example.test" in text
+    assert stack.resolv["api-w2"].read_text() == RESOLV  # the other host is untouched
+
+    again = http.request("PUT", "/api/v1/network/dns",
+                         {"interface_name": "lo", "servers": ["192.0.2.53", "2001:db8::53"],
+                          "target_hostname": "api-w1"})
+    assert _ok(stack, "PUT", "/api/v1/network/dns", again, 202)["results"][0]["changed"] is False
+
+
+def test_dns_update_broadcast_and_failure_per_host(stack):
+    http = stack.http(ADMIN)
+    put = http.request("PUT", "/api/v1/network/dns?target_hostname=_all",
+                       {"interface_name": "lo", "search_domains": ["corp.test"]})
+    body = _ok(stack, "PUT", "/api/v1/network/dns", put, 202)
+    assert {r["hostname"] for r in body["results"]} == HOSTS
+    assert all(r["status"] == "ok" for r in body["results"])
+    for path in stack.resolv.values():
+        assert "search corp.test" in path.read_text()
+
+    before = stack.resolv["api-w2"].read_text()
+    bad = http.request("PUT", "/api/v1/network/dns?target_hostname=api-w2",
+                       {"interface_name": "nosuch0", "servers": ["192.0.2.9"]})
+    result = _ok(stack, "PUT", "/api/v1/network/dns", bad, 202)["results"]
+    assert len(result) == 1 and result[0]["hostname"] == "api-w2" and result[0]["status"] == "failed"
+    assert "nosuch0" in result[0]["error"]
+    assert stack.resolv["api-w2"].read_text() == before
+
+
+def test_ping_loopback(stack):
+    resp = stack.http(WRITE).request("POST", "/api/v1/network/ping?target_hostname=api-w1",
+                                     {"address": "127.0.0.1", "count": 1})
+    item = _ok(stack, "POST", "/api/v1/network/ping", resp)["results"][0]
+    assert item["hostname"] == "api-w1"
+    assert item["packets_sent"] == 1 and item["packets_received"] == 1 and item["packet_loss"] == 0
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_job_lifecycle(stack):
+    http = stack.http(ADMIN)
+    before = _total(stack)
+    created = http.request("POST", "/api/v1/jobs",
+                           {"operation": {"type": "system.load.get", "data": {}}, "target_hostname": "api-w1"})
+    body = _ok(stack, "POST", "/api/v1/jobs", created, 201)
+    job_id = body["job_id"]
+    assert body["status"] == "submitted"
+    assert created.header("location") == f"/api/v1/jobs/{job_id}"
+
+    def done():
+        job = http.get(f"/api/v1/jobs/{job_id}")
+        return job if job.json["status"] == "completed" else None
+
+    job = done() or wait_for(done, timeout=20, what="job completed")
+    data = _ok(stack, "GET", "/api/v1/jobs/{job_id}", job)
+    assert data["id"] == job_id and data["target_hostname"] == "api-w1"
+    assert data["operation"] == {"type": "system.load.get", "data": {}}
+    assert data["responses"]["api-w1"]["status"] == "ok"
+    assert data["worker_states"]["api-w1"]["status"] == "completed"
+    assert data["hostname"] == "api-w1" and set(data["result"]) == {"1min", "5min", "15min"}
+    assert [e["event"] for e in data["timeline"]][0] == "submitted"
+
+    listing = _ok(stack, "GET", "/api/v1/jobs", http.get("/api/v1/jobs?limit=5"))
+    assert listing["total_items"] == before + 1
+    assert listing["items"][0]["id"] == job_id  # newest first
+    assert len(listing["items"]) <= 5
+    only = http.get("/api/v1/jobs?status=completed&limit=1000").json
+    assert all(item["status"] == "completed" for item in only["items"])
+    assert job_id in {item["id"] for item in only["items"]}
+    page = http.get(f"/api/v1/jobs?limit=1&offset={listing['total_items'] - 1}").json
+    assert len(page["items"]) == 1
+    assert http.get(f"/api/v1/jobs?offset={listing['total_items'] + 5}").json["items"] == []
+
+    stats = _ok(stack, "GET", "/api/v1/jobs/status", http.get("/api/v1/jobs/status"))
+    assert stats["total_jobs"] >= 1 and stats["operation_counts"].get("system.load.get", 0) >= 1
+
+    deleted = http.request("DELETE", f"/api/v1/jobs/{job_id}")
+    _ok(stack, "DELETE", "/api/v1/jobs/{job_id}", deleted, 204)
+    assert deleted.raw == b""
+    gone = http.get(f"/api/v1/jobs/{job_id}")
+    _ok(stack, "GET", "/api/v1/jobs/{job_id}", gone, 404)
+    assert job_id in gone.json["details"]
+    _ok(stack, "DELETE", "/api/v1/jobs/{job_id}", http.request("DELETE", f"/api/v1/jobs/{job_id}"), 404)
+    assert _total(stack) == before
+
+
+def test_unknown_job_is_404(stack):
+    resp = stack.http(READ).get("/api/v1/jobs/00000000-0000-4000-8000-000000000000")
+    _ok(stack, "GET", "/api/v1/jobs/{job_id}", resp, 404)
+
+
+def test_workers(stack):
+    body = _ok(stack, "GET", "/api/v1/jobs/workers", stack.http(READ).get("/api/v1/jobs/workers"))
+    by_host = {w["hostname"]: w for w in body["workers"]}
+    assert set(by_host) >= HOSTS and body["total"] == len(body["workers"])
+    assert by_host["api-w1"]["labels"] == {"group": "web.dev"}
+    assert by_host["api-w1"]["version"] == __version__
+
+
+# ---------------------------------------------------------------- health, version, document
+
+
+def test_health_family(stack):
+    http = stack.http(None)
+    _ok(stack, "GET", "/health", http.get("/health", token=None))
+    assert _ok(stack, "GET", "/health/ready", http.get("/health/ready", token=None)) == {"status": "ready"}
+    assert _ok(stack, "GET", "/api/v1/version", http.get("/api/v1/version", token=None)) == {"version": __version__}
+    assert http.get("/health/status", token=None).status == 401
+    status = _ok(stack, "GET", "/health/status", stack.http(READ).get("/health/status"))
+    assert status["status"] == "ok" and status["version"] == __version__
+    assert status["components"]["nats"]["status"] == "ok" and status["components"]["kv"]["status"] == "ok"
+    assert status["jobs"]["total_jobs"] >= 0 and status["uptime_seconds"] > 0
+
+
+def test_served_document_lists_every_route(stack):
+    assert stack.doc["info"]["version"] == __version__
+    assert len([m for ops in stack.doc["paths"].values() for m in ops]) == 21
+
+
+# ---------------------------------------------------------------- 504
+
+
+def test_no_such_host_is_504_and_the_job_stays(stack):
+    resp = stack.fast.http(READ).get("/api/v1/system/hostname?target_hostname=no-such-host.example")
+    body = _ok(stack, "GET", "/api/v1/system/hostname", resp, 504)
+    assert body["code"] == 504 and body["job_id"]
+    job = stack.http(READ).get(f"/api/v1/jobs/{body['job_id']}").json
+    assert job["target_hostname"] == "no-such-host.example" and job["status"] == "submitted"
+
+
+# ---------------------------------------------------------------- bad input leaves nothing
+
+
+BAD_REQUESTS = [
+    ("POST", "/api/v1/jobs", b"{oops", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", b"", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", b"[1, 2]", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.reboot.do"}}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "network.ping.do", "data": {"address": 5}}}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"},
+                                         "target_hostname": "bad target!"}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"},
+                                         "target_hostname": "group:"}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"},
+                                         "target_hostname": "grou p:web"}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"}, "priority": 1}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/network/ping", json.dumps({"address": "127.0.0.1", "count": 99}).encode(),
+     "/api/v1/network/ping"),
+    ("POST", "/api/v1/network/ping?target_hostname=a..b", json.dumps({"address": "127.0.0.1"}).encode(),
+     "/api/v1/network/ping"),
+    ("POST", "/api/v1/network/ping?target_hostname=api-w1",
+     json.dumps({"address": "127.0.0.1", "target_hostname": "api-w2"}).encode(), "/api/v1/network/ping"),
+    ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo"}).encode(), "/api/v1/network/dns"),
+    ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo", "servers": ["999.1.1.1"]}).encode(),
+     "/api/v1/network/dns"),
+    ("GET", "/api/v1/system/hostname?target_hostname=label:", None, "/api/v1/system/hostname"),
+    ("GET", "/api/v1/system/hostname?target_hostname=*", None, "/api/v1/system/hostname"),
+    ("GET", "/api/v1/system/hostname?target_hostname=jobs.>", None, "/api/v1/system/hostname"),
+    ("GET", "/api/v1/system/hostname?host=api-w1", None, "/api/v1/system/hostname"),
+    ("GET", "/api/v1/network/dns/bad%21name", None, "/api/v1/network/dns/{interface_name}"),
+    ("GET", "/api/v1/jobs?limit=5000", None, "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs?status=finished", None, "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs?offset=x", None, "/api/v1/jobs"),
+]
+
+
+@pytest.mark.parametrize("method, path, raw, template", BAD_REQUESTS,
+                         ids=[f"{m} {p} {(r or b'')[:40]!r}" for m, p, r, _ in BAD_REQUESTS])
+def test_bad_input_is_400_and_stores_nothing(stack, method, path, raw, template):
+    before = _total(stack)
+    resp = stack.http(ADMIN).request(method, path, raw=raw, headers={"Content-Type": "application/json"})
+    body = _ok(stack, method, template, resp, 400)
+    assert body["error"] and body["details"]
+    assert _total(stack) == before
+
+
+def test_oversized_body_is_413_envelope_and_stores_nothing(stack):
+    before = _total(stack)
+    # a declared length over 1 MiB: refused before the body is read
+    with socket.create_connection(("127.0.0.1", stack.api.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{")
+        answer = _read_all(sock)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(payload) == {"error": "request body too large",
+                                   "details": "the limit is 1048576 bytes (1 MiB)", "code": 413}
+    # a chunked body that grows past 1 MiB
+    with socket.create_connection(("127.0.0.1", stack.api.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        try:
+            for _ in range(20):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the server may close once it has refused
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert _total(stack) == before
+
+
+def _read_all(sock) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_unknown_route_and_method_through_waitress(stack):
+    http = stack.http(ADMIN)
+    resp = http.get("/api/v2/jobs")
+    assert resp.status == 404 and resp.json["code"] == 404
+    resp = http.request("PATCH", "/api/v1/network/dns")
+    assert resp.status == 405 and resp.header("allow") == "PUT" and resp.json["code"] == 405
+
+
+# ---------------------------------------------------------------- auth matrix through the server
+
+
+def _claims_token(**over) -> str:
+    import jwt
+
+    from api_support import SIGNING_KEY
+
+    now = int(time.time())
+    payload = {"sub": "x", "roles": ["admin"], "iat": now, "exp": now + 600, "iss": "osapi", **over}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, SIGNING_KEY, algorithm="HS256")
+
+
+AUTH_CASES = {
+    "no token": None,
+    "wrong key": make_token(key="some-other-signing-key-" + "q" * 32),
+    "expired": make_token(now=time.time() - 7200, expires_in=60),
+    "missing exp": _claims_token(exp=None),
+    "alg none": __import__("jwt").encode({"sub": "x", "roles": ["admin"], "iat": 1, "exp": 4102444800,
+                                          "iss": "osapi"}, None, algorithm="none"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTH_CASES))
+@pytest.mark.parametrize("method, path", [("GET", "/api/v1/jobs"), ("POST", "/api/v1/jobs"),
+                                          ("GET", "/api/v1/system/hostname"), ("GET", "/health/status")])
+def test_401_matrix(stack, case, method, path):
+    before = _total(stack)
+    token = AUTH_CASES[case]
+    resp = stack.http().request(method, path, {"operation": {"type": "system.load.get"}} if method == "POST" else None,
+                                token=token)
+    assert resp.status == 401, resp.raw
+    assert resp.header("www-authenticate").startswith("Bearer")
+    assert resp.json["code"] == 401 and resp.json["details"]
+    assert _total(stack) == before
+
+
+@pytest.mark.parametrize("header", ["Basic YTpi", "Bearer", "Bearer a b", "Bearer abc.def"])
+def test_malformed_authorization_header_is_401(stack, header):
+    resp = stack.http().get("/api/v1/jobs", token=None, headers={"Authorization": header})
+    assert resp.status == 401 and resp.header("www-authenticate").startswith("Bearer")
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/v1/jobs", {"operation": {"type": "system.load.get"}}),
+    ("PUT", "/api/v1/network/dns", {"interface_name": "lo", "servers": ["192.0.2.7"]}),
+    ("POST", "/api/v1/network/ping", {"address": "127.0.0.1"}),
+    ("DELETE", "/api/v1/jobs/00000000-0000-4000-8000-000000000000", None),
+])
+def test_read_token_on_write_route_is_403(stack, method, path, body):
+    before = _total(stack)
+    resp = stack.http(READ).request(method, path, body)
+    assert resp.status == 403 and "write" in resp.json["error"]
+    assert _total(stack) == before
+
+
+# ---------------------------------------------------------------- CORS through the server
+
+
+def test_cors(stack):
+    http = stack.http(READ)
+    allowed = http.get("/api/v1/jobs/status", headers={"Origin": "https://ui.example"})
+    assert allowed.status == 200
+    assert allowed.header("access-control-allow-origin") == "https://ui.example" and allowed.header("vary") == "Origin"
+    denied = http.get("/api/v1/jobs/status", headers={"Origin": "https://evil.example"})
+    assert denied.status == 200 and denied.header("access-control-allow-origin") is None
+    pre = http.request("OPTIONS", "/api/v1/jobs", token=None, headers={
+        "Origin": "https://ui.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    assert pre.status == 204
+    assert pre.header("access-control-allow-methods") == "GET, OPTIONS, POST"
+    assert pre.header("access-control-allow-headers") == "Authorization, Content-Type"
+    assert pre.header("access-control-allow-origin") == "https://ui.example"
+    no_cors = stack.fast.http(READ).get("/api/v1/version", headers={"Origin": "https://ui.example"})
+    assert no_cors.header("access-control-allow-origin") is None  # empty allow_origins
+
+
+def test_access_log(stack):
+    stack.http(READ).get("/api/v1/jobs/status")
+    log = stack.api.log()
+    assert "path=/api/v1/jobs/status status=200" in log and "subject=reader" in log
+    assert READ not in log and ADMIN not in log

@@ -1,0 +1,99 @@
+"""NATS goes away and comes back: the API answers 503 meanwhile and recovers by itself.
+
+A real nats-server is stopped, then started again on the same port with the same
+store directory; the API process (and the worker) keep running throughout.
+"""
+
+from __future__ import annotations
+
+import pytest
+from api_support import ApiProcess, WorkerProcess, clean_env, make_token, stop_all, wait_for
+from harness import NatsServer
+
+ADMIN = make_token(["admin"], subject="ops")
+
+
+def _is(status):
+    return lambda resp: resp.status == status
+
+
+@pytest.fixture
+def parts(tmp_path):
+    nats = NatsServer(tmp_path / "nats").start()
+    servers = [nats]  # the test appends the restarted server; all are stopped after the processes
+    started: list = []
+    try:
+        env = clean_env(**nats.env(), OSAPI_API_SERVER_JOB_TIMEOUT="15s")
+        worker = WorkerProcess(tmp_path / "worker", dict(env, OSAPI_JOB_WORKER_HOSTNAME="outage-w1")).start()
+        started.append(worker)
+        api = ApiProcess(tmp_path / "api", env).start()
+        started.append(api)
+        yield nats, api, servers
+    finally:
+        stop_all(started)
+        for server in servers:
+            server.stop()
+
+
+def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
+    nats, api, servers = parts
+    http = api.http(ADMIN)
+    api.wait_ready()
+    wait_for(lambda: http.get("/api/v1/system/hostname?target_hostname=outage-w1").status == 200,
+             timeout=30, what="the worker answering")
+    created = http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"}})
+    assert created.status == 201
+    job_id = created.json["job_id"]
+
+    nats.stop()
+    down = api.wait_ready(want=503)
+    assert down.json["status"] == "not_ready" and f":{nats.port}" in down.json["error"]
+    for method, path, body in [
+        ("GET", "/api/v1/jobs", None),
+        ("GET", f"/api/v1/jobs/{job_id}", None),
+        ("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"}}),
+        ("GET", "/api/v1/system/hostname", None),
+        ("GET", "/api/v1/jobs/workers", None),
+    ]:
+        resp = http.request(method, path, body)
+        assert resp.status == 503, (method, path, resp.status, resp.raw)
+        assert resp.json["code"] == 503 and resp.json["error"] == "NATS is not reachable"
+        assert f":{nats.port}" in resp.json["details"]
+    status = http.get("/health/status")
+    assert status.status == 503 and status.json["status"] == "degraded"
+    assert status.json["components"]["nats"]["status"] == "error"
+    # validation still answers without NATS: a bad request is 400, not 503
+    assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "nope"}}).status == 400
+
+    servers.append(NatsServer(tmp_path / "nats", port=nats.port, token=nats.token).start())
+    api.wait_ready(timeout=30)
+    assert http.get(f"/api/v1/jobs/{job_id}").json["id"] == job_id  # the store survived
+    assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"}}).status == 201
+    answered = wait_for(
+        lambda: (r := http.get("/api/v1/system/hostname?target_hostname=outage-w1")).status == 200 and r,
+        timeout=30, what="the worker answering after the restart")
+    assert answered.json["results"][0]["hostname"] == "outage-w1"
+    assert http.get("/health/status").json["status"] == "ok"
+    assert "Traceback" not in api.log()
+
+
+def test_api_started_before_nats_connects_when_it_appears(tmp_path):
+    """NATS down at start: the API serves 503 and connects once nats-server is up."""
+    from harness import free_port
+
+    port = free_port()
+    token = "t" * 32
+    api = ApiProcess(tmp_path / "api", clean_env(OSAPI_NATS_URL=f"nats://127.0.0.1:{port}",
+                                                 OSAPI_NATS_TOKEN=token)).start()
+    nats = None
+    try:
+        assert api.http(ADMIN).get("/api/v1/jobs").status == 503
+        nats = NatsServer(tmp_path / "nats", port=port, token=token).start()
+        api.wait_ready(timeout=30)
+        listing = api.http(ADMIN).get("/api/v1/jobs")
+        assert listing.status == 200 and listing.json == {"total_items": 0, "items": []}
+    finally:
+        code = api.stop()
+        if nats is not None:
+            nats.stop()
+    assert code == 0, api.log()
