@@ -426,9 +426,12 @@ def _user() -> str | None:
 
 
 def prepare(cfg, programs: list[str], workers: int, flags: list[str]) -> Layout:
-    """Bootstrap, check, render: everything short of running supervisord."""
+    """Check, bootstrap, render: everything short of running supervisord.
+
+    The checks come first so that a refused start changes nothing on disk.
+    """
+    preflight(cfg, layout(cfg), programs)
     paths = bootstrap(cfg, programs)
-    preflight(cfg, paths, programs)
     password = _password(paths)
     write_private(paths.conf, render(paths, programs, workers, self_command(), flags, _user(), password))
     return paths

@@ -88,11 +88,13 @@ def test_port_in_use_is_refused_before_anything_starts(cli, env):
                                        "OSAPI_NATS_SERVER_PORT": env["OSAPI_NATS_SERVER_PORT"]})
     assert result.status == 1
     assert f"127.0.0.1:{port} (api.server.host/api.server.port) is already in use" in result.stderr
+    assert not Path(env["OSAPI_SUPERVISE_STATE_DIR"]).exists()  # refused before anything was written
 
 
 def test_missing_nats_binary_is_refused(cli, tmp_path):
     result = cli("supervise", env={"OSAPI_NATS_SERVER_BINARY": str(tmp_path / "no-such-nats-server")})
     assert result.status == 2 and "no-such-nats-server is not an executable file" in result.stderr
+    assert not Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]).exists()
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict]:
