@@ -1,7 +1,100 @@
-"""500 simulated worker hosts in one asyncio process (filled in when the worker lands)."""
+"""500 simulated worker hosts in one asyncio process, running osapi's own worker code.
 
-from bench.appliance import NotAvailable
+Each simulated host is a real ``osapi.job.worker.Worker`` with its own hostname
+and its own NATS connection, all in one process and one event loop (this file
+run as a script). Nothing is stubbed: each one sets up its host consumer, pulls
+with the real loops, heartbeats into the registry, runs the real provider
+(``system.hostname.get``) in its thread pool and writes its result and events
+the way a real worker does. Only logging is turned down to WARNING so the
+process does not spend its time writing 500 lines per broadcast.
+
+The benchmark (``run``) starts an appliance without a worker, starts this
+fleet as a subprocess, waits until all hosts are in the registry, then times
+``GET /system/hostname?target_hostname=_all`` and counts the answers.
+
+    python bench/simworkers.py COUNT   # with OSAPI_NATS_URL / OSAPI_NATS_TOKEN set
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TITLE = "Scale"
+
+
+async def fleet(count: int) -> None:
+    from osapi import config
+    from osapi.job.worker import Worker
+
+    cfg = config.load(None, os.environ)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    workers = [Worker(cfg, hostname=f"sim-{i:04d}", labels={"fleet": "sim"}) for i in range(count)]
+    tasks = []
+    for i, worker in enumerate(workers):
+        tasks.append(asyncio.create_task(worker.serve(stop)))
+        if i % 25 == 24:
+            await asyncio.sleep(0.05)   # do not open 500 connections in the same millisecond
+    print(f"started {count}", flush=True)
+    await stop.wait()
+    await asyncio.wait(tasks, timeout=30)
 
 
 def run(ctx, section) -> None:
-    raise NotAvailable("the job worker (osapi/job/worker.py) has not landed yet")
+    from bench.httpclient import Connection
+    from bench.stats import ms, percentile
+
+    count = ctx.count(500, 50)
+    calls = ctx.count(10, 3)
+    with ctx.appliance("scale-fleet", workers=0, extra_env={"OSAPI_API_SERVER_JOB_TIMEOUT": "60s"}) as app:
+        env = app.env(OSAPI_NATS_URL=app.nats_url, OSAPI_NATS_TOKEN=app.nats_token)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        log = open(app.workdir / "logs" / "simworkers.log", "ab")
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(count)], env=env,
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=app.workdir)
+        app.procs.append(proc)   # stopped with the appliance, first
+        log.close()
+        names = {f"sim-{i:04d}" for i in range(count)}
+        app.wait_workers(names, 300)
+        registered = time.perf_counter() - t0
+        conn = Connection(app.api_port, app.token, timeout=120)
+        times, answers, statuses = [], [], []
+        try:
+            for _ in range(calls + 1):
+                start = time.perf_counter()
+                status, body = conn.request("GET", "/api/v1/system/hostname?target_hostname=_all")
+                times.append(time.perf_counter() - start)
+                statuses.append(status)
+                results = json.loads(body).get("results", []) if status == 200 else []
+                answers.append(len({r.get("hostname") for r in results if r.get("status") != "failed"}))
+        finally:
+            conn.close()
+        import psutil
+
+        sim_rss = psutil.Process(proc.pid).memory_info().rss
+    first, rest = times[0], times[1:]
+    p50 = ms(percentile(rest, 50))
+    exact = all(a == count for a in answers)
+    section.add(f"`_all` over {count} simulated hosts, p50 of {calls}", p50, "ms",
+                goal=f"exactly {count} answers", met=exact)
+    section.add(f"`_all` over {count} simulated hosts, first call", ms(first), "ms")
+    section.note(f"{count} simulated hosts: real `osapi.job.worker.Worker` objects, one NATS connection "
+                 f"each, in one asyncio process ({sim_rss / 1048576:.0f} MiB RSS); all registered "
+                 f"{registered:.1f} s after start")
+    section.note(f"answers per call (distinct ok hosts): {answers}; HTTP statuses {statuses}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(fleet(int(sys.argv[1])))
