@@ -33,9 +33,19 @@ from osapi.job.setup import Names
 log = logging.getLogger("osapi.job.store")
 
 REQUEST_TIMEOUT = 5.0
+MULTI_MAX = 1000  # results of one multi-subject batch get (the server's own limit is about 1024)
 BULK_THRESHOLD = 200  # more job bodies than this missing from the cache: read them all in batches
 CACHE_SIZE = 20000
 MAX_SUBJECT_PAGES = 1000  # 100,000 subjects a page: a bound, not a limit anyone meets
+
+
+def _loads(data: bytes | None) -> Any:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def dumps(data: Any) -> bytes:
@@ -191,35 +201,58 @@ class Store:
             if isinstance(job, dict) and job.get("id") == subject[len(pre):]:
                 self._remember(job)
 
+    async def _direct_batch(self, stream: str, request: dict) -> tuple[list, dict]:
+        """One JetStream batch direct get (server 2.11+): the messages and the end-of-batch headers."""
+        inbox = self.nc.new_inbox()
+        got: list = []
+        end: dict = {}
+        done = asyncio.Event()
+
+        async def on_msg(msg):
+            headers = msg.headers or {}
+            if not msg.data and "Status" in headers:
+                end.update(headers)
+                done.set()
+            else:
+                got.append(msg)
+
+        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", dumps(request), reply=inbox)
+            await asyncio.wait_for(done.wait(), REQUEST_TIMEOUT)
+        finally:
+            await sub.unsubscribe()
+        return got, end
+
     async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000):
-        """Yield ``(subject, data)`` of every message matching a filter, oldest first (server 2.11+)."""
+        """Yield ``(subject, data)`` of every message matching a filter, oldest first."""
         seq = 1
         for _ in range(MAX_SUBJECT_PAGES):
-            inbox = self.nc.new_inbox()
-            got: list = []
-            end: dict = {}
-            done = asyncio.Event()
-
-            async def on_msg(msg, got=got, end=end, done=done):
-                headers = msg.headers or {}
-                if not msg.data and "Status" in headers:
-                    end.update(headers)
-                    done.set()
-                else:
-                    got.append(msg)
-
-            sub = await self.nc.subscribe(inbox, cb=on_msg)
-            try:
-                request = {"seq": seq, "next_by_subj": subject_filter, "batch": batch}
-                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", dumps(request), reply=inbox)
-                await asyncio.wait_for(done.wait(), REQUEST_TIMEOUT)
-            finally:
-                await sub.unsubscribe()
+            got, end = await self._direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": batch})
             for msg in got:
                 yield msg.headers.get("Nats-Subject", ""), msg.data
-            if end.get("Status") not in ("204", None) or not got or end.get("Nats-Num-Pending") == "0":
+            if end.get("Status") != "204" or not got or end.get("Nats-Num-Pending") == "0":
                 return
             seq = int(got[-1].headers["Nats-Sequence"]) + 1
+
+    async def multi_get(self, stream: str, subjects: list[str]) -> dict[str, bytes] | None:
+        """Every message on ``subjects`` (wildcards allowed) in one request; None if it cannot say all.
+
+        JetStream refuses more than about a thousand results at once (413):
+        callers then fall back to one request per key.
+        """
+        if not subjects:
+            return {}
+        try:
+            got, end = await self._direct_batch(stream, {"multi_last": subjects, "batch": MULTI_MAX})
+        except asyncio.TimeoutError:
+            return None
+        status = end.get("Status")
+        if status == "404" and not got:
+            return {}
+        if status != "204" or end.get("Nats-Num-Pending", "0") != "0":
+            return None
+        return {msg.headers.get("Nats-Subject", ""): msg.data for msg in got}
 
     def forget(self, job_id: str) -> None:
         self._cache.pop(job_id, None)
@@ -289,18 +322,40 @@ class Store:
 
     # ------------------------------------------------------------ whole jobs
 
+    async def events_of(self, ids: list[str]) -> dict[str, list[st.Event]]:
+        """Events of several jobs: one batch request when the server allows, else one listing each."""
+        found = await self.multi_get(self.stream_of("jobs"), [self.subject_of("jobs", f"status.{i}.>") for i in ids])
+        if found is None:
+            listed = await _gather_bounded([self.events(i) for i in ids])
+            return dict(zip(ids, listed))
+        out: dict[str, list[st.Event]] = {i: [] for i in ids}
+        for job_id, event in filter(None, (st.parse_event_key(k[len(self.kv("jobs")._pre):]) for k in found)):
+            if job_id in out:
+                out[job_id].append(event)
+        return out
+
+    async def responses_of(self, wanted: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
+        """Responses for (job id, host) pairs: one batch request when possible, else one get each."""
+        out: dict[str, dict[str, dict]] = {}
+        subjects = [self.subject_of("responses", f"{i}.{h}") for i, h in wanted]
+        found = await self.multi_get(self.stream_of("responses"), subjects)
+        if found is None:
+            values = await _gather_bounded([self.response(i, h) for i, h in wanted])
+        else:
+            values = [_loads(found.get(subject)) for subject in subjects]
+        for (job_id, host), value in zip(wanted, values):
+            if value is not None:
+                out.setdefault(job_id, {})[host] = value
+        return out
+
     async def views(self, ids: list[str]) -> dict[str, dict]:
         """Job objects (CONTRACT §4.3) for ``ids``; missing jobs are left out."""
-        jobs, events = await asyncio.gather(self.get_jobs(ids), _gather_bounded([self.events(i) for i in ids]))
-        by_id = dict(zip(ids, events))
-        answered = [
-            (i, [h for h, e in st.last_per_host(by_id[i]).items() if e.event in st.TERMINAL] or None)
-            for i in ids if i in jobs
-        ]
-        # hosts with a terminal event have written their response first; fetch exactly those
-        responses = await _gather_bounded([self.responses(i, hosts or []) for i, hosts in answered])
-        resp_by_id = {i: r for (i, _), r in zip(answered, responses)}
-        return {i: st.job_view(jobs[i], by_id[i], resp_by_id.get(i, {})) for i in ids if i in jobs}
+        jobs, events = await asyncio.gather(self.get_jobs(ids), self.events_of(ids))
+        # hosts with a terminal event have written their response first: fetch exactly those
+        wanted = [(i, h) for i in ids if i in jobs
+                  for h, e in st.last_per_host(events.get(i, ())).items() if e.event in st.TERMINAL]
+        responses = await self.responses_of(wanted)
+        return {i: st.job_view(jobs[i], events.get(i, []), responses.get(i, {})) for i in ids if i in jobs}
 
     async def view(self, job_id: str) -> dict | None:
         return (await self.views([job_id])).get(job_id)

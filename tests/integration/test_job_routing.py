@@ -9,6 +9,7 @@ server. ``ack_wait`` is 1.5 s so a job longer than that proves in-progress acks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from types import SimpleNamespace
@@ -327,3 +328,32 @@ def test_worker_registry(stack):
         assert worker["started_at"] <= worker["last_seen"]
     w1 = next(w for w in listing["workers"] if w["hostname"] == "w1")
     assert w1["labels"] == {"group": "web.dev.us-east", "zone": "a"}
+
+
+def test_batch_reads_agree_with_one_read_per_job(stack):
+    """Pages read events and responses in one request when the server allows, else one per job."""
+    store = stack.bridge.store
+
+    async def submit_many():
+        return await asyncio.gather(*(stack.client.create({"type": "system.hostname.get", "data": {}}, "w3.example.com")
+                                      for _ in range(300)))
+
+    mine = [c["job_id"] for c in stack.bridge.call(submit_many())]
+    for job_id in mine:
+        stack.bridge.wait_status(job_id, "completed")
+    ids = stack.bridge.call(store.all_job_ids())
+    assert set(mine) <= set(ids)
+    one_by_one = {i: sorted(stack.bridge.events(i)) for i in ids}
+    few = stack.bridge.call(store.multi_get(store.stream_of("jobs"),
+                                            [store.subject_of("jobs", f"status.{i}.>") for i in ids[:5]]))
+    assert few is not None and len(few) == sum(len(one_by_one[i]) for i in ids[:5])
+    too_many = stack.bridge.call(store.multi_get(store.stream_of("jobs"),
+                                                 [store.subject_of("jobs", f"status.{i}.>") for i in ids]))
+    assert too_many is None  # more than the server returns at once: the caller must fall back
+    for chunk in (ids[:5], ids):
+        batched = stack.bridge.call(store.events_of(chunk))
+        assert {i: sorted(v) for i, v in batched.items()} == {i: one_by_one[i] for i in chunk}
+    views = stack.bridge.call(store.views(ids))
+    assert len(views) == len(ids)
+    singles = {i: stack.bridge.call(stack.client.get(i)) for i in ids[:20]}
+    assert all(views[i] == singles[i] for i in singles)
