@@ -15,6 +15,7 @@ also accept it as a body field (give it in one place: both, differing, is 400).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,7 +55,7 @@ def build_routes(specs: list[OperationRoute]) -> list[Route]:
 def _route(spec: OperationRoute) -> Route:
     op = operations.get(spec.op_type)
     has_body = spec.method in ("PUT", "POST")
-    path_fields = [p for p in _path_fields(spec.path)]
+    path_fields = re.findall(r"\{(\w+)\}", spec.path)
 
     def handler(call: Call) -> Reply:
         return _run(call, spec, op, has_body)
@@ -91,12 +92,6 @@ def _route(spec: OperationRoute) -> Route:
         description=f"Runs the `{op.type}` job ({op.kind}) on the target and waits for its workers: {op.summary}.",
         operation_id=op.type.replace(".", "_"),
     )
-
-
-def _path_fields(path: str) -> list[str]:
-    import re
-
-    return re.findall(r"\{(\w+)\}", path)
 
 
 def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:

@@ -10,7 +10,6 @@ into a response.
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 
 # Statuses a handler may answer with, and the reason phrase waitress does not know.
@@ -39,10 +38,6 @@ def envelope(status: int, error: str, details: str | None = None, extra: dict | 
     if extra:
         body.update(extra)
     return body
-
-
-def envelope_bytes(status: int, error: str, details: str | None = None) -> bytes:
-    return json.dumps(envelope(status, error, details)).encode("utf-8")
 
 
 def status_line(status: int) -> str:

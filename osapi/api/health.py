@@ -13,7 +13,7 @@ import time
 from osapi import __version__
 from osapi.api import schemas
 from osapi.api.errors import ApiError
-from osapi.api.routing import API_PREFIX, Call, Reply, Response, Route
+from osapi.api.routing import Call, Reply, Response, Route
 
 CHECK_TIMEOUT = 3.0  # seconds one readiness probe may take
 TAG = "health"
@@ -107,6 +107,3 @@ def routes() -> list[Route]:
               responses={200: Response("the OpenAPI 3.1 document", {"type": "object"})},
               operation_id="openapi"),
     ]
-
-
-__all__ = ["routes", "API_PREFIX"]

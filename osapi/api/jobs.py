@@ -21,8 +21,6 @@ QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answer
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
-JOB_ID_PARAM_DOC = "the job's id (a UUID)"
-
 
 def _job_id(call: Call) -> str:
     job_id = call.path["job_id"]

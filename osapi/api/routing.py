@@ -300,7 +300,3 @@ def check_fields(body: dict, allowed: set[str], where: str = "request body") -> 
     if unknown:
         raise bad_request(f"unknown field {unknown[0]} in the {where}",
                           f"allowed fields: {', '.join(sorted(allowed)) or 'none'}")
-
-
-def unexpected(exc: BaseException) -> ApiError:
-    return ApiError(500, "internal error", "the server failed to answer; see its log")
