@@ -34,7 +34,7 @@ from osapi.job import subjects as subj
 log = logging.getLogger("osapi.job.setup")
 
 STREAM_NAME_IN_USE = 10058
-CONSUMER_EXISTS = 10148  # name in use with a configuration that cannot be updated
+SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consumer (one per worker process)
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
 
@@ -218,7 +218,9 @@ def _job_consumer(cfg, name: str, filters: list[str], metadata: dict):
 
 def any_consumer_config(cfg):
     names = Names.from_config(cfg)
-    return _job_consumer(cfg, names.any_consumer, [subj.any_subject(names.prefix)], {"osapi_target": "_any"})
+    config = _job_consumer(cfg, names.any_consumer, [subj.any_subject(names.prefix)], {"osapi_target": "_any"})
+    config.max_waiting = SHARED_MAX_WAITING
+    return config
 
 
 def host_consumer_config(cfg, hostname: str, labels: dict):
@@ -238,17 +240,21 @@ def dlq_consumer_config(cfg):
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=30.0,
         max_ack_pending=100,
+        max_waiting=SHARED_MAX_WAITING,
     )
 
 
 async def ensure_consumer(js, stream: str, config) -> None:
-    """Create or update a durable; a setting that cannot change in place is kept, with a warning."""
+    """Create or update a durable. If the update is refused (a setting that cannot change in
+    place, e.g. the deliver policy), the existing consumer is used unchanged, with a warning."""
     import nats.js.errors as jse
 
     try:
         await js.add_consumer(stream, config)
     except jse.APIError as exc:
-        if exc.err_code != CONSUMER_EXISTS:
-            raise
+        try:
+            await js.consumer_info(stream, config.name)
+        except jse.NotFoundError:
+            raise exc from None
         log.warning("consumer %s on %s exists with settings that cannot change in place (%s); using it as it is",
                     config.name, stream, exc.description or exc)

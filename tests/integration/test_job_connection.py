@@ -206,3 +206,32 @@ def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tm
         assert result["results"] == [{"hostname": "ghost"}] and time.monotonic() - started < 10
     finally:
         bridge.close()
+
+
+def test_setup_keeps_objects_whose_settings_cannot_change_in_place(nats_server, tmp_path, caplog):
+    """An operator's (or an older version's) stream and consumer are used as they are, with a warning."""
+    cfg = cfg_for(base_env(nats_server, tmp_path / "state"))
+    from nats.js import api
+
+    from osapi.job.client import JobClient
+    from osapi.job.connection import connect
+
+    async def main():
+        nc = await connect(cfg, "t")
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="JOBS", subjects=["jobs.>"], storage=api.StorageType.MEMORY)
+            await js.add_consumer("JOBS", api.ConsumerConfig(name="jobs-worker-any", durable_name="jobs-worker-any",
+                                                             filter_subject="jobs.*._any", max_waiting=16))
+            await JobClient(nc, cfg).setup()
+            return await js.stream_info("JOBS"), await js.consumer_info("JOBS", "jobs-worker-any")
+        finally:
+            await nc.close()
+
+    with caplog.at_level("WARNING", logger="osapi.job.setup"):
+        stream, consumer = asyncio.run(main())
+    assert stream.config.storage == api.StorageType.MEMORY and consumer.config.max_waiting == 16
+    assert consumer.config.max_deliver == -1  # an update is all or nothing: the consumer stays as it was
+    text = caplog.text
+    assert "stream JOBS exists with settings that cannot change in place" in text
+    assert "consumer jobs-worker-any on JOBS exists with settings that cannot change in place" in text
