@@ -106,8 +106,11 @@ def _cached_tarball(arch: str) -> Path:
     work = Path(os.path.realpath(CACHE_DIR)) / f".build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
+        # in a private mount namespace: the /proc and /sys debootstrap mounts in the
+        # target vanish with it, even if it fails halfway
         result = subprocess.run(
-            ["debootstrap", *DEBOOTSTRAP_OPTIONS, release, str(work / "root"), MIRROR],
+            ["unshare", "--mount", "--propagation", "private",
+             "debootstrap", *DEBOOTSTRAP_OPTIONS, release, str(work / "root"), MIRROR],
             capture_output=True, text=True, timeout=900,
         )
         assert result.returncode == 0, f"debootstrap {release} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

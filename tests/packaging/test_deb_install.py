@@ -179,11 +179,18 @@ def test_install_run_reinstall_remove_purge(deb, debian_root, tmp_path):
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{api_port}"
-        wait_until("ready API", lambda: (lambda r: (r[0] == 200, r))(http_get(f"{base}/health/ready")), proc, log)
         token = secrets["admin.token"].decode().strip()
-        wait_until("registered worker",
-                   lambda: (lambda r: (r[0] == 200 and r[1].get("total", 0) >= 1, r))(
-                       http_get(f"{base}/api/v1/jobs/workers", token)), proc, log)
+
+        def ready():
+            status, body = http_get(f"{base}/health/ready")
+            return status == 200, (status, body)
+
+        def worker_registered():
+            status, body = http_get(f"{base}/api/v1/jobs/workers", token)
+            return status == 200 and body.get("total", 0) >= 1, (status, body)
+
+        wait_until("ready API", ready, proc, log)
+        wait_until("registered worker", worker_registered, proc, log)
         client_env = {"OSAPI_API_CLIENT_URL": base}
         result = in_root(root, "/usr/bin/osapi", "-j", "client", "system", "hostname", env=client_env)
         assert result.returncode == 0, result.stdout + result.stderr
