@@ -38,8 +38,10 @@ def base_env(server: NatsServer, state_dir: Path, extra: dict | None = None) -> 
 class WorkerProc:
     """One worker process with a hostname and labels; its log in ``workdir``."""
 
-    def __init__(self, fleet: "Fleet", hostname: str, labels: str = "", env: dict | None = None, name: str = ""):
+    def __init__(self, fleet: "Fleet", hostname: str, labels: str = "", env: dict | None = None, name: str = "",
+                 grace: str = "15s"):
         self.fleet = fleet
+        self.grace = grace
         self.hostname = hostname
         self.labels = labels
         self.extra = env or {}
@@ -54,7 +56,7 @@ class WorkerProc:
             env["OSAPI_JOB_WORKER_LABELS"] = self.labels
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s", "--grace", "15s"],
+                [sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s", "--grace", self.grace],
                 cwd=self.fleet.workdir, env=env, stdout=log, stderr=log,
             )
         return self
@@ -91,8 +93,9 @@ class Fleet:
         self.env = dict(env or {})
         self.workers: list[WorkerProc] = []
 
-    def add(self, hostname: str, labels: str = "", env: dict | None = None, name: str = "") -> WorkerProc:
-        worker = WorkerProc(self, hostname, labels, env, name or f"{hostname}-{len(self.workers)}")
+    def add(self, hostname: str, labels: str = "", env: dict | None = None, name: str = "",
+            grace: str = "15s") -> WorkerProc:
+        worker = WorkerProc(self, hostname, labels, env, name or f"{hostname}-{len(self.workers)}", grace)
         self.workers.append(worker)
         return worker.start()
 

@@ -51,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from osapi import __version__
+from osapi.config import is_hostname
+from osapi.errors import ConfigError
 from osapi.job import deadletter, operations
 from osapi.job import status as st
 from osapi.job.errors import InvalidJob, RetryableError
@@ -76,6 +78,11 @@ class Worker:
                  heartbeat: float = DEFAULT_INTERVAL, grace: float = DEFAULT_GRACE, poll: float = POLL):
         self.cfg = cfg
         self.hostname = hostname or cfg.job.worker.hostname or socket.gethostname()
+        if not is_hostname(self.hostname) or self.hostname.startswith("_"):
+            raise ConfigError(
+                f"the worker's hostname {self.hostname!r} is not a valid hostname",
+                "set job.worker.hostname (OSAPI_JOB_WORKER_HOSTNAME) to this host's name",
+            )
         self.labels = dict(cfg.job.worker.labels if labels is None else labels)
         self.max_jobs = cfg.job.worker.max_jobs
         self.heartbeat = heartbeat
@@ -294,8 +301,9 @@ class Worker:
                     await msg.nak(delay=delay)
                     return
                 outcome, error, gave_up = "failed", f"{error} (gave up after {delivery} deliveries)", True
+            store.forget(job_id)  # read it afresh: deleted while running means leave no keys behind
             if await store.get_job(job_id) is None:
-                await msg.ack_sync()  # deleted while running: leave no keys behind
+                await msg.ack_sync()
                 return
             await store.put_response(job_id, host, {
                 "status": outcome, "data": data, "error": error, "hostname": host,
@@ -303,7 +311,8 @@ class Worker:
             })
             event = st.COMPLETED if outcome == "ok" else st.FAILED
             await store.add_event(job_id, event, host, **({"error": error} if error else {}))
-            log.info("job %s %s on %s", job_id, event, host, extra={"fields": {
+            log.log(logging.INFO if outcome == "ok" else logging.WARNING, "job %s %s on %s", job_id, event, host,
+                    extra={"fields": {
                 "type": job["operation"]["type"], **({"error": error} if error else {})}})
             if gave_up:
                 await msg.nak()  # the last delivery: the server moves it to the dead-letter stream

@@ -139,9 +139,14 @@ def test_worker_command_refuses_bad_flags(cli, argv, message):
     assert result.status == 2 and message in result.stderr
 
 
-def test_worker_command_refuses_bad_configuration(cli):
-    result = cli("job", "worker", "start", env={"OSAPI_JOB_WORKER_MAX_JOBS": "0"})
-    assert result.status == 2 and "job.worker.max_jobs" in result.stderr
+@pytest.mark.parametrize("env, message", [
+    ({"OSAPI_JOB_WORKER_MAX_JOBS": "0"}, "job.worker.max_jobs"),
+    ({"OSAPI_JOB_WORKER_HOSTNAME": "_reserved"}, "'_reserved' is not a valid hostname"),
+    ({"OSAPI_JOB_WORKER_LABELS": "group=web..dev"}, "job.worker.labels"),
+])
+def test_worker_command_refuses_bad_configuration(cli, env, message):
+    result = cli("job", "worker", "start", env=env)
+    assert result.status == 2 and message in result.stderr
 
 
 # ---------------------------------------------------------------- run() fallbacks

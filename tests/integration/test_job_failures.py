@@ -159,6 +159,20 @@ def test_sigterm_finishes_the_running_job_and_exits_zero(stack):
     assert "fresh" not in live_hostnames(stack)  # a clean stop leaves the registry at once
 
 
+def test_sigterm_grace_is_bounded(stack):
+    slow = stack.fleet.add("slowpoke", grace="1s")
+    stack.bridge.wait_workers(["a1", "a2", "b1", "slowpoke"])
+    job_id = create(stack, "test.sleep", {"seconds": 30}, "slowpoke")
+    wait_for(lambda: stack.bridge.started_hosts(job_id) == ["slowpoke"], 15, what="the job started")
+    started = time.monotonic()
+    os.kill(slow.pid, signal.SIGTERM)
+    assert slow.proc.wait(timeout=20) == 0
+    assert time.monotonic() - started < 10  # 1 s grace (+ the pull in flight), not the job's 30 s
+    assert "still running after 1s; they will be redelivered" in slow.log()
+    job = stack.bridge.call(stack.client.get(job_id))
+    assert job["status"] == "processing"  # not acked, not failed: it stays for the host's next worker
+
+
 def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
     stack.hosts["a2"].kill()
     wait_for(lambda: "a2" not in live_hostnames(stack), 15, what="a2 expiring from the registry")
