@@ -32,8 +32,8 @@ def _reexec_in_venv() -> None:
         import psutil  # noqa: F401
     except ImportError:
         venv = REPO / ".venv" / "bin" / "python"
-        if venv.is_file() and Path(sys.executable).resolve() != venv.resolve() and not os.environ.get("OSAPI_BENCH_REEXEC"):
-            os.environ["OSAPI_BENCH_REEXEC"] = "1"
+        if venv.is_file() and Path(sys.executable).resolve() != venv.resolve() and not os.environ.get("BENCH_RUN_REEXECUTED"):
+            os.environ["BENCH_RUN_REEXECUTED"] = "1"
             os.execv(str(venv), [str(venv), *sys.argv])
         raise
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import context, machine
 
     started = _dt.datetime.now(_dt.timezone.utc)
+    load_at_start = os.getloadavg()
     t0 = time.perf_counter()
     tmp = None
     if args.workdir:
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp.name)
     try:
         ctx, notes = context.detect(workdir, args.quick, args.source, args.python3)
+        print("bench: priming (one untimed start) …", file=sys.stderr, flush=True)
+        notes.append(ctx.prime())
         sections = []
         for name in args.only:
             print(f"bench: {name} …", file=sys.stderr, flush=True)
@@ -130,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             mode += " — " + "; ".join(notes)
         versions = machine.versions(args.python3, nats_binary)
         versions["osapi commit"] = machine.git_commit(REPO)
-        text = report.render(sections, machine.machine(), versions, mode, args.quick, started,
+        facts = machine.machine()
+        # other work on the machine moves every figure: say how busy it was
+        facts["load average (1, 5, 15 min)"] = (
+            f"{' / '.join(f'{x:.2f}' for x in load_at_start)} at start, "
+            f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
+        text = report.render(sections, facts, versions, mode, args.quick, started,
                              time.perf_counter() - t0)
         report.write(Path(args.output), text)
         print(f"bench: wrote {args.output}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+from bench.appliance import base_env
 from bench.report import Section
 from bench.stats import median, ms
 
@@ -31,10 +32,10 @@ def _time(argv: list[str], env: dict | None, runs: int, cwd=None) -> tuple[list[
 def run(ctx) -> Section:
     section = Section("startup", TITLE)
     runs = ctx.count(10, 3)
-    base, _ = _time([ctx.interpreter, "-c", "pass"], None, runs)
+    base, _ = _time([ctx.interpreter, "-c", "pass"], base_env(), runs)
     base_ms = ms(median(base))
     what = "python3 osapi.pyz" if ctx.mode == "pyz" else "python -m osapi (source tree)"
-    version, proc = _time(ctx.osapi_argv("--version"), None, runs, cwd=ctx.workdir)
+    version, proc = _time(ctx.osapi_argv("--version"), base_env(), runs, cwd=ctx.workdir)
     if proc.returncode != 0:
         section.error = f"`{what} --version` failed: {proc.stderr.strip()[-300:]}"
     section.add(f"`{what} --version`, median of {runs}", ms(median(version)), "ms",
