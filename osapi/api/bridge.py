@@ -43,6 +43,8 @@ class NatsBridge:
         self.client = None  # osapi.job.client.JobClient once set up
         self.last_error: str | None = "not connected yet"
         self._stopping = False
+        self._setup_at_reconnects = 0  # nc.stats["reconnects"] when setup() last ran
+        self._setup_lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -68,6 +70,8 @@ class NatsBridge:
                     self.nc = await connect(self.cfg, self.name)
                 client = JobClient(self.nc, self.cfg)
                 await client.setup()
+                self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
+                self._setup_lock = asyncio.Lock()
                 self.client = client
                 self.last_error = None
                 log.info("connected to NATS at %s", ", ".join(self.urls),
@@ -159,7 +163,7 @@ class NatsBridge:
         client = self.client
         if client is None or not self.connected:
             raise unavailable(self.problem())
-        future = asyncio.run_coroutine_threadsafe(work(client), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._after_setup(client, work), self.loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -168,12 +172,39 @@ class NatsBridge:
                 f"NATS at {', '.join(self.urls)} did not answer within {timeout:g}s"
             ) from None
 
+    async def _setup_after_reconnect(self) -> None:
+        """Set the streams and buckets up again if NATS was reconnected since the last time.
+
+        A nats-server that comes back with an empty store (a new machine, a wiped
+        directory) has no stream or buckets; ``setup()`` is idempotent and cheap,
+        and runs once per reconnect, not per request.
+        """
+        client, nc = self.client, self.nc
+        if client is None or nc is None or self._setup_lock is None:
+            return
+        reconnects = nc.stats.get("reconnects", 0)
+        if reconnects == self._setup_at_reconnects:
+            return
+        async with self._setup_lock:
+            if reconnects != self._setup_at_reconnects:
+                await client.setup()
+                self._setup_at_reconnects = reconnects
+                log.info("NATS reconnected: job streams and buckets checked")
+
+    async def _after_setup(self, client, work):
+        await self._setup_after_reconnect()
+        return await work(client)
+
+    async def _raw_after_setup(self, nc, work):
+        await self._setup_after_reconnect()
+        return await work(nc)
+
     def call_raw(self, work: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
         """Like ``call`` but hands ``work`` the NATS connection (health checks)."""
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise unavailable(self.problem())
-        future = asyncio.run_coroutine_threadsafe(work(nc), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._raw_after_setup(nc, work), self.loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

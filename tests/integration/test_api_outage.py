@@ -78,22 +78,38 @@ def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
 
 
 def test_api_started_before_nats_connects_when_it_appears(tmp_path):
-    """NATS down at start: the API serves 503 and connects once nats-server is up."""
+    """NATS down at start: the API serves 503 and connects once nats-server is up.
+
+    Then nats-server is replaced by one with an empty store on the same port: the
+    API sets the stream and buckets up again by itself.
+    """
     from harness import free_port
 
     port = free_port()
     token = "t" * 32
     api = ApiProcess(tmp_path / "api", clean_env(OSAPI_NATS_URL=f"nats://127.0.0.1:{port}",
                                                  OSAPI_NATS_TOKEN=token)).start()
-    nats = None
+    servers = []
     try:
-        assert api.http(ADMIN).get("/api/v1/jobs").status == 503
-        nats = NatsServer(tmp_path / "nats", port=port, token=token).start()
+        http = api.http(ADMIN)
+        assert http.get("/api/v1/jobs").status == 503
+        servers.append(NatsServer(tmp_path / "nats-a", port=port, token=token).start())
         api.wait_ready(timeout=30)
-        listing = api.http(ADMIN).get("/api/v1/jobs")
+        listing = http.get("/api/v1/jobs")
         assert listing.status == 200 and listing.json == {"total_items": 0, "items": []}
+        assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.os.get"}}).status == 201
+
+        servers[0].stop()
+        api.wait_ready(want=503)
+        servers.append(NatsServer(tmp_path / "nats-b", port=port, token=token).start())  # empty store
+        api.wait_ready(timeout=30)
+        created = wait_for(lambda: (r := http.request("POST", "/api/v1/jobs",
+                                                      {"operation": {"type": "system.os.get"}})).status == 201 and r,
+                           timeout=30, what="a job accepted by the new server")
+        assert http.get(f"/api/v1/jobs/{created.json['job_id']}").status == 200
+        assert http.get("/api/v1/jobs").json["total_items"] == 1
     finally:
         code = api.stop()
-        if nats is not None:
-            nats.stop()
+        for server in servers:
+            server.stop()
     assert code == 0, api.log()
