@@ -271,13 +271,15 @@ def test_os_load_uptime_and_status(osapi):
 # ---------------------------------------------------------------- network
 
 
-def test_dns_get_reads_the_workers_resolv_conf(osapi):
+def test_dns_get_reads_the_workers_resolv_conf(osapi, stack):
+    stack.alpha_resolv.write_text(RESOLV)
     res = osapi("client", "network", "dns", "get", "--interface-name", "lo", "-T", ALPHA)
     assert res.status == 0, res.stderr
     assert table_rows(res.stdout, "HOSTNAME") == [[ALPHA, "192.0.2.1", "example.test"]]
 
 
 def test_a_broadcast_with_a_failed_host_prints_it_and_exits_1(osapi, stack):
+    stack.alpha_resolv.write_text(RESOLV)
     res = osapi("client", "network", "dns", "get", "--interface-name", "lo", "-T", "_all")
     assert res.status == 1
     rows = table_rows(res.stdout, "HOSTNAME")
@@ -381,6 +383,7 @@ def test_job_add_get_list_delete(osapi, stack):
 
     human = osapi("client", "job", "add", "--json-file", path, "-T", ALPHA)
     assert human.status == 0 and "job id:" in human.stdout and "submitted" in human.stdout
+    assert osapi("client", "job", "add", "--json-file", "-", stdin=Path(path).read_text()).status == 0
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -458,6 +461,7 @@ def test_job_run_timeout_exits_1_and_says_so(osapi, stack):
 
 
 def test_job_status_once_and_json(osapi, stack):
+    assert osapi("client", "system", "load", "-T", ALPHA).status == 0  # at least one job exists
     res = osapi("client", "job", "status", "--once")
     assert res.status == 0, res.stderr
     assert "total jobs:" in res.stdout
