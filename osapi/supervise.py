@@ -344,6 +344,7 @@ def render(paths: Layout, programs: list[str], workers: int, base: list[str], fl
 
 
 def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
