@@ -25,6 +25,7 @@ Submits the job, then polls GET /jobs/{id} every --poll-interval seconds until
 the job is completed, failed or partial_failure, and prints each host's result.
 Exit status 1 when the job failed, partially failed or did not finish within
 --timeout (the message says which); the job keeps running on the workers.
+With --json it prints the job as the last GET /jobs/{id} returned it.
 """
 
 STATUS_HELP = """\
@@ -50,7 +51,8 @@ def register(client) -> None:
     lst.add_argument("--limit", type=int, default=10, metavar="N", help="jobs per page, 1-1000 (default: 10)")
     lst.add_argument("--offset", type=int, default=0, metavar="N", help="jobs to skip (default: 0)")
 
-    delete = command(job, "delete", "delete a job, its events and its results", delete_cmd)
+    delete = command(job, "delete", "delete a job, its events and its results", delete_cmd,
+                     epilog="The API answers 204 with no body, so with --json nothing is printed.\n\n" + EXIT_HELP)
     delete.add_argument("--job-id", required=True, metavar="ID")
 
     run = command(job, "run", "submit a job, wait for it and print each host's result", run_cmd,
