@@ -513,7 +513,7 @@ def is_running(paths: Layout) -> bool:
     try:
         rpc(paths).supervisor.getPID()
         return True
-    except (OSError, Exception):  # noqa: BLE001 -- any failure to talk means "not running"
+    except Exception:  # noqa: BLE001 -- any failure to talk means "not running"
         return False
 
 
