@@ -19,6 +19,26 @@ CLIENTS = 16
 GOAL = 500.0
 
 
+def tree_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process of the appliance, by role."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            times = proc.cpu_times()
+            cmd = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        role = ("nats-server" if "nats-server" in cmd or proc.name().startswith("nats") else
+                "api" if "api server start" in cmd else
+                "worker" if "worker start" in cmd else
+                "supervise" if "supervise" in cmd else proc.name())
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -30,9 +50,12 @@ async def _measure(app, total: int, warmup: int) -> dict:
         warm = await submit_jobs(app.api_port, app.token, concurrency=CLIENTS, total=warmup)
         await watch.wait_for(warm.job_ids, 60)
         cpu0 = _cpu_seconds()
+        pids = app.pids()
+        tree0 = tree_cpu(pids)
         sub = await submit_jobs(app.api_port, app.token, concurrency=CLIENTS, total=total)
         finished = await watch.wait_for(sub.job_ids, 120 + total / 50)
         cpu = _cpu_seconds() - cpu0
+        tree1 = tree_cpu(pids)
         done = [watch.done[j] for j in sub.job_ids if j in watch.done]
         end = max(done) if done else sub.last
         failed = sum(1 for j in sub.job_ids if watch.final_status.get(j) == "failed")
@@ -40,6 +63,7 @@ async def _measure(app, total: int, warmup: int) -> dict:
             "submitted": len(sub.job_ids), "statuses": sub.statuses, "errors": sub.errors,
             "completed": len(done), "failed": failed, "all_finished": finished,
             "seconds": end - sub.first, "submit_seconds": sub.last - sub.first, "driver_cpu": cpu,
+            "tree_cpu": {k: tree1.get(k, 0.0) - v for k, v in tree0.items()},
         }
     finally:
         await watch.close()
@@ -63,6 +87,10 @@ def run(ctx) -> Section:
             f"{r['driver_cpu']:.1f} s CPU ({100 * r['driver_cpu'] / r['seconds']:.0f}% of one core)"
             + ("" if r["all_finished"] else " — **not every job finished in time**")
         )
+        per_job = ", ".join(f"{role} {1000 * sec / max(1, r['completed']):.2f} ms"
+                            for role, sec in sorted(r["tree_cpu"].items(), key=lambda kv: -kv[1]))
+        section.note(f"{workers} worker process(es), CPU per job by process (user+system): {per_job}; "
+                     f"load generator {1000 * r['driver_cpu'] / max(1, r['completed']):.2f} ms")
         if r["errors"]:
             section.note(f"{workers} worker(s), first errors: {r['errors'][:3]}")
     one, four = results[1]["rate"], results[4]["rate"]
