@@ -92,8 +92,14 @@ def last_per_host(events: Iterable[Event]) -> dict[str, Event]:
     return last
 
 
-def compute_status(events: Iterable[Event]) -> str:
-    """One of ``STATUSES`` from a job's events (any order)."""
+def compute_status(events: Iterable[Event], expected: Iterable[str] = ()) -> str:
+    """One of ``STATUSES`` from a job's events (any order).
+
+    ``expected``: for a broadcast, the hosts the registry listed as matching when
+    the job was submitted (kept in the job). One of them that has not answered
+    keeps the job ``processing`` — a host that answers fast does not finish a
+    broadcast that a slower host has not even picked up yet.
+    """
     events = list(events)
     worker_events = [e for e in events if e.event != SUBMITTED]
     if not worker_events:
@@ -105,13 +111,19 @@ def compute_status(events: Iterable[Event]) -> str:
         return FAILED if newest.event == FAILED else PROCESSING
     last = last_per_host(worker_events)
     states = {e.event for e in last.values()}
-    if states & ACTIVE:
+    if states & ACTIVE or any(host not in last for host in expected):
         return PROCESSING
     if states == {COMPLETED}:
         return COMPLETED
     if states == {FAILED}:
         return FAILED
     return PARTIAL_FAILURE
+
+
+def expected_hosts(job: Mapping[str, Any] | None) -> list[str]:
+    """The hosts a broadcast job was expected to reach (``[]`` for one-host jobs and old jobs)."""
+    hosts = (job or {}).get("expected_hosts")
+    return [h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else []
 
 
 def rfc3339(nanos: int) -> str:
@@ -135,7 +147,8 @@ def _duration(events: list[Event], host: str) -> float | None:
 def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]]) -> dict:
     """The job object of CONTRACT §4.3 from its parts."""
     events = sorted(events, key=lambda e: e.sort_key)
-    status = compute_status(events)
+    expected = expected_hosts(job)
+    status = compute_status(events, expected)
     last = last_per_host(events)
     single = _single(submitted_token(events))
     shown = {
@@ -150,6 +163,9 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         }
         for host, event in sorted(last.items())
     }
+    for host in expected:  # listed when submitted, not heard from yet
+        worker_states.setdefault(host, {"status": SUBMITTED, "error": None, "duration": None})
+    worker_states = dict(sorted(worker_states.items()))
     hostname = result = error = None
     if single and last:
         done = [e for e in events if e.event == COMPLETED]

@@ -175,6 +175,15 @@ def test_sigterm_grace_is_bounded(stack):
 
 def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
     stack.hosts["a2"].kill()
+    # submitted at once, while the registry still lists a2 (its entry lives 3 s)
+    pending = create(stack, "system.hostname.get", {}, "_all")
+    expected = stack.bridge.call(stack.bridge.store.get_job(pending))["expected_hosts"]
+    wait_for(lambda: {"a1", "b1"} <= {h for h, w in stack.bridge.call(stack.client.get(pending))[
+        "worker_states"].items() if w["status"] == "completed"}, 15, what="a1 and b1 answering")
+    if "a2" in expected:  # a host expected when the job was submitted keeps it processing
+        job = stack.bridge.call(stack.client.get(pending))
+        assert job["status"] == "processing" and job["worker_states"]["a2"]["status"] == "submitted"
+
     wait_for(lambda: "a2" not in live_hostnames(stack), 15, what="a2 expiring from the registry")
     started = time.monotonic()
     result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
@@ -182,6 +191,10 @@ def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
     assert time.monotonic() - started < 10
     replace(stack, "a2")
     stack.bridge.wait_workers(["a1", "a2", "b1"])
+    # the host's durable kept both broadcasts for it: the new a2 process runs them
+    for job_id in (pending, result["job_id"]):
+        wait_for(lambda: "a2" in stack.bridge.started_hosts(job_id), 20, what="a2 catching up")
+    assert stack.bridge.wait_status(pending, "completed")["worker_states"]["a2"]["status"] == "completed"
 
 
 def test_workers_survive_a_nats_restart_without_losing_jobs(stack):

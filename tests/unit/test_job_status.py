@@ -95,3 +95,24 @@ def test_job_view_partial_failure_summarises_errors():
 
 def test_rfc3339():
     assert rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"
+
+
+def test_a_broadcast_waits_for_every_expected_host():
+    events = [submitted("_all"), ev("acknowledged", "fast", 1), ev("started", "fast", 1), ev("completed", "fast", 2)]
+    assert compute_status(events) == "completed"
+    assert compute_status(events, ["fast", "slow"]) == "processing"
+    assert compute_status(events + [ev("started", "slow", 3), ev("failed", "slow", 4)], ["fast", "slow"]) == \
+        "partial_failure"
+    assert compute_status([submitted("_all")], ["fast", "slow"]) == "submitted"
+    # one-host targets have no expected list; a stray one does not change them
+    assert compute_status([submitted("w1"), ev("completed", "w1", 1)], ["other"]) == "completed"
+
+
+def test_job_view_shows_expected_hosts_not_heard_from():
+    job = {"id": "j", "created": rfc3339(0), "target_hostname": "_all", "operation": {},
+           "expected_hosts": ["fast", "slow"]}
+    view = job_view(job, [submitted("_all"), ev("completed", "fast", 2)],
+                    {"fast": {"status": "ok", "data": {}, "error": None}})
+    assert view["status"] == "processing"
+    assert view["worker_states"]["slow"] == {"status": "submitted", "error": None, "duration": None}
+    assert list(view["worker_states"]) == ["fast", "slow"]
