@@ -288,10 +288,15 @@ class Worker:
         try:
             if delivery > 1 and await self._already_done(job):
                 log.info("job %s already finished on %s; not running it again", job_id, host)
-                await msg.ack_sync()
+                await msg.ack()
                 return
-            await store.add_event(job_id, st.ACKNOWLEDGED, host, delivery=delivery, instance=self.instance)
-            outcome, data, error = await self._execute(job, delivery)
+            # the two start events are written while the provider already runs: a synchronous
+            # caller waits for the response, so only what it needs stays on its path
+            starting = asyncio.ensure_future(self._start_events(job_id, delivery))
+            try:
+                outcome, data, error = await self._execute(job)
+            finally:
+                await starting
             gave_up = False
             if outcome == "retry":
                 if delivery < self.max_deliver:
@@ -301,23 +306,23 @@ class Worker:
                     await msg.nak(delay=delay)
                     return
                 outcome, error, gave_up = "failed", f"{error} (gave up after {delivery} deliveries)", True
-            store.forget(job_id)  # read it afresh: deleted while running means leave no keys behind
-            if await store.get_job(job_id) is None:
-                await msg.ack_sync()
-                return
             await store.put_response(job_id, host, {
                 "status": outcome, "data": data, "error": error, "hostname": host,
                 "finished": _now(), "delivery": delivery,
             })
+            store.forget(job_id)  # read it afresh: a job deleted while it ran must not get keys back
+            if await store.get_job(job_id) is None:
+                await store.purge_job(job_id)
+                await msg.ack()
+                return
             event = st.COMPLETED if outcome == "ok" else st.FAILED
             await store.add_event(job_id, event, host, **({"error": error} if error else {}))
             log.log(logging.INFO if outcome == "ok" else logging.WARNING, "job %s %s on %s", job_id, event, host,
-                    extra={"fields": {
-                "type": job["operation"]["type"], **({"error": error} if error else {})}})
+                    extra={"fields": {"type": job["operation"]["type"], **({"error": error} if error else {})}})
             if gave_up:
                 await msg.nak()  # the last delivery: the server moves it to the dead-letter stream
             else:
-                await msg.ack_sync()
+                await msg.ack()  # a lost ack means a redelivery, which _already_done answers
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - NATS trouble while reporting
@@ -325,6 +330,13 @@ class Worker:
             await _quiet(msg.nak(delay=self._delay(delivery)))
         finally:
             keep_alive.cancel()
+
+    async def _start_events(self, job_id: str, delivery: int) -> None:
+        """``acknowledged`` then ``started`` (their keys carry the order: nanos taken in this order)."""
+        await asyncio.gather(
+            self.store.add_event(job_id, st.ACKNOWLEDGED, self.hostname, delivery=delivery, instance=self.instance),
+            self.store.add_event(job_id, st.STARTED, self.hostname, delivery=delivery),
+        )
 
     async def _already_done(self, job: dict) -> bool:
         """A redelivered job that already has a final result here (the ack was lost) is not rerun."""
@@ -334,16 +346,14 @@ class Worker:
             return last is not None and last.event in st.TERMINAL
         return any(e.event in st.TERMINAL for e in events)
 
-    async def _execute(self, job: dict, delivery: int) -> tuple[str, Any, str | None]:
+    async def _execute(self, job: dict) -> tuple[str, Any, str | None]:
         """Run the provider: ``("ok", data, None)``, ``("failed", None, error)`` or ``("retry", None, error)``."""
         operation = job.get("operation") or {}
         try:
             op = operations.get(operation.get("type"))
             data = op.check(operation.get("data"))
         except operations.InvalidData as exc:
-            await self.store.add_event(job["id"], st.STARTED, self.hostname, delivery=delivery)
             return "failed", None, f"{exc} (this worker runs osapi {__version__})"
-        await self.store.add_event(job["id"], st.STARTED, self.hostname, delivery=delivery)
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self.pool, op.run, data, self.context)
