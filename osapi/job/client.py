@@ -238,6 +238,16 @@ class JobClient:
         entries = await self.registry.entries()
         return {e["hostname"] for e in entries if target.matches(e["hostname"], e.get("labels"))}
 
+    async def _catch_up(self, job_id: str) -> dict[str, dict]:
+        """Responses already stored (best effort: NATS may be away right now)."""
+        import nats.errors
+
+        try:
+            return await self.store.responses(job_id)
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            log.debug("cannot read the responses of %s: %s", job_id, exc)
+            return {}
+
     async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str],
                        timeout: float, quiet_period: float) -> dict[str, dict]:
         """Answers as they arrive on ``sub``, until the target is satisfied or the fallbacks end it."""
@@ -257,7 +267,7 @@ class JobClient:
         while not done():
             now = loop.time()
             if now >= deadline:
-                answers.update(await self.store.responses(job_id))  # last look: answers missed in transit
+                answers.update(await self._catch_up(job_id))  # last look: answers missed in transit
                 break
             wait = min(deadline - now, RECONNECT_CHECK)
             if quiet_until is not None:
@@ -268,11 +278,14 @@ class JobClient:
                 if self.nc.stats.get("reconnects", 0) != reconnects:
                     # messages published while we were reconnecting never reach a core subscription
                     reconnects = self.nc.stats.get("reconnects", 0)
-                    answers.update(await self.store.responses(job_id))
+                    answers.update(await self._catch_up(job_id))
                 if quiet_until is not None and loop.time() >= quiet_until:
                     if not expected:
                         break  # the registry named nobody: the quiet period decides
-                    live = await self._expected_hosts(target)
+                    try:
+                        live = await self._expected_hosts(target)
+                    except (nats.errors.Error, OSError, asyncio.TimeoutError):
+                        live = expected  # cannot tell now: keep waiting for them, up to the timeout
                     expected = {h for h in expected if h in live}  # a host that went silent is not awaited
                     if not expected:
                         break
