@@ -4,7 +4,7 @@ Five worker processes (``python -m osapi job worker start``) on one server:
 ``w1`` (group=web.dev.us-east, zone=a), ``w2`` (group=web.prod),
 ``w3.example.com`` (group=db) and two processes that are both host ``twin``.
 They start once for the module; the in-process ``JobClient`` talks to the same
-server. ``ack_wait`` is 1.5 s so a job longer than that proves in-progress acks.
+server. ``ack_wait`` is 2 s so a job longer than that proves in-progress acks.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout
 
 pytestmark = pytest.mark.timeout(120)
 
-ENV = {"OSAPI_JOB_CONSUMER_ACK_WAIT": "1500ms"}
+ENV = {"OSAPI_JOB_CONSUMER_ACK_WAIT": "2s"}
 HOSTS = {"w1": "group=web.dev.us-east,zone=a", "w2": "group=web.prod", "w3.example.com": "group=db"}
 EVERY_HOST = ["twin", "w1", "w2", "w3.example.com"]
 SLOW = 20.0  # timeout and quiet period for broadcasts: a call must return long before
@@ -186,8 +186,8 @@ def test_two_processes_of_one_host_run_each_job_once(stack):
 
 
 def test_job_longer_than_ack_wait_runs_once(stack):
-    result = run(stack, "test.sleep", {"seconds": 3.5}, "w2")  # ack_wait is 1.5 s
-    assert result["results"] == [{"hostname": "w2", "slept": 3.5}]
+    result = run(stack, "test.sleep", {"seconds": 4.5}, "w2")  # ack_wait is 2 s
+    assert result["results"] == [{"hostname": "w2", "slept": 4.5}]
     job = stack.bridge.wait_status(result["job_id"], "completed")
     events = [(t["event"], t["hostname"]) for t in job["timeline"]]
     assert events == [("submitted", "w2"), ("acknowledged", "w2"), ("started", "w2"), ("completed", "w2")]
