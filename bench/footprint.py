@@ -49,12 +49,15 @@ def run(ctx) -> Section:
         time.sleep(ctx.count(5, 1))
         idle_rss, idle_pss, by_name = tree_memory(app.pids())
         peak = [0, 0]
+        peak_by_name: dict[str, int] = {}
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
-                rss, pss, _ = tree_memory(app.pids())
+                rss, pss, names = tree_memory(app.pids())
                 peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+                for name, value in names.items():
+                    peak_by_name[name] = max(peak_by_name.get(name, 0), value)
                 stop.wait(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -72,6 +75,8 @@ def run(ctx) -> Section:
     section.note(f"under load: {len(sub.job_ids)} jobs accepted, HTTP statuses {sub.statuses}; "
                  f"peak PSS {mib(peak[1]):.1f} MiB")
     section.note("idle RSS by process: " + "; ".join(f"`{k}` {mib(v):.1f} MiB" for k, v in by_name.items()))
+    section.note("peak RSS by process under load: "
+                 + "; ".join(f"`{k}` {mib(v):.1f} MiB" for k, v in peak_by_name.items()))
     if ctx.pyz is not None:
         size = mib(ctx.pyz.stat().st_size)
         section.add("size of osapi.pyz", size, "MiB", goal=f"≤ {PYZ_GOAL_MB:.0f} MiB", met=size <= PYZ_GOAL_MB)

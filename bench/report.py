@@ -60,7 +60,7 @@ def _ratio(row: Row) -> str:
     ratio = row.ratio
     if ratio is None:
         return ""
-    return f"{ratio:.2f}×"
+    return f"{ratio:.3f}×" if ratio < 0.1 else f"{ratio:.2f}×"
 
 
 def _reference(row: Row) -> str:
