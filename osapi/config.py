@@ -543,8 +543,9 @@ def signing_key(cfg: Config) -> str:
 
 
 def nats_token(cfg: Config) -> str | None:
-    """The token clients present to NATS: ``nats.token``, else the state dir's, else none."""
-    return cfg.nats.token or read_secret(cfg, "nats.token")
+    """The token clients present to NATS: ``nats.token``, else the state dir's, else the
+    server's own ``nats.server.auth.token`` (the same host runs both), else none."""
+    return cfg.nats.token or read_secret(cfg, "nats.token") or cfg.nats.server.auth.token or None
 
 
 def nats_server_token(cfg: Config) -> str | None:

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
 
 def start_server(ctx: Context) -> int:
     from osapi.api.server import ApiServer
+    from osapi.supervise import exit_with_supervisor
 
+    exit_with_supervisor()  # under supervise: never outlive a killed supervisord
     ApiServer(ctx.config).serve()
     return 0

@@ -31,6 +31,9 @@ def start_worker(ctx: Context) -> int:
 
     from osapi import config
     from osapi.job.worker import Worker
+    from osapi.supervise import exit_with_supervisor
+
+    exit_with_supervisor()  # under supervise: never outlive a killed supervisord
 
     durations = {}
     for flag in ("heartbeat", "grace"):

@@ -196,10 +196,18 @@ def test_install_run_reinstall_remove_purge(deb, debian_root, tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         answer = json.loads(result.stdout)
         assert [r["hostname"] for r in answer["results"]] == [socket.gethostname()]
-        result = in_root(root, "/usr/bin/osapi", "supervise", "status", env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
-        for program in ("nats", "api", "worker-1"):
-            assert any(program in line and "RUNNING" in line for line in result.stdout.splitlines()), result.stdout
+
+        def all_running():
+            # supervisord reports STARTING until startsecs has passed on its own clock,
+            # which can lag on a loaded machine even when the programs already answer
+            result = in_root(root, "/usr/bin/osapi", "supervise", "status", env=env)
+            lines = result.stdout.splitlines()
+            ok = result.returncode == 0 and all(
+                any(program in line and "RUNNING" in line for line in lines)
+                for program in ("nats", "api", "worker-1"))
+            return ok, result.stdout + result.stderr
+
+        wait_until("all programs RUNNING in supervise status", all_running, proc, log, timeout=60)
         assert {p.name for p in (state / "logs").iterdir()} >= {"nats.log", "api.log", "worker-1.log", "supervisord.log"}
         assert (state / "cache").is_dir(), "the pyz unpacked into the state dir (SHIV_ROOT of the unit)"
     finally:

@@ -289,3 +289,14 @@ def test_signing_key_resolution(tmp_path):
 )
 def test_nats_urls(env, urls):
     assert config.nats_urls(load(env)) == urls
+
+
+def test_nats_client_token_falls_back_to_the_servers_own_token(tmp_path):
+    # one host running nats-server with a configured token: the API and workers there
+    # must not need the same secret configured twice
+    cfg = load({"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path), "OSAPI_NATS_SERVER_AUTH_TOKEN": "srv"})
+    assert config.nats_token(cfg) == "srv"
+    cfg = load({"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path), "OSAPI_NATS_SERVER_AUTH_TOKEN": "srv",
+                "OSAPI_NATS_TOKEN": "client"})
+    assert config.nats_token(cfg) == "client"
+    assert config.nats_token(load({"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path)})) is None
