@@ -10,6 +10,15 @@
    fixed seed, 25 examples per operation, a hard wall-clock limit.
 2. A JWT attack set is refused with 401 (and ``WWW-Authenticate: Bearer``) on
    every protected route of the document.
+3. The dangerous operations with hostile-but-valid input, hand-picked: the
+   document types a ping address and DNS servers as plain strings, so nearly
+   everything schemathesis generates for them is refused with 400 before a
+   worker sees it. Here public, link-local, multicast and broadcast addresses
+   reach the isolated worker (nothing but its loopback answers), and DNS
+   changes land in the temp resolv.conf only.
+
+Without root (no private network namespace) the stack runs with no worker at
+all and the tests that would execute jobs are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -89,7 +98,6 @@ def test_every_operation_survives_generated_input_and_matches_the_document(stack
         "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
-    env["SCHEMATHESIS_HOOKS"] = ""
     start = time.monotonic()
     try:
         proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
