@@ -149,15 +149,21 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     assert status == 0, sup.log()
 
 
-def test_nats_server_does_not_outlive_a_killed_supervisor(tmp_path, env):
-    """SIGKILL leaves supervisord no chance to stop its children: nats-server follows it anyway."""
-    env["OSAPI_SUPERVISE_PROGRAMS"] = "nats"
+def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
+    """SIGKILL leaves supervisord no chance to stop its children: every child follows it anyway."""
+    env["OSAPI_SUPERVISE_PROGRAMS"] = "nats,api,worker"
     state = Path(env["OSAPI_SUPERVISE_STATE_DIR"])
     sup = Supervise([sys.executable, "-m", "osapi", "supervise"], env, state, tmp_path / "run").start()
+    pids = {}
     try:
-        nats_pid = sup.wait_running(["nats"])["nats"]["pid"]
+        procs = sup.wait_running(["nats", "api", "worker:worker-1"])
+        pids = {name: info["pid"] for name, info in procs.items()}
         os.kill(sup.proc.pid, signal.SIGKILL)
         sup.proc.wait(timeout=30)
-        wait_until(lambda: not alive(nats_pid), 30, "nats-server exits after its supervisor was killed")
+        for name, pid in pids.items():
+            wait_until(lambda pid=pid: not alive(pid), 30, f"{name} exits after its supervisor was killed")
     finally:
         sup.stop()
+        for pid in pids.values():  # never leave one behind, even when the test failed
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
