@@ -26,12 +26,12 @@ from osapi.errors import ExitStatus, OsapiError, UsageError
 
 # One module per command group, in the order of `osapi --help`.
 COMMAND_MODULES = (
-    "osapi.cli.tokens",
-    "osapi.cli.api",
-    "osapi.cli.client",
     "osapi.cli.supervise",
-    "osapi.cli.nats",
+    "osapi.cli.client",
+    "osapi.cli.api",
     "osapi.cli.job",
+    "osapi.cli.nats",
+    "osapi.cli.tokens",
 )
 
 log = logging.getLogger("osapi.cli")
