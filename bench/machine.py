@@ -79,7 +79,8 @@ def git_commit(repo) -> str:
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        # what runs: the package and the build script, untracked files included
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "osapi", "build_pyz.py"],
                                capture_output=True, text=True, timeout=10)
         return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
