@@ -118,9 +118,29 @@ def choose_root(archive: str, environ=None) -> tuple[str | None, list[str]]:
     return None, refused
 
 
+def isolate_from_host_packages() -> None:
+    """Drop the interpreter's site-packages from ``sys.path``.
+
+    The archive carries every dependency at a pinned version; a host's own
+    ``dist-packages`` (Debian's python3-cryptography, an older PyYAML …) would
+    otherwise be importable alongside and change behaviour from host to host (and
+    cost memory: pyjwt loads cryptography when it finds it). ``PYTHONPATH`` is an
+    explicit choice and is kept.
+    """
+    import site
+
+    host_dirs = set(getattr(site, "getsitepackages", lambda: [])())
+    user = getattr(site, "getusersitepackages", lambda: None)()
+    if user:
+        host_dirs.add(user)
+    host_dirs = {os.path.realpath(d) for d in host_dirs}
+    sys.path[:] = [p for p in sys.path if not p or os.path.realpath(p) not in host_dirs]
+
+
 def main() -> None:
     global ARCHIVE
     ARCHIVE = os.path.abspath(sys.argv[0])
+    isolate_from_host_packages()
     if not os.environ.get("SHIV_ROOT"):
         root, refused = choose_root(ARCHIVE)
         if root is None:

@@ -52,6 +52,29 @@ def test_every_dependency_loads_from_the_archive(runner):
     assert version.returncode == 0 and "nats-server" in version.stdout
 
 
+def test_host_site_packages_are_not_imported(runner, tmp_path):
+    """A Python whose own site-packages hold other (here: broken) copies of our dependencies."""
+    venv = tmp_path / "host-venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site_dir = next((venv / "lib").glob("python3*/site-packages"))
+    for module in ("yaml", "jwt", "cryptography"):
+        (site_dir / f"{module}.py").write_text(f"raise ImportError('host copy of {module} was imported')\n")
+    host_python = venv / "bin" / "python"
+    probe = subprocess.run([str(host_python), "-c", "import yaml"], capture_output=True, text=True, timeout=60)
+    assert "host copy of yaml" in probe.stderr  # the trap is armed
+    code = "import json, yaml, jwt; print(json.dumps([yaml.__file__, jwt.__file__]))"
+    result = subprocess.run([str(host_python), str(runner.pyz), "-c", code], capture_output=True, text=True,
+                            env=runner.env(SHIV_INTERPRETER="1"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    cache = str(runner.home / ".cache" / "osapi")
+    assert all(path.startswith(cache) for path in json.loads(result.stdout))
+    token = subprocess.run([str(host_python), str(runner.pyz), "token", "generate", "-r", "read", "-u", "x"],
+                           capture_output=True, text=True, timeout=120,
+                           env=runner.env(OSAPI_API_SERVER_SECURITY_SIGNING_KEY="k" * 40))
+    assert token.returncode == 0 and token.stdout.count(".") == 2, token.stderr
+
+
 def test_unpacked_once_into_a_private_cache_keyed_by_content(runner, pyz):
     runner.run("--version")
     cache = runner.home / ".cache" / "osapi"
