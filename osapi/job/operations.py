@@ -164,6 +164,37 @@ def _obj(props: dict, required: list[str] | None = None) -> dict:
 
 
 EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
+
+# Input schemas as strict as the validators above, so the OpenAPI document tells
+# clients (and fuzzers) exactly what is accepted.
+IP_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+HOSTNAME = {"type": "string", "format": "hostname", "maxLength": 253}
+INTERFACE = {"type": "string", "pattern": INTERFACE_RE.pattern}
+DNS_GET_DATA = {**_obj({"interface_name": INTERFACE}, ["interface_name"]), "additionalProperties": False}
+DNS_UPDATE_DATA = {
+    **_obj(
+        {
+            "interface_name": INTERFACE,
+            "servers": {"type": "array", "items": IP_ADDRESS, "minItems": 1, "maxItems": MAX_DNS_SERVERS,
+                        "uniqueItems": True},
+            "search_domains": {"type": "array", "items": HOSTNAME, "maxItems": MAX_SEARCH_DOMAINS,
+                               "uniqueItems": True},
+        },
+        ["interface_name"],
+    ),
+    "additionalProperties": False,
+    "anyOf": [{"required": ["servers"]}, {"required": ["search_domains"]}],
+}
+PING_DATA = {
+    **_obj(
+        {
+            "address": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"format": "hostname"}]},
+            "count": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+        },
+        ["address"],
+    ),
+    "additionalProperties": False,
+}
 DISK = _obj(
     {"name": _STR, "device": _STR, "fstype": _STR, "total": _INT, "used": _INT, "free": _INT},
     ["name", "device", "fstype", "total", "used", "free"],
@@ -239,17 +270,15 @@ OPERATIONS: dict[str, Operation] = {
                   "1, 5 and 15 minute load averages", result_schema=LOAD),
         Operation("network.dns.get", QUERY, "osapi.provider.dns:get", dns_get_data,
                   "name servers and search domains of an interface",
-                  data_schema=_obj({"interface_name": _STR}, ["interface_name"]),
+                  data_schema=DNS_GET_DATA,
                   result_schema=_obj({"servers": _STRS, "search_domains": _STRS}, ["servers", "search_domains"])),
         Operation("network.dns.update", MODIFY, "osapi.provider.dns:update", dns_update_data,
                   "set name servers and/or search domains of an interface",
-                  data_schema=_obj({"interface_name": _STR, "servers": _STRS, "search_domains": _STRS},
-                                   ["interface_name"]),
+                  data_schema=DNS_UPDATE_DATA,
                   result_schema=_obj({"changed": {"type": "boolean"}}, ["changed"])),
         Operation("network.ping.do", QUERY, "osapi.provider.ping:ping", ping_data,
                   "ping an address from the host",
-                  data_schema=_obj({"address": _STR, "count": {"type": "integer", "minimum": 1, "maximum": 10}},
-                                   ["address"]),
+                  data_schema=PING_DATA,
                   result_schema=PING),
     )
 }
