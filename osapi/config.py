@@ -468,6 +468,10 @@ def load(explicit_file: str | None = None, environ: Mapping[str, str] | None = N
     if path is not None:
         source = f"configuration file {path}"
         for key, value in _flatten(_read_yaml(path), source).items():
+            try:
+                SPEC[key][1].check(value)  # a bad value in the file is an error even when overridden
+            except Invalid as exc:
+                raise ConfigError(f"{source}: {key}: {exc}") from None
             values[key] = (value, source)
 
     for name, raw in environ.items():

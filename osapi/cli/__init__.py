@@ -127,7 +127,10 @@ def _global_flags() -> argparse.ArgumentParser:
     group.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
                        help="debug logging, and tracebacks on errors")
     group.add_argument("-j", "--json", action="store_true", default=argparse.SUPPRESS,
-                       help="print the API response body as JSON; log as JSON lines")
+                       help="machine-readable output: client commands print the API response body "
+                       "exactly, other commands a JSON result; logs become JSON lines")
+    group.add_argument("--version", action="store_true", default=argparse.SUPPRESS,
+                       help="print the version and exit")
     return parent
 
 
@@ -137,7 +140,9 @@ GLOBAL_FLAGS = _global_flags()
 def add_parser(subparsers, name: str, help: str, **kwargs) -> ArgumentParser:
     """A subcommand that also takes the global flags."""
     kwargs.setdefault("description", help)
-    return subparsers.add_parser(name, help=help, parents=[GLOBAL_FLAGS], **kwargs)
+    parser = subparsers.add_parser(name, help=help, parents=[GLOBAL_FLAGS], **kwargs)
+    parser.set_defaults(_prog=parser.prog)  # the deepest subcommand chosen wins: for messages
+    return parser
 
 
 def add_group(subparsers, name: str, help: str) -> Any:
@@ -160,7 +165,6 @@ def build_parser() -> ArgumentParser:
         parents=[GLOBAL_FLAGS],
         epilog="Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.set_defaults(func=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
     for module_name in COMMAND_MODULES:
@@ -169,9 +173,15 @@ def build_parser() -> ArgumentParser:
 
 
 def _finish_globals(args: argparse.Namespace) -> None:
-    for name, default in (("osapi_file", None), ("debug", False), ("json", False)):
+    for name, default in (("osapi_file", None), ("debug", False), ("json", False), ("version", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+
+
+def _wants_version(argv: list[str]) -> bool:
+    """``--version`` anywhere before a ``--`` separator (and not after ``-h``)."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "--version" in head and not ({"-h", "--help"} & set(head))
 
 
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
@@ -182,14 +192,17 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            if _wants_version(argv):  # before or after any subcommand, whatever else is missing
+                env.stdout.write(f"osapi {__version__}\n")
+                return ExitStatus.SUCCESS
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                prog = getattr(args, "_prog", parser.prog)
+                raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)}", f"see `{prog} --help`")
         except _Exit as exc:  # --help
             return exc.status
         _finish_globals(args)
         debug = debug or args.debug
-        if args.version and args.func is None:
-            env.stdout.write(f"osapi {__version__}\n")
-            return ExitStatus.SUCCESS
         if args.func is None:
             env.stderr.write(parser.format_help())
             return ExitStatus.USAGE

@@ -138,3 +138,17 @@ def test_version_does_not_import_heavy_modules():
            "print(sorted(m for m in ('nats','bottle','waitress','psutil','yaml','jwt') if m in sys.modules))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip().endswith("[]"), p.stdout
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["client", "--version"], ["client", "system", "load", "--version"],
+                                  ["token", "generate", "--version"], ["-j", "supervise", "--version"]])
+def test_version_before_or_after_any_subcommand(cli, argv):
+    r = cli(*argv)
+    assert (r.status, r.stdout) == (0, f"osapi {__version__}\n")
+
+
+def test_unrecognized_flag_points_at_the_subcommands_help(cli):
+    r = cli("token", "generate", "-r", "read", "-u", "x", "--expirse", "1d", env=ENV)
+    assert r.status == 2
+    assert "osapi token generate: unrecognized arguments: --expirse 1d" in r.stderr
+    assert "see `osapi token generate --help`" in r.stderr

@@ -300,3 +300,9 @@ def test_nats_client_token_falls_back_to_the_servers_own_token(tmp_path):
                 "OSAPI_NATS_TOKEN": "client"})
     assert config.nats_token(cfg) == "client"
     assert config.nats_token(load({"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path)})) is None
+
+
+def test_a_bad_file_value_is_an_error_even_when_the_environment_overrides_it(tmp_path):
+    path = write(tmp_path, "api:\n  server:\n    port: 99999\n")
+    with pytest.raises(ConfigError, match=r"configuration file .*: api.server.port: must be an integer from 1 to 65535"):
+        load({"OSAPI_API_SERVER_PORT": "18080"}, str(path))
