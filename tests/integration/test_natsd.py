@@ -149,22 +149,85 @@ def test_bad_binary_is_a_configuration_error(tmp_path, state):
     assert not (state / natsd.CONFIG_NAME).exists()
 
 
-def test_exit_status_of_nats_server_is_ours(tmp_path):
-    """A nats-server that cannot start (its port is taken) fails, and so does the command."""
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen(1)
+def test_exit_status_of_nats_server_is_ours(tmp_path, state):
+    """After the exec, the binary's exit status is the command's (here a stand-in binary that fails)."""
+    binary = tmp_path / "failing-nats-server"
+    binary.write_text("#!/bin/sh\nexit 7\n")
+    binary.chmod(0o755)
+    proc = start({"OSAPI_NATS_SERVER_BINARY": str(binary), "OSAPI_NATS_SERVER_PORT": str(free_port())},
+                 stderr_path=tmp_path / "out.log")
     try:
+        status = proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+    assert status == 7
+    assert "starting" in (tmp_path / "out.log").read_text()
+
+
+def test_port_in_use_is_refused_before_anything_is_written(tmp_path, state):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
         port = busy.getsockname()[1]
         proc = start({"OSAPI_NATS_SERVER_PORT": str(port)}, stderr_path=tmp_path / "out.log")
         try:
             status = proc.wait(timeout=30)
         finally:
             stop_process(proc)
+    assert status == 2
+    err = (tmp_path / "out.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port} (nats.server.host/nats.server.port): the port is already in use" in err
+    assert "Starting nats-server" not in err  # refused before the exec
+    assert not (state / natsd.CONFIG_NAME).exists()
+
+
+def try_lock(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_a_second_server_on_the_same_store_is_refused(tmp_path, state):
+    """The store lock lives exactly as long as nats-server: it refuses a second one, dies with the first."""
+    write_token(state, "store-lock-token-0123456789")
+    first_port, second_port = free_port(), free_port()
+    first = start({"OSAPI_NATS_SERVER_PORT": str(first_port)}, stderr_path=tmp_path / "first.log")
+    lock = state / "nats" / natsd.LOCK_NAME
+    try:
+        wait_for_port("127.0.0.1", first_port, 15, first)
+        assert not try_lock(lock)  # held by nats-server itself, across the exec
+        assert lock.read_text().strip() == str(first.pid)
+        conf_before = (state / natsd.CONFIG_NAME).read_bytes()
+        store_before = sorted(str(p.relative_to(state)) for p in (state / "nats").rglob("*"))
+
+        # another port, same state dir, hence the same store: refused before anything is touched
+        second = start({"OSAPI_NATS_SERVER_PORT": str(second_port)}, stderr_path=tmp_path / "second.log")
+        try:
+            status = second.wait(timeout=60)
+        finally:
+            stop_process(second)
+        assert status == 2
+        err = (tmp_path / "second.log").read_text()
+        assert f"JetStream store {state / 'nats'} is in use by another nats-server (pid {first.pid})" in err
+        assert "Starting nats-server" not in err and "starting" not in err
+        assert (state / natsd.CONFIG_NAME).read_bytes() == conf_before
+        assert sorted(str(p.relative_to(state)) for p in (state / "nats").rglob("*")) == store_before
+        assert nats_handshake(first_port, "store-lock-token-0123456789") == "PONG"
     finally:
-        busy.close()
-    assert status != 0
-    assert "address already in use" in (tmp_path / "out.log").read_text().lower()
+        stop_process(first, sig=signal.SIGKILL)  # even an unclean death releases the lock
+    assert try_lock(lock)
+    again = start({"OSAPI_NATS_SERVER_PORT": str(second_port)}, stderr_path=tmp_path / "again.log")
+    try:
+        wait_for_port("127.0.0.1", second_port, 15, again)
+        assert lock.read_text().strip() == str(again.pid)
+    finally:
+        assert stop_process(again) == 0
 
 
 def test_cluster_block_gets_a_server_name(tmp_path, state):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,8 +44,15 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
         second = cli("supervise", env={k: v for k, v in env.items() if k.startswith("OSAPI_")})
         assert second.status == 1 and "already running" in second.stderr
         assert sup.processes()["nats"]["pid"] == procs["nats"]["pid"]
+        # so does a stand-alone nats-server on its JetStream store, before touching it
+        lone = subprocess.run([sys.executable, "-m", "osapi", "nats", "server", "start"], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert lone.returncode == 2, lone.stderr
+        assert f"JetStream store {state / 'nats'} is in use by another nats-server " \
+               f"(pid {procs['nats']['pid']})" in lone.stderr
+        assert "Starting nats-server" not in lone.stderr  # refused before the exec: the store was not opened
 
-        # kill -9 of a child: supervisord starts a new one
+        # kill -9 of a child (its store lock dies with it: the new one gets it): supervisord starts a new one
         os.kill(procs["nats"]["pid"], signal.SIGKILL)
         wait_until(lambda: sup.processes().get("nats", {}).get("pid") not in (None, procs["nats"]["pid"]),
                    30, "a new nats pid")
