@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 def add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", metavar="URL", default=argparse.SUPPRESS,
-                        help="the API's base URL (default: api.client.url, http://127.0.0.1:8080)")
+                        help="the API's base URL (default: api.client.url from osapi.yaml or OSAPI_API_CLIENT_URL)")
 
 
 def group(subparsers, name: str, help: str) -> Any:

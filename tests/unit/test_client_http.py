@@ -461,6 +461,14 @@ def test_dns_update_on_a_tty_asks_and_obeys(stub, answer, status, puts):
         assert "cancelled: nothing was changed" in err.getvalue()
 
 
+def test_url_help_names_the_setting_not_a_built_in_value(cli, capsys):
+    res = cli("client", "system", "hostname", "--help", env={"OSAPI_API_CLIENT_URL": "http://10.9.9.9:1"})
+    assert res.status == 0
+    text = capsys.readouterr().out  # argparse prints help on sys.stdout
+    assert "(default: api.client.url from osapi.yaml or OSAPI_API_CLIENT_URL)" in " ".join(text.split())
+    assert "127.0.0.1:8080" not in text
+
+
 def test_delete_prints_a_line_or_nothing_with_json(run, stub):
     stub.routes[("DELETE", "/api/v1/jobs/abc")] = (204, {}, b"")
     assert run("client", "job", "delete", "--job-id", "abc").stdout == "job abc deleted\n"
