@@ -196,10 +196,14 @@ class ApiClient:
                 f"the osapi API at {self.url} did not answer {method} {target} within {self.timeout:g}s",
                 "check the API's log; a worker may be stuck",
             ) from None
-        except http.client.HTTPException as exc:
-            what = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-            raise ApiError(f"the server at {self.url} did not answer like an HTTP server ({what})",
-                           "is --url / api.client.url the osapi API?") from None
+        except http.client.RemoteDisconnected:
+            raise ApiError(f"the server at {self.url} closed the connection without answering {method} {target}",
+                           "check the API's log; is --url / api.client.url the osapi API?") from None
+        except http.client.HTTPException:
+            # e.g. NATS's port, which greets with an "INFO {...}" line: say what it is not,
+            # never echo the peer's bytes (they may be long, binary or terminal escapes)
+            raise ApiError(f"{self.url}: not an osapi API (the reply was not HTTP); "
+                           "check --url or api.client.url") from None
         except OSError as exc:
             raise ApiError(f"cannot reach the osapi API at {self.url}: {exc.strerror or exc}", hint) from None
         finally:
@@ -272,5 +276,6 @@ def _segment(value: str) -> str:
 
 
 def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
+    """A short, printable quote of a body (no control characters reach the terminal)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return flat if len(flat) <= MAX_BODY_IN_MESSAGE else flat[:MAX_BODY_IN_MESSAGE] + "…"

@@ -538,6 +538,14 @@ def test_unreachable_api_names_the_url(stack):
     assert "osapi supervise" in res.stderr and res.stdout == ""
 
 
+def test_a_url_pointing_at_nats_says_so_in_one_line(osapi, stack):
+    url = f"http://127.0.0.1:{stack.nats.port}"
+    res = osapi("client", "job", "list", "--url", url, "--json")
+    assert res.status == 1 and res.stdout == ""
+    assert res.stderr == (f"osapi: error: {url}: not an osapi API (the reply was not HTTP); "
+                          "check --url or api.client.url\n")
+
+
 def test_read_only_token_on_a_write_command_is_403_and_nothing_stored(osapi, stack):
     before_jobs, before_file = stack.total_jobs(), stack.alpha_resolv.read_text()
     res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.8",

@@ -240,7 +240,48 @@ def test_a_server_that_is_not_http_is_reported():
         with pytest.raises(ApiError) as exc:
             ApiClient(url, "t", timeout=5).job_stats()
         thread.join(timeout=10)
-    assert f"the server at {url} did not answer like an HTTP server" in exc.value.message
+    assert str(exc.value) == f"{url}: not an osapi API (the reply was not HTTP); check --url or api.client.url"
+    assert exc.value.status is None and exc.value.body is None
+
+
+def test_a_nats_port_is_not_an_api_and_its_greeting_is_not_quoted(tmp_path):
+    """What nats-server sends first (an INFO JSON line) must not end up in the message."""
+    from harness import NatsServer
+
+    nats = NatsServer(tmp_path / "nats").start()
+    try:
+        url = f"http://127.0.0.1:{nats.port}"
+        with pytest.raises(ApiError) as exc:
+            ApiClient(url, "t", timeout=10).job_stats()
+    finally:
+        nats.stop()
+    assert str(exc.value) == f"{url}: not an osapi API (the reply was not HTTP); check --url or api.client.url"
+
+
+def test_a_server_that_hangs_up_without_answering_is_reported():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def hang_up():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        with pytest.raises(ApiError) as exc:
+            ApiClient(url, "t", timeout=5).job_stats()
+        thread.join(timeout=10)
+    assert exc.value.message == f"the server at {url} closed the connection without answering GET /api/v1/jobs/status"
+
+
+def test_quoted_bodies_carry_no_control_characters(stub):
+    stub.raw("GET", "/jobs", 502, "bad \x1b[2J gateway\x07")
+    with pytest.raises(ApiError) as exc:
+        ApiClient(stub.url, "t").job_list()
+    assert "answered GET /jobs with HTTP 502 Bad Gateway: bad [2J gateway" in exc.value.message
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "127.0.0.1:8080", "http://", "http://host:99999", ""])
