@@ -242,7 +242,7 @@ class ApiClient:
             body = f": {_excerpt(text)}" if text.strip() else ""
             message = f"the server at {self.url} answered {method} {path} with {summary}{body}"
         else:
-            message = str(error) + (f": {details}" if details not in (None, "") else "")
+            message = join_error(error, details)
         if status == 401:
             source = f"it came from {self.token_source}; " if self.token_source else ""
             return ApiError(
@@ -251,23 +251,62 @@ class ApiClient:
                 status, data,
             )
         if status == 403:
-            scope = "read" if method == "GET" else "write"
-            if isinstance(error, str) and error.startswith("missing scope "):
-                scope = error[len("missing scope "):].strip() or scope
-            why = f": {details}" if details else ""
-            return ApiError(
-                f"permission denied: {method} {path} needs the '{scope}' scope{why}",
-                "use a token whose roles grant it (read: read, write or admin; write: write or admin)",
-                status, data,
-            )
+            return self._forbidden(method, path, error, details, data)
         hint = None
         if details:
             pass  # the API said what to do
         elif status == 503:
             hint = "the API cannot reach NATS; is nats-server running?"
         elif status == 504:
-            hint = "no worker answered in time; is a worker (`osapi job worker start`) running for that target?"
-        return ApiError(f"{message} (HTTP {status})", hint, status, data)
+            hint = "is a worker running for that target? see `osapi client job workers list`"
+        if error is not None:
+            message += f" (HTTP {status})"  # otherwise the message already names the status
+        return ApiError(message, hint, status, data)
+
+    @staticmethod
+    def _forbidden(method: str, path: str, error: Any, details: Any, data: Any) -> ApiError:
+        """403: which scope is missing, what the token grants, which roles would do -- each said once.
+
+        The API's details open with "this endpoint needs the 'write' scope", which the
+        first half of this message already says; only the rest (what the token grants) is kept.
+        """
+        scope = "read" if method == "GET" else "write"
+        if isinstance(error, str) and error.startswith("missing scope "):
+            scope = error[len("missing scope "):].strip() or scope
+        said = f"needs the '{scope}' scope"
+        rest = [part.strip() for part in str(details or "").split(";")
+                if part.strip() and said not in part and part.strip() != str(error)]
+        why = "; " + "; ".join(rest) if rest else ""
+        roles = {"read": "a read, write or admin", "write": "a write or admin", "admin": "the admin"}
+        return ApiError(
+            f"permission denied: {method} {path} {said}{why}",
+            f"use a token with {roles.get(scope, 'a suitable')} role",
+            403, data,
+        )
+
+
+def join_error(error: Any, details: Any) -> str:
+    """The API's ``error`` and ``details`` as one phrase that says nothing twice.
+
+    The API's ``details`` often restates its ``error`` ("no worker answered in time" /
+    "no worker answered job … within 1s") or repeats the name the error ends with
+    ("invalid query parameter target_hostname" / "target_hostname invalid target …").
+    """
+    error = " ".join(str(error or "").split())
+    details = " ".join(str(details or "").split())
+    if not details or details.lower() in error.lower():
+        return error
+    if not error or error.lower() in details.lower():
+        return details
+    ew, dw = error.split(), details.split()
+    shared = 0
+    while shared < min(len(ew), len(dw)) and ew[shared].lower() == dw[shared].lower():
+        shared += 1
+    if shared >= 2:
+        return details  # the details say the same thing, more precisely
+    if len(ew[-1]) >= 4 and dw[0] == ew[-1] and len(dw) > 1:
+        return f"{error}: {' '.join(dw[1:])}"  # "... parameter limit" + "limit must be ..."
+    return f"{error}: {details}"
 
 
 def _segment(value: str) -> str:

@@ -351,6 +351,17 @@ def test_an_invalid_target_is_a_400(osapi):
     assert res.status == 1 and "target" in res.stderr and "(HTTP 400)" in res.stderr
 
 
+def test_the_apis_own_400_for_a_target_reads_once(stack):
+    """The API stays the judge: sent anyway (bypassing the CLI's check), its error reads once."""
+    from osapi.client import ApiClient, ApiError
+
+    with pytest.raises(ApiError) as exc:
+        ApiClient(stack.url, stack.admin).system("hostname", "bad target!")
+    message = exc.value.message
+    assert message.startswith("invalid query parameter target_hostname: invalid target 'bad target!'")
+    assert message.count("target_hostname") == 1 and message.endswith("(HTTP 400)")
+
+
 def test_a_host_without_a_worker_times_out_with_504(osapi, stack):
     # a second API on the same NATS with a short job_timeout, so the test waits 1 s, not 10
     port = free_port()
@@ -362,6 +373,7 @@ def test_a_host_without_a_worker_times_out_with_504(osapi, stack):
     finally:
         stop_process(api)
     assert res.status == 1 and "(HTTP 504)" in res.stderr and "worker" in res.stderr
+    assert res.stderr.count("no worker answered") == 1, res.stderr
 
 
 # ---------------------------------------------------------------- jobs
@@ -551,6 +563,7 @@ def test_read_only_token_on_a_write_command_is_403_and_nothing_stored(osapi, sta
     res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.8",
                 "-T", ALPHA, env={TOKEN_ENV: stack.reader})
     assert res.status == 1 and "permission denied" in res.stderr and "'write' scope" in res.stderr
+    assert res.stderr.count("'write' scope") == 1 and "grants: read" in res.stderr, res.stderr
     res = osapi("client", "job", "add", "--json-file", "-", env={TOKEN_ENV: stack.reader},
                 stdin='{"type": "system.hostname.get", "data": {}}')
     assert res.status == 1 and "'write' scope" in res.stderr

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from osapi.client import ApiClient, ApiError, check_url, resolve_token
+from osapi.client import ApiClient, ApiError, check_url, join_error, resolve_token
 from osapi.config import load
 from osapi.errors import ConfigError
 
@@ -154,6 +154,45 @@ def test_403_names_the_missing_scope(stub):
         ApiClient(stub.url, "t").dns_update("eth0", ["1.1.1.1"])
     assert "'write' scope" in exc.value.message
     assert "token grants: read" in exc.value.message
+
+
+def test_403_says_each_thing_once(stub):
+    """The API's details repeat "needs the 'write' scope": the client says it once, with a short hint."""
+    envelope = error_envelope(403, "missing scope write",
+                              "this endpoint needs the 'write' scope; the token of 'bob' (roles: read) grants: read")
+    stub.json("PUT", "/network/dns", envelope, 403)
+    with pytest.raises(ApiError) as exc:
+        ApiClient(stub.url, "t").dns_update("eth0", ["1.1.1.1"])
+    err = exc.value
+    assert str(err) == ("permission denied: PUT /network/dns needs the 'write' scope; the token of 'bob' "
+                        "(roles: read) grants: read (use a token with a write or admin role)")
+    assert err.body == envelope and err.status == 403
+
+
+@pytest.mark.parametrize("error, details, joined", [
+    ("invalid query parameter target_hostname",
+     "target_hostname invalid target 'bad target!': not a hostname; use _any",
+     "invalid query parameter target_hostname: invalid target 'bad target!': not a hostname; use _any"),
+    ("invalid query parameter limit", "limit must be from 1 to 1000",
+     "invalid query parameter limit: must be from 1 to 1000"),
+    ("no worker answered in time", "no worker answered job j-1 (target w1) within 1s",
+     "no worker answered job j-1 (target w1) within 1s"),
+    ("job not found", "no job with id x", "job not found: no job with id x"),
+    ("invalid job", "job x is not a thing", "invalid job: job x is not a thing"),  # a short word is no name
+    ("NATS is not reachable", "", "NATS is not reachable"),
+    ("not found", "GET /x: not found", "GET /x: not found"),
+    ("request body too large", "request body too large", "request body too large"),
+])
+def test_error_and_details_are_joined_without_repeating(error, details, joined):
+    assert join_error(error, details) == joined
+
+
+def test_a_page_that_is_not_the_api_envelope_names_its_status_once(stub):
+    stub.raw("GET", "/jobs", 502, "<html>Bad Gateway</html>")
+    with pytest.raises(ApiError) as exc:
+        ApiClient(stub.url, "t").job_list()
+    assert exc.value.message == (f"the server at {stub.url} answered GET /jobs with HTTP 502 Bad Gateway: "
+                                 "<html>Bad Gateway</html>")
 
 
 def test_403_without_an_envelope_still_names_the_scope_from_the_method(stub):
