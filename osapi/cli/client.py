@@ -64,8 +64,26 @@ def command(subparsers, name: str, help: str, func, epilog: str = EXIT_HELP, **k
     parser = add_parser(subparsers, name, help, epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     add_url(parser)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=lambda ctx: _json_errors(ctx, func))
     return parser
+
+
+def _json_errors(ctx: Context, func) -> Any:
+    """Run ``func``; with ``--json`` an API error's body goes to stdout before the error rises.
+
+    CONTRACT §2: with --json, exactly the API response body on stdout -- that holds
+    for the ``{error, details, code}`` envelope of a 4xx/5xx too. The one-line error
+    still goes to stderr (the funnel in ``osapi.cli.main``) with the same exit
+    status. No answer (connection refused, not HTTP): nothing on stdout.
+    """
+    from osapi.client import ApiError
+
+    try:
+        return func(ctx)
+    except ApiError as exc:
+        if ctx.json and exc.status is not None and exc.body is not None:
+            ctx.print_json(exc.body)
+        raise
 
 
 def add_target(parser: argparse.ArgumentParser, default: str | None = "_any") -> None:

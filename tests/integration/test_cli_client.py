@@ -423,6 +423,10 @@ def test_job_add_get_list_delete(osapi, stack):
     assert stack.http("GET", f"/api/v1/jobs/{job_id}")[0] == 404
     res = osapi("client", "job", "get", "--job-id", job_id)
     assert res.status == 1 and "(HTTP 404)" in res.stderr and res.stdout == ""
+    res = osapi("client", "job", "get", "--job-id", job_id, "--json")  # the API's 404 body, as sent
+    assert res.status == 1 and json.loads(res.stdout) == stack.http("GET", f"/api/v1/jobs/{job_id}")[1]
+    assert json.loads(res.stdout)["code"] == 404
+    assert res.stderr.startswith("osapi: error: ") and res.stderr.count("\n") == 1 and "(HTTP 404)" in res.stderr
     res = osapi("client", "job", "delete", "--job-id", job_id)
     assert res.status == 1 and "(HTTP 404)" in res.stderr
 

@@ -425,6 +425,29 @@ def test_api_errors_exit_1_with_one_line_and_no_traceback(run, stub):
     assert res.stderr == "osapi: error: job not found: no job with id xyz (HTTP 404)\n"
 
 
+def test_with_json_an_api_error_body_goes_to_stdout_and_the_error_to_stderr(run, stub):
+    envelope = error_envelope(404, "job not found", "no job with id xyz")
+    stub.json("GET", "/jobs/xyz", envelope, 404)
+    res = run("client", "job", "get", "--job-id", "xyz", "--json")
+    assert res.status == 1
+    assert json.loads(res.stdout) == envelope
+    assert res.stderr == "osapi: error: job not found: no job with id xyz (HTTP 404)\n"
+    stub.json("POST", "/network/ping", error_envelope(504, "no worker answered in time", "within 1s"), 504)
+    res = run("client", "network", "ping", "-a", "127.0.0.1", "-j")
+    assert res.status == 1 and json.loads(res.stdout)["code"] == 504
+
+
+def test_with_json_a_non_json_error_or_no_answer_prints_nothing_on_stdout(run, cli, stub):
+    stub.raw("GET", "/jobs", 502, "<html>Bad Gateway</html>")
+    res = run("client", "job", "list", "--json")
+    assert res.status == 1 and res.stdout == "" and "HTTP 502" in res.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        res = cli("client", "job", "list", "--json", "--url", url, env={TOKEN_ENV: "tok"})
+    assert res.status == 1 and res.stdout == "" and "connection refused" in res.stderr
+
+
 def test_no_token_is_exit_2_and_nothing_is_sent(cli, stub):
     res = cli("client", "job", "list", "--url", stub.url)
     assert res.status == 2 and "no API token" in res.stderr
