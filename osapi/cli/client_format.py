@@ -125,19 +125,26 @@ def _host(item: dict) -> str:
     return str(item.get("hostname") or "?")
 
 
-def host_table(results: Sequence[dict], columns: Sequence[Column]) -> str:
-    """One row per host; failed hosts keep their row with the error in an ERROR column."""
+def host_table(results: Sequence[dict], columns: Sequence[Column], status: bool = False) -> str:
+    """One row per host; failed hosts keep their row with the error in an ERROR column.
+
+    ``status``: a STATUS column after the host name, ``ok`` or ``failed`` (for
+    changes, where that is the answer an operator reads first).
+    """
     if not results:
         return "no host answered"
     any_failed = any(is_failed(item) for item in results)
-    headers = ["HOSTNAME", *(name for name, _ in columns)] + (["ERROR"] if any_failed else [])
+    headers = ["HOSTNAME", *(["STATUS"] if status else []), *(name for name, _ in columns)]
+    headers += ["ERROR"] if any_failed else []
     rows = []
     for item in sorted(results, key=_host):
+        lead = [_host(item)]
         if is_failed(item):
-            rows.append([_host(item), *("" for _ in columns), item.get("error") or "failed"])
+            lead += ["failed"] if status else []
+            rows.append([*lead, *("" for _ in columns), item.get("error") or "failed"])
         else:
-            row = [_host(item), *(fn(item) for _, fn in columns)]
-            rows.append(row + ([""] if any_failed else []))
+            lead += [item.get("status") or "ok"] if status else []
+            rows.append([*lead, *(fn(item) for _, fn in columns)] + ([""] if any_failed else []))
     return table(headers, rows)
 
 
@@ -256,7 +263,7 @@ def _changed(item: dict) -> str:
 
 
 def view_dns_update(results: Sequence[dict]) -> str:
-    return host_table(results, [("STATUS", lambda r: r.get("status") or "ok"), ("CHANGED", _changed)])
+    return host_table(results, [("CHANGED", _changed)], status=True)
 
 
 def _loss(value: Any) -> str:

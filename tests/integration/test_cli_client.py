@@ -329,6 +329,18 @@ def test_dns_update_with_a_bad_server_is_a_400_and_changes_nothing(osapi, stack)
     assert stack.total_jobs() == before_jobs and stack.alpha_resolv.read_text() == before_file
 
 
+def test_dns_update_broadcast_shows_the_failed_host_as_failed_with_its_error(osapi, stack):
+    stack.alpha_resolv.write_text(RESOLV)
+    res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.77",
+                "-T", "_all", "--yes")
+    assert res.status == 1
+    assert table_rows(res.stdout, "HOSTNAME")[0][:2] == [ALPHA, "ok"]
+    beta = table_rows(res.stdout, "HOSTNAME")[1]
+    assert beta[:2] == [BETA, "failed"] and len(beta) == 3 and beta[2]  # its error, no CHANGED
+    assert f"1 of 2 hosts failed: {BETA}" in res.stderr
+    assert "nameserver 192.0.2.77\n" in stack.alpha_resolv.read_text()
+
+
 def test_ping_loopback(osapi):
     res = osapi("client", "network", "ping", "-a", "127.0.0.1", "--count", "2", "-T", ALPHA)
     assert res.status == 0, res.stderr

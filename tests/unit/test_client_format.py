@@ -98,6 +98,13 @@ def test_disks_are_one_table_with_a_host_column():
     ]
 
 
+def test_dns_update_failed_host_shows_failed_and_its_error():
+    text = fmt.view_dns_update([{"hostname": "b", "status": "failed", "error": "no such interface"},
+                                {"hostname": "a", "status": "ok", "changed": False}])
+    assert text.splitlines()[0].split() == ["HOSTNAME", "STATUS", "CHANGED", "ERROR"]
+    assert rows(text) == [["a", "ok", "no"], ["b", "failed", "no such interface"]]
+
+
 def test_status_shows_a_host_table_and_a_disk_table():
     item = {"hostname": "h", "uptime": "2 days, 3 hours", "uptime_seconds": 183600,
             "load_average": {"1min": 1, "5min": 2, "15min": 3},

@@ -564,6 +564,20 @@ def test_dns_update_on_a_tty_asks_and_obeys(stub, answer, status, puts):
         assert "cancelled: nothing was changed" in err.getvalue()
 
 
+def test_dns_update_table_shows_failed_hosts_with_status_and_error(run, stub):
+    stub.json("PUT", "/network/dns", {"job_id": "j", "results": [
+        {"hostname": "b", "status": "failed", "error": "interface eth0 does not exist"},
+        {"hostname": "a", "status": "ok", "changed": True}]}, 202)
+    res = run("client", "network", "dns", "update", "--interface-name", "eth0", "--servers", "1.1.1.1",
+              "-T", "_all", "--yes")
+    assert res.status == 1
+    lines = res.stdout.splitlines()
+    assert lines[2].split() == ["HOSTNAME", "STATUS", "CHANGED", "ERROR"]
+    assert lines[4].split() == ["a", "ok", "yes"]
+    assert lines[5].split(None, 2) == ["b", "failed", "interface eth0 does not exist"]
+    assert "1 of 2 hosts failed: b" in res.stderr
+
+
 def test_url_help_names_the_setting_not_a_built_in_value(cli, capsys):
     res = cli("client", "system", "hostname", "--help", env={"OSAPI_API_CLIENT_URL": "http://10.9.9.9:1"})
     assert res.status == 0
