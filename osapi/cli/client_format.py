@@ -88,6 +88,19 @@ def percent(part: Any, whole: Any) -> str:
     return f"{100.0 * part / whole:.0f}%"
 
 
+def disk_percent(used: Any, free: Any) -> str:
+    """USE% as ``df`` computes it: used / (used + free), rounded up.
+
+    A filesystem's total includes the blocks reserved for root, which are neither
+    used nor free to others, so used / total would understate how full it is.
+    """
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (used, free)):
+        return ""
+    if used + free == 0:
+        return "-"
+    return f"{-(-100 * used // (used + free))}%"
+
+
 def number(value: Any, fmt: str = "{:.2f}") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "" if value is None else str(value)
@@ -165,7 +178,7 @@ def disk_rows(results: Sequence[dict], disks_of: Callable[[dict], Any]) -> str:
             rows.append([
                 _host(item), disk.get("name"), disk.get("device"), disk.get("fstype"),
                 human_bytes(disk.get("total")), human_bytes(disk.get("used")), human_bytes(disk.get("free")),
-                percent(disk.get("used"), disk.get("total")),
+                disk_percent(disk.get("used"), disk.get("free")),
             ] + ([""] if any_failed else []))
         if not disks:
             rows.append([_host(item), "(no readable disks)", "", "", "", "", "", ""] + ([""] if any_failed else []))

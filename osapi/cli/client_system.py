@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from osapi.cli import Context
-from osapi.cli.client import add_target, api, command, group, show_results
+from osapi.cli.client import EXIT_HELP, add_target, api, command, group, show_results
 
 # command -> (API path segment, operation type, help)
 SYSTEM = {
@@ -16,11 +16,18 @@ SYSTEM = {
     "load": ("load", "system.load.get", "1, 5 and 15 minute load averages"),
 }
 
+DISK_HELP = """\
+Disks: SIZE is the filesystem's total, which includes the blocks reserved for
+root, so USED + FREE may be less than SIZE. USE% is USED / (USED + FREE),
+rounded up, as df computes it.
+"""
+
 
 def register(client) -> None:
     system = group(client, "system", "query hosts: hostname, status, uptime, os, disk, memory, load")
     for name, (what, op_type, help) in SYSTEM.items():
-        parser = command(system, name, help, lambda ctx, w=what, t=op_type: query(ctx, w, t))
+        epilog = DISK_HELP + "\n" + EXIT_HELP if name in ("disk", "status") else EXIT_HELP
+        parser = command(system, name, help, lambda ctx, w=what, t=op_type: query(ctx, w, t), epilog=epilog)
         add_target(parser)
 
 

@@ -98,6 +98,16 @@ def test_disks_are_one_table_with_a_host_column():
     ]
 
 
+def test_disk_use_is_computed_like_df_without_the_root_reserve():
+    """ext4 reserves 5 % for root: total 100, used 50, free 45 -> df says 53 %, not 50 %."""
+    disk = {"name": "/", "device": "d", "fstype": "ext4", "total": 100 * 2**20, "used": 50 * 2**20,
+            "free": 45 * 2**20}
+    assert rows(fmt.view_disk([{"hostname": "h", "disks": [disk]}]))[0][-1] == "53%"
+    assert fmt.disk_percent(1, 999) == "1%"  # rounded up, as df does: 0.1 % shows 1 %
+    assert fmt.disk_percent(0, 10) == "0%" and fmt.disk_percent(10, 0) == "100%"
+    assert fmt.disk_percent(0, 0) == "-" and fmt.disk_percent(None, 5) == ""
+
+
 def test_dns_update_failed_host_shows_failed_and_its_error():
     text = fmt.view_dns_update([{"hostname": "b", "status": "failed", "error": "no such interface"},
                                 {"hostname": "a", "status": "ok", "changed": False}])
