@@ -88,13 +88,55 @@ def _json_errors(ctx: Context, func) -> Any:
 
 def add_target(parser: argparse.ArgumentParser, default: str | None = "_any") -> None:
     parser.add_argument("-T", "--target", "--target-hostname", dest="target", metavar="TARGET",
-                        default=default, help=TARGET_HELP)
+                        type=target_arg, default=default, help=TARGET_HELP)
+
+
+# ---------------------------------------------------------------- argument types (bad values: exit 2, nothing sent)
+
+
+def check_target(value: str) -> str:
+    """``value`` unchanged if it is a target of CONTRACT §4.3, else ``ValueError`` saying why.
+
+    ``osapi.job.subjects`` is the one definition of the target syntax; it imports only
+    ``osapi.config`` and ``osapi.job.operations`` (no nats), so the client start stays light.
+    """
+    from osapi.job.errors import InvalidJob
+    from osapi.job.subjects import parse_target
+
+    try:
+        parse_target(value)
+    except InvalidJob as exc:
+        raise ValueError(str(exc).removeprefix("target_hostname ")) from None
+    return value
 
 
 def positive(name: str, value: float) -> float:
     if not value > 0:
         raise UsageError(f"{name} must be greater than zero, got {value:g}")
     return value
+
+
+def target_arg(value: str) -> str:
+    try:
+        return check_target(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def int_range(lo: int, hi: int | None = None):
+    """An argparse type: an integer from ``lo`` to ``hi`` (no upper bound when None)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
+        if number < lo or (hi is not None and number > hi):
+            what = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be an integer {what}, got {number}")
+        return number
+
+    return parse
 
 
 # ---------------------------------------------------------------- the API client

@@ -6,11 +6,12 @@ import json
 import time
 
 from osapi.cli import Context
-from osapi.cli.client import EXIT_HELP, add_target, api, check_failed, command, group, positive
+from osapi.cli.client import EXIT_HELP, add_target, api, check_failed, command, group, int_range, positive
 from osapi.errors import OperationError, UsageError
 
 FINAL = ("completed", "failed", "partial_failure")
 STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
+MAX_LIST_LIMIT = 1000  # GET /jobs: limit 1-1000 (CONTRACT §4.3)
 
 JOB_FILE_HELP = """\
 The JSON file holds an operation, e.g.
@@ -48,8 +49,9 @@ def register(client) -> None:
 
     lst = command(job, "list", "list jobs, newest first", list_cmd)
     lst.add_argument("--status", choices=STATUSES, help="only jobs in this status")
-    lst.add_argument("--limit", type=int, default=10, metavar="N", help="jobs per page, 1-1000 (default: 10)")
-    lst.add_argument("--offset", type=int, default=0, metavar="N", help="jobs to skip (default: 0)")
+    lst.add_argument("--limit", type=int_range(1, MAX_LIST_LIMIT), default=10, metavar="N",
+                     help=f"jobs per page, 1-{MAX_LIST_LIMIT} (default: 10)")
+    lst.add_argument("--offset", type=int_range(0), default=0, metavar="N", help="jobs to skip (default: 0)")
 
     delete = command(job, "delete", "delete a job, its events and its results", delete_cmd,
                      epilog="The API answers 204 with no body, so with --json nothing is printed.\n\n" + EXIT_HELP)

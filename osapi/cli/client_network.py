@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from osapi.cli import Context
 from osapi.cli.client import EXIT_HELP, add_target, api, command, group, show_results
 from osapi.errors import OperationError, UsageError
@@ -43,16 +45,47 @@ def _split(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+# operation data field -> the flag that sets it, for messages
+FLAGS = {"interface_name": "--interface-name", "servers": "--servers", "search_domains": "--search-domains",
+         "address": "-a/--address", "count": "--count"}
+_FIELD_RE = re.compile(r"^([a-z_]+)(\[\d+\])?")
+
+
+def checked(validate, data: dict) -> dict:
+    """``data`` through the operation's own validator (``osapi.job.operations``).
+
+    What the worker and the API would refuse is refused here first: exit 2 with the
+    flag named, and nothing sent. The message is the validator's, with the data
+    field turned into its flag ("servers[1]: '1.1.1.999' is not…" ->
+    "--servers: '1.1.1.999' is not…").
+    """
+    from osapi.job.operations import InvalidData
+
+    try:
+        return validate(data)
+    except InvalidData as exc:
+        message = _FIELD_RE.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), str(exc), count=1)
+        raise UsageError(message) from None
+
+
 def dns_get(ctx: Context) -> None:
+    from osapi.job.operations import dns_get_data
+
+    checked(dns_get_data, {"interface_name": ctx.args.interface_name})
     body = api(ctx).dns_get(ctx.args.interface_name, ctx.args.target)
     show_results(ctx, body, "network.dns.get")
 
 
 def dns_update(ctx: Context) -> None:
+    from osapi.job.operations import dns_update_data
+
     args = ctx.args
     servers, domains = _split(args.servers), _split(args.search_domains)
     if servers is None and domains is None:
         raise UsageError("at least one of --servers or --search-domains is required")
+    data = {"interface_name": args.interface_name}
+    data.update({k: v for k, v in (("servers", servers), ("search_domains", domains)) if v is not None})
+    checked(dns_update_data, data)
     client = api(ctx)
     if not args.yes:
         confirm(ctx, client, args.target, f"change DNS of interface {args.interface_name} on")
@@ -61,7 +94,11 @@ def dns_update(ctx: Context) -> None:
 
 
 def ping_cmd(ctx: Context) -> None:
-    body = api(ctx).ping(ctx.args.address, ctx.args.count, ctx.args.target)
+    from osapi.job.operations import ping_data
+
+    args = ctx.args
+    checked(ping_data, {"address": args.address, **({} if args.count is None else {"count": args.count})})
+    body = api(ctx).ping(args.address, args.count, args.target)
     show_results(ctx, body, "network.ping.do")
 
 

@@ -320,12 +320,17 @@ def test_dns_update_to_a_label_with_yes_changes_the_matching_host(osapi, stack):
     assert "nameserver 192.0.2.7\n" in stack.alpha_resolv.read_text()
 
 
-def test_dns_update_with_a_bad_server_is_a_400_and_changes_nothing(osapi, stack):
+@pytest.mark.parametrize("servers, message", [
+    ("not-an-ip", "--servers: 'not-an-ip' is not an IPv4 or IPv6 address"),
+    ("1.1.1.999", "--servers: '1.1.1.999' is not an IPv4 or IPv6 address"),
+    ("", "--servers must not be empty"),
+])
+def test_dns_update_with_bad_servers_is_a_usage_error_and_changes_nothing(osapi, stack, servers, message):
     before_jobs, before_file = stack.total_jobs(), stack.alpha_resolv.read_text()
-    res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "not-an-ip",
-                "-T", ALPHA)
-    assert res.status == 1
-    assert "not-an-ip" in res.stderr and "(HTTP 400)" in res.stderr
+    res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", servers,
+                "-T", ALPHA, "--yes")
+    assert res.status == 2
+    assert message in res.stderr and res.stdout == ""
     assert stack.total_jobs() == before_jobs and stack.alpha_resolv.read_text() == before_file
 
 
@@ -351,16 +356,21 @@ def test_ping_loopback(osapi):
     assert body["results"][0]["packets_received"] == 1
 
 
-def test_ping_with_a_bad_count_is_a_400_naming_the_field(osapi, stack):
+@pytest.mark.parametrize("argv, message", [
+    (["--count", "11"], "--count must be an integer from 1 to 10, got 11"),
+    (["-a", "no such address!"], "-a/--address: 'no such address!' is not an IP address or hostname"),
+    (["-T", "bad target!"], "invalid target 'bad target!': not a hostname"),
+])
+def test_ping_with_bad_values_is_a_usage_error_and_nothing_is_sent(osapi, stack, argv, message):
     before = stack.total_jobs()
-    res = osapi("client", "network", "ping", "-a", "127.0.0.1", "--count", "50")
-    assert res.status == 1 and "count" in res.stderr and "(HTTP 400)" in res.stderr
+    res = osapi("client", "network", "ping", "-a", "127.0.0.1", *argv)
+    assert res.status == 2 and message in res.stderr and res.stdout == ""
     assert stack.total_jobs() == before
 
 
-def test_an_invalid_target_is_a_400(osapi):
+def test_an_invalid_target_is_a_usage_error(osapi):
     res = osapi("client", "system", "hostname", "-T", "group:we b")
-    assert res.status == 1 and "target" in res.stderr and "(HTTP 400)" in res.stderr
+    assert res.status == 2 and "label value 'we b'" in res.stderr
 
 
 def test_the_apis_own_400_for_a_target_reads_once(stack):
@@ -450,9 +460,10 @@ def test_job_add_with_an_unknown_type_is_a_400_and_stores_nothing(osapi, stack):
     assert stack.total_jobs() == before
 
 
-def test_job_list_with_a_bad_limit_is_a_400(osapi):
-    res = osapi("client", "job", "list", "--limit", "0")
-    assert res.status == 1 and "limit" in res.stderr and "(HTTP 400)" in res.stderr
+@pytest.mark.parametrize("argv", [["--limit", "0"], ["--limit", "5000"], ["--offset", "-1"]])
+def test_job_list_with_a_bad_limit_or_offset_is_a_usage_error(osapi, argv):
+    res = osapi("client", "job", "list", *argv)
+    assert res.status == 2 and argv[0] in res.stderr and "(HTTP" not in res.stderr
 
 
 def test_job_run_success_prints_each_hosts_result(osapi, stack):
@@ -552,7 +563,7 @@ def test_exit_codes_as_a_subprocess(stack):
     assert "Traceback" not in bad_token.stderr
 
     usage = subprocess_osapi(stack, "client", "job", "list", "--limit", "ten")
-    assert usage.returncode == 2 and "invalid int value" in usage.stderr
+    assert usage.returncode == 2 and "--limit: must be an integer, got 'ten'" in usage.stderr
 
     with_dash_d = subprocess_osapi(stack, "-d", "client", "job", "get", "--job-id", "nope")
     assert with_dash_d.returncode == 1 and "Traceback" in with_dash_d.stderr
