@@ -6,7 +6,9 @@ import json
 import time
 
 from osapi.cli import Context
-from osapi.cli.client import EXIT_HELP, add_target, api, check_failed, command, group, int_range, positive
+from osapi.cli.client import (
+    EXIT_HELP, add_target, api, check_failed, check_target, command, group, int_range, positive,
+)
 from osapi.errors import OperationError, UsageError
 
 FINAL = ("completed", "failed", "partial_failure")
@@ -17,8 +19,9 @@ JOB_FILE_HELP = """\
 The JSON file holds an operation, e.g.
   {"type": "system.hostname.get", "data": {}}
   {"type": "network.ping.do", "data": {"address": "127.0.0.1", "count": 1}}
-or a whole job body {"operation": {...}, "target_hostname": "_all"}; a
---target-hostname flag wins over the file's target. "-" reads standard input.
+or a whole job body {"operation": {...}, "target_hostname": "_all"}. A
+--target-hostname that differs from the file's target is refused (exit 2), as
+the REST API refuses a conflicting target. "-" reads standard input.
 """
 
 RUN_HELP = """\
@@ -107,8 +110,35 @@ def read_job_file(ctx: Context) -> tuple[dict, str]:
             f"--json-file: {name} must hold an operation object such as "
             '{"type": "system.hostname.get", "data": {}}, or {"operation": {...}, "target_hostname": "..."}'
         )
-    target = ctx.args.target or file_target or "_any"
-    return operation, target
+    return operation, job_target(ctx.args.target, file_target, name)
+
+
+def job_target(flag: str | None, file_target, name: str) -> str:
+    """The target to send: the flag's or the file's (``_any`` when neither); both: they must agree.
+
+    Silently preferring one of two different targets could run a change on the
+    wrong hosts, so a conflict is refused, as the REST API refuses one.
+    """
+    if file_target is not None:
+        if not isinstance(file_target, str):
+            raise UsageError(f"--json-file: target_hostname in {name} must be a string, got {file_target!r}")
+        try:
+            check_target(file_target)
+        except ValueError as exc:
+            raise UsageError(f"--json-file: target_hostname in {name}: {exc}") from None
+    if flag is None:
+        return file_target or "_any"
+    if file_target is not None and not _same_target(flag, file_target):
+        raise UsageError(f"conflicting targets: file says {file_target}, -T says {flag}",
+                         "drop one of them, or make them the same")
+    return flag
+
+
+def _same_target(a: str, b: str) -> bool:
+    """Whether two valid targets name the same workers (host names compare case-insensitively)."""
+    from osapi.job.subjects import parse_target
+
+    return parse_target(a).token == parse_target(b).token
 
 
 # ---------------------------------------------------------------- commands

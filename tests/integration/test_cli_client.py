@@ -466,6 +466,17 @@ def test_job_list_with_a_bad_limit_or_offset_is_a_usage_error(osapi, argv):
     assert res.status == 2 and argv[0] in res.stderr and "(HTTP" not in res.stderr
 
 
+@pytest.mark.parametrize("command", ["add", "run"])
+def test_job_file_and_flag_with_different_targets_are_refused(osapi, stack, command):
+    before = stack.total_jobs()
+    path = write_op(stack, "conflict.json", {"operation": {"type": "system.hostname.get", "data": {}},
+                                             "target_hostname": ALPHA})
+    res = osapi("client", "job", command, "--json-file", path, "-T", BETA)
+    assert res.status == 2
+    assert f"conflicting targets: file says {ALPHA}, -T says {BETA}" in res.stderr
+    assert stack.total_jobs() == before
+
+
 def test_job_run_success_prints_each_hosts_result(osapi, stack):
     path = write_op(stack, "os-op.json", {"type": "system.os.get", "data": {}})
     res = osapi("client", "job", "run", "--json-file", path, "-T", "_all", "-p", "0.1")

@@ -514,15 +514,35 @@ def test_job_file_forms_and_target_precedence(run, stub, tmp_path):
     op = {"type": "system.load.get", "data": {}}
     (tmp_path / "op.json").write_text(json.dumps(op))
     (tmp_path / "job.json").write_text(json.dumps({"operation": op, "target_hostname": "_all"}))
+    (tmp_path / "web1.json").write_text(json.dumps({"operation": op, "target_hostname": "Web1"}))
     assert run("client", "job", "add", "--json-file", str(tmp_path / "op.json")).status == 0
     assert run("client", "job", "add", "--json-file", str(tmp_path / "job.json")).status == 0
-    assert run("client", "job", "add", "--json-file", str(tmp_path / "job.json"), "-T", "web1").status == 0
+    assert run("client", "job", "add", "--json-file", str(tmp_path / "job.json"), "-T", "_all").status == 0
+    assert run("client", "job", "add", "--json-file", str(tmp_path / "web1.json"), "-T", "web1").status == 0
     res = run("client", "job", "add", "--json-file", "-", "--target-hostname", "g:x", stdin=json.dumps(op))
     assert res.status == 0
     assert "job id:" in res.stdout and "submitted" in res.stdout
     bodies = [r["body"] for r in stub.sent()]
-    assert [b["target_hostname"] for b in bodies] == ["_any", "_all", "web1", "g:x"]
+    assert [b["target_hostname"] for b in bodies] == ["_any", "_all", "_all", "web1", "g:x"]
     assert all(b["operation"] == op for b in bodies)
+
+
+@pytest.mark.parametrize("command", ["add", "run"])
+def test_a_flag_and_a_file_naming_different_targets_are_refused(run, stub, tmp_path, command):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"operation": {"type": "system.load.get", "data": {}}, "target_hostname": "_all"}))
+    res = run("client", "job", command, "--json-file", str(path), "-T", "web1")
+    assert res.status == 2
+    assert "conflicting targets: file says _all, -T says web1" in res.stderr
+    assert stub.sent() == []
+
+
+def test_an_invalid_target_in_the_job_file_is_refused_locally(run, stub):
+    res = run("client", "job", "add", "--json-file", "-",
+              stdin=json.dumps({"operation": {"type": "system.load.get"}, "target_hostname": "no good"}))
+    assert res.status == 2
+    assert "target_hostname in standard input: invalid target 'no good': not a hostname" in res.stderr
+    assert stub.sent() == []
 
 
 def test_dns_update_to_all_without_tty_or_yes_refuses_and_sends_nothing(run, stub):
