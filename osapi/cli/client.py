@@ -110,12 +110,6 @@ def check_target(value: str) -> str:
     return value
 
 
-def positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise UsageError(f"{name} must be greater than zero, got {value:g}")
-    return value
-
-
 def target_arg(value: str) -> str:
     try:
         return check_target(value)
@@ -137,6 +131,25 @@ def int_range(lo: int, hi: int | None = None):
         return number
 
     return parse
+
+
+def duration_arg(value: str) -> float:
+    """An argparse type: a duration like every other in osapi (``30s``, ``5m``, ``1h30m``,
+    ``500ms``) or a plain number of seconds (``60``, ``0.5``); greater than zero."""
+    from osapi.config import parse_duration
+
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a duration such as 30s, 5m or 1h, or a number of seconds, got {value!r}") from None
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than zero, got {value!r}")
+    return seconds
 
 
 # ---------------------------------------------------------------- the API client

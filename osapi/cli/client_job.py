@@ -7,13 +7,14 @@ import time
 
 from osapi.cli import Context
 from osapi.cli.client import (
-    EXIT_HELP, add_target, api, check_failed, check_target, command, group, int_range, positive,
+    EXIT_HELP, add_target, api, check_failed, check_target, command, duration_arg, group, int_range,
 )
 from osapi.errors import OperationError, UsageError
 
 FINAL = ("completed", "failed", "partial_failure")
 STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
 MAX_LIST_LIMIT = 1000  # GET /jobs: limit 1-1000 (CONTRACT §4.3)
+FIRST_POLL_DELAY = 0.05  # job run: the second check, 50 ms after the first
 
 JOB_FILE_HELP = """\
 The JSON file holds an operation, e.g.
@@ -25,8 +26,10 @@ the REST API refuses a conflicting target. "-" reads standard input.
 """
 
 RUN_HELP = """\
-Submits the job, then polls GET /jobs/{id} every --poll-interval seconds until
-the job is completed, failed or partial_failure, and prints each host's result.
+Submits the job and checks GET /jobs/{id} at once, then after 50 ms, doubling
+the wait up to --poll-interval, until the job is completed, failed or
+partial_failure, and prints each host's result. Durations take a unit (500ms,
+30s, 5m, 1h) or are a plain number of seconds.
 Exit status 1 when the job failed, partially failed or did not finish within
 --timeout (the message says which); the job keeps running on the workers.
 With --json it prints the job as the last GET /jobs/{id} returned it.
@@ -64,15 +67,15 @@ def register(client) -> None:
                   epilog=RUN_HELP + "\n" + JOB_FILE_HELP + "\n" + EXIT_HELP)
     run.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(run, default=None)
-    run.add_argument("-t", "--timeout", type=float, default=60.0, metavar="SECONDS",
-                     help="give up waiting after this long (default: 60)")
-    run.add_argument("-p", "--poll-interval", type=float, default=2.0, metavar="SECONDS",
-                     help="how often to ask for the job's status (default: 2)")
+    run.add_argument("-t", "--timeout", type=duration_arg, default=60.0, metavar="DURATION",
+                     help="give up waiting after this long, e.g. 90s or 5m (default: 60s)")
+    run.add_argument("-p", "--poll-interval", type=duration_arg, default=2.0, metavar="DURATION",
+                     help="the longest wait between two checks of the job's status (default: 2s)")
 
     status = command(job, "status", "queue statistics: jobs per status and operation, dead letters", status_cmd,
                      epilog=STATUS_HELP + "\n" + EXIT_HELP)
-    status.add_argument("--poll-interval-seconds", type=float, default=30.0, metavar="SECONDS",
-                        help="refresh interval of the live view (default: 30)")
+    status.add_argument("--poll-interval-seconds", type=duration_arg, default=30.0, metavar="DURATION",
+                        help="refresh interval of the live view, seconds or e.g. 1m (default: 30)")
     status.add_argument("--once", action="store_true", help="print one snapshot and exit")
 
     workers = group(job, "workers", "the workers registered with the job system")
@@ -175,8 +178,7 @@ def run_cmd(ctx: Context) -> None:
     from osapi.cli import client_format as fmt
 
     args = ctx.args
-    timeout = positive("--timeout", args.timeout)
-    interval = positive("--poll-interval", args.poll_interval)
+    timeout, interval = args.timeout, args.poll_interval
     operation, target = read_job_file(ctx)
     client = api(ctx)
     created = client.job_create(operation, target)
@@ -184,13 +186,14 @@ def run_cmd(ctx: Context) -> None:
     if not job_id:
         raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")
     deadline = time.monotonic() + timeout
+    delays = poll_delays(interval)
     while True:
         job = client.job_get(job_id)
         status = job.get("status")
         remaining = deadline - time.monotonic()
         if status in FINAL or remaining <= 0:
             break
-        time.sleep(min(interval, remaining))
+        time.sleep(min(next(delays), remaining))
 
     results = fmt.job_results(job)
     ctx.emit(job, lambda j: f"job {job_id}: {status}\n\n" + fmt.view_for(fmt.job_type(j))(results))
@@ -208,11 +211,24 @@ def run_cmd(ctx: Context) -> None:
     check_failed(results)
 
 
+def poll_delays(interval: float):
+    """The waits between checks of a running job: 50 ms, doubling, then ``interval`` for good.
+
+    A job of a few milliseconds is seldom done at the check right after submitting
+    (the worker has not even picked it up), and it should not then cost a whole
+    --poll-interval; a long job soon settles at one check per interval.
+    """
+    delay = min(FIRST_POLL_DELAY, interval)
+    while True:
+        yield delay
+        delay = min(delay * 2, interval)
+
+
 def status_cmd(ctx: Context) -> int:
     from osapi.cli import client_format as fmt
     from osapi.cli.output import dump_json
 
-    interval = positive("--poll-interval-seconds", ctx.args.poll_interval_seconds)
+    interval = ctx.args.poll_interval_seconds
     client = api(ctx)
     if ctx.args.once or not ctx.env.stdout_isatty:
         ctx.emit(client.job_stats(), fmt.job_stats)

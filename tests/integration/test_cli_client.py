@@ -483,7 +483,7 @@ def test_job_run_success_prints_each_hosts_result(osapi, stack):
     assert res.status == 0, res.stderr
     assert res.stdout.startswith("job ") and ": completed\n" in res.stdout.splitlines()[0] + "\n"
     assert [r[0] for r in table_rows(res.stdout, "HOSTNAME")] == [ALPHA, BETA]
-    js = osapi("client", "job", "run", "--json-file", path, "-T", ALPHA, "-p", "0.1", "--json")
+    js = osapi("client", "job", "run", "--json-file", path, "-T", ALPHA, "-p", "100ms", "-t", "1m", "--json")
     assert js.status == 0 and json.loads(js.stdout)["status"] == "completed"
 
 
@@ -504,7 +504,7 @@ def test_job_run_failed_and_partial_failure_exit_1(osapi, stack):
 
 def test_job_run_timeout_exits_1_and_says_so(osapi, stack):
     path = write_op(stack, "ghost.json", {"type": "system.hostname.get", "data": {}})
-    res = osapi("client", "job", "run", "--json-file", path, "-T", "ghost-host", "-t", "0.5", "-p", "0.1")
+    res = osapi("client", "job", "run", "--json-file", path, "-T", "ghost-host", "-t", "500ms", "-p", "0.1")
     assert res.status == 1
     assert "did not finish within 0.5s (status: submitted)" in res.stderr
     assert "osapi client job get --job-id" in res.stderr

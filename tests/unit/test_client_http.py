@@ -41,11 +41,12 @@ class Stub:
                     "method": self.command, "path": parts.path, "query": parse_qs(parts.query),
                     "headers": dict(self.headers), "body": json.loads(body) if body else None,
                 })
-                status, headers, payload = stub.routes.get(
+                route = stub.routes.get(
                     (self.command, parts.path),
                     (404, {"Content-Type": "application/json"},
                      json.dumps({"error": "not found", "details": f"no route {parts.path}", "code": 404}).encode()),
                 )
+                status, headers, payload = route() if callable(route) else route
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -462,6 +463,10 @@ def test_bad_url_flag_is_exit_2(cli):
 @pytest.mark.parametrize("argv, message", [
     (["client", "network", "dns", "update", "--interface-name", "eth0", "--yes"],
      "at least one of --servers or --search-domains is required"),
+    (["client", "job", "run", "--json-file", "-", "--timeout", "0"], "--timeout: must be greater than zero"),
+    (["client", "job", "run", "--json-file", "-", "-p", "-1"], "--poll-interval: must be greater than zero"),
+    (["client", "job", "run", "--json-file", "-", "-t", "5 minutes"], "--timeout: must be a duration such as"),
+    (["client", "job", "status", "--poll-interval-seconds", "0"], "--poll-interval-seconds: must be greater"),
     (["client", "network", "ping", "-a", "127.0.0.1", "--count", "11"], "--count must be an integer from 1 to 10"),
     (["client", "network", "ping", "-a", "127.0.0.1", "--count", "0"], "--count must be an integer from 1 to 10"),
     (["client", "network", "ping", "-a", "bad address!"], "-a/--address: 'bad address!' is not an IP address"),
@@ -483,9 +488,6 @@ def test_bad_url_flag_is_exit_2(cli):
      "--servers must not repeat an item"),
     (["client", "network", "dns", "update", "--interface-name", "eth0", "--search-domains", "a..b", "-T", "h"],
      "--search-domains: 'a..b' is not a valid hostname"),
-    (["client", "job", "run", "--json-file", "-", "--timeout", "0"], "--timeout must be greater than zero"),
-    (["client", "job", "run", "--json-file", "-", "-p", "-1"], "--poll-interval must be greater than zero"),
-    (["client", "job", "status", "--poll-interval-seconds", "0"], "--poll-interval-seconds must be greater"),
     (["client", "job", "list", "--status", "done"], "invalid choice: 'done'"),
     (["client", "network", "ping"], "the following arguments are required: -a/--address"),
     (["client", "job", "add", "--json-file", "/nonexistent/op.json"], "--json-file /nonexistent/op.json: cannot read it"),
@@ -617,6 +619,58 @@ def test_dns_update_table_shows_failed_hosts_with_status_and_error(run, stub):
     assert lines[4].split() == ["a", "ok", "yes"]
     assert lines[5].split(None, 2) == ["b", "failed", "interface eth0 does not exist"]
     assert "1 of 2 hosts failed: b" in res.stderr
+
+
+class JobServer:
+    """A stub whose GET /jobs/j answers ``submitted`` ``pending`` times, then ``completed``."""
+
+    DONE = {"id": "j", "status": "completed", "operation": {"type": "system.load.get", "data": {}},
+            "responses": {"h": {"status": "completed", "data": {"1min": 0.5, "5min": 0.25, "15min": 0.0}}}}
+
+    def __init__(self, stub, pending: int):
+        self.gets, self.pending = 0, pending
+        stub.json("POST", "/jobs", {"job_id": "j", "status": "submitted", "revision": 1,
+                                    "timestamp": "2024-01-01T00:00:00Z"}, 201)
+        stub.routes[("GET", "/api/v1/jobs/j")] = self.job
+
+    def job(self):
+        self.gets += 1
+        body = {**self.DONE, "status": "submitted", "responses": {}} if self.gets <= self.pending else self.DONE
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
+@pytest.mark.timeout(30)
+def test_job_run_checks_at_once_then_soon_not_after_a_whole_poll_interval(run, stub):
+    """With -p 10m a job done at the third check must not wait 10 minutes (the test would time out)."""
+    server = JobServer(stub, pending=2)
+    res = run("client", "job", "run", "--json-file", "-", "-T", "h", "-p", "10m", "-t", "1h",
+              stdin='{"type": "system.load.get", "data": {}}')
+    assert res.status == 0, res.stderr
+    assert server.gets == 3
+    assert res.stdout.startswith("job j: completed")
+
+
+def test_job_run_checks_right_after_submitting(run, stub):
+    server = JobServer(stub, pending=0)
+    res = run("client", "job", "run", "--json-file", "-", "-T", "h", stdin='{"type": "system.load.get"}')
+    assert res.status == 0 and server.gets == 1
+
+
+def test_poll_delays_start_short_and_settle_at_the_interval():
+    import itertools
+
+    from osapi.cli.client_job import poll_delays
+
+    assert list(itertools.islice(poll_delays(2.0), 8)) == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert list(itertools.islice(poll_delays(0.01), 3)) == [0.01, 0.01, 0.01]
+
+
+@pytest.mark.parametrize("text, seconds", [("60", 60.0), ("0.5", 0.5), ("30s", 30.0), ("5m", 300.0),
+                                           ("1h30m", 5400.0), ("500ms", 0.5)])
+def test_durations_take_units_or_plain_seconds(text, seconds):
+    from osapi.cli.client import duration_arg
+
+    assert duration_arg(text) == seconds
 
 
 def test_url_help_names_the_setting_not_a_built_in_value(cli, capsys):
