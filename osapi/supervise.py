@@ -17,7 +17,7 @@ The state directory (``config.state_dir``: ``supervise.state_dir``, else
     secrets/supervisor.password  for supervisord's socket (defence in depth: the
                             socket is 0700 in a 0700 directory already)
     supervisord.conf        rendered at every start (0600)
-    supervisor.sock         supervisord's XML-RPC socket (0700): `supervise status|stop|restart`
+    supervisor.sock         supervisord's XML-RPC socket (0700): `supervise status|start|stop|restart`
     supervisord.pid
     nats-server.conf        rendered by `osapi nats server start` (0600)
     nats/                   JetStream file storage (nats.server.store_dir)
@@ -589,8 +589,12 @@ def _results_ok(results) -> None:
         raise OperationError(f"supervisord: {detail}")
 
 
-def control(paths: Layout, action: str, name: str) -> None:
-    """``stop``, ``start`` or ``restart`` one program, one process or ``all``."""
+def control(paths: Layout, action: str, name: str) -> dict:
+    """``stop``, ``start`` or ``restart`` one program, one process or ``all``.
+
+    Returns ``{action, name, processes}``: the status entries of the processes
+    it acted on, as they are afterwards.
+    """
     import xmlrpc.client
 
     kind, target = resolve(paths, name)
@@ -610,3 +614,61 @@ def control(paths: Layout, action: str, name: str) -> None:
             raise OperationError(f"cannot {step} {name}: {exc.faultString}") from None
         except OSError as exc:
             raise _not_running(paths, exc) from None
+    processes = [p for p in status(paths)["processes"] if _selected(p, kind, target)]
+    return {"action": action, "name": name, "processes": processes}
+
+
+def _selected(process: dict, kind: str, target: str) -> bool:
+    if kind == "all":
+        return True
+    if kind == "group":
+        return process["program"] == target
+    return process["name"] == target or f"{process['program']}:{process['name']}" == target
+
+
+# supervisord's states of a process that is (or is about to be) running
+_ACTIVE = {"STARTING", "RUNNING", "BACKOFF", "STOPPING"}
+SHUTDOWN_SLACK = 30  # seconds on top of every program's stopwaitsecs
+
+
+def shutdown(paths: Layout, timeout: float | None = None) -> dict:
+    """Stop the whole supervisor, as SIGTERM does, and wait until its process has exited.
+
+    supervisord's ``shutdown`` call takes the same path as SIGTERM: workers,
+    then the API, then NATS (each group waiting for the previous one, each
+    program up to its ``stopwaitsecs``), then supervisord exits and ``osapi
+    supervise`` with it, status 0. Waits for that (bounded by the sum of the
+    ``stopwaitsecs`` and a margin) so that "stopped" means stopped. Returns
+    ``{action: "stop", name: None, supervisord: {pid, socket, state}, stopped}``
+    with the processes that were running, in the order they were stopped.
+    """
+    import time
+
+    before = status(paths)
+    pid = before["pid"]
+    _call(paths, "shutdown")
+    timeout = timeout if timeout is not None else sum(STOPWAITSECS.values()) + SHUTDOWN_SLACK
+    deadline = time.monotonic() + timeout
+    while is_running(paths) or _alive(pid):
+        if time.monotonic() >= deadline:
+            raise OperationError(
+                f"osapi supervise (pid {pid}) is still stopping after {timeout:.0f} s",
+                f"see {paths.logs / 'supervisord.log'}",
+            )
+        time.sleep(0.2)
+    stopped = [p["name"] for p in reversed(before["processes"]) if p["state"] in _ACTIVE]
+    return {
+        "action": "stop",
+        "name": None,
+        "supervisord": {"pid": pid, "socket": before["socket"], "state": "EXITED"},
+        "stopped": stopped,
+    }
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its parent counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

@@ -11,8 +11,18 @@ root, else ~/.local/state/osapi. It holds secrets/ (signing_key, admin.token val
 years, nats.token: mode 0600, created once, never overwritten), supervisord.conf,
 supervisor.sock, nats/ (JetStream storage) and logs/ (rotated at 10 MB, 5 kept).
 Programs start in the order nats, api, workers and stop in the reverse order; SIGTERM
-stops them all and exits 0.
+(or `osapi supervise stop`) stops them all and exits 0.
 """
+
+STOP_EPILOG = """Without NAME: stop the whole supervisor, as SIGTERM does -- the workers, then the API,
+then NATS, each waiting for the previous -- and wait until supervise has exited (at most
+the programs' stop timeouts plus 30 s). With NAME: stop that program only; supervise
+keeps running and `start`/`restart NAME` brings it back (`stop all` stops every program
+but keeps supervise itself running). Exit 1, naming the socket, when supervise is not
+running.
+"""
+
+NAME_HELP = "nats, api, worker (every worker), worker-N (one worker) or all"
 
 
 def register(subparsers) -> None:
@@ -28,15 +38,16 @@ def register(subparsers) -> None:
 
     status = add_parser(commands, "status", "show the supervised programs; exit 1 when supervise is not running")
     status.set_defaults(func=show_status)
-    for action, text in (
-        ("start", "start a stopped program"),
-        ("stop", "stop a program (it stays stopped until start/restart)"),
-        ("restart", "stop, then start a program"),
-    ):
-        cmd = add_parser(commands, action, text)
-        cmd.add_argument("name", metavar="NAME",
-                         help="nats, api, worker (every worker), worker-N (one worker) or all")
-        cmd.set_defaults(func=control, action=action)
+    start = add_parser(commands, "start", "start a stopped program")
+    start.add_argument("name", metavar="NAME", help=NAME_HELP)
+    start.set_defaults(func=control, action="start")
+    stop = add_parser(commands, "stop", "stop the whole supervisor (no NAME) or one program (NAME)",
+                      epilog=STOP_EPILOG)
+    stop.add_argument("name", metavar="NAME", nargs="?", help=NAME_HELP + "; omit it to stop supervise itself")
+    stop.set_defaults(func=control, action="stop")
+    restart = add_parser(commands, "restart", "stop, then start a program")
+    restart.add_argument("name", metavar="NAME", help=NAME_HELP)
+    restart.set_defaults(func=control, action="restart")
 
 
 def _programs_and_workers(ctx: Context) -> tuple[list[str], int]:
@@ -80,13 +91,22 @@ def show_status(ctx: Context) -> int:
 
 
 def control(ctx: Context) -> int:
+    """``start``/``stop``/``restart NAME``, or ``stop`` of the whole supervisor.
+
+    ``--json`` prints the result: ``{action, name, processes}`` for a program
+    (its status entries afterwards), ``{action, name: null, supervisord, stopped}``
+    for the whole supervisor.
+    """
     from osapi import supervise
 
     paths = supervise.layout(ctx.config)
-    supervise.control(paths, ctx.args.action, ctx.args.name)
-    data = supervise.status(paths)
-    ctx.emit(data, lambda d: "\n".join(
-        f"{p['name']}: {p['state']}" for p in d["processes"]
-        if ctx.args.name in ("all", p["name"], p["program"]) or p["name"].endswith(":" + ctx.args.name)
-    ))
+    if ctx.args.name is None:
+        data = supervise.shutdown(paths)
+        ctx.emit(data, lambda d: "\n".join(
+            [f"{name}: STOPPED" for name in d["stopped"]]
+            + [f"supervisord (pid {d['supervisord']['pid']}): {d['supervisord']['state']}"]
+        ))
+        return 0
+    data = supervise.control(paths, ctx.args.action, ctx.args.name)
+    ctx.emit(data, lambda d: "\n".join(f"{p['name']}: {p['state']}" for p in d["processes"]))
     return 0

@@ -190,13 +190,19 @@ def test_status_without_a_supervisor_names_the_socket(cli):
     assert "not running" in result.stderr and str(socket_path) in result.stderr
     result = cli("supervise", "restart", "api")
     assert result.status == 1 and str(socket_path) in result.stderr
+    for argv in (["stop"], ["--json", "stop"], ["stop", "api"]):
+        result = cli("supervise", *argv)
+        assert result.status == 1 and "not running" in result.stderr and str(socket_path) in result.stderr
+        assert result.stdout == ""
 
 
 def test_bad_arguments(cli):
     result = cli("supervise", "--workers", "0")
     assert result.status == 2 and "--workers must be from 1 to 64" in result.stderr
-    result = cli("supervise", "stop")
+    result = cli("supervise", "restart")
     assert result.status == 2 and "NAME" in result.stderr
+    result = cli("supervise", "stop", "api", "nats")
+    assert result.status == 2 and "unrecognized arguments: nats" in result.stderr
     assert not Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]).exists()
 
 

@@ -7,6 +7,7 @@ killed child, control over the socket, SIGTERM with nothing left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -58,15 +59,19 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
                    30, "a new nats pid")
         sup.wait_running(["nats", "api"])
 
-        # control over the socket
+        # control over the socket; --json prints the result of each command
         result = cli("supervise", "stop", "api")
-        assert result.status == 0 and "api: STOPPED" in result.stdout
+        assert result.status == 0 and result.stdout == "api: STOPPED\n"
         assert sup.processes()["api"]["state"] == "STOPPED"
-        result = cli("supervise", "start", "api")
-        assert result.status == 0 and "api: RUNNING" in result.stdout
+        result = cli("--json", "supervise", "start", "api")
+        assert result.status == 0, result.stderr
+        body = json.loads(result.stdout)
+        assert body["action"] == "start" and body["name"] == "api"
+        assert [(p["name"], p["state"]) for p in body["processes"]] == [("api", "RUNNING")]
+        assert body["processes"][0]["pid"] == sup.processes()["api"]["pid"]
         old = sup.processes()["nats"]["pid"]
         result = cli("supervise", "restart", "nats")
-        assert result.status == 0 and "nats: RUNNING" in result.stdout
+        assert result.status == 0 and result.stdout == "nats: RUNNING\n"
         assert sup.processes()["nats"]["pid"] != old
         result = cli("supervise", "restart", "nope")
         assert result.status == 2 and "no program named 'nope'" in result.stderr and "api, nats" in result.stderr
@@ -75,6 +80,15 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
 
         children = children_of(sup.proc.pid)
         assert len(children) >= 2
+        # `supervise stop` without a name: everything in order, then supervise itself exits 0
+        result = cli("--json", "supervise", "stop")
+        assert result.status == 0, result.stderr
+        body = json.loads(result.stdout)
+        assert body["action"] == "stop" and body["name"] is None
+        assert body["stopped"] == ["api", "nats"]
+        assert body["supervisord"] == {"pid": sup.proc.pid, "socket": str(state / "supervisor.sock"),
+                                       "state": "EXITED"}
+        assert sup.proc.wait(timeout=10) == 0, sup.log()
     finally:
         status = sup.stop(signal.SIGTERM)
     assert status == 0, sup.log()
@@ -82,9 +96,13 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
     assert processes_mentioning(str(state)) == []
     log = (state / "logs" / "supervisord.log").read_text()
     # the API stops before NATS
-    assert log.index("stopped: api") < log.rindex("stopped: nats")
+    last_stop = log[log.index("waiting for"):]
+    assert last_stop.index("stopped: api") < last_stop.index("stopped: nats")
+    assert "stopped: nats (exit status 0)" in last_stop
     assert not (state / "supervisor.sock").exists()
     assert "Traceback" not in sup.err.read_text()
+    result = cli("supervise", "stop")
+    assert result.status == 1 and f"cannot connect to {state / 'supervisor.sock'}" in result.stderr
 
 
 def test_port_in_use_is_refused_before_anything_starts(cli, env):
