@@ -32,6 +32,10 @@ from pathlib import Path
 from osapi.errors import ConfigError
 
 
+LOG_SIZE_LIMIT = 10 * 1024 * 1024  # bytes: nats-server rotates its own log file here ...
+LOG_MAX_NUM = 5  # ... and keeps this many rotated files (as supervise does for the other logs)
+
+
 def _quote(value: str) -> str:
     # nats-server's config format accepts JSON strings
     return json.dumps(value)
@@ -49,13 +53,24 @@ def render_config(
     routes: list[str] | None = None,
     server_name: str | None = None,
     max_payload: int = 8 * 1024 * 1024,
+    log_file: str | os.PathLike | None = None,
 ) -> str:
-    """The text of a nats-server configuration file."""
+    """The text of a nats-server configuration file.
+
+    ``log_file``: nats-server writes its log there itself, rotated at
+    ``LOG_SIZE_LIMIT`` with ``LOG_MAX_NUM`` old files kept, instead of to stderr.
+    """
     lines = [
         f"host: {_quote(host)}",
         f"port: {int(port)}",
         f"max_payload: {int(max_payload)}",
     ]
+    if log_file:
+        lines += [
+            f"log_file: {_quote(str(log_file))}",
+            f"logfile_size_limit: {LOG_SIZE_LIMIT}",
+            f"logfile_max_num: {LOG_MAX_NUM}",
+        ]
     if server_name:
         lines.append(f"server_name: {_quote(server_name)}")
     lines += [
@@ -79,11 +94,13 @@ def render_config(
 
 
 def render_from_config(
-    cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None
+    cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None,
+    log_file: str | os.PathLike | None = None,
 ) -> str:
     """``render_config`` from ``nats.server.*``."""
     server = cfg.nats.server
     return render_config(
+        log_file=log_file,
         host=server.host,
         port=server.port,
         store_dir=store_dir,
@@ -277,7 +294,7 @@ def server_token(cfg, *, require_auth: bool = False) -> str | None:
     return token
 
 
-def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
+def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike | None = None) -> tuple[Path, bool]:
     """Render the configuration from ``nats.server.*`` into the state dir.
 
     Returns the file and whether token auth is on. The token is
@@ -292,11 +309,11 @@ def write_config(cfg, *, require_auth: bool = False) -> tuple[Path, bool]:
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
     from osapi.supervise import write_private
 
-    write_private(path, render_from_config(cfg, store, token, server_name=name))
+    write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file))
     return path, bool(token)
 
 
-def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
+def exec_server(cfg, *, require_auth: bool = False, log_file: str | None = None, log=None) -> None:
     """Lock the store, check the ports, render the configuration, then become nats-server.
 
     ``exec`` rather than a child process: nats-server then receives SIGTERM,
@@ -305,6 +322,15 @@ def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
     inherited across the exec, so the lock lives exactly as long as nats-server.
     Every refusal (no binary, no token, store in use, port in use) comes before
     the configuration file is written. Never returns.
+
+    ``log_file`` (``osapi supervise`` passes ``<state_dir>/logs/nats-server.log``):
+    nats-server writes its log to that file itself instead of to stderr. Under
+    supervise, stderr is a pipe to supervisord; if supervisord is killed, the
+    kernel sends nats-server SIGTERM (``exit_with_supervisor``), and the first
+    line nats-server logs about it would hit the broken pipe -- a Go program
+    dies of SIGPIPE on a write to a broken stdout/stderr, even with SIGPIPE
+    ignored -- in the middle of its JetStream shutdown, leaving the store to be
+    recovered at the next start ("TTL state is outdated").
     """
     import logging
 
@@ -317,13 +343,20 @@ def exec_server(cfg, *, require_auth: bool = False, log=None) -> None:
     check_port(server.host, server.port, "nats.server")
     if server.cluster.name:
         check_port(server.cluster.host, server.cluster.port, "nats.server.cluster")
-    path, authenticated = write_config(cfg, require_auth=require_auth)
+    if log_file:
+        log_file = str(Path(log_file).absolute())
+        try:
+            Path(log_file).parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the directory of --log-file {log_file}: {exc.strerror or exc}") from None
+    path, authenticated = write_config(cfg, require_auth=require_auth, log_file=log_file)
     if not authenticated:
         log.warning(
             "nats-server runs WITHOUT authentication on %s:%s: set nats.server.auth.token "
             "(osapi supervise creates <state_dir>/secrets/nats.token)", server.host, server.port,
         )
-    log.info("starting %s -c %s (JetStream store %s, %s:%s)", binary, path, store_dir(cfg), server.host, server.port)
+    log.info("starting %s -c %s (JetStream store %s, %s:%s%s)", binary, path, store, server.host, server.port,
+             f", log {log_file}" if log_file else "")
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

@@ -21,8 +21,10 @@ The state directory (``config.state_dir``: ``supervise.state_dir``, else
     supervisord.pid
     nats-server.conf        rendered by `osapi nats server start` (0600)
     nats/                   JetStream file storage (nats.server.store_dir)
-    logs/                   supervisord.log, nats.log, api.log, worker-<n>.log,
-                            each rotated at 10 MB, 5 kept
+    logs/                   supervisord.log, nats.log, api.log, worker-<n>.log (what
+                            each program prints), nats-server.log (nats-server's
+                            own log, written by nats-server itself), each rotated
+                            at 10 MB, 5 kept
 
 Secrets are created once, mode 0600, and never overwritten: each is written to a
 temporary file and published with ``link()``, which fails when the name exists,
@@ -38,6 +40,7 @@ from a source tree, with the same ``-f`` file and ``-d``/``-j`` flags:
 program     priority  command                            stopwaitsecs
 ==========  ========  =================================  ===========
 nats        10        nats server start --require-auth   30
+                      --log-file logs/nats-server.log
 api         20        api server start                   30
 worker-<n>  30        job worker start                   60
 ==========  ========  =================================  ===========
@@ -48,6 +51,15 @@ exits (``autorestart``), counts as started after 1 s and is retried
 the API and workers wait for NATS on their own, but if one exits because NATS
 was not up yet, supervisor keeps trying rather than giving up. Stops and kills go
 to the whole process group (``stopasgroup``/``killasgroup``).
+
+Every program stops on SIGTERM. For nats-server, SIGTERM and SIGINT both mean
+"shut down now, cleanly": it closes its listeners, shuts JetStream down (the
+stores write their state) and exits 0, in milliseconds, well within its 30 s.
+Lame duck mode (SIGUSR2) is for a cluster, where clients move to another server:
+it waits a 10 s grace period and then evicts clients over two minutes -- longer
+than any stop timeout here, so supervisord would SIGKILL it half-way, the one
+unclean ending. Clients are gone by the time NATS is stopped anyway (workers and
+API stop first).
 """
 
 from __future__ import annotations
@@ -263,9 +275,16 @@ def _env_pair(name: str, value: str) -> str:
     return f'{name}="{value}"'
 
 
-def program_commands(programs: list[str], base: list[str], flags: list[str]) -> dict[str, list[str]]:
+NATS_SERVER_LOG = "nats-server.log"
+
+
+def program_commands(programs: list[str], base: list[str], flags: list[str],
+                     logs: Path | None = None) -> dict[str, list[str]]:
+    """Each program's command line. nats-server writes its own log (``logs/nats-server.log``):
+    see ``natsd.exec_server`` for why it must not log through supervisord's pipe."""
+    nats_log = ["--log-file", str(logs / NATS_SERVER_LOG)] if logs is not None else []
     args = {
-        "nats": ["nats", "server", "start", "--require-auth"],
+        "nats": ["nats", "server", "start", "--require-auth", *nats_log],
         "api": ["api", "server", "start"],
         "worker": ["job", "worker", "start"],
     }
@@ -313,7 +332,7 @@ def render(paths: Layout, programs: list[str], workers: int, base: list[str], fl
         "[supervisorctl]",
         f"serverurl=unix://{_ini(str(paths.socket), 'the socket path')}",
     ]
-    for name, command in program_commands(programs, base, flags).items():
+    for name, command in program_commands(programs, base, flags, paths.logs).items():
         lines += ["", f"[program:{name}]"]
         lines.append("command=" + _ini(" ".join(shlex.quote(part) for part in command), f"the {name} command"))
         if name == "worker":

@@ -22,11 +22,14 @@ def register(subparsers) -> None:
     )
     start.add_argument("--require-auth", action="store_true",
                        help="refuse to start without a token (osapi supervise passes this)")
+    start.add_argument("--log-file", metavar="PATH",
+                       help="nats-server writes its log to PATH itself (rotated at 10 MB, 5 kept) instead of "
+                       "to stderr (osapi supervise passes <state_dir>/logs/nats-server.log)")
     start.set_defaults(func=start_server)
 
 
 def start_server(ctx: Context) -> int:
     from osapi import natsd
 
-    natsd.exec_server(ctx.config, require_auth=ctx.args.require_auth)
+    natsd.exec_server(ctx.config, require_auth=ctx.args.require_auth, log_file=ctx.args.log_file)
     return 1  # not reached: exec_server replaces this process or raises

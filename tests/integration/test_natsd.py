@@ -164,6 +164,28 @@ def test_exit_status_of_nats_server_is_ours(tmp_path, state):
     assert "starting" in (tmp_path / "out.log").read_text()
 
 
+def test_json_logs_json_lines_and_the_log_file_goes_to_nats_server(tmp_path, state):
+    """``--json``: osapi's own lines are JSON; ``--log-file`` is handed to nats-server (its own format)."""
+    binary = tmp_path / "stand-in-nats-server"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    proc = start({"OSAPI_NATS_SERVER_BINARY": str(binary), "OSAPI_NATS_SERVER_PORT": str(free_port())},
+                 "--json", "--log-file", "logs/nats-server.log", stderr_path=tmp_path / "out.log")
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_process(proc)
+    lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
+    assert [entry["level"] for entry in lines] == ["warning", "info"]
+    assert "WITHOUT authentication" in lines[0]["message"] and "starting" in lines[1]["message"]
+    log_file = Path.cwd() / "logs" / "nats-server.log"  # relative to where the command ran
+    assert f"log {log_file}" in lines[1]["message"]
+    assert log_file.parent.is_dir()
+    text = (state / natsd.CONFIG_NAME).read_text()
+    assert f'log_file: "{log_file}"' in text
+    assert f"logfile_size_limit: {10 * 1024 * 1024}" in text and "logfile_max_num: 5" in text
+
+
 def test_port_in_use_is_refused_before_anything_is_written(tmp_path, state):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -140,7 +140,8 @@ def test_rendered_configuration():
     assert conf["unix_http_server"]["password"] == "{SHA}" + hashlib.sha1(b"pw").hexdigest()
 
     nats, api, worker = conf["program:nats"], conf["program:api"], conf["program:worker"]
-    assert nats["command"] == "/usr/bin/python3 /opt/osapi.pyz nats server start --require-auth -f /etc/osapi/osapi.yaml -d"
+    assert nats["command"] == ("/usr/bin/python3 /opt/osapi.pyz nats server start --require-auth "
+                               "--log-file '/srv/osapi state/logs/nats-server.log' -f /etc/osapi/osapi.yaml -d")
     assert api["command"].endswith("/opt/osapi.pyz api server start -f /etc/osapi/osapi.yaml -d")
     assert worker["command"].endswith("/opt/osapi.pyz job worker start -f /etc/osapi/osapi.yaml -d")
     # NATS starts first and stops last; workers stop first

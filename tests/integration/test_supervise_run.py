@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port
+from harness import free_port, stop_process, wait_for_port
 from supervise_support import Supervise, alive, children_of, processes_mentioning, wait_until
 
 
@@ -95,10 +95,13 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
     assert [pid for pid in children if alive(pid)] == []
     assert processes_mentioning(str(state)) == []
     log = (state / "logs" / "supervisord.log").read_text()
-    # the API stops before NATS
+    # the API stops before NATS, and NATS shuts JetStream down cleanly on SIGTERM
     last_stop = log[log.index("waiting for"):]
     assert last_stop.index("stopped: api") < last_stop.index("stopped: nats")
     assert "stopped: nats (exit status 0)" in last_stop
+    nats_log = (state / "logs" / "nats-server.log").read_text()
+    assert nats_log.rstrip().endswith("Server Exiting..")
+    assert 'Trapped "terminated" signal' in nats_log and "JetStream Shutdown" in nats_log
     assert not (state / "supervisor.sock").exists()
     assert "Traceback" not in sup.err.read_text()
     result = cli("supervise", "stop")
@@ -176,7 +179,8 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
 
 
 def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
-    """SIGKILL leaves supervisord no chance to stop its children: every child follows it anyway."""
+    """SIGKILL leaves supervisord no chance to stop its children: every child follows it anyway,
+    and nats-server still shuts JetStream down cleanly (its log does not go through the dead pipe)."""
     env["OSAPI_SUPERVISE_PROGRAMS"] = "nats,api,worker"
     state = Path(env["OSAPI_SUPERVISE_STATE_DIR"])
     sup = Supervise([sys.executable, "-m", "osapi", "supervise"], env, state, tmp_path / "run").start()
@@ -184,6 +188,10 @@ def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
     try:
         procs = sup.wait_running(["nats", "api", "worker:worker-1"])
         pids = {name: info["pid"] for name, info in procs.items()}
+        # one job, so the KV buckets (with TTLs) hold state worth flushing
+        token = (state / "secrets" / "admin.token").read_text().strip()
+        url = f"http://127.0.0.1:{env['OSAPI_API_SERVER_PORT']}/api/v1/system/hostname"
+        wait_until(lambda: _get(url, token)[0] == 200, 60, "a job through the API")
         os.kill(sup.proc.pid, signal.SIGKILL)
         sup.proc.wait(timeout=30)
         for name, pid in pids.items():
@@ -193,3 +201,16 @@ def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
         for pid in pids.values():  # never leave one behind, even when the test failed
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    nats_log = (state / "logs" / "nats-server.log").read_text()
+    assert nats_log.rstrip().endswith("Server Exiting.."), nats_log[-2000:]
+
+    # the store was left clean: the next nats-server on it recovers nothing
+    again_log = tmp_path / "again.log"
+    again = subprocess.Popen([sys.executable, "-m", "osapi", "nats", "server", "start", "--log-file", str(again_log)],
+                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", int(env["OSAPI_NATS_SERVER_PORT"]), 30, again)
+    finally:
+        assert stop_process(again) == 0
+    text = again_log.read_text()
+    assert "Server is ready" in text and "[WRN]" not in text and "outdated" not in text, text
