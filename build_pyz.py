@@ -18,7 +18,8 @@ What goes in (CONTRACT §7):
   by the content (shiv's build id: a SHA-256 of every bundled file and its path),
   under a lock, so native parts (psutil's extension, nats-server) can load;
 * ``osapi/pyzboot.py`` as ``_osapi_boot.py``: it picks that cache directory safely
-  (see its docstring) before shiv runs.
+  before shiv runs, and removes other builds of the same archive unpacked there
+  that have not been started for 7 days and are not running (see its docstring).
 
 Where the dependencies come from (``--source``): ``installed`` copies the files
 of the distributions installed in the Python running this script (offline and

@@ -27,21 +27,49 @@ listing each candidate and why it was refused.
 
 The choice is exported as ``SHIV_ROOT`` so the processes ``osapi supervise``
 starts from the same archive reuse it without probing again.
+
+Old builds are removed, safely. Each new build unpacks about 22 MB next to the
+previous ones; shiv never removes any. So every start:
+
+* holds a *shared* ``flock`` on ``<root>/.<archive>_<build id>.inuse`` for as
+  long as the process runs -- the descriptor is inheritable, so a program this
+  process execs (``osapi nats server start`` becomes nats-server, which runs
+  from the unpacked ``bin/``) holds it too -- and sets that file's mtime to now
+  (the build's "last started");
+* then removes each *other* build of the same archive name whose ``.inuse`` file
+  is older than ``UNUSED_DAYS`` and whose *exclusive* lock it can take without
+  waiting, i.e. no process of that build is running. Under that lock the
+  directory is renamed away, deleted, and its lock files with it; a start of
+  that build at the same moment waits for the lock, finds no directory and
+  unpacks it again.
+
+A directory without an ``.inuse`` file was unpacked by a build from before this
+mechanism: nothing tells whether a process of it still runs (a running CLI
+holds no file of it open: Python closes each module file after importing it),
+so it is left alone -- delete such ``<archive>_<id>`` directories by hand once
+no older osapi runs. Shiv's own ``.<archive>_<build id>_lock`` cannot tell
+either: shiv holds it only while unpacking. Any error while cleaning up is
+ignored: it never stops a start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 
 # The absolute path of the running archive; ``osapi.supervise`` runs children from it.
 ARCHIVE: str | None = None
 
 CACHE_DIR_NAME = "osapi"
+UNUSED_DAYS = 7  # another build of this archive not started for this long, and not running, is removed
+IN_USE_WAIT = 30.0  # seconds a start waits while another process removes this very build
+IN_USE_FD: int | None = None  # the shared lock on this build's .inuse file, held until exit
 
 
 def candidates(environ=None) -> list[str]:
@@ -137,6 +165,127 @@ def isolate_from_host_packages() -> None:
     sys.path[:] = [p for p in sys.path if not p or os.path.realpath(p) not in host_dirs]
 
 
+def in_use_path(root: str, name: str) -> str:
+    return os.path.join(root, f".{name}.inuse")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a remover may have unlinked it)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def mark_in_use(root: str, name: str, wait: float = IN_USE_WAIT) -> int | None:
+    """Hold a shared lock on this build's ``.inuse`` file; touch it. The descriptor, or None.
+
+    None when the file cannot be created (a read-only cache: then nobody can
+    remove anything from it either) or when a remover held it for ``wait``.
+    """
+    import fcntl
+
+    path = in_use_path(root, name)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # a remover holds it: it is deleting this build right now
+            os.close(fd)
+            time.sleep(0.05)
+            continue
+        if not _same_file(fd, path):  # removed while we waited: lock the new file instead
+            os.close(fd)
+            continue
+        try:
+            os.utime(fd)
+        except OSError:
+            pass
+        os.set_inheritable(fd, True)  # exec'd programs (nats-server) keep the build in use
+        return fd
+    return None
+
+
+def remove_unused_builds(root: str, name: str, now: float | None = None) -> list[str]:
+    """Remove the other builds of this archive that are old and not running; the names removed."""
+    import fcntl
+    import shutil
+
+    base, _, _ = name.rpartition("_")
+    pattern = re.compile(re.escape(base) + r"_[0-9a-f]{64}")
+    interrupted = re.compile(r"\." + re.escape(base) + r"_[0-9a-f]{64}\.removing-(\d+)")
+    cutoff = (time.time() if now is None else now) - UNUSED_DAYS * 86400
+    removed = []
+    for entry in sorted(os.listdir(root)):
+        half_done = interrupted.fullmatch(entry)
+        if half_done and not _running(int(half_done.group(1))):  # a remover that died half-way
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            continue
+        if entry == name or not pattern.fullmatch(entry):
+            continue
+        directory = os.path.join(root, entry)
+        marker = in_use_path(root, entry)
+        try:
+            info = os.lstat(directory)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            fd = os.open(marker, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)  # none: an older build, left alone
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_mtime >= cutoff:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a process of that build runs
+            if not _same_file(fd, marker):
+                continue
+            doomed = os.path.join(root, f".{entry}.removing-{os.getpid()}")
+            os.rename(directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            for leftover in (os.path.join(root, f".{entry}_lock"), marker):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            removed.append(entry)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def hold_and_clean(root: str) -> None:
+    """Mark this build in use, then remove unused old builds; never fails a start."""
+    global IN_USE_FD
+    try:
+        name = unpacked_name(ARCHIVE) if ARCHIVE else None
+        if not name or not os.path.isdir(root):  # no cache yet: nothing to hold or clean
+            return
+        IN_USE_FD = mark_in_use(root, name)
+        if IN_USE_FD is not None:
+            remove_unused_builds(root, name)
+    except Exception:  # noqa: BLE001 -- housekeeping must never stop osapi from starting
+        pass
+
+
 def main() -> None:
     global ARCHIVE
     ARCHIVE = os.path.abspath(sys.argv[0])
@@ -151,6 +300,7 @@ def main() -> None:
             )
             sys.exit(2)
         os.environ["SHIV_ROOT"] = root
+    hold_and_clean(os.path.expanduser(os.environ["SHIV_ROOT"]))
     import _bootstrap  # shiv's bootstrap, shipped at the root of the archive
 
     _bootstrap.bootstrap()

@@ -9,11 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
-from harness import REPO
+from harness import REPO, free_port, stop_process, wait_for_port
 
 from osapi import __version__
 
@@ -87,6 +89,75 @@ def test_unpacked_once_into_a_private_cache_keyed_by_content(runner, pyz):
     before = marker.stat().st_mtime_ns
     assert runner.run("--version").status == 0
     assert marker.stat().st_mtime_ns == before  # reused, not unpacked again
+
+
+def other_build(pyz: Path, directory: Path) -> tuple[Path, str]:
+    """A copy of the archive under the same name with another build id (a later environment.json wins)."""
+    directory.mkdir(parents=True)
+    copy = directory / pyz.name
+    shutil.copy2(pyz, copy)
+    with zipfile.ZipFile(copy) as zf:
+        env = json.loads(zf.read("environment.json"))
+    env["build_id"] = hashlib.sha256(b"another build").hexdigest()
+    with warnings.catch_warnings(), zipfile.ZipFile(copy, "a") as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name": intended
+        zf.writestr("environment.json", json.dumps(env))
+    return copy, f"{pyz.name}_{env['build_id']}"
+
+
+def test_unused_old_builds_are_removed_running_ones_kept(runner, pyz, tmp_path):
+    """Each build holds a shared lock on <cache>/.<name>.inuse while it runs (and what it execs does too);
+    a start removes other builds of the same name not started for 7 days and not running."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = runner.env(HOME=str(home), OSAPI_SUPERVISE_STATE_DIR=str(tmp_path / "state"))
+    cache = home / ".cache" / "osapi"
+    old_pyz, old_name = other_build(pyz, tmp_path / "old")
+    eight_days_ago = time.time() - 8 * 86400
+
+    def age(name: str) -> None:
+        os.utime(cache / f".{name}.inuse", (eight_days_ago, eight_days_ago))
+
+    # the old build runs nats-server (`nats server start` execs it from the unpacked bin/)
+    port = free_port()
+    server = subprocess.Popen([str(runner.python), str(old_pyz), "nats", "server", "start"],
+                              env={**env, "OSAPI_NATS_SERVER_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 30, server)
+        assert Path(f"/proc/{server.pid}/exe").resolve().name == "nats-server"
+        assert (cache / old_name / "site-packages").is_dir()
+        # fakes: one from before this mechanism (no .inuse), one recent, one of another archive
+        legacy = cache / f"{pyz.name}_{'1' * 64}"
+        recent = cache / f"{pyz.name}_{'2' * 64}"
+        foreign = cache / f"other.pyz_{'3' * 64}"
+        for directory in (legacy, recent, foreign):
+            (directory / "site-packages").mkdir(parents=True)
+        for directory in (recent, foreign):
+            (cache / f".{directory.name}.inuse").touch()
+        os.utime(legacy, (eight_days_ago, eight_days_ago))
+        age(foreign.name)
+        age(old_name)
+
+        assert runner.run("--version", env=env).status == 0
+        assert (cache / old_name / "site-packages").is_dir()  # in use by the running nats-server: kept
+        assert legacy.is_dir() and recent.is_dir() and foreign.is_dir()
+    finally:
+        stop_process(server)
+
+    age(old_name)
+    assert runner.run("--version", env=env).status == 0
+    assert not (cache / old_name).exists()  # stopped and 8 days unused: gone, with its lock files
+    assert not (cache / f".{old_name}.inuse").exists() and not (cache / f".{old_name}_lock").exists()
+    assert legacy.is_dir() and recent.is_dir() and foreign.is_dir()
+    with zipfile.ZipFile(pyz) as zf:
+        current = f"{pyz.name}_{json.loads(zf.read('environment.json'))['build_id']}"
+    assert (cache / current / "site-packages").is_dir()
+    assert time.time() - (cache / f".{current}.inuse").stat().st_mtime < 3600  # touched at each start
+    # the removed build unpacks again when it is started again
+    result = subprocess.run([str(runner.python), str(old_pyz), "--version"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and (cache / old_name / "site-packages").is_dir(), result.stderr
 
 
 def test_two_first_starts_at_the_same_moment(runner, tmp_path):
