@@ -122,7 +122,8 @@ def test_zero_configuration_start(appliance, runner):
     for secret in (state / "secrets").iterdir():
         assert mode(secret) == 0o600
     logs = sorted(p.name for p in (state / "logs").iterdir())
-    assert {"supervisord.log", "nats.log", "api.log", "worker-1.log"} <= set(logs)
+    assert {"supervisord.log", "nats.log", "nats-server.log", "api.log", "worker-1.log"} <= set(logs)
+    assert "Server is ready" in (state / "logs" / "nats-server.log").read_text()  # nats-server's own log
     # the children run from the same archive with the same bare python
     conf = (state / "supervisord.conf").read_text()
     assert f"command={runner.python} {runner.pyz} api server start" in conf
@@ -179,6 +180,12 @@ def test_a_worker_only_supervise_joins_the_first_ones_nats(appliance, runner, tm
         wait_until(joined, 60, "fleet-e2e-2 in GET /api/v1/jobs/workers", interval=0.3)
         job = appliance.run_job(target="fleet-e2e-2")
         assert job["status"] == "completed" and list(job["responses"]) == ["fleet-e2e-2"], job
+        # `supervise stop` with no name stops that whole supervisor, workers first, and it exits 0
+        result = runner.run("supervise", "stop", env=env, timeout=200)
+        assert result.status == 0, result.stderr
+        assert result.stdout.splitlines() == ["worker:worker-2: STOPPED", "worker:worker-1: STOPPED",
+                                              f"supervisord (pid {fleet.proc.pid}): EXITED"]
+        assert fleet.proc.wait(timeout=30) == 0
     finally:
         status = fleet.stop()
     assert status == 0, fleet.log()
