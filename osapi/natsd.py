@@ -230,17 +230,42 @@ def lock_store(store: Path, wait: float = LOCK_WAIT) -> int:
             if time.monotonic() >= deadline:
                 holder = _lock_holder(fd)
                 os.close(fd)
-                raise ConfigError(
-                    f"JetStream store {store} is in use by another nats-server"
-                    + (f" (pid {holder})" if holder else "")
-                    + "; refusing to start a second server on it",
-                    "stop the running one first (`osapi supervise stop` when supervise runs it), "
-                    "or give this one its own nats.server.store_dir / supervise.state_dir",
-                ) from None
+                raise _store_in_use(store, holder) from None
             time.sleep(LOCK_POLL)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def check_store_free(store: Path) -> None:
+    """Refuse (``ConfigError``) when a nats-server holds ``store``'s lock; create nothing.
+
+    ``osapi supervise`` asks before it starts anything, rather than leave its
+    nats child refused and retried over and over.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(store / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: no osapi nats-server has run on it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _store_in_use(store, _lock_holder(fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _store_in_use(store: Path, holder: int | None) -> ConfigError:
+    return ConfigError(
+        f"JetStream store {store} is in use by another nats-server"
+        + (f" (pid {holder})" if holder else "")
+        + "; refusing to start a second server on it",
+        "stop the running one first (`osapi supervise stop` when supervise runs it), "
+        "or give this one its own nats.server.store_dir / supervise.state_dir",
+    )
 
 
 def _lock_holder(fd: int) -> int | None:

@@ -407,6 +407,7 @@ def preflight(cfg, paths: Layout, programs: list[str]) -> None:
         )
     if "nats" in programs:
         natsd.find_binary(cfg.nats.server.binary)
+        natsd.check_store_free(natsd.store_dir(cfg))
     checks = []
     if "nats" in programs:
         checks.append(("nats.server", cfg.nats.server.host, cfg.nats.server.port))

@@ -120,6 +120,22 @@ def test_port_in_use_is_refused_before_anything_starts(cli, env):
     assert not Path(env["OSAPI_SUPERVISE_STATE_DIR"]).exists()  # refused before anything was written
 
 
+def test_a_store_another_nats_server_holds_is_refused_before_anything_starts(cli, env, tmp_path):
+    state = Path(env["OSAPI_SUPERVISE_STATE_DIR"])
+    other_port = free_port()
+    lone = subprocess.Popen([sys.executable, "-m", "osapi", "nats", "server", "start"],
+                            env={**env, "OSAPI_NATS_SERVER_PORT": str(other_port)}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", other_port, 30, lone)
+        result = cli("supervise", env={k: v for k, v in env.items() if k.startswith("OSAPI_")})
+        assert result.status == 2
+        assert f"JetStream store {state / 'nats'} is in use by another nats-server (pid {lone.pid})" in result.stderr
+        assert not (state / "supervisord.conf").exists() and not (state / "secrets").exists()
+    finally:
+        stop_process(lone)
+
+
 def test_missing_nats_binary_is_refused(cli, tmp_path):
     result = cli("supervise", env={"OSAPI_NATS_SERVER_BINARY": str(tmp_path / "no-such-nats-server")})
     assert result.status == 2 and "no-such-nats-server is not an executable file" in result.stderr
