@@ -162,7 +162,9 @@ def _http_url(value: str) -> str | None:
 def _nats_url(value: str) -> str | None:
     if re.match(r"^(nats|tls|ws|wss)://\S+$", value):
         return None
-    return f"must be a nats:// URL such as nats://127.0.0.1:4222, got {value!r}"
+    from osapi.job.connection import redact_url  # never echo a token written into the URL
+
+    return f"must be a nats:// URL such as nats://127.0.0.1:4222, got {redact_url(value)!r}"
 
 
 def _secret(min_len: int = 0) -> Type:

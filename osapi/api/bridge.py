@@ -10,6 +10,9 @@ NATS may be down when the API starts: the bridge keeps trying in the background
 (with a growing pause, at most ``RETRY_MAX`` seconds) and, until it succeeds,
 ``call`` answers 503 at once. Once connected, nats-py reconnects by itself; while
 it is disconnected ``call`` answers 503 too instead of letting requests pile up.
+If NATS closes the connection for good (nats-py does on some server errors, e.g.
+a rotated token), the bridge drops its client and connects again as at start.
+URLs are kept redacted (``redact_url``): no token in logs, 503s or /health.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import time
 from typing import Any, Awaitable, Callable
 
 from osapi import config as configuration
 from osapi.api.errors import ApiError, unavailable
+from osapi.job.connection import redact_url
 
 log = logging.getLogger("osapi.api.nats")
 
@@ -35,10 +38,12 @@ class NatsBridge:
     def __init__(self, cfg, name: str = CONNECTION_NAME):
         self.cfg = cfg
         self.name = name
-        self.urls = configuration.nats_urls(cfg)
+        # for messages, logs and /health only: never the credentials a URL may carry
+        self.urls = [redact_url(u) for u in configuration.nats_urls(cfg)]
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="nats-bridge", daemon=True)
         self._connector: concurrent.futures.Future | None = None
+        self._reconnector: asyncio.Future | None = None  # after NATS closed the connection (on the loop)
         self.nc = None
         self.client = None  # osapi.job.client.JobClient once set up
         self.last_error: str | None = "not connected yet"
@@ -67,7 +72,7 @@ class NatsBridge:
                 from osapi.job.connection import connect
 
                 if self.nc is None or self.nc.is_closed:
-                    self.nc = await connect(self.cfg, self.name)
+                    self.nc = await connect(self.cfg, self.name, on_closed=self._closed)
                 client = JobClient(self.nc, self.cfg)
                 await client.setup()
                 self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
@@ -87,14 +92,13 @@ class NatsBridge:
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_MAX)
 
-    def wait_connected(self, timeout: float) -> bool:
-        """True once the job client is ready (for tests and start-up logs)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.connected:
-                return True
-            time.sleep(0.02)
-        return self.connected
+    async def _closed(self) -> None:
+        """NATS closed the connection for good (nats-py does on some server errors): connect anew."""
+        if self._stopping:
+            return
+        self.client = None
+        self.last_error = "NATS closed the connection (see the log); connecting again"
+        self._reconnector = asyncio.ensure_future(self._connect_forever())
 
     def close(self, timeout: float = 2.0) -> None:
         """Drain the connection and stop the loop; returns within about ``2 * timeout`` s."""
@@ -105,16 +109,12 @@ class NatsBridge:
             self._connector.cancel()
 
         async def shutdown() -> None:
-            nc = self.nc
-            if nc is None or nc.is_closed:
-                return
-            try:
-                await asyncio.wait_for(nc.drain(), timeout)
-            except BaseException:  # already gone or slow: close hard
-                try:
-                    await asyncio.wait_for(nc.close(), timeout / 2)
-                except BaseException:
-                    pass
+            from osapi.job.connection import close
+
+            if self._reconnector is not None:
+                self._reconnector.cancel()
+            # drain, or close hard when already gone or slow; marked as our own close
+            await close(self.nc, drain_timeout=timeout)
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout * 1.5 + 0.5)

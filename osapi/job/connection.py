@@ -5,12 +5,22 @@ and then reconnects on its own forever (``max_reconnect_attempts=-1``): a NATS
 restart costs the process a few failed requests, never its connection object.
 Only the *first* connect is bounded (``first_timeout``, default 5 s) so a caller
 can report ``NatsUnavailable`` naming the URL instead of hanging.
+
+nats-py still closes a connection *for good* on some server errors while
+connected (an ``Authorization Violation`` after the server's token was
+rotated, and other ``-ERR``s). The owner learns it through ``on_closed``
+(never called for its own ``close``/``drain``): the worker exits 1 so its
+supervisor restarts it, the API's bridge connects again.
+
+URLs are shown with ``redact_url`` everywhere (logs, errors, health): a token
+written into ``nats.url`` (``nats://token@host:4222``) never leaves the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Awaitable, Callable
 
 from osapi import config
 from osapi.job.errors import NatsUnavailable
@@ -21,21 +31,32 @@ CONNECT_TIMEOUT = 2.0  # one TCP + CONNECT attempt
 RECONNECT_WAIT = 1.0  # between attempts to the same server
 FIRST_CONNECT_TIMEOUT = 5.0
 
+Callback = Callable[[], Awaitable[None]]
 
-def _redact(url: str) -> str:
-    """nats://user:secret@host:4222 → nats://host:4222 (tokens never reach logs)."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        rest = rest.split("@", 1)[1]
+
+def redact_url(url: str) -> str:
+    """nats://user:secret@host:4222 → nats://host:4222 (credentials never reach logs or answers)."""
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    if "@" in rest:  # NATS URLs have no path: everything up to the last @ is credentials
+        rest = rest.rsplit("@", 1)[1]
     return f"{scheme}{sep}{rest}"
 
 
 def describe(cfg) -> str:
-    return ", ".join(_redact(u) for u in config.nats_urls(cfg))
+    """The configured NATS URLs, redacted, for messages."""
+    return ", ".join(redact_url(u) for u in config.nats_urls(cfg))
 
 
-async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
-    """A connected ``nats.aio.client.Client`` or ``NatsUnavailable`` after ``first_timeout`` s."""
+async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
+                  on_closed: Callback | None = None, on_reconnected: Callback | None = None):
+    """A connected ``nats.aio.client.Client`` or ``NatsUnavailable`` after ``first_timeout`` s.
+
+    ``on_closed``: awaited when the connection is closed for good by anything
+    but the owner's own ``close()``/``drain()`` (see the module docstring).
+    ``on_reconnected``: awaited after each automatic reconnect.
+    """
     import nats
     import nats.errors
 
@@ -43,6 +64,7 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
     token = config.nats_token(cfg)
     last_error: list[BaseException] = []
     connected = asyncio.Event()
+    holder: list = []
 
     async def error_cb(exc: Exception) -> None:
         if not connected.is_set():
@@ -51,14 +73,24 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
         else:
             log.warning("NATS: %s", exc or type(exc).__name__)
 
-    holder: list = []
-
     async def disconnected_cb() -> None:
-        if connected.is_set() and not (holder and holder[0].is_closed):  # not our own close()
+        if connected.is_set() and not (holder and (holder[0].is_closed or _closing(holder[0]))):
             log.warning("NATS disconnected from %s; reconnecting", describe(cfg))
 
     async def reconnected_cb() -> None:
         log.warning("NATS reconnected to %s", describe(cfg))
+        if on_reconnected is not None:
+            await on_reconnected()
+
+    async def closed_cb() -> None:
+        if not connected.is_set() or _closing(holder[0]):
+            return  # a failed first connect, or the owner's own close()
+        nc = holder[0]
+        cause = getattr(nc, "last_error", None)
+        log.error("the NATS connection to %s was closed for good%s", describe(cfg),
+                  f" ({_explain(cause)})" if cause else "")
+        if on_closed is not None:
+            await on_closed()
 
     options = dict(
         servers=urls,
@@ -70,6 +102,7 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
+        closed_cb=closed_cb,
         # keep published messages while reconnecting (default 2 MiB is enough for job traffic)
     )
     if token:
@@ -88,9 +121,38 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT):
     return nc
 
 
+_CLOSING_ATTR = "_osapi_closing"
+
+
+def _closing(nc) -> bool:
+    return bool(getattr(nc, _CLOSING_ATTR, False))
+
+
+async def close(nc, drain_timeout: float | None = None) -> None:
+    """Close (or drain, when ``drain_timeout`` is given) a connection made by ``connect``.
+
+    Marks it first, so ``on_closed`` is not called for a close the owner asked for.
+    """
+    if nc is None:
+        return
+    setattr(nc, _CLOSING_ATTR, True)
+    if nc.is_closed:
+        return
+    if drain_timeout is not None:
+        try:
+            await asyncio.wait_for(nc.drain(), drain_timeout)
+            return
+        except BaseException:  # noqa: BLE001 - already gone or slow: close hard
+            pass
+    try:
+        await asyncio.wait_for(nc.close(), max(1.0, (drain_timeout or 2.0) / 2))
+    except BaseException:  # noqa: BLE001
+        pass
+
+
 def _explain(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    if "authorization" in text.lower():
+    if "authorization" in text.lower() or type(exc).__name__ == "AuthorizationError":
         return "authorization violation (wrong or missing token)"
     return text
 
