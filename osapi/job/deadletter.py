@@ -11,6 +11,11 @@ consumer, so each dead job is handled once: the job's host (from the consumer's
 metadata; for the fleet-wide ``_any`` consumer, the host that took it last) gets
 a ``failed`` response and event, unless it already has a final one. The
 advisory stays in the DLQ stream: ``dlq_count`` in the statistics counts them.
+
+Only osapi's own job consumers count (``<consumer_name>-any`` and
+``<consumer_name>-host-…``): another consumer on the stream (an operator's
+audit tap, a debugging session) that gives up on a message says nothing about
+the job, and its advisories are ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ async def handle(store: Store, payload: bytes) -> str | None:
         log.warning("ignoring a malformed dead-letter entry: %.200r", payload)
         return None
     names = store.names
+    if consumer != names.any_consumer and not consumer.startswith(f"{names.consumer}-host-"):
+        log.debug("ignoring the max-deliveries advisory of consumer %r: not an osapi job consumer", consumer)
+        return None
     try:
         msg = await store.js.get_msg(names.stream, seq)
     except jse.NotFoundError:
