@@ -4,13 +4,16 @@
 ``NatsServer`` with distinct ``OSAPI_JOB_WORKER_HOSTNAME`` / ``_LABELS`` and the
 test-only operations on (``OSAPITEST_HOOKS=1``, see ``osapi/job/testhooks.py``).
 ``Bridge`` runs a ``JobClient`` on its own event loop thread (as the API does),
-so synchronous tests call ``bridge.call(client.run(...))``. Every process is
-stopped by pid; every wait is bounded.
+so synchronous tests call ``bridge.call(client.run(...))``; ``with_test_operations()``
+registers the test-only operations in the test process itself. Every process
+is stopped by pid; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +25,20 @@ from pathlib import Path
 from harness import REPO, NatsServer, stop_process
 
 HOOKS_ENV = {"OSAPITEST_HOOKS": "1"}
+
+
+@contextlib.contextmanager
+def with_test_operations():
+    """The test-only operations (test.sleep, …) known to this process while the block runs."""
+    from osapi.job import operations
+
+    was = operations.are_test_operations_enabled()
+    operations.enable_test_operations()
+    try:
+        yield
+    finally:
+        if not was:
+            operations.disable_test_operations()
 
 
 def base_env(server: NatsServer, state_dir: Path, extra: dict | None = None) -> dict[str, str]:
@@ -39,9 +56,10 @@ class WorkerProc:
     """One worker process with a hostname and labels; its log in ``workdir``."""
 
     def __init__(self, fleet: "Fleet", hostname: str, labels: str = "", env: dict | None = None, name: str = "",
-                 grace: str = "15s"):
+                 grace: str = "15s", heartbeat: str = "1s"):
         self.fleet = fleet
         self.grace = grace
+        self.heartbeat = heartbeat
         self.hostname = hostname
         self.labels = labels
         self.extra = env or {}
@@ -56,7 +74,8 @@ class WorkerProc:
             env["OSAPI_JOB_WORKER_LABELS"] = self.labels
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s", "--grace", self.grace],
+                [sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", self.heartbeat,
+                 "--grace", self.grace],
                 cwd=self.fleet.workdir, env=env, stdout=log, stderr=log,
             )
         return self
@@ -94,8 +113,8 @@ class Fleet:
         self.workers: list[WorkerProc] = []
 
     def add(self, hostname: str, labels: str = "", env: dict | None = None, name: str = "",
-            grace: str = "15s") -> WorkerProc:
-        worker = WorkerProc(self, hostname, labels, env, name or f"{hostname}-{len(self.workers)}", grace)
+            grace: str = "15s", heartbeat: str = "1s") -> WorkerProc:
+        worker = WorkerProc(self, hostname, labels, env, name or f"{hostname}-{len(self.workers)}", grace, heartbeat)
         self.workers.append(worker)
         return worker.start()
 
@@ -147,8 +166,10 @@ class Bridge:
 
     def close(self) -> None:
         if self.nc is not None:
+            from osapi.job.connection import close
+
             try:
-                self.call(self.nc.close(), timeout=10)
+                self.call(close(self.nc), timeout=10)
             except Exception:  # noqa: BLE001
                 pass
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -165,6 +186,22 @@ class Bridge:
 
     def started_hosts(self, job_id: str) -> list[str]:
         return sorted(e.host for e in self.events(job_id) if e.event == "started")
+
+    def instance_pids(self, job_id: str) -> list[int]:
+        """Pids of the worker processes that acknowledged ``job_id``, oldest run first (from the registry)."""
+        store = self.store
+
+        async def read():
+            events = sorted((e for e in await store.events(job_id) if e.event == "acknowledged"),
+                            key=lambda e: e.sort_key)
+            entries = {e["instance"]: e["pid"] for e in await self.client.registry.entries()}
+            pids = []
+            for event in events:
+                got = await store.kv("jobs").get(f"status.{job_id}.{event.event}.{event.host}.{event.nanos}")
+                pids.append(entries.get(json.loads(got.value).get("instance")))
+            return pids
+
+        return self.call(read())
 
     def wait_workers(self, hostnames: list[str], timeout: float = 30.0) -> dict:
         """Until the registry lists exactly these hostnames (with repeats for twins)."""

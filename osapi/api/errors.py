@@ -80,6 +80,8 @@ def from_exception(exc: BaseException) -> ApiError | None:
         return ApiError(400, "invalid job", str(exc))
     if isinstance(exc, job_errors.JobNotFound):
         return ApiError(404, "job not found", str(exc))
+    if isinstance(exc, job_errors.JobStoreFull):
+        return ApiError(503, "job store full (job.kv.max_bytes)", str(exc))
     if isinstance(exc, job_errors.NatsUnavailable):
         return ApiError(503, "NATS is not reachable", str(exc))
     if isinstance(exc, job_errors.JobTimeout):

@@ -14,8 +14,9 @@ Read top to bottom, the modules follow a job:
 ``worker.py``      ``osapi job worker start``: pull, run, report, ack
 ``deadletter.py``  max-deliveries advisories → ``failed`` jobs
 ``errors.py``      ``InvalidJob`` 400, ``JobNotFound`` 404, ``NatsUnavailable`` 503,
-                   ``JobTimeout`` 504, ``RetryableError`` (for providers)
-``testhooks.py``   test-only operations, inert unless ``OSAPITEST_HOOKS=1``
+                   ``JobStoreFull`` 503, ``JobTimeout`` 504, ``RetryableError`` (for providers)
+``testhooks.py``   test-only operations, unknown unless registered by test code or
+                   ``OSAPITEST_HOOKS=1`` at start (then a warning is logged)
 
 JetStream objects (names from ``job.*``; defaults shown):
 
@@ -27,7 +28,8 @@ JetStream objects (names from ``job.*``; defaults shown):
 ``KV_job-queue-workers``    the worker registry, ``<host>.<instance>``
 ``JOBS_DLQ``                ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.>``
 ``jobs-worker-any``         durable, whole fleet, ``jobs.*._any``
-``jobs-worker-host-<host>`` durable per host: ``_all``, its name, every label prefix
+``jobs-worker-host-<host>`` durable per host: ``_all``, its name, every label prefix;
+                            removed by the server after 7 days unused (``setup.py``)
 ``jobs-worker-dlq``         durable on the DLQ, whole fleet
 ==========================  ====================================================
 
@@ -46,7 +48,14 @@ replace ``ack_wait`` by the first ``back_off`` value if both were given to the
 consumer, and then a dead worker would be noticed after 30 s instead of 2 m
 (or the reverse).
 
-Every process that calls ``setup`` (API and workers) writes the shared
-consumers' settings from its own configuration: keep ``job.*`` the same on
-every host of a fleet.
+Workers create and update the shared consumers from their ``job.consumer.*``;
+the API only creates a missing one. Streams and buckets are written by every
+process that sets up (API and workers): keep ``job.*`` the same on every host
+of a fleet.
+
+Where the contract is silent, the choices are documented next to the code:
+broadcast hosts that never answer (``status.py``, ``client.py``), fast 504s when
+no live worker matches, the expiry of synchronous jobs (``client.py``),
+redeliveries of a job still running elsewhere and hand-backs at SIGTERM
+(``worker.py``), foreign consumers' dead letters (``deadletter.py``).
 """

@@ -12,15 +12,38 @@ Costs (10,000 jobs stored, loopback NATS):
   A page does not read the other jobs. Deep pages cost more (``offset`` keys).
 * ``list(status=…)`` and ``stats()``: status is computed, not stored, so they
   list every event key once (about 100 ms for 10,000 jobs), no values, and
-  need every job body (a broadcast's expected hosts, the operation type):
-  bodies are read once per process in batches of 1,000 and then cached, as
-  they never change. The first such call after a start costs a few hundred ms
-  at 10,000 jobs; later ones only read the event keys.
+  need a summary of every job (broadcast or not, expected hosts, operation
+  type): summaries are read once per process (bodies in batches of 1,000) and
+  then cached, as jobs never change. The first such call after a start costs a
+  few hundred ms at 10,000 jobs; later ones only read the event keys.
 * ``run()``: subscribes to the job's response subjects *before* submitting, so
   answers arrive as they are written. A broadcast returns as soon as every live
   registered worker host matching the target has answered (CONTRACT §5.4); the
   quiet period only applies when the registry names no matching host, or to
   notice that an expected host went silent.
+
+Choices where the contract is silent (``run()``, the synchronous endpoints):
+
+* A broadcast host the registry listed at submission that has not answered
+  when the wait ends -- it left the registry (stopped or silent), or
+  ``timeout`` passed -- gets a ``failed`` event and response ("no answer …")
+  and is returned as ``{hostname, status: "failed", error}``: the stored job
+  then agrees with what the caller was told. A host that answers later still
+  decides its own state (its newest event wins). When nobody answered at all,
+  nothing is written: ``JobTimeout`` (504) and the job stays queued.
+* When the registry lists no live worker matching the target (any target:
+  ``_any``, a hostname, ``_all``, a label) the call waits at most
+  ``quiet_period`` (``api.server.broadcast_quiet_period``) for an answer from an
+  unregistered worker, then raises ``JobTimeout`` "no live worker matches
+  target …" (a fast 504) instead of sitting out ``timeout``.
+* ``expires_after`` (the API passes ``job_timeout + SYNC_EXPIRY_MARGIN``, 30 s
+  for clock differences between hosts): the job carries ``expires_at``; a worker
+  that picks it up later marks it ``failed`` ("expired before this host picked
+  it up") without running it, so a 504'd ``PUT /network/dns`` is not applied
+  hours later by a host that comes back. Jobs from ``POST /jobs`` (``create``)
+  never expire.
+* A submission is shielded from cancellation (the API gives up on a call):
+  the job is stored *and* published, or -- on a NATS failure -- removed.
 """
 
 from __future__ import annotations
@@ -34,24 +57,28 @@ from typing import Any
 
 from osapi.job import operations
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob, JobError, JobNotFound, JobTimeout, NatsUnavailable
+from osapi.job.errors import InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
-from osapi.job.store import Store
+from osapi.job.store import Store, _gather_bounded
 from osapi.job.subjects import Target, parse_target, subject_for
 
 log = logging.getLogger("osapi.job.client")
 
 MAX_LIMIT = 1000
 RECONNECT_CHECK = 2.0  # while waiting: how often to look whether the connection was re-established
+STORE_FULL = 10077  # JetStream: "maximum bytes exceeded" (a bucket at max_bytes with discard "new")
 
 
 class JobClient:
+    SYNC_EXPIRY_MARGIN = 30.0  # a synchronous job expires this long after its caller's timeout
+
     def __init__(self, nc, cfg):
         self.nc = nc
         self.cfg = cfg
         self.store = Store(nc, cfg)
         self.registry = Registry(self.store)
+        operations.warn_if_test_operations(log)
 
     # ------------------------------------------------------------ plumbing
 
@@ -70,12 +97,21 @@ class JobClient:
             raise
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             detail = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+            if getattr(exc, "err_code", None) == STORE_FULL or "maximum bytes exceeded" in detail:
+                raise JobStoreFull(
+                    f"cannot {what}: the job store is full ({detail}: a KV bucket reached "
+                    f"job.kv.max_bytes = {self.cfg.job.kv.max_bytes} bytes)",
+                    "delete old jobs, wait for job.kv.ttl to expire them, or raise job.kv.max_bytes",
+                ) from exc
             raise NatsUnavailable(f"cannot {what}: NATS at {describe(self.cfg)}: {detail}") from exc
 
     async def setup(self) -> None:
-        """Streams, KV buckets, DLQ and the shared ``_any`` consumer (idempotent)."""
+        """Streams, KV buckets, DLQ and the shared consumers (idempotent).
+
+        An existing consumer is left as it is: the workers own their settings (``setup.py``).
+        """
         async with self._nats("set up the job streams"):
-            await self.store.setup()
+            await self.store.setup(update_consumers=False)
 
     @staticmethod
     def prepare(operation: Any, target: Any = "_any") -> tuple[operations.Operation, dict, Target]:
@@ -98,12 +134,13 @@ class JobClient:
         return op, data, parse_target(target)
 
     async def _submit(self, job_id: str, op: operations.Operation, data: dict, target: Target,
-                      expected: set[str] | None = None) -> dict:
-        """Store the job and its ``submitted`` event, then publish it.
+                      expected: set[str] | None = None, expires_after: float | None = None) -> dict:
+        """Store the job and its ``submitted`` event, then publish it (run shielded: see ``_shielded``).
 
         A broadcast keeps the hosts the registry lists for its target
         (``expected_hosts``): its status stays ``processing`` until each of them
-        has answered, even when a fast host answers before a slow one picked it up.
+        has answered (or is silent past the bound of ``status.py``), even when a
+        fast host answers before a slow one picked it up.
         """
         if target.broadcast and expected is None:
             expected = await self._expected_hosts(target)
@@ -113,17 +150,21 @@ class JobClient:
             "created": st.rfc3339(nanos),
             "created_ns": nanos,
             "target_hostname": target.text,
+            "broadcast": target.broadcast,
             "operation": {"type": op.type, "data": data},
             "kind": op.kind,
             "subject": subject_for(op.kind, target, self.store.names.prefix),
         }
         if target.broadcast:
             job["expected_hosts"] = sorted(expected or ())
-        revision = await self.store.put_job(job)
-        await self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text))
+        if expires_after is not None:
+            expires = nanos + int(expires_after * 1e9)
+            job["expires_at"], job["expires_at_ns"] = st.rfc3339(expires), expires
         try:
+            revision = await self.store.put_job(job)
+            await self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text))
             await self.store.publish_job(job["subject"], job_id)
-        except Exception:
+        except BaseException:
             with contextlib.suppress(Exception):
                 await self.store.purge_job(job_id)
             raise
@@ -135,7 +176,7 @@ class JobClient:
         """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``."""
         op, data, parsed = self.prepare(operation, target)
         async with self._nats("submit the job"):
-            return await self._submit(new_job_id(), op, data, parsed)
+            return await _shielded(self._submit(new_job_id(), op, data, parsed))
 
     @staticmethod
     def _check_id(job_id: Any) -> str:
@@ -165,9 +206,10 @@ class JobClient:
                 ids, total = await self.store.newest_job_ids(offset, limit)
             else:
                 all_ids, events = await asyncio.gather(self.store.all_job_ids(), self.store.all_events())
-                jobs = await self.store.get_jobs(all_ids)  # cached after the first time: jobs never change
+                jobs = await self.store.summaries(all_ids)  # cached after the first time: jobs never change
+                now = time.time_ns()
                 matching = [i for i in reversed(all_ids)
-                            if st.compute_status(events.get(i, ()), st.expected_hosts(jobs.get(i))) == status]
+                            if st.compute_status(events.get(i, ()), jobs.get(i), now) == status]
                 ids, total = matching[offset:offset + limit], len(matching)
             views = await self.store.views(ids)
         return {"total_items": total, "items": [views[i] for i in ids if i in views]}
@@ -186,7 +228,7 @@ class JobClient:
 
         async with self._nats("read queue statistics"):
             ids, events = await asyncio.gather(self.store.all_job_ids(), self.store.all_events())
-            jobs = await self.store.get_jobs(ids)
+            jobs = await self.store.summaries(ids)
             try:
                 info = await self.store.js.stream_info(self.store.names.dlq_stream)
                 dlq = int(info.state.messages)
@@ -194,11 +236,12 @@ class JobClient:
                 dlq = 0
         status_counts = {s: 0 for s in st.STATUSES}
         operation_counts: dict[str, int] = {}
+        now = time.time_ns()
         for job_id in ids:
-            status_counts[st.compute_status(events.get(job_id, ()), st.expected_hosts(jobs.get(job_id)))] += 1
-            op_type = ((jobs.get(job_id) or {}).get("operation") or {}).get("type")
-            if op_type:
-                operation_counts[op_type] = operation_counts.get(op_type, 0) + 1
+            summary = jobs.get(job_id)
+            status_counts[st.compute_status(events.get(job_id, ()), summary, now)] += 1
+            if summary is not None and summary.op_type:
+                operation_counts[summary.op_type] = operation_counts.get(summary.op_type, 0) + 1
         return {
             "total_jobs": len(ids),
             "status_counts": status_counts,
@@ -210,26 +253,42 @@ class JobClient:
         async with self._nats("read the worker registry"):
             return await self.registry.workers()
 
-    async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float) -> dict:
-        """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered."""
+    async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float,
+                  expires_after: float | None = None) -> dict:
+        """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered.
+
+        ``expires_after``: seconds after which a worker that has not picked the
+        job up yet fails it instead of running it (see the module docstring).
+        """
         op, data, parsed = self.prepare({"type": op_type, "data": data}, target)
         job_id = new_job_id()
         async with self._nats("run the job"):
             prefix = self.store.subject_of("responses", f"{job_id}.")
             sub = await self.nc.subscribe(f"{prefix}>")
             try:
-                expected = await self._expected_hosts(parsed) if parsed.broadcast else set()
-                await self._submit(job_id, op, data, parsed, expected)
-                answers = await self._collect(sub, prefix, job_id, parsed, expected, timeout, quiet_period)
+                live = await self._expected_hosts(parsed)
+                expected = live if parsed.broadcast else set()
+                await _shielded(self._submit(job_id, op, data, parsed, expected, expires_after))
+                answers, unanswered = await self._collect(sub, prefix, job_id, parsed, expected, bool(live),
+                                                          timeout, quiet_period)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         if not answers:
+            if not live:
+                raise JobTimeout(
+                    f"no live worker matches target {parsed.text}: nobody answered job {job_id} "
+                    f"within {min(timeout, quiet_period):g}s",
+                    job_id,
+                    "see `osapi client job workers list` for the live workers, their hostnames and labels",
+                )
             raise JobTimeout(
                 f"no worker answered job {job_id} (target {parsed.text}) within {timeout:g}s",
                 job_id,
                 "is a worker running for that target? see `osapi client job workers list`",
             )
+        if unanswered:
+            answers.update(await self._mark_unanswered(job_id, unanswered))
         return {"job_id": job_id, "results": [_result(h, r) for h, r in sorted(answers.items())]}
 
     # ------------------------------------------------------------ waiting
@@ -248,28 +307,38 @@ class JobClient:
             log.debug("cannot read the responses of %s: %s", job_id, exc)
             return {}
 
-    async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str],
-                       timeout: float, quiet_period: float) -> dict[str, dict]:
-        """Answers as they arrive on ``sub``, until the target is satisfied or the fallbacks end it."""
+    async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str], matched: bool,
+                       timeout: float, quiet_period: float) -> tuple[dict[str, dict], dict[str, str]]:
+        """Answers as they arrive on ``sub``, until the target is satisfied or the fallbacks end it.
+
+        Returns the answers and, for each expected host that did not answer, why.
+        ``matched``: the registry listed a live worker for the target; if not,
+        the first answer must come within ``quiet_period``.
+        """
         import nats.errors
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
+        deadline = started + timeout
+        first_by = None if matched else started + min(timeout, quiet_period)
         reconnects = self.nc.stats.get("reconnects", 0)
         answers: dict[str, dict] = {}
+        awaited = set(expected)  # expected hosts still waited for
+        dropped: dict[str, str] = {}
         quiet_until: float | None = None
 
         def done() -> bool:
             if not answers:
                 return False
-            return not target.broadcast or (bool(expected) and expected <= answers.keys())
+            return not target.broadcast or (bool(awaited) and awaited <= answers.keys())
 
         while not done():
             now = loop.time()
-            if now >= deadline:
+            end = deadline if answers or first_by is None else first_by
+            if now >= end:
                 answers.update(await self._catch_up(job_id))  # last look: answers missed in transit
                 break
-            wait = min(deadline - now, RECONNECT_CHECK)
+            wait = min(end - now, RECONNECT_CHECK)
             if quiet_until is not None:
                 wait = min(wait, max(0.0, quiet_until - now))
             try:
@@ -280,14 +349,17 @@ class JobClient:
                     reconnects = self.nc.stats.get("reconnects", 0)
                     answers.update(await self._catch_up(job_id))
                 if quiet_until is not None and loop.time() >= quiet_until:
-                    if not expected:
+                    if not awaited:
                         break  # the registry named nobody: the quiet period decides
                     try:
                         live = await self._expected_hosts(target)
                     except (nats.errors.Error, OSError, asyncio.TimeoutError):
-                        live = expected  # cannot tell now: keep waiting for them, up to the timeout
-                    expected = {h for h in expected if h in live}  # a host that went silent is not awaited
-                    if not expected:
+                        live = awaited  # cannot tell now: keep waiting for them, up to the timeout
+                    for host in awaited - live - answers.keys():  # a host that went silent is not awaited
+                        dropped[host] = (f"no answer: {host} left the worker registry before answering "
+                                         "(stopped, or silent past its heartbeat)")
+                    awaited &= live
+                    if not awaited:
                         break
                     quiet_until = loop.time() + quiet_period
                 continue
@@ -299,7 +371,56 @@ class JobClient:
                 answers[msg.subject[len(prefix):]] = record
                 if target.broadcast:
                     quiet_until = loop.time() + quiet_period
-        return answers
+        unanswered = {h: dropped.get(h, f"no answer within {timeout:g}s") for h in sorted(expected)
+                      if h not in answers}
+        return answers, unanswered
+
+    async def _mark_unanswered(self, job_id: str, unanswered: dict[str, str]) -> dict[str, dict]:
+        """A ``failed`` response and event for each expected host that did not answer (best effort).
+
+        The response is only created if the host has none: one that answered
+        at the last moment keeps its answer, and that answer is returned.
+        """
+        import nats.errors
+
+        store = self.store
+        finished = st.rfc3339(time.time_ns())
+
+        def record(host: str) -> dict:
+            return {"status": "failed", "data": None, "error": unanswered[host], "hostname": host,
+                    "finished": finished, "reason": "no-answer"}
+
+        async def mark(host: str) -> dict:
+            if not await store.create_response(job_id, host, record(host)):
+                return await store.response(job_id, host) or record(host)
+            await store.add_event(job_id, st.FAILED, host, error=unanswered[host], reason="no-answer")
+            return record(host)
+
+        try:
+            store.forget(job_id)
+            if await store.get_job(job_id) is None:  # deleted while we waited: write nothing back
+                return {h: record(h) for h in unanswered}
+            marked = await _gather_bounded([mark(h) for h in unanswered])
+            return dict(zip(unanswered, marked))
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            log.warning("cannot record the hosts that did not answer job %s: %s", job_id, exc)
+            return {h: record(h) for h in unanswered}
+
+
+async def _shielded(coro):
+    """Run ``coro`` to its end even if the caller is cancelled (the API gave up on the request).
+
+    A submission cancelled half-way would leave a job stored but never
+    published; shielded, it is stored and published, or removed on failure.
+    """
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("shielded job submission failed: %s", task.exception())
 
 
 def _result(hostname: str, record: dict) -> dict:

@@ -1,7 +1,8 @@
 """Failures of the job system, each mapped by the REST API to one HTTP status.
 
 ``InvalidJob`` → 400, ``JobNotFound`` → 404, ``NatsUnavailable`` → 503,
-``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
+``JobStoreFull`` → 503 (distinct message: the KV buckets reached
+``job.kv.max_bytes``), ``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
 error funnel prints them as one line with exit status 1.
 
 ``RetryableError`` is different: a provider raises it when trying the same job
@@ -31,6 +32,14 @@ class JobNotFound(JobError):
 
 class NatsUnavailable(JobError):
     """NATS cannot be reached or does not answer; the message names the URL."""
+
+
+class JobStoreFull(JobError):
+    """A KV bucket reached ``job.kv.max_bytes`` (JetStream refuses new entries: discard policy "new").
+
+    NATS itself is fine; old jobs expire after ``job.kv.ttl``, or the operator
+    deletes jobs or raises the limit.
+    """
 
 
 class JobTimeout(JobError):

@@ -286,11 +286,48 @@ OPERATIONS: dict[str, Operation] = {
 
 def get(op_type: Any) -> Operation:
     """The operation named ``op_type``, or ``InvalidData`` listing the known ones."""
-    if isinstance(op_type, str) and op_type.startswith("test.") and op_type not in OPERATIONS:
-        from osapi.job import testhooks  # test-only operations, inert unless OSAPITEST_HOOKS=1
+    if isinstance(op_type, str):
+        op = OPERATIONS.get(op_type) or _TEST_OPERATIONS.get(op_type)
+        if op is not None:
+            return op
+    raise InvalidData(f"unknown operation type {op_type!r}; known: {', '.join(OPERATIONS)}")
 
-        if testhooks.enabled() and op_type in testhooks.OPERATIONS:
-            return testhooks.OPERATIONS[op_type]
-    if not isinstance(op_type, str) or op_type not in OPERATIONS:
-        raise InvalidData(f"unknown operation type {op_type!r}; known: {', '.join(OPERATIONS)}")
-    return OPERATIONS[op_type]
+
+# ---------------------------------------------------------------- test-only operations
+#
+# ``osapi.job.testhooks`` (test.sleep, test.fail, test.retry) are known only once
+# registered: by test code in its own process (``enable_test_operations``), or
+# in a process started with ``OSAPITEST_HOOKS=1`` -- read once, when this module
+# is imported, so the worker subprocesses of the tests have them. The table
+# above, the OpenAPI document, the routes and the CLI never list them; a worker
+# or API that has them logs a warning at start (``warn_if_test_operations``).
+
+TEST_HOOKS_ENV = "OSAPITEST_HOOKS"
+_TEST_OPERATIONS: dict[str, Operation] = {}
+_warned: list[bool] = []
+
+
+def enable_test_operations() -> None:
+    from osapi.job import testhooks
+
+    _TEST_OPERATIONS.update(testhooks.OPERATIONS)
+
+
+def disable_test_operations() -> None:
+    _TEST_OPERATIONS.clear()
+
+
+def are_test_operations_enabled() -> bool:
+    return bool(_TEST_OPERATIONS)
+
+
+def warn_if_test_operations(logger) -> None:
+    """Once per process: say loudly that test-only operations are accepted here."""
+    if _TEST_OPERATIONS and not _warned:
+        _warned.append(True)
+        logger.warning("test-only operations are enabled (%s): never set %s=1 in production",
+                       ", ".join(sorted(_TEST_OPERATIONS)), TEST_HOOKS_ENV)
+
+
+if __import__("os").environ.get(TEST_HOOKS_ENV) == "1":
+    enable_test_operations()

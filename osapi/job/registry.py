@@ -7,7 +7,9 @@ so the server itself drops a worker that stopped beating — no clock
 comparison between hosts. A worker that stops cleanly removes its entry at once.
 
 Readers (``GET /jobs/workers``, broadcast completion) take every entry present as
-live. Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
+live. They read the whole registry in one batch request (``Store.multi_get`` on
+the bucket's prefix); with more entries than one batch returns, or on a server
+without batch gets, they list the keys and read them one by one. Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
 --heartbeat``: the TTL is three intervals).
 """
 
@@ -37,30 +39,37 @@ class Registry:
 
     async def entries(self) -> list[dict[str, Any]]:
         """Every live entry (full records), sorted by hostname then start time."""
-        import nats.js.errors as jse
-
         prefix = self.store.subject_of("registry", "")
-        subjects, _ = await self.store.all_subjects(self.store.stream_of("registry"), f"{prefix}>")
-        kv = self.store.kv("registry")
-
-        async def read(key: str):
-            try:
-                entry = await kv.get(key)
-            except jse.KeyNotFoundError:
-                return None
-            try:
-                value = json.loads(entry.value)
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) and isinstance(value.get("hostname"), str) else None
-
-        found = await _gather_bounded([read(s[len(prefix):]) for s in subjects])
-        live = [e for e in found if e is not None]
+        stream = self.store.stream_of("registry")
+        found = await self.store.multi_get(stream, [f"{prefix}>"])
+        if found is not None:
+            values = [_entry(data) for data in found.values()]
+        else:
+            subjects, _ = await self.store.all_subjects(stream, f"{prefix}>")
+            values = await _gather_bounded([self._read(s[len(prefix):]) for s in subjects])
+        live = [e for e in values if e is not None]
         live.sort(key=lambda e: (e["hostname"], e.get("started_at") or ""))
         return live
+
+    async def _read(self, key: str) -> dict[str, Any] | None:
+        import nats.js.errors as jse
+
+        try:
+            found = await self.store.kv("registry").get(key)
+        except jse.KeyNotFoundError:
+            return None
+        return _entry(found.value)
 
     async def workers(self) -> dict:
         """``{total, workers: [{hostname, labels, version, started_at, last_seen}]}``."""
         live = await self.entries()
         shown = [{k: e.get(k) for k in PUBLIC_FIELDS} for e in live]
         return {"total": len(shown), "workers": shown}
+
+
+def _entry(data: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("hostname"), str) else None

@@ -20,6 +20,17 @@ several processes may run this at once. When a stream exists with another
 configuration (an operator changed ``job.kv.ttl``), it is updated; when the
 change is not allowed in place (storage), a warning names it and the existing
 stream is used as it is.
+
+Consumers are shared by the fleet, so one side owns their settings: workers
+create *and update* them from their ``job.consumer.*``; the API only creates a
+missing one (``update_consumers=False``) and never rewrites what the workers set.
+
+A host's consumer is removed by the server after ``HOST_CONSUMER_INACTIVE``
+(7 days) without a worker of that host pulling: a retired host does not keep
+a consumer (and its pending jobs) forever. The price: a host that comes back
+after more than 7 days is a new host -- it does not replay the jobs sent while
+it was away (at most ``job.stream.max_age`` of them, 24 h by default, are
+still in the stream then).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ STREAM_NAME_IN_USE = 10058
 SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consumer (one per worker process)
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
+HOST_CONSUMER_INACTIVE = 7 * 86400.0  # a host consumer nobody pulled from this long is removed by the server
 
 
 @dataclass(frozen=True)
@@ -151,8 +163,11 @@ async def ensure_kv(js, bucket: str, ttl: float | None, max_bytes: int, storage:
                     direct=bool(info.config.allow_direct))
 
 
-async def ensure_all(js, cfg) -> dict:
-    """Streams, buckets and the shared consumers. Returns the three KV handles by role."""
+async def ensure_all(js, cfg, update_consumers: bool = True) -> dict:
+    """Streams, buckets and the shared consumers. Returns the three KV handles by role.
+
+    ``update_consumers=False`` (the API): an existing consumer is left as the workers set it.
+    """
     from nats.js import api
 
     names = Names.from_config(cfg)
@@ -185,8 +200,8 @@ async def ensure_all(js, cfg) -> dict:
         "registry": await ensure_kv(js, names.registry_bucket, REGISTRY_MAX_AGE, job.kv.max_bytes,
                                     job.kv.storage, job.kv.replicas),
     }
-    await ensure_consumer(js, names.stream, any_consumer_config(cfg))
-    await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg))
+    await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
+    await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv
 
 
@@ -225,8 +240,10 @@ def any_consumer_config(cfg):
 
 def host_consumer_config(cfg, hostname: str, labels: dict):
     names = Names.from_config(cfg)
-    return _job_consumer(cfg, names.host_consumer(hostname), subj.host_subjects(hostname, labels, names.prefix),
-                         {"osapi_hostname": hostname})
+    config = _job_consumer(cfg, names.host_consumer(hostname), subj.host_subjects(hostname, labels, names.prefix),
+                           {"osapi_hostname": hostname})
+    config.inactive_threshold = HOST_CONSUMER_INACTIVE
+    return config
 
 
 def dlq_consumer_config(cfg):
@@ -244,11 +261,18 @@ def dlq_consumer_config(cfg):
     )
 
 
-async def ensure_consumer(js, stream: str, config) -> None:
+async def ensure_consumer(js, stream: str, config, update: bool = True) -> None:
     """Create or update a durable. If the update is refused (a setting that cannot change in
-    place, e.g. the deliver policy), the existing consumer is used unchanged, with a warning."""
+    place, e.g. the deliver policy), the existing consumer is used unchanged, with a warning.
+    ``update=False``: create it only if it is missing; an existing one is not touched."""
     import nats.js.errors as jse
 
+    if not update:
+        try:
+            await js.consumer_info(stream, config.name)
+            return
+        except jse.NotFoundError:
+            pass
     try:
         await js.add_consumer(stream, config)
     except jse.APIError as exc:

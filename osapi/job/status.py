@@ -5,9 +5,10 @@ events and the per-host responses. Events are KV keys
 ``status.<id>.<event>.<host>.<nanos>``; everything status needs is in the key,
 so listing keys (cheap) is enough to know a job's status without reading values.
 
-The ``submitted`` event's host slot holds the *target* (``_any``, ``_all``, a
-hostname, or ``key=value`` for a label, since ``:`` is not allowed in KV keys);
-it tells how to combine the hosts' events:
+Whether a job is a broadcast is stored in the job (``broadcast``, decided by
+``subjects.Target.broadcast`` at submission; jobs stored before the flag are
+judged by the same rule from their ``target_hostname``). It tells how to combine
+the hosts' events:
 
 * one-host targets (``_any``, a hostname): the job ran once. ``completed`` as
   soon as any delivery completed; ``failed`` when the newest worker event is a
@@ -16,6 +17,19 @@ it tells how to combine the hosts' events:
 * broadcasts (``_all``, labels): each host's newest event decides that host;
   ``processing`` while any host is acknowledged/started, then ``completed`` (all
   ok), ``failed`` (all failed) or ``partial_failure``.
+
+A broadcast also keeps ``expected_hosts``, the live hosts the registry listed
+for its target at submission: one of them that has not answered keeps the job
+``processing`` -- but not forever. An expected host with no event at all
+``silence_limit`` seconds after submission counts as ``failed`` ("no answer");
+the client uses ``job.consumer.ack_wait × job.consumer.max_deliver`` (10 min
+by default: the time a job that was picked up needs to reach the dead-letter
+stream). A host that answers later still decides its own state: its newest
+event wins. (A synchronous call writes a ``failed`` event at once for an
+expected host that did not answer in time: see ``client.py``.)
+
+The ``submitted`` event's host slot holds the *target* (``_any``, ``_all``, a
+hostname, or ``key=value`` for a label, since ``:`` is not allowed in KV keys).
 """
 
 from __future__ import annotations
@@ -67,11 +81,42 @@ def target_from_token(token: str) -> str:
     return token.replace("=", ":")
 
 
-def _single(token: str | None) -> bool:
-    """One-host target? Unknown (no submitted event): treat as a broadcast."""
-    if token is None:
-        return False
-    return token == "_any" or (token != "_all" and "=" not in token)
+def target_is_broadcast(target: Any) -> bool:
+    """The one rule (``subjects.Target.broadcast``); an unreadable target counts as a broadcast."""
+    from osapi.job.errors import InvalidJob
+    from osapi.job.subjects import parse_target
+
+    if not isinstance(target, str):
+        return True
+    try:
+        return parse_target(target).broadcast
+    except InvalidJob:
+        return True
+
+
+class Summary(NamedTuple):
+    """What status needs of a job body: small, kept per job id (bodies never change)."""
+
+    op_type: str | None
+    broadcast: bool
+    expected: tuple[str, ...]
+    answer_by_ns: int | None  # an expected host with no event after this counts as failed
+    created_ns: int | None = None
+
+
+def summarize(job: Mapping[str, Any], silence_limit: float | None = None) -> Summary:
+    """A ``Summary`` of a job body; ``silence_limit`` (seconds) bounds the wait for expected hosts."""
+    broadcast = job.get("broadcast")
+    if not isinstance(broadcast, bool):  # stored before the flag existed
+        broadcast = target_is_broadcast(job.get("target_hostname"))
+    op_type = (job.get("operation") or {}).get("type") if isinstance(job.get("operation"), dict) else None
+    expected = tuple(expected_hosts(job)) if broadcast else ()
+    created = job.get("created_ns")
+    created = created if isinstance(created, int) else None
+    answer_by = None
+    if expected and created is not None and silence_limit is not None:
+        answer_by = created + int(silence_limit * 1e9)
+    return Summary(op_type if isinstance(op_type, str) else None, broadcast, expected, answer_by, created)
 
 
 def submitted_token(events: Iterable[Event]) -> str | None:
@@ -92,26 +137,41 @@ def last_per_host(events: Iterable[Event]) -> dict[str, Event]:
     return last
 
 
-def compute_status(events: Iterable[Event], expected: Iterable[str] = ()) -> str:
+def silent_hosts(job: Summary | None, last: Mapping[str, Event], now_ns: int | None) -> list[str]:
+    """Expected hosts with no event at all once ``job.answer_by_ns`` has passed (they count as failed)."""
+    if job is None or not job.expected or job.answer_by_ns is None or now_ns is None or now_ns < job.answer_by_ns:
+        return []
+    return [h for h in job.expected if h not in last]
+
+
+def compute_status(events: Iterable[Event], job: Summary | None = None, now_ns: int | None = None) -> str:
     """One of ``STATUSES`` from a job's events (any order).
 
-    ``expected``: for a broadcast, the hosts the registry listed as matching when
-    the job was submitted (kept in the job). One of them that has not answered
-    keeps the job ``processing`` — a host that answers fast does not finish a
-    broadcast that a slower host has not even picked up yet.
+    ``job``: the job's ``Summary`` (broadcast or not, expected hosts and how
+    long they are waited for); without it, the submitted event's target decides
+    and no host is expected. ``now_ns``: the time to judge silent hosts by.
     """
     events = list(events)
     worker_events = [e for e in events if e.event != SUBMITTED]
-    if not worker_events:
-        return SUBMITTED
-    if _single(submitted_token(events)):
+    if job is not None:
+        broadcast = job.broadcast
+    else:
+        token = submitted_token(events)
+        broadcast = token is None or target_is_broadcast(target_from_token(token))
+    if not broadcast:
+        if not worker_events:
+            return SUBMITTED
         if any(e.event == COMPLETED for e in worker_events):
             return COMPLETED
         newest = max(worker_events, key=lambda e: e.sort_key)
         return FAILED if newest.event == FAILED else PROCESSING
     last = last_per_host(worker_events)
-    states = {e.event for e in last.values()}
-    if states & ACTIVE or any(host not in last for host in expected):
+    silent = silent_hosts(job, last, now_ns)
+    if not worker_events and not silent:
+        return SUBMITTED
+    states = {e.event for e in last.values()} | ({FAILED} if silent else set())
+    waiting = job is not None and any(h not in last for h in job.expected) and not silent
+    if states & ACTIVE or waiting:
         return PROCESSING
     if states == {COMPLETED}:
         return COMPLETED
@@ -144,13 +204,20 @@ def _duration(events: list[Event], host: str) -> float | None:
     return round((own[-1].nanos - started[-1].nanos) / 1e9, 3)
 
 
-def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]]) -> dict:
-    """The job object of CONTRACT §4.3 from its parts."""
+def silence_error(job: Summary) -> str:
+    limit = ((job.answer_by_ns or 0) - (job.created_ns or 0)) / 1e9
+    return f"no answer within {limit:g}s of submission: the host did not pick the job up (down, or no worker running)"
+
+
+def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]],
+             now_ns: int | None = None, silence_limit: float | None = None) -> dict:
+    """The job object of CONTRACT §4.3 from its parts (``now_ns``/``silence_limit``: see ``compute_status``)."""
     events = sorted(events, key=lambda e: e.sort_key)
-    expected = expected_hosts(job)
-    status = compute_status(events, expected)
+    summary = summarize(job, silence_limit)
+    status = compute_status(events, summary, now_ns)
     last = last_per_host(events)
-    single = _single(submitted_token(events))
+    silent = silent_hosts(summary, last, now_ns)
+    single = not summary.broadcast
     shown = {
         host: {"status": r.get("status"), "data": r.get("data"), "error": r.get("error")}
         for host, r in sorted(responses.items())
@@ -163,7 +230,9 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         }
         for host, event in sorted(last.items())
     }
-    for host in expected:  # listed when submitted, not heard from yet
+    for host in silent:  # listed when submitted, silent past the bound: failed
+        worker_states[host] = {"status": FAILED, "error": silence_error(summary), "duration": None}
+    for host in summary.expected:  # listed when submitted, not heard from yet
         worker_states.setdefault(host, {"status": SUBMITTED, "error": None, "duration": None})
     worker_states = dict(sorted(worker_states.items()))
     hostname = result = error = None
@@ -175,9 +244,9 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         result = response.get("data")
         error = response.get("error") if status == FAILED else None
     elif status in (FAILED, PARTIAL_FAILURE):
-        failed = [h for h, e in sorted(last.items()) if e.event == FAILED]
-        detail = "; ".join(f"{h}: {(shown.get(h) or {}).get('error') or 'failed'}" for h in failed)
-        error = f"{len(failed)} of {len(last)} hosts failed: {detail}"[:MAX_ERROR_SUMMARY]
+        failed = sorted([h for h, e in last.items() if e.event == FAILED] + silent)
+        detail = "; ".join(f"{h}: {worker_states[h]['error'] or 'failed'}" for h in failed)
+        error = f"{len(failed)} of {len(last) + len(silent)} hosts failed: {detail}"[:MAX_ERROR_SUMMARY]
     created_ns = job.get("created_ns")
     updated_ns = max([e.nanos for e in events] + ([created_ns] if created_ns else []), default=None)
     return {

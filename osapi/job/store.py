@@ -14,7 +14,12 @@ Listing is built on JetStream's *subject* listing (``STREAM.INFO`` with
 paged by ``offset``, with the total: no message is read. Job ids are UUIDv7, so
 sorted ``jobs.<id>`` subjects are sorted by creation time, and a newest-first
 page is the tail of that listing. Jobs are immutable, so their bodies are cached
-(LRU) per process.
+(LRU of ``CACHE_SIZE``, for pages) and so is a small ``status.Summary`` of every
+stored job (for status filters and statistics, pruned to the ids listed).
+
+Several keys are read in one JetStream batch direct get (``multi_get``, server
+2.11+), in chunks that stay under the server's limit of about a thousand
+results a request; a chunk the server refuses is read key by key.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections import OrderedDict
 from typing import Any, Iterable
@@ -34,8 +38,10 @@ log = logging.getLogger("osapi.job.store")
 
 REQUEST_TIMEOUT = 5.0
 MULTI_MAX = 1000  # results of one multi-subject batch get (the server's own limit is about 1024)
-BULK_THRESHOLD = 200  # more job bodies than this missing from the cache: read them all in batches
-CACHE_SIZE = 20000
+EVENT_CHUNK = 150  # job ids per batch get of events (a one-host job has 4 events: 600 results)
+KEY_CHUNK = 500  # exact keys (job bodies, responses) per batch get: one result each
+BULK_THRESHOLD = 200  # more job summaries than this missing: read every job body in batches
+CACHE_SIZE = 20000  # job bodies kept for pages
 MAX_SUBJECT_PAGES = 1000  # 100,000 subjects a page: a bound, not a limit anyone meets
 
 
@@ -60,14 +66,18 @@ class Store:
         self.names = Names.from_config(cfg)
         self._kv: dict[str, Any] = {}
         self._cache: OrderedDict[str, dict] = OrderedDict()
-        self.local_hostname = socket.gethostname()
+        self._summaries: dict[str, st.Summary] = {}
+        consumer = cfg.job.consumer
+        # an expected host silent this long after submission counts as failed (status.py)
+        self.silence_limit = float(consumer.ack_wait) * int(consumer.max_deliver)
 
     # ------------------------------------------------------------ setup and handles
 
-    async def setup(self) -> None:
+    async def setup(self, update_consumers: bool = False) -> None:
+        """Streams, buckets and shared consumers; ``update_consumers``: also rewrite existing ones (workers)."""
         from osapi.job.setup import ensure_all
 
-        self._kv = await ensure_all(self.js, self.cfg)
+        self._kv = await ensure_all(self.js, self.cfg, update_consumers=update_consumers)
 
     def kv(self, role: str):
         """The KV handle for ``jobs``, ``responses`` or ``registry`` (made without a round trip)."""
@@ -159,6 +169,7 @@ class Store:
         self._cache.move_to_end(job["id"])
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+        self._summaries[job["id"]] = st.summarize(job, self.silence_limit)
 
     async def get_job(self, job_id: str) -> dict | None:
         import nats.js.errors as jse
@@ -170,36 +181,56 @@ class Store:
             entry = await self.kv("jobs").get(f"jobs.{job_id}")
         except jse.KeyNotFoundError:
             return None
-        job = json.loads(entry.value)
+        job = _loads(entry.value)
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            return None
         self._remember(job)
         return job
 
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
-        """Bodies of ``ids`` (missing ones left out): from the cache, else one by one, else in bulk."""
+        """Bodies of ``ids`` (missing ones left out): from the cache, else in batches of ``KEY_CHUNK``."""
         ids = list(ids)
         out = {i: self._cache[i] for i in ids if i in self._cache}
         missing = [i for i in ids if i not in out]
-        if len(missing) > BULK_THRESHOLD:
-            try:
-                await self._load_all_jobs()
-            except Exception as exc:  # noqa: BLE001 - a server without batch gets: fall back below
-                log.debug("batch get of jobs failed (%s); reading them one by one", exc)
-            out.update({i: self._cache[i] for i in missing if i in self._cache})
-            missing = [i for i in missing if i not in out]
-        found = await _gather_bounded([self.get_job(i) for i in missing])
-        out.update({i: job for i, job in zip(missing, found) if job is not None})
+        if missing:
+            pre = self.subject_of("jobs", "jobs.")
+            found = await self.multi_values(self.stream_of("jobs"), [f"{pre}{i}" for i in missing],
+                                            lambda subject: self.get_job(subject[len(pre):]))
+            for subject, data in found.items():
+                job = _loads(data) if isinstance(data, (bytes, bytearray)) else data
+                if isinstance(job, dict) and job.get("id") == subject[len(pre):]:
+                    self._remember(job)
+                    out[job["id"]] = job
         return out
 
-    async def _load_all_jobs(self) -> None:
-        """Every job body into the cache, 1000 a request (JetStream batch direct get)."""
+    async def summaries(self, ids: list[str]) -> dict[str, st.Summary]:
+        """``Summary`` of every job in ``ids`` -- *all* stored ids: the cache is pruned to them.
+
+        Missing summaries are read with the bodies: key by key when few, else
+        every body in batches of 1,000 (bodies are not kept: only summaries).
+        After such a bulk read, a job still missing is gone (deleted meanwhile):
+        nothing is read one by one.
+        """
+        missing = [i for i in ids if i not in self._summaries]
+        if len(missing) > BULK_THRESHOLD:
+            try:
+                await self._load_all_summaries()
+                missing = []
+            except Exception as exc:  # noqa: BLE001 - a server without batch gets: read them below
+                log.debug("batch get of jobs failed (%s); reading them one by one", exc)
+        if missing:
+            await self.get_jobs(missing)
+        wanted = set(ids)  # drops jobs that expired or were deleted (by any process) since the last call
+        self._summaries = {i: s for i, s in self._summaries.items() if i in wanted}
+        return self._summaries
+
+    async def _load_all_summaries(self) -> None:
+        """A ``Summary`` of every stored job, 1000 bodies a request (JetStream batch direct get)."""
         pre = self.subject_of("jobs", "jobs.")
         async for subject, data in self.batch_get(self.stream_of("jobs"), f"{pre}>"):
-            try:
-                job = json.loads(data)
-            except ValueError:
-                continue
+            job = _loads(data)
             if isinstance(job, dict) and job.get("id") == subject[len(pre):]:
-                self._remember(job)
+                self._summaries[job["id"]] = st.summarize(job, self.silence_limit)
 
     async def _direct_batch(self, stream: str, request: dict) -> tuple[list, dict]:
         """One JetStream batch direct get (server 2.11+): the messages and the end-of-batch headers."""
@@ -254,8 +285,30 @@ class Store:
             return None
         return {msg.headers.get("Nats-Subject", ""): msg.data for msg in got}
 
+    async def multi_values(self, stream: str, subjects: list[str], one_by_one, chunk: int = KEY_CHUNK) -> dict:
+        """``{subject: data}`` for exact ``subjects``, ``chunk`` a batch request, all chunks at once.
+
+        A chunk the server cannot answer in one batch (an older server, too many
+        results) is read with ``one_by_one(subject)`` per subject (its result,
+        or None when the key does not exist, becomes the value).
+        """
+        chunks = [subjects[i:i + chunk] for i in range(0, len(subjects), chunk)]
+        found = await asyncio.gather(*(self.multi_get(stream, c) for c in chunks))
+        out: dict = {}
+        fallback: list[str] = []
+        for part, got in zip(chunks, found):
+            if got is None:
+                fallback.extend(part)
+            else:
+                out.update(got)
+        if fallback:
+            values = await _gather_bounded([one_by_one(s) for s in fallback])
+            out.update({s: v for s, v in zip(fallback, values) if v is not None})
+        return out
+
     def forget(self, job_id: str) -> None:
         self._cache.pop(job_id, None)
+        self._summaries.pop(job_id, None)
 
     async def publish_job(self, subject: str, job_id: str) -> int:
         ack = await self.js.publish(subject, job_id.encode(), headers={"Nats-Msg-Id": job_id})
@@ -271,10 +324,6 @@ class Store:
     async def events(self, job_id: str) -> list[st.Event]:
         found, _ = await self.subjects(self.stream_of("jobs"), self.subject_of("jobs", f"status.{job_id}.>"))
         return self._parse_events(found, job_id)
-
-    async def host_events(self, job_id: str, host: str | None = None) -> list[st.Event]:
-        events = await self.events(job_id)
-        return [e for e in events if host is None or e.host == host]
 
     def _parse_events(self, subjects: Iterable[str], job_id: str | None = None) -> list[st.Event]:
         pre = len(self.kv("jobs")._pre)
@@ -301,6 +350,16 @@ class Store:
     async def put_response(self, job_id: str, host: str, record: dict) -> None:
         await self.kv("responses").put(f"{job_id}.{host}", dumps(record))
 
+    async def create_response(self, job_id: str, host: str, record: dict) -> bool:
+        """Write a response only if the host has none yet; False when it has (it answered meanwhile)."""
+        import nats.js.errors as jse
+
+        try:
+            await self.kv("responses").create(f"{job_id}.{host}", dumps(record))
+        except jse.KeyWrongLastSequenceError:
+            return False
+        return True
+
     async def response(self, job_id: str, host: str) -> dict | None:
         import nats.js.errors as jse
 
@@ -323,28 +382,42 @@ class Store:
     # ------------------------------------------------------------ whole jobs
 
     async def events_of(self, ids: list[str]) -> dict[str, list[st.Event]]:
-        """Events of several jobs: one batch request when the server allows, else one listing each."""
-        found = await self.multi_get(self.stream_of("jobs"), [self.subject_of("jobs", f"status.{i}.>") for i in ids])
-        if found is None:
-            listed = await _gather_bounded([self.events(i) for i in ids])
-            return dict(zip(ids, listed))
+        """Events of several jobs: batch requests of ``EVENT_CHUNK`` jobs (all at once); a chunk
+        with more events than one batch returns (big broadcasts) is listed job by job."""
+        stream = self.stream_of("jobs")
+        chunks = [ids[i:i + EVENT_CHUNK] for i in range(0, len(ids), EVENT_CHUNK)]
+        found = await asyncio.gather(*(self.multi_get(stream, [self.subject_of("jobs", f"status.{i}.>") for i in c])
+                                       for c in chunks))
         out: dict[str, list[st.Event]] = {i: [] for i in ids}
-        for job_id, event in filter(None, (st.parse_event_key(k[len(self.kv("jobs")._pre):]) for k in found)):
-            if job_id in out:
-                out[job_id].append(event)
+        fallback: list[str] = []
+        pre = len(self.kv("jobs")._pre)
+        for chunk, got in zip(chunks, found):
+            if got is None:
+                fallback.extend(chunk)
+                continue
+            for job_id, event in filter(None, (st.parse_event_key(k[pre:]) for k in got)):
+                if job_id in out:
+                    out[job_id].append(event)
+        if fallback:
+            listed = await _gather_bounded([self.events(i) for i in fallback])
+            out.update(zip(fallback, listed))
         return out
 
     async def responses_of(self, wanted: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
-        """Responses for (job id, host) pairs: one batch request when possible, else one get each."""
+        """Responses for (job id, host) pairs, in batch requests (``multi_values``)."""
         out: dict[str, dict[str, dict]] = {}
-        subjects = [self.subject_of("responses", f"{i}.{h}") for i, h in wanted]
-        found = await self.multi_get(self.stream_of("responses"), subjects)
-        if found is None:
-            values = await _gather_bounded([self.response(i, h) for i, h in wanted])
-        else:
-            values = [_loads(found.get(subject)) for subject in subjects]
-        for (job_id, host), value in zip(wanted, values):
-            if value is not None:
+        pre = self.subject_of("responses", "")
+        subjects = [f"{pre}{i}.{h}" for i, h in wanted]
+
+        async def one(subject: str):
+            job_id, _, host = subject[len(pre):].partition(".")
+            return await self.response(job_id, host)
+
+        found = await self.multi_values(self.stream_of("responses"), subjects, one)
+        for (job_id, host), subject in zip(wanted, subjects):
+            value = found.get(subject)
+            value = _loads(value) if isinstance(value, (bytes, bytearray)) else value
+            if isinstance(value, dict):
                 out.setdefault(job_id, {})[host] = value
         return out
 
@@ -355,7 +428,9 @@ class Store:
         wanted = [(i, h) for i in ids if i in jobs
                   for h, e in st.last_per_host(events.get(i, ())).items() if e.event in st.TERMINAL]
         responses = await self.responses_of(wanted)
-        return {i: st.job_view(jobs[i], events.get(i, []), responses.get(i, {})) for i in ids if i in jobs}
+        now = time.time_ns()
+        return {i: st.job_view(jobs[i], events.get(i, []), responses.get(i, {}), now, self.silence_limit)
+                for i in ids if i in jobs}
 
     async def view(self, job_id: str) -> dict | None:
         return (await self.views([job_id])).get(job_id)

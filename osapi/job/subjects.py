@@ -156,7 +156,3 @@ def host_subjects(hostname: str, labels: Mapping[str, str] | None, prefix: str =
                 subjects.append(subject)
     return subjects
 
-
-def worker_subjects(hostname: str, labels: Mapping[str, str] | None, prefix: str = "jobs") -> list[str]:
-    """Every subject a worker of this host receives jobs on (``_any`` first)."""
-    return [any_subject(prefix), *host_subjects(hostname, labels, prefix)]

@@ -1,9 +1,12 @@
-"""Operations that exist only for tests, and only when ``OSAPITEST_HOOKS=1``.
+"""Operations that exist only for tests (``operations.enable_test_operations``).
 
 They let the job-system tests make a job slow, fail on chosen hosts, or ask for
 retries, without touching the production table (``operations.OPERATIONS``): the
-OpenAPI document, the REST routes and the CLI never see them. With the variable
-unset (every real deployment) ``operations.get("test.sleep")`` is an unknown
+OpenAPI document, the REST routes and the CLI never see them. Test code
+registers them in its own process; the worker processes the tests start get
+them with ``OSAPITEST_HOOKS=1`` in their environment, read once when
+``osapi.job.operations`` is imported (and logged as a warning at start). Without
+either (every real deployment) ``operations.get("test.sleep")`` is an unknown
 operation like any other. The variable deliberately does not start with
 ``OSAPI_``: configuration refuses unknown ``OSAPI_*`` variables.
 
@@ -16,19 +19,11 @@ operation like any other. The variable deliberately does not start with
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from osapi.job.errors import RetryableError
 from osapi.job.operations import QUERY, InvalidData, Operation, _object
-
-ENV = "OSAPITEST_HOOKS"
-
-
-def enabled() -> bool:
-    return os.environ.get(ENV) == "1"
-
 
 def _hosts(data: dict, key: str) -> list[str] | None:
     value = data.get(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,33 @@ def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
     assert code == 0, (tmp_path / "worker.log").read_text()
 
 
+def rotate_token(server: NatsServer, token: str) -> None:
+    """Give the running server another token (SIGHUP reload): it closes the clients using the old one."""
+    from osapi import natsd
+
+    server.conf.write_text(natsd.render_config(host=server.host, port=server.port, store_dir=server.store_dir,
+                                               token=token))
+    os.kill(server.proc.pid, signal.SIGHUP)
+
+
+def test_the_api_bridge_connects_again_after_nats_closed_the_connection(nats_server, tmp_path):
+    """nats-py closes a connection for good on an Authorization Violation; the API must not stay at 503."""
+    from osapi.api.bridge import NatsBridge
+
+    bridge = NatsBridge(cfg_for(base_env(nats_server, tmp_path / "state"))).start()
+    try:
+        wait_for(lambda: bridge.connected, 15, what="the bridge connected")
+        first = bridge.nc
+        rotate_token(nats_server, "rotated-" + nats_server.token)
+        wait_for(lambda: first.is_closed, 15, what="NATS closing the connection")
+        assert not bridge.connected
+        rotate_token(nats_server, nats_server.token)  # the operator puts the right token back
+        wait_for(lambda: bridge.connected and bridge.nc is not first, 20, what="the bridge connected again")
+        assert bridge.call(lambda client: client.list(), 5)["total_items"] == 0
+    finally:
+        bridge.close()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--heartbeat", "500ms"], "--heartbeat must be at least 1s"),
     (["--grace", "soon"], "--grace must be a duration"),
@@ -200,8 +228,16 @@ def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tm
         result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 2.0, 0.3))
         elapsed = time.monotonic() - started
         bridge.call(sub.unsubscribe())
-        assert result["results"] == [{"hostname": "ghost"}]
-        assert elapsed >= 1.9  # "silent" is live in the registry: it was waited for
+        # "silent" is live in the registry: it was waited for, then reported (and stored) as failed
+        assert result["results"] == [
+            {"hostname": "ghost"},
+            {"hostname": "silent", "status": "failed", "error": "no answer within 2s"},
+        ]
+        assert elapsed >= 1.9
+        job = bridge.call(bridge.client.get(result["job_id"]))
+        assert job["status"] == "failed"  # only "silent" has events: the stand-in writes none
+        assert job["worker_states"]["silent"]["status"] == "failed"
+        assert job["responses"]["silent"] == {"status": "failed", "data": None, "error": "no answer within 2s"}
         # once it leaves the registry, the quiet period ends the wait
         bridge.call(bridge.client.registry.remove("silent.1"))
         sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
@@ -220,6 +256,7 @@ def test_setup_keeps_objects_whose_settings_cannot_change_in_place(nats_server, 
 
     from osapi.job.client import JobClient
     from osapi.job.connection import connect
+    from osapi.job.store import Store
 
     async def main():
         nc = await connect(cfg, "t")
@@ -229,6 +266,7 @@ def test_setup_keeps_objects_whose_settings_cannot_change_in_place(nats_server, 
             await js.add_consumer("JOBS", api.ConsumerConfig(name="jobs-worker-any", durable_name="jobs-worker-any",
                                                              filter_subject="jobs.*._any", max_waiting=16))
             await JobClient(nc, cfg).setup()
+            await Store(nc, cfg).setup(update_consumers=True)  # what a worker does
             return await js.stream_info("JOBS"), await js.consumer_info("JOBS", "jobs-worker-any")
         finally:
             await nc.close()

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for
+from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
 
 from osapi.job.errors import NatsUnavailable
 
@@ -31,11 +31,14 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    with with_test_operations():  # the in-process client validates test.* operations too
+        yield from _stack(tmp_path_factory)
+
+
+def _stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("job-failures")
     server = NatsServer(workdir / "nats").start()
     fleet = Fleet(server, workdir / "fleet", ENV)
-    saved = os.environ.get("OSAPITEST_HOOKS")
-    os.environ["OSAPITEST_HOOKS"] = "1"
     bridge = None
     try:
         hosts = {name: fleet.add(name) for name in ("a1", "a2", "b1")}
@@ -47,10 +50,6 @@ def stack(tmp_path_factory):
             bridge.close()
         fleet.stop_all()
         server.stop()
-        if saved is None:
-            os.environ.pop("OSAPITEST_HOOKS", None)
-        else:
-            os.environ["OSAPITEST_HOOKS"] = saved
 
 
 def create(stack, op_type, data, target):
@@ -177,24 +176,38 @@ def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
     stack.hosts["a2"].kill()
     # submitted at once, while the registry still lists a2 (its entry lives 3 s)
     pending = create(stack, "system.hostname.get", {}, "_all")
+    waited = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 0.5))
     expected = stack.bridge.call(stack.bridge.store.get_job(pending))["expected_hosts"]
+    if "a2" in stack.bridge.call(stack.bridge.store.get_job(waited["job_id"]))["expected_hosts"]:
+        # a synchronous broadcast reports (and stores) the host that went silent as failed
+        by_host = {r["hostname"]: r for r in waited["results"]}
+        assert sorted(by_host) == ["a1", "a2", "b1"]
+        assert by_host["a2"]["status"] == "failed" and "left the worker registry" in by_host["a2"]["error"]
+        job = stack.bridge.call(stack.client.get(waited["job_id"]))
+        assert job["status"] == "partial_failure" and job["worker_states"]["a2"]["status"] == "failed"
     wait_for(lambda: {"a1", "b1"} <= {h for h, w in stack.bridge.call(stack.client.get(pending))[
         "worker_states"].items() if w["status"] == "completed"}, 15, what="a1 and b1 answering")
-    if "a2" in expected:  # a host expected when the job was submitted keeps it processing
+    if "a2" in expected:  # a host expected when the job was submitted keeps it processing …
         job = stack.bridge.call(stack.client.get(pending))
-        assert job["status"] == "processing" and job["worker_states"]["a2"]["status"] == "submitted"
+        assert job["status"] in ("processing", "partial_failure")  # … for ack_wait × max_deliver = 4 s
+        assert job["worker_states"]["a2"]["status"] in ("submitted", "failed")
 
     wait_for(lambda: "a2" not in live_hostnames(stack), 15, what="a2 expiring from the registry")
     started = time.monotonic()
     result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
     assert sorted(r["hostname"] for r in result["results"]) == ["a1", "b1"]
     assert time.monotonic() - started < 10
+    if "a2" in expected:  # … then it counts as failed, not processing forever
+        job = stack.bridge.wait_status(pending, "partial_failure", timeout=15)
+        assert job["worker_states"]["a2"]["status"] == "failed"
+        assert "no answer within 4s of submission" in job["worker_states"]["a2"]["error"]
     replace(stack, "a2")
     stack.bridge.wait_workers(["a1", "a2", "b1"])
-    # the host's durable kept both broadcasts for it: the new a2 process runs them
-    for job_id in (pending, result["job_id"]):
+    # the host's durable kept the broadcasts for it: the new a2 process runs them, and its answer wins
+    for job_id in (pending, result["job_id"], waited["job_id"]):
         wait_for(lambda: "a2" in stack.bridge.started_hosts(job_id), 20, what="a2 catching up")
     assert stack.bridge.wait_status(pending, "completed")["worker_states"]["a2"]["status"] == "completed"
+    assert stack.bridge.wait_status(waited["job_id"], "completed")["responses"]["a2"]["status"] == "ok"
 
 
 def test_workers_survive_a_nats_restart_without_losing_jobs(stack):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from osapi.job.status import (
-    Event, compute_status, event_key, job_view, parse_event_key, rfc3339, target_token,
+    Event, Summary, compute_status, event_key, job_view, parse_event_key, rfc3339, summarize, target_token,
 )
 
 S = 1_000_000_000
@@ -99,13 +99,46 @@ def test_rfc3339():
 
 def test_a_broadcast_waits_for_every_expected_host():
     events = [submitted("_all"), ev("acknowledged", "fast", 1), ev("started", "fast", 1), ev("completed", "fast", 2)]
+    both = Summary("x", True, ("fast", "slow"), None)
     assert compute_status(events) == "completed"
-    assert compute_status(events, ["fast", "slow"]) == "processing"
-    assert compute_status(events + [ev("started", "slow", 3), ev("failed", "slow", 4)], ["fast", "slow"]) == \
-        "partial_failure"
-    assert compute_status([submitted("_all")], ["fast", "slow"]) == "submitted"
+    assert compute_status(events, both) == "processing"
+    assert compute_status(events + [ev("started", "slow", 3), ev("failed", "slow", 4)], both) == "partial_failure"
+    assert compute_status([submitted("_all")], both) == "submitted"
     # one-host targets have no expected list; a stray one does not change them
-    assert compute_status([submitted("w1"), ev("completed", "w1", 1)], ["other"]) == "completed"
+    assert compute_status([submitted("w1"), ev("completed", "w1", 1)], Summary("x", False, ("other",), None)) == \
+        "completed"
+
+
+def test_a_silent_expected_host_counts_as_failed_after_the_bound():
+    """CONTRACT §5.2 "processing while any targeted worker is active" -- not forever for a dead host."""
+    job = {"id": "j", "created_ns": 0, "target_hostname": "_all", "broadcast": True,
+           "operation": {"type": "x"}, "expected_hosts": ["fast", "dead"]}
+    summary = summarize(job, silence_limit=600)
+    assert summary.answer_by_ns == 600 * S and summary.expected == ("fast", "dead")
+    events = [submitted("_all"), ev("completed", "fast", 2)]
+    assert compute_status(events, summary, now_ns=599 * S) == "processing"
+    assert compute_status(events, summary, now_ns=600 * S) == "partial_failure"
+    assert compute_status([submitted("_all")], summary, now_ns=599 * S) == "submitted"
+    assert compute_status([submitted("_all")], summary, now_ns=601 * S) == "failed"
+    # a host that answers late decides its own state again
+    late = events + [ev("started", "dead", 700), ev("completed", "dead", 701)]
+    assert compute_status(late, summary, now_ns=800 * S) == "completed"
+    view = job_view(job, events, {"fast": {"status": "ok", "data": {}, "error": None}}, 601 * S, 600)
+    assert view["status"] == "partial_failure"
+    assert view["worker_states"]["dead"]["status"] == "failed"
+    assert "no answer within 600s of submission" in view["worker_states"]["dead"]["error"]
+    assert view["error"].startswith("1 of 2 hosts failed: dead: no answer within 600s")
+
+
+def test_broadcast_flag_comes_from_the_job_and_older_jobs_use_the_target_rule():
+    assert summarize({"id": "j", "target_hostname": "group:web", "broadcast": True}).broadcast is True
+    assert summarize({"id": "j", "target_hostname": "w1.example.com", "broadcast": False}).broadcast is False
+    # stored before the flag: subjects.Target decides (a dotted hostname is not a label)
+    assert summarize({"id": "j", "target_hostname": "group:web"}).broadcast is True
+    assert summarize({"id": "j", "target_hostname": "_any"}).broadcast is False
+    assert summarize({"id": "j", "target_hostname": "w1.example.com"}).broadcast is False
+    events = [submitted("w1"), ev("started", "w1", 1), ev("failed", "w1", 2), ev("started", "w1", 3)]
+    assert compute_status(events, summarize({"id": "j", "target_hostname": "w1", "broadcast": False})) == "processing"
 
 
 def test_job_view_shows_expected_hosts_not_heard_from():

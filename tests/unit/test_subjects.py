@@ -6,7 +6,7 @@ import pytest
 
 from osapi.job.errors import InvalidJob
 from osapi.job.subjects import (
-    host_subjects, label_prefixes, parse_target, prefix_of, subject_for, worker_subjects,
+    host_subjects, label_prefixes, parse_target, prefix_of, subject_for,
 )
 
 
@@ -70,7 +70,6 @@ def test_host_subjects_cover_all_host_and_every_label_prefix():
         "jobs.*.label.group.web.dev",
         "jobs.*.label.zone.a",
     ]
-    assert worker_subjects("w", {})[0] == "jobs.*._any"
 
 
 @pytest.mark.parametrize("target, hostname, labels, expected", [

@@ -1,0 +1,242 @@
+"""The job store and client without workers, against a real nats-server.
+
+Request counts come from the connection's own ``out_msgs`` statistic: the
+test's ``Bridge`` connection carries nothing but the calls under test, so the
+difference is exactly the number of messages (requests) a call sent.
+Worker results are written here by the test in a worker's place (the same
+``Store`` calls a worker makes): it is the reading side that is under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from job_support import Bridge, base_env, wait_for
+
+from osapi.job import deadletter
+from osapi.job import status as st
+from osapi.job.client import JobClient
+from osapi.job.errors import JobStoreFull
+
+pytestmark = pytest.mark.timeout(120)
+
+HOSTNAME = {"type": "system.hostname.get", "data": {}}
+
+
+@pytest.fixture
+def bridge(nats_server, tmp_path):
+    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
+    try:
+        yield bridge
+    finally:
+        bridge.close()
+
+
+def sent(bridge, coro):
+    """Run ``coro`` on the bridge; return (its result, the messages it sent)."""
+    before = bridge.nc.stats["out_msgs"]
+    result = bridge.call(coro)
+    return result, bridge.nc.stats["out_msgs"] - before
+
+
+def fresh_client(bridge) -> JobClient:
+    """A client with empty caches on the same connection: another API process, as it were."""
+    return JobClient(bridge.nc, bridge.cfg)
+
+
+def create_many(bridge, count: int, target: str = "w1") -> list[str]:
+    async def create():
+        return await asyncio.gather(*(bridge.client.create(HOSTNAME, target) for _ in range(count)))
+
+    return [c["job_id"] for c in bridge.call(create())]
+
+
+def answer_all(bridge, ids: list[str], host: str = "w1") -> None:
+    """What a worker writes for each job: acknowledged, started, its response, completed."""
+    store = bridge.store
+
+    async def answer(job_id):
+        await store.add_event(job_id, st.ACKNOWLEDGED, host, delivery=1, instance="x")
+        await store.add_event(job_id, st.STARTED, host, delivery=1)
+        await store.put_response(job_id, host, {"status": "ok", "data": {"hostname": host}, "error": None})
+        await store.add_event(job_id, st.COMPLETED, host)
+
+    async def run():
+        for start in range(0, len(ids), 50):
+            await asyncio.gather(*(answer(i) for i in ids[start:start + 50]))
+
+    bridge.call(run())
+
+
+# ---------------------------------------------------------------- 1.2 cancelled submissions
+
+
+def test_a_cancelled_submission_is_still_stored_and_published(bridge):
+    """The API gives up on a call (cancels it) in the middle of the submission: no half-stored job."""
+    store = bridge.store
+    original = store.add_event
+
+    async def scenario():
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def slow_add_event(*args, **kwargs):
+            entered.set()
+            await gate.wait()
+            return await original(*args, **kwargs)
+
+        store.add_event = slow_add_event
+        try:
+            task = asyncio.ensure_future(bridge.client.create(HOSTNAME, "w1"))
+            await asyncio.wait_for(entered.wait(), 10)  # the job body is stored; its event is next
+            task.cancel()
+            await asyncio.sleep(0.05)
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            store.add_event = original
+
+    bridge.call(scenario())
+
+    def published():
+        info = bridge.call(store.js.stream_info(store.names.stream))
+        return info.state.messages == 1
+
+    wait_for(published, 10, what="the cancelled submission published")
+    (job_id,) = bridge.call(store.all_job_ids())
+    msg = bridge.call(store.js.get_last_msg(store.names.stream, "jobs.query.host.w1"))
+    assert msg.data.decode() == job_id
+    assert [e.event for e in bridge.events(job_id)] == ["submitted"]
+
+
+# ---------------------------------------------------------------- 1.8 a full store
+
+
+def test_a_full_job_store_is_its_own_error_and_leaves_no_half_job(nats_server, tmp_path):
+    from osapi.api.errors import from_exception
+
+    bridge = Bridge(base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_KV_MAX_BYTES": "20000"}))
+    try:
+        error = None
+        for _ in range(500):
+            try:
+                bridge.call(bridge.client.create(HOSTNAME, "w1"))
+            except JobStoreFull as exc:
+                error = exc
+                break
+        assert error is not None, "500 jobs fitted in 20000 bytes"
+        assert "job store is full" in str(error) and "job.kv.max_bytes = 20000" in str(error)
+        api = from_exception(error)
+        assert (api.status, api.error) == (503, "job store full (job.kv.max_bytes)")
+        assert "job.kv.max_bytes" in api.details
+        # the refused job is not half there: every stored job has its submitted event and its notification
+        store = bridge.store
+        ids = bridge.call(store.all_job_ids())
+        events = bridge.call(store.all_events())
+        assert sorted(events) == sorted(ids)
+        assert bridge.call(store.js.stream_info(store.names.stream)).state.messages == len(ids)
+    finally:
+        bridge.close()
+
+
+# ---------------------------------------------------------------- 4.1 - 4.3 request counts
+
+
+def test_statistics_and_status_filters_do_not_reread_bodies_beyond_the_cache(bridge, monkeypatch):
+    from osapi.job import store as store_module
+
+    monkeypatch.setattr(store_module, "CACHE_SIZE", 20)  # far fewer bodies kept than jobs stored
+    ids = create_many(bridge, 300)
+    answer_all(bridge, ids[:100])
+    client = fresh_client(bridge)
+    first, _ = sent(bridge, client.stats())
+    assert first["total_jobs"] == 300
+    assert first["status_counts"]["completed"] == 100 and first["status_counts"]["submitted"] == 200
+    assert first["operation_counts"] == {"system.hostname.get": 300}
+    again, requests = sent(bridge, client.stats())
+    assert again == first
+    assert requests <= 5, f"stats() sent {requests} requests with every job summarised already"
+    listed, requests = sent(bridge, client.list(status="completed", limit=10))
+    assert listed["total_items"] == 100 and [j["id"] for j in listed["items"]] == list(reversed(ids[:100]))[:10]
+    assert requests <= 10, f"list(status=…) sent {requests} requests"
+
+
+def test_a_large_page_is_read_in_a_few_batch_requests(bridge):
+    ids = create_many(bridge, 300)
+    answer_all(bridge, ids)  # 4 events a job: 1200 results, more than one batch request returns
+    page, requests = sent(bridge, fresh_client(bridge).list(limit=300))
+    assert [j["id"] for j in page["items"]] == list(reversed(ids))
+    assert all(j["status"] == "completed" and j["result"] == {"hostname": "w1"} for j in page["items"])
+    assert requests <= 12, f"a page of 300 jobs sent {requests} requests"
+    # the same objects as one read per job
+    assert page["items"][:5] == [bridge.call(bridge.client.get(i)) for i in list(reversed(ids))[:5]]
+
+
+def test_the_registry_is_read_in_one_request(bridge):
+    registry = bridge.client.registry
+    entry = {"labels": {}, "version": "0", "started_at": "x", "last_seen": "x"}
+
+    async def beat_all():
+        await asyncio.gather(*(registry.beat(f"h{i:02d}.{i}", {**entry, "hostname": f"h{i:02d}"}, 30)
+                               for i in range(40)))
+
+    bridge.call(beat_all())
+    listing, requests = sent(bridge, bridge.client.workers())
+    assert listing["total"] == 40 and [w["hostname"] for w in listing["workers"]] == [f"h{i:02d}" for i in range(40)]
+    assert requests == 1
+
+
+# ---------------------------------------------------------------- 1.6 dead letters of other consumers
+
+
+def test_dead_letters_of_consumers_osapi_does_not_own_are_ignored(bridge):
+    store = bridge.store
+    job_id = bridge.call(bridge.client.create(HOSTNAME, "_all"))["job_id"]
+    seq = bridge.call(store.js.get_last_msg(store.names.stream, "jobs.query._all")).seq
+
+    def advisory(consumer: str) -> bytes:
+        return json.dumps({"stream_seq": seq, "consumer": consumer, "deliveries": 1}).encode()
+
+    for foreign in ("audit-tap", "jobs-worker-hostile", "jobs-worker-dlq"):
+        assert bridge.call(deadletter.handle(store, advisory(foreign))) is None
+    assert [e.event for e in bridge.events(job_id)] == ["submitted"]
+    # an osapi host consumer's advisory is handled (the control)
+    assert bridge.call(deadletter.handle(store, advisory("jobs-worker-host-ghost"))) == job_id
+    assert "failed" in [e.event for e in bridge.events(job_id)]
+
+
+# ---------------------------------------------------------------- consumer settings belong to the workers
+
+
+def test_the_api_creates_missing_consumers_but_only_workers_update_them(nats_server, tmp_path):
+    from osapi import config
+    from osapi.job.connection import close, connect
+    from osapi.job.setup import HOST_CONSUMER_INACTIVE, ensure_consumer, host_consumer_config
+    from osapi.job.store import Store
+
+    env = base_env(nats_server, tmp_path / "state")
+    api_cfg = config.load(None, env)
+    changed = config.load(None, {**env, "OSAPI_JOB_CONSUMER_MAX_DELIVER": "3"})
+
+    async def main():
+        nc = await connect(api_cfg, "t")
+        try:
+            js = nc.jetstream()
+            await JobClient(nc, api_cfg).setup()  # an empty server: the API creates what is missing
+            created = (await js.consumer_info("JOBS", "jobs-worker-any")).config.max_deliver
+            await JobClient(nc, changed).setup()  # an API with other settings leaves it alone
+            kept = (await js.consumer_info("JOBS", "jobs-worker-any")).config.max_deliver
+            await Store(nc, changed).setup(update_consumers=True)  # a worker's settings win
+            updated = (await js.consumer_info("JOBS", "jobs-worker-any")).config.max_deliver
+            await ensure_consumer(js, "JOBS", host_consumer_config(api_cfg, "w1", {}))
+            host = await js.consumer_info("JOBS", "jobs-worker-host-w1")
+            return created, kept, updated, host.config.inactive_threshold
+        finally:
+            await close(nc)
+
+    created, kept, updated, inactive = asyncio.run(main())
+    assert (created, kept, updated) == (5, 5, 3)
+    assert inactive == HOST_CONSUMER_INACTIVE == 7 * 86400
