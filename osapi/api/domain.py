@@ -124,7 +124,9 @@ def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
 
     settings = call.services.settings
     result = call.services.bridge.call(
-        lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period),
+        # a job nobody picked up before its caller gave up must not run later (JobClient.run)
+        lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period,
+                                  expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
         settings.job_timeout + SYNC_MARGIN,
         on_timeout=ApiError(504, "no worker answered in time",
                             f"no answer for {op.type} on {target!r} within {settings.job_timeout:g}s"),

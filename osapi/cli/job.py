@@ -3,7 +3,9 @@
 The worker's hostname is ``job.worker.hostname`` (default: the system
 hostname), its labels ``job.worker.labels``, its concurrency
 ``job.worker.max_jobs``. SIGTERM or SIGINT: stop taking jobs, finish the running
-ones within ``--grace``, exit 0; a second signal exits at once.
+ones within ``--grace``, exit 0; a second signal exits at once. If NATS closes
+the connection for good (e.g. after its token was rotated) the worker exits 1,
+so that its supervisor starts it again with a fresh connection.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def start_worker(ctx: Context) -> int:
     import signal
 
     from osapi import config
+    from osapi.job.connection import describe
     from osapi.job.worker import Worker
     from osapi.supervise import exit_with_supervisor
 
@@ -65,10 +68,10 @@ def start_worker(ctx: Context) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         await worker.serve(stop)
 
-    log.info("starting worker %s (osapi nats at %s)", worker.hostname, ", ".join(config.nats_urls(cfg)))
+    log.info("starting worker %s (osapi nats at %s)", worker.hostname, describe(cfg))
     asyncio.run(main())
     if worker.abandoned:
         # provider threads still running past the grace: do not wait for them at exit
         logging.shutdown()
-        os._exit(0)
-    return 0
+        os._exit(worker.exit_code)
+    return worker.exit_code

@@ -30,12 +30,37 @@ Failures and retries:
 * NATS trouble while reporting → negative ack with back-off (the job may run
   again: delivery is at least once, the result is written once per host).
 
-``max_jobs`` bounds the jobs a process runs at once: a slot is taken before
-pulling, so a busy process leaves jobs to its host's other processes.
+A redelivered job (delivery > 1) is looked at before it runs: already finished
+(the ack was lost) → acked, not run again. Still running elsewhere → held. The
+newest event of the host (of any host, for one-host targets) names the
+worker instance of the last run (``acknowledged`` carries it); that instance
+is asked over core NATS (``_osapi.worker.<instance>.running``, every worker
+answers for itself) whether it still runs the job: "yes", or no answer from
+a connected instance (a paused process) → the redelivery is held (in-progress
+acks) and asked about again every ``HOLD_POLL`` s until that run ends (then it
+is acked) or the instance is gone (then it runs here); "no" or no instance
+subscribed (it died or stopped) → it runs here. This covers a NATS outage
+longer than ``ack_wait`` while a job runs (the server redelivers after it
+restarts): right after this worker reconnected, an instance that is not back
+yet gets one heartbeat TTL to reconnect before it is taken for dead.
+
+A job with ``expires_at`` (from a synchronous call whose caller gave up, see
+``client.py``) that is picked up after that time fails on this host with
+"expired before this host picked it up" and does not run.
+
+``max_jobs`` bounds the jobs a process runs at once. A pull loop only asks for
+a job while a slot is free, but does not hold the slot while it waits: an idle
+``_any`` pull does not delay a host job. When both loops get a job at the same
+moment for the last slot, the second waits (in progress) for a slot.
 
 SIGTERM: stop pulling, leave the registry, finish running jobs within ``grace``
-seconds, exit 0. NATS going away is survived: the connection reconnects by
-itself; pulls fail and are retried with a bounded back-off.
+seconds, exit 0. Jobs still running at the end of the grace, and jobs that
+arrived in the pull queues after the last pull, get a negative ack: the host's
+other processes (or its next start) take them at once instead of after
+``ack_wait``. NATS going away is survived: the connection reconnects by itself;
+pulls fail and are retried with a bounded back-off. NATS *closing* the
+connection for good (it does on some server errors, e.g. a rotated token) ends
+the worker with exit status 1 (``exit_code``): its supervisor starts it again.
 """
 
 from __future__ import annotations
@@ -60,13 +85,43 @@ from osapi.job.ids import is_job_id
 from osapi.job.registry import DEFAULT_INTERVAL, TTL_INTERVALS, Registry
 from osapi.job.setup import Names, dlq_consumer_config, ensure_consumer, host_consumer_config
 from osapi.job.store import Store
-from osapi.job.subjects import parse_target
 
 log = logging.getLogger("osapi.job.worker")
 
 DEFAULT_GRACE = 30.0
 POLL = 2.0  # one pull request waits this long for a job (also bounds how fast SIGTERM is noticed)
 MAX_PAUSE = 5.0  # longest wait between retries while NATS is away
+HOLD_POLL = 1.0  # a redelivery held while another instance runs the job: how often to look again
+PROBE_TIMEOUT = 1.0  # how long an instance asked "do you run job J?" has to answer
+RUN, DONE, BUSY = "run", "done", "busy"
+
+
+class Slots:
+    """``max_jobs`` slots; a pull loop waits for a free one without taking it (``wait_free``)."""
+
+    def __init__(self, count: int):
+        self.free = count
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_free(self, stopping: asyncio.Event) -> None:
+        while self.free <= 0 and not stopping.is_set():
+            await self._changed.wait()
+
+    async def take(self) -> None:
+        while self.free <= 0:
+            await self._changed.wait()
+        self.free -= 1
+
+    def give(self) -> None:
+        self.free += 1
+        self._notify()
+
+    def wake(self) -> None:
+        self._notify()
 
 
 def _now() -> str:
@@ -102,8 +157,13 @@ class Worker:
         self.nc = None
         self.store: Store | None = None
         self.registry: Registry | None = None
-        self.slots: asyncio.Semaphore | None = None
+        self.slots: Slots | None = None
         self.abandoned = 0  # jobs still running when the grace ran out
+        self.exit_code = 0  # 1: NATS closed the connection for good
+        self._active: dict[str, int] = {}  # job id -> runs of it in this process now
+        self._subs: list = []  # pull subscriptions, for the negative acks at stop
+        self._reconnected_at: float | None = None
+        self._beat_now: asyncio.Event | None = None
 
     @property
     def registry_key(self) -> str:
@@ -113,7 +173,11 @@ class Worker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain within the grace period."""
-        self.slots = asyncio.Semaphore(self.max_jobs)
+        from osapi.job import connection
+
+        self.slots = Slots(self.max_jobs)
+        self._beat_now = asyncio.Event()
+        operations.warn_if_test_operations(log)
         self.nc = await self._connect(stop)
         if self.nc is None:
             return
@@ -122,6 +186,7 @@ class Worker:
             self.registry = Registry(self.store)
             if not await self._retry(stop, "set up the job streams", self._setup):
                 return
+            await self.nc.subscribe(probe_subject(self.instance), cb=self._answer_probe)
             loops = [
                 asyncio.create_task(self._pull_loop("_any", self._bind_any)),
                 asyncio.create_task(self._pull_loop("host", self._bind_host)),
@@ -134,6 +199,7 @@ class Worker:
             await stop.wait()
             log.info("stopping: no new jobs; %d running", len(self.running))
             self.stopping.set()
+            self.slots.wake()
             await asyncio.gather(beat, return_exceptions=True)
             await asyncio.wait(loops, timeout=self.poll + 5)
             if self.running:
@@ -143,26 +209,42 @@ class Worker:
                     log.warning("%d job(s) still running after %gs; they will be redelivered", len(pending), self.grace)
                     for task in pending:
                         task.cancel()
+                    await asyncio.wait(pending, timeout=5)  # their negative acks go out
             for task in loops:
                 task.cancel()
         finally:
+            for sub in self._subs:
+                await self._nak_queued(sub)
             # everything we publish is confirmed (acks are requests), so close rather than drain:
             # draining waits on the pull subscriptions' queues, which nothing reads any more
             try:
                 await asyncio.wait_for(self.nc.flush(), 2)
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
-            await self.nc.close()
+            await connection.close(self.nc)
             self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _connect(self, stop: asyncio.Event):
         from osapi.job.connection import connect
         from osapi.job.errors import NatsUnavailable
 
+        async def closed() -> None:
+            if not stop.is_set():
+                log.error("NATS closed the connection for good; exiting with status 1 so that the "
+                          "supervisor starts this worker again")
+                self.exit_code = 1
+                stop.set()
+
+        async def reconnected() -> None:
+            self._reconnected_at = time.monotonic()
+            if self._beat_now is not None:
+                self._beat_now.set()  # be in the registry again at once: see _redelivered
+
         attempt = 0
         while not stop.is_set():
             try:
-                return await connect(self.cfg, f"osapi-worker {self.hostname} {os.getpid()}", first_timeout=2.0)
+                return await connect(self.cfg, f"osapi-worker {self.hostname} {os.getpid()}", first_timeout=2.0,
+                                     on_closed=closed, on_reconnected=reconnected)
             except NatsUnavailable as exc:
                 attempt += 1
                 if attempt == 1 or attempt % 12 == 0:
@@ -184,7 +266,7 @@ class Worker:
         return False
 
     async def _setup(self) -> None:
-        await self.store.setup()
+        await self.store.setup(update_consumers=True)
         await ensure_consumer(self.store.js, self.names.stream, host_consumer_config(self.cfg, self.hostname, self.labels))
 
     # ------------------------------------------------------------ pulling
@@ -200,41 +282,56 @@ class Worker:
 
         sub = None
         failures = 0
-        while not self.stopping.is_set():
-            await self.slots.acquire()
-            handed_off = False
-            try:
+        try:
+            while not self.stopping.is_set():
+                await self.slots.wait_free(self.stopping)  # pull only while a slot is free, without taking it
                 if self.stopping.is_set():
-                    break  # a slot came free while stopping: do not pull again
-                if sub is None:
-                    sub = await bind()
+                    break
                 try:
-                    msgs = await sub.fetch(1, timeout=self.poll)
-                except nats.errors.TimeoutError:
-                    failures = 0
-                    continue
-                failures = 0
-                for msg in msgs:
-                    if self.stopping.is_set():
-                        await msg.nak()  # someone else (or our next start) takes it at once
+                    if sub is None:
+                        sub = await bind()
+                        self._subs.append(sub)
+                    try:
+                        msgs = await sub.fetch(1, timeout=self.poll)
+                    except nats.errors.TimeoutError:
+                        failures = 0
                         continue
-                    task = asyncio.create_task(self._process(msg))
-                    self.running.add(task)
-                    task.add_done_callback(self._finished)
-                    handed_off = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - NATS away or consumer gone
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    log.warning("pulling %s jobs failed: %s; retrying", label, _describe(exc))
-                if failures >= 3:
-                    # the server may have lost the consumer (a wiped store): create it again
-                    sub = await self._rebind(sub)
-                await _wait(self.stopping, min(MAX_PAUSE, 0.25 * failures))
-            finally:
-                if not handed_off:
-                    self.slots.release()
+                    failures = 0
+                    for msg in msgs:
+                        if self.stopping.is_set():
+                            await _quiet(msg.nak())  # someone else (or our next start) takes it at once
+                            continue
+                        task = asyncio.create_task(self._process(msg))
+                        self.running.add(task)
+                        task.add_done_callback(self._finished)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - NATS away or consumer gone
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("pulling %s jobs failed: %s; retrying", label, _describe(exc))
+                    if failures >= 3:
+                        # the server may have lost the consumer (a wiped store): create it again
+                        if sub is not None:
+                            await self._nak_queued(sub)
+                            self._subs.remove(sub)
+                        sub = await self._rebind(sub)
+                    await _wait(self.stopping, min(MAX_PAUSE, 0.25 * failures))
+        finally:
+            if sub is not None:
+                await self._nak_queued(sub)
+
+    async def _nak_queued(self, sub) -> None:
+        """Negative-ack jobs delivered after the last pull gave up waiting (nobody will read them).
+
+        nats-py keeps such late deliveries in the subscription's queue for the next
+        pull; at stop there is none, and they would wait ``ack_wait`` for redelivery.
+        """
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            if msg.reply and msg.reply.startswith("$JS.ACK."):
+                await _quiet(msg.nak())
 
     async def _rebind(self, sub):
         try:
@@ -250,7 +347,6 @@ class Worker:
 
     def _finished(self, task: asyncio.Task) -> None:
         self.running.discard(task)
-        self.slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("job handling crashed: %s", task.exception(), exc_info=task.exception())
 
@@ -271,8 +367,30 @@ class Worker:
                 log.debug("in-progress ack failed: %s", exc)
 
     async def _process(self, msg) -> None:
-        store, host = self.store, self.hostname
+        """One delivered job: take a slot (normally free at once), handle it, give the slot back."""
         delivery = msg.metadata.num_delivered or 1
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        took = False
+        try:
+            await self.slots.take()
+            took = True
+            await self._handle(msg, delivery)
+        except asyncio.CancelledError:
+            # the grace ran out: hand the job back now rather than after ack_wait
+            await asyncio.shield(_quiet(msg.nak()))
+            raise
+        except Exception as exc:  # noqa: BLE001 - NATS trouble while reporting
+            job_id = (msg.data or b"").decode(errors="replace").strip()
+            log.warning("job %s on %s: cannot report (%s); it will be redelivered", job_id, self.hostname,
+                        _describe(exc))
+            await _quiet(msg.nak(delay=self._delay(delivery)))
+        finally:
+            keep_alive.cancel()
+            if took:
+                self.slots.give()
+
+    async def _handle(self, msg, delivery: int) -> None:
+        store, host = self.store, self.hostname
         job_id = (msg.data or b"").decode(errors="replace").strip()
         try:
             job = await store.get_job(job_id) if is_job_id(job_id) else None
@@ -284,52 +402,65 @@ class Worker:
             log.info("job %s no longer exists (deleted or expired); skipping", job_id)
             await _quiet(msg.term())
             return
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        if delivery > 1:
+            verdict = await self._redelivered(job)
+            if verdict == BUSY:
+                verdict = await self._hold(job)
+            if verdict == DONE:
+                log.info("job %s already finished%s; not running it again", job_id,
+                         f" on {host}" if st.summarize(job).broadcast else "")
+                await msg.ack()
+                return
+            if verdict != RUN:  # stopping while held: hand it back at once
+                await _quiet(msg.nak())
+                return
+        if _expired(job):
+            await self._expire(job, delivery)
+            await msg.ack()
+            return
+        self._active[job_id] = self._active.get(job_id, 0) + 1
         try:
-            if delivery > 1 and await self._already_done(job):
-                log.info("job %s already finished on %s; not running it again", job_id, host)
-                await msg.ack()
-                return
-            # the two start events are written while the provider already runs: a synchronous
-            # caller waits for the response, so only what it needs stays on its path
-            starting = asyncio.ensure_future(self._start_events(job_id, delivery))
-            try:
-                outcome, data, error = await self._execute(job)
-            finally:
-                await starting
-            gave_up = False
-            if outcome == "retry":
-                if delivery < self.max_deliver:
-                    delay = self._delay(delivery)
-                    log.warning("job %s on %s asked to retry (%s); delivery %d of %d, next in %gs",
-                                job_id, host, error, delivery, self.max_deliver, delay)
-                    await msg.nak(delay=delay)
-                    return
-                outcome, error, gave_up = "failed", f"{error} (gave up after {delivery} deliveries)", True
-            await store.put_response(job_id, host, {
-                "status": outcome, "data": data, "error": error, "hostname": host,
-                "finished": _now(), "delivery": delivery,
-            })
-            store.forget(job_id)  # read it afresh: a job deleted while it ran must not get keys back
-            if await store.get_job(job_id) is None:
-                await store.purge_job(job_id)
-                await msg.ack()
-                return
-            event = st.COMPLETED if outcome == "ok" else st.FAILED
-            await store.add_event(job_id, event, host, **({"error": error} if error else {}))
-            log.log(logging.INFO if outcome == "ok" else logging.WARNING, "job %s %s on %s", job_id, event, host,
-                    extra={"fields": {"type": job["operation"]["type"], **({"error": error} if error else {})}})
-            if gave_up:
-                await msg.nak()  # the last delivery: the server moves it to the dead-letter stream
-            else:
-                await msg.ack()  # a lost ack means a redelivery, which _already_done answers
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - NATS trouble while reporting
-            log.warning("job %s on %s: cannot report (%s); it will be redelivered", job_id, host, _describe(exc))
-            await _quiet(msg.nak(delay=self._delay(delivery)))
+            await self._run(msg, job, delivery)
         finally:
-            keep_alive.cancel()
+            self._active[job_id] -= 1
+            if not self._active[job_id]:
+                del self._active[job_id]
+
+    async def _run(self, msg, job: dict, delivery: int) -> None:
+        store, host, job_id = self.store, self.hostname, job["id"]
+        # the two start events are written while the provider already runs: a synchronous
+        # caller waits for the response, so only what it needs stays on its path
+        starting = asyncio.ensure_future(self._start_events(job_id, delivery))
+        try:
+            outcome, data, error = await self._execute(job)
+        finally:
+            await starting
+        gave_up = False
+        if outcome == "retry":
+            if delivery < self.max_deliver:
+                delay = self._delay(delivery)
+                log.warning("job %s on %s asked to retry (%s); delivery %d of %d, next in %gs",
+                            job_id, host, error, delivery, self.max_deliver, delay)
+                await msg.nak(delay=delay)
+                return
+            outcome, error, gave_up = "failed", f"{error} (gave up after {delivery} deliveries)", True
+        await store.put_response(job_id, host, {
+            "status": outcome, "data": data, "error": error, "hostname": host,
+            "finished": _now(), "delivery": delivery,
+        })
+        store.forget(job_id)  # read it afresh: a job deleted while it ran must not get keys back
+        if await store.get_job(job_id) is None:
+            await store.purge_job(job_id)
+            await msg.ack()
+            return
+        event = st.COMPLETED if outcome == "ok" else st.FAILED
+        await store.add_event(job_id, event, host, **({"error": error} if error else {}))
+        log.log(logging.INFO if outcome == "ok" else logging.WARNING, "job %s %s on %s", job_id, event, host,
+                extra={"fields": {"type": job["operation"]["type"], **({"error": error} if error else {})}})
+        if gave_up:
+            await msg.nak()  # the last delivery: the server moves it to the dead-letter stream
+        else:
+            await msg.ack()  # a lost ack means a redelivery, which _redelivered answers
 
     async def _start_events(self, job_id: str, delivery: int) -> None:
         """``acknowledged`` then ``started`` (their keys carry the order: nanos taken in this order)."""
@@ -338,13 +469,95 @@ class Worker:
             self.store.add_event(job_id, st.STARTED, self.hostname, delivery=delivery),
         )
 
-    async def _already_done(self, job: dict) -> bool:
-        """A redelivered job that already has a final result here (the ack was lost) is not rerun."""
+    async def _expire(self, job: dict, delivery: int) -> None:
+        """A synchronous job picked up after its caller gave up: failed here, not run."""
+        error = f"expired before this host picked it up (expires_at {job.get('expires_at')}): not run"
+        await self.store.put_response(job["id"], self.hostname, {
+            "status": "failed", "data": None, "error": error, "hostname": self.hostname,
+            "finished": _now(), "delivery": delivery, "reason": "expired",
+        })
+        await self.store.add_event(job["id"], st.FAILED, self.hostname, error=error, reason="expired")
+        log.warning("job %s failed on %s: %s", job["id"], self.hostname, error)
+
+    # ------------------------------------------------------------ redeliveries
+
+    async def _redelivered(self, job: dict) -> str:
+        """``DONE`` (finished already: the ack was lost), ``BUSY`` (running on a live instance) or ``RUN``."""
         events = await self.store.events(job["id"])
-        if parse_target(job.get("target_hostname")).broadcast:
-            last = st.last_per_host(events).get(self.hostname)
-            return last is not None and last.event in st.TERMINAL
-        return any(e.event in st.TERMINAL for e in events)
+        broadcast = st.summarize(job).broadcast
+        relevant = [e for e in events if e.event != st.SUBMITTED and (not broadcast or e.host == self.hostname)]
+        if not relevant:
+            return RUN
+        newest = max(relevant, key=lambda e: e.sort_key)
+        # a broadcast: this host's newest event decides; one host: any final result is the result
+        finished = newest.event in st.TERMINAL if broadcast else any(e.event in st.TERMINAL for e in relevant)
+        if finished:
+            return DONE
+        if newest.event not in st.ACTIVE:
+            return RUN
+        instance = await self._instance_of(job["id"], newest, relevant)
+        if instance is None:
+            return RUN
+        if instance == self.instance:
+            return BUSY if job["id"] in self._active else RUN
+        answer = await self._ask(instance, job["id"])
+        # just back from a NATS outage: the other instance may not have reconnected yet
+        ttl = self.heartbeat * TTL_INTERVALS
+        while (answer == "gone" and self._reconnected_at is not None
+               and time.monotonic() - self._reconnected_at < ttl and not self.stopping.is_set()):
+            await _wait(self.stopping, 0.5)
+            answer = await self._ask(instance, job["id"])
+        return BUSY if answer in ("yes", "silent") else RUN
+
+    async def _ask(self, instance: str, job_id: str) -> str:
+        """Whether ``instance`` runs ``job_id``: ``yes``, ``no``, ``silent`` (no answer) or ``gone``."""
+        import nats.errors
+
+        try:
+            reply = await self.nc.request(probe_subject(instance), job_id.encode(), timeout=PROBE_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            return "gone"
+        except nats.errors.TimeoutError:
+            return "silent"
+        return "yes" if reply.data == b"yes" else "no"
+
+    async def _answer_probe(self, msg) -> None:
+        """Another instance asks whether this one still runs a job (see ``_redelivered``)."""
+        running = (msg.data or b"").decode(errors="replace") in self._active
+        await _quiet(msg.respond(b"yes" if running else b"no"))
+
+    async def _instance_of(self, job_id: str, newest: st.Event, relevant: list) -> str | None:
+        """The worker instance behind a host's newest run (from its ``acknowledged`` event)."""
+        import nats.js.errors as jse
+
+        acks = [e for e in relevant if e.host == newest.host and e.event == st.ACKNOWLEDGED
+                and e.nanos <= newest.nanos]
+        if not acks:
+            return None
+        ack = max(acks, key=lambda e: e.sort_key)
+        try:
+            entry = await self.store.kv("jobs").get(st.event_key(job_id, ack.event, ack.host, ack.nanos))
+        except jse.KeyNotFoundError:
+            return None
+        try:
+            details = json.loads(entry.value or b"{}")
+        except ValueError:
+            return None
+        instance = details.get("instance") if isinstance(details, dict) else None
+        return instance if isinstance(instance, str) else None
+
+    async def _hold(self, job: dict) -> str:
+        """Keep a redelivery (in progress) while a live instance runs the job; then DONE or RUN."""
+        log.info("job %s is running on another live worker instance (a NATS outage or a paused process "
+                 "outlasted ack_wait); holding this redelivery instead of running it twice", job["id"])
+        while not self.stopping.is_set():
+            await _wait(self.stopping, HOLD_POLL)
+            if self.stopping.is_set():
+                break
+            verdict = await self._redelivered(job)
+            if verdict != BUSY:
+                return verdict
+        return "stopping"
 
     async def _execute(self, job: dict) -> tuple[str, Any, str | None]:
         """Run the provider: ``("ok", data, None)``, ``("failed", None, error)`` or ``("retry", None, error)``."""
@@ -419,6 +632,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         failures = 0
         while not self.stopping.is_set():
+            self._beat_now.clear()
             try:
                 await self.registry.beat(self.registry_key, self._entry(), self.heartbeat * TTL_INTERVALS)
                 failures = 0
@@ -426,7 +640,7 @@ class Worker:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning("heartbeat failed: %s", _describe(exc))
-            await _wait(self.stopping, self.heartbeat)
+            await _wait_any((self.stopping, self._beat_now), self.heartbeat)
         try:
             await self.registry.remove(self.registry_key)
         except Exception as exc:  # noqa: BLE001 - the entry expires by itself
@@ -439,6 +653,26 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
     except asyncio.TimeoutError:
         pass
+
+
+async def _wait_any(events, seconds: float) -> None:
+    """Sleep ``seconds`` unless one of ``events`` is set first."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def probe_subject(instance: str) -> str:
+    """Core NATS subject on which a worker instance answers whether it runs a job (not in any stream)."""
+    return f"_osapi.worker.{instance}.running"
+
+
+def _expired(job: dict) -> bool:
+    expires = job.get("expires_at_ns")
+    return isinstance(expires, int) and time.time_ns() > expires
 
 
 async def _quiet(coro) -> None:

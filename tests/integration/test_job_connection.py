@@ -109,7 +109,9 @@ def test_requests_fail_with_nats_unavailable_when_the_server_is_gone(tmp_path):
 
 def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
     server = NatsServer(tmp_path / "nats")  # port chosen, not started yet
-    env = base_env(server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "early"})
+    # the token written into the URL as well: it must never show in the worker's log
+    env = base_env(server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "early",
+                                                 "OSAPI_NATS_URL": f"nats://{server.token}@127.0.0.1:{server.port}"})
     with open(tmp_path / "worker.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s"],
                                 cwd=tmp_path, env=env, stdout=log, stderr=log)
@@ -128,7 +130,9 @@ def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
             bridge.close()
         code = stop_process(proc)
         server.stop()
-    assert code == 0, (tmp_path / "worker.log").read_text()
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    assert f"nats://127.0.0.1:{server.port}" in log and server.token not in log
 
 
 def rotate_token(server: NatsServer, token: str) -> None:
@@ -156,6 +160,23 @@ def test_the_api_bridge_connects_again_after_nats_closed_the_connection(nats_ser
         assert bridge.call(lambda client: client.list(), 5)["total_items"] == 0
     finally:
         bridge.close()
+
+
+def test_a_worker_whose_connection_nats_closed_exits_1_for_its_supervisor(nats_server, tmp_path):
+    env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "closing"})
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: "worker closing ready" in log_path.read_text(), 20, what="the worker ready")
+        rotate_token(nats_server, "rotated-" + nats_server.token)
+        code = proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+    text = log_path.read_text()
+    assert code == 1, text
+    assert "NATS closed the connection for good; exiting with status 1" in text
 
 
 @pytest.mark.parametrize("argv, message", [
