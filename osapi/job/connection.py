@@ -4,7 +4,12 @@
 and then reconnects on its own forever (``max_reconnect_attempts=-1``): a NATS
 restart costs the process a few failed requests, never its connection object.
 Only the *first* connect is bounded (``first_timeout``, default 5 s) so a caller
-can report ``NatsUnavailable`` naming the URL instead of hanging.
+can report ``NatsUnavailable`` naming the URL instead of hanging. Its message
+names the most telling failure of the attempts: a server that refuses the
+token answers ``-ERR 'Authorization Violation'`` and then drops the socket, so
+the attempt's *last* error is often a bare "connection reset by peer"; the
+authorization error wins over it (the API and the worker both connect here,
+so both say "wrong or missing token").
 
 nats-py still closes a connection *for good* on some server errors while
 connected (an ``Authorization Violation`` after the server's token was
@@ -68,7 +73,8 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
 
     async def error_cb(exc: Exception) -> None:
         if not connected.is_set():
-            last_error[:] = [exc]
+            if not (last_error and _is_auth(last_error[0])) or _is_auth(exc):
+                last_error[:] = [exc]  # a refused token stays the reason: see the module docstring
             log.debug("NATS connect attempt failed: %s", exc)
         else:
             log.warning("NATS: %s", exc or type(exc).__name__)
@@ -150,14 +156,18 @@ async def close(nc, drain_timeout: float | None = None) -> None:
         pass
 
 
+def _is_auth(exc: BaseException) -> bool:
+    """The server refused our credentials (``-ERR 'Authorization Violation'``)."""
+    return "authorization" in str(exc).lower() or type(exc).__name__ == "AuthorizationError"
+
+
 def _explain(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if "authorization" in text.lower() or type(exc).__name__ == "AuthorizationError":
+    if _is_auth(exc):
         return "authorization violation (wrong or missing token)"
-    return text
+    return str(exc).strip() or type(exc).__name__
 
 
 def _hint(exc: BaseException) -> str:
-    if "authorization" in str(exc).lower():
+    if _is_auth(exc):
         return "check nats.token (or <state_dir>/secrets/nats.token) against the server's token"
     return "is nats-server running? check nats.url, or start it with `osapi nats server start`"

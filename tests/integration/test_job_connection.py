@@ -56,6 +56,28 @@ def test_wrong_token_is_explained(nats_server, tmp_path):
     assert "authorization" in str(info.value) and "nats.token" in str(info.value)
 
 
+def test_a_worker_with_a_wrong_token_says_so(nats_server, tmp_path):
+    """The server answers -ERR 'Authorization Violation' and then resets the socket: the worker's message
+    names the token (as the API's does), not the reset that followed."""
+    env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "badtoken",
+                                                      "OSAPI_NATS_TOKEN": "wrong-token"})
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: "cannot connect to NATS" in log_path.read_text(), 20, what="the worker's connect error")
+        assert proc.poll() is None  # it keeps retrying: the token file may be fixed under a supervisor
+    finally:
+        code = stop_process(proc)
+    text = log_path.read_text()
+    line = next(x for x in text.splitlines() if "cannot connect to NATS" in x)
+    assert "authorization violation (wrong or missing token)" in line, text
+    assert "nats.token" in line and "Connection reset" not in line and "nats-server running" not in line, text
+    assert "wrong-token" not in text
+    assert code == 0, text
+
+
 def test_setup_is_idempotent_and_safe_when_run_at_once(nats_server, tmp_path):
     env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_KV_TTL": "1h", "OSAPI_JOB_DLQ_MAX_MSGS": "50"})
     cfg = cfg_for(env)
