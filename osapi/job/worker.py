@@ -172,7 +172,15 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; then drain within the grace period."""
+        """Run until ``stop`` is set; then drain within the grace period. Logs "worker <host> stopped" last."""
+        try:
+            await self._serve(stop)
+        finally:
+            log.info("worker %s stopped", self.hostname, extra={"fields": {
+                "exit_status": self.exit_code, "instance": self.instance,
+                **({"abandoned": self.abandoned} if self.abandoned else {})}})
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         from osapi.job import connection
 
         self.slots = Slots(self.max_jobs)
@@ -215,6 +223,10 @@ class Worker:
         finally:
             for sub in self._subs:
                 await self._nak_queued(sub)
+                await _quiet(sub.unsubscribe())  # no more deliveries to a pull given up at stop …
+            await _quiet(asyncio.wait_for(self.nc.flush(), 2))
+            for sub in self._subs:
+                await self._nak_queued(sub)  # … and those that came before the server saw that
             # everything we publish is confirmed (acks are requests), so close rather than drain:
             # draining waits on the pull subscriptions' queues, which nothing reads any more
             try:
@@ -292,7 +304,7 @@ class Worker:
                         sub = await bind()
                         self._subs.append(sub)
                     try:
-                        msgs = await sub.fetch(1, timeout=self.poll)
+                        msgs = await self._fetch(sub)
                     except nats.errors.TimeoutError:
                         failures = 0
                         continue
@@ -320,6 +332,31 @@ class Worker:
         finally:
             if sub is not None:
                 await self._nak_queued(sub)
+
+    async def _fetch(self, sub) -> list:
+        """One pull of at most one job (``poll`` s); ``[]`` at once when the worker stops meanwhile.
+
+        An idle pull holds no job: giving it up lets a stopping worker exit
+        without sitting out ``poll``. A job that the server delivers for the
+        abandoned pull lands in the subscription's queue and is negatively acked
+        at stop (``_nak_queued``), so another process takes it at once.
+        """
+        if self.stopping.is_set():
+            return []
+        fetch = asyncio.ensure_future(sub.fetch(1, timeout=self.poll))
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not fetch.done():
+                fetch.cancel()
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            if fetch.cancelled() and self.stopping.is_set():
+                return []
+            raise
 
     async def _nak_queued(self, sub) -> None:
         """Negative-ack jobs delivered after the last pull gave up waiting (nobody will read them).
@@ -598,7 +635,7 @@ class Worker:
                     await ensure_consumer(self.store.js, self.names.dlq_stream, dlq_consumer_config(self.cfg))
                     sub = await self.store.js.pull_subscribe_bind(self.names.dlq_consumer, self.names.dlq_stream)
                 try:
-                    msgs = await sub.fetch(1, timeout=self.poll)
+                    msgs = await self._fetch(sub)
                 except nats.errors.TimeoutError:
                     continue
                 failures = 0

@@ -78,6 +78,25 @@ def test_a_worker_with_a_wrong_token_says_so(nats_server, tmp_path):
     assert code == 0, text
 
 
+def test_an_idle_worker_stops_on_sigterm_and_says_so_last(nats_server, tmp_path):
+    """Its idle pulls are given up at once (no job is held by them); the last log line says it stopped."""
+    env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "idle"})
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--grace", "20s"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: "worker idle ready" in log_path.read_text(), 20, what="the worker ready")
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+    lines = [x for x in log_path.read_text().splitlines() if x.strip()]
+    assert code == 0, lines
+    assert "worker idle stopped" in lines[-1] and "exit_status=0" in lines[-1], lines[-3:]
+    assert not any("WARNING" in x or "ERROR" in x for x in lines if "test-only operations" not in x), lines
+
+
 def test_setup_is_idempotent_and_safe_when_run_at_once(nats_server, tmp_path):
     env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_KV_TTL": "1h", "OSAPI_JOB_DLQ_MAX_MSGS": "50"})
     cfg = cfg_for(env)
