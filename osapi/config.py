@@ -49,7 +49,7 @@ class Invalid(ValueError):
 def parse_duration(value: Any) -> float:
     """``"30s"`` -> 30.0. Accepts sequences like ``1h30m``; must be > 0."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise Invalid(f"must be a duration such as 30s, 2m, 24h or 7d, got {value!r}")
+        raise Invalid(f"must be a duration with a unit, such as 30s, 2m, 24h or 7d, got {value!r}")
     text = value.strip()
     pos, total = 0, 0.0
     for match in DURATION_RE.finditer(text):
@@ -58,7 +58,7 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * DURATION_UNITS[match.group(2)]
         pos = match.end()
     if not text or pos != len(text):
-        raise Invalid(f"must be a duration such as 30s, 2m, 24h or 7d, got {value!r}")
+        raise Invalid(f"must be a duration with a unit, such as 30s, 2m, 24h or 7d, got {value!r}")
     if total <= 0:
         raise Invalid(f"must be a duration greater than zero, got {value!r}")
     return total
@@ -370,9 +370,11 @@ def find_file(explicit: str | None) -> Path | None:
     """The file to read: ``-f`` (must exist), else the first default path that exists."""
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"configuration file {explicit} does not exist", "check the -f/--osapi-file path")
-        return path
+        if path.is_dir():
+            raise ConfigError(f"configuration file {explicit} is a directory", "give the path of a YAML file")
+        return path  # a regular file, or e.g. /dev/null or a pipe: read as it is
     for path in DEFAULT_PATHS:
         if path.is_file():
             return path

@@ -101,7 +101,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises ``UsageError`` instead of exiting, so main() owns exits."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+        raise UsageError(message, f"see `{self.prog} --help`")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         if message:
@@ -123,7 +123,8 @@ def _global_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("global options")
     group.add_argument("-f", "--osapi-file", metavar="PATH", default=argparse.SUPPRESS,
-                       help="configuration file (default: ./osapi.yaml, then /etc/osapi/osapi.yaml)")
+                       help="configuration file; must exist (default: ./osapi.yaml, then "
+                       "/etc/osapi/osapi.yaml, then built-in defaults; OSAPI_* variables override any of them)")
     group.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
                        help="debug logging, and tracebacks on errors")
     group.add_argument("-j", "--json", action="store_true", default=argparse.SUPPRESS,
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
             args, extra = parser.parse_known_args(argv)
             if extra:
                 prog = getattr(args, "_prog", parser.prog)
-                raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)}", f"see `{prog} --help`")
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}", f"see `{prog} --help`")
         except _Exit as exc:  # --help
             return exc.status
         _finish_globals(args)

@@ -38,10 +38,10 @@ def generate(ctx: Context) -> None:
     roles = [r.strip() for r in ctx.args.roles.split(",") if r.strip()]
     try:
         authtoken.check_roles(roles)
-        if not ctx.args.subject.strip():
-            raise authtoken.TokenError("subject must not be empty")
     except authtoken.TokenError as exc:
-        raise UsageError(f"--roles/--subject: {exc}") from None
+        raise UsageError(f"--roles: {exc}") from None
+    if not ctx.args.subject.strip():
+        raise UsageError("--subject must not be empty")
     key = config.signing_key(ctx.config)
     token = authtoken.generate(key, roles, ctx.args.subject, lifetime)
     if ctx.json:

@@ -150,5 +150,12 @@ def test_version_before_or_after_any_subcommand(cli, argv):
 def test_unrecognized_flag_points_at_the_subcommands_help(cli):
     r = cli("token", "generate", "-r", "read", "-u", "x", "--expirse", "1d", env=ENV)
     assert r.status == 2
-    assert "osapi token generate: unrecognized arguments: --expirse 1d" in r.stderr
+    assert "osapi: error: unrecognized arguments: --expirse 1d" in r.stderr
     assert "see `osapi token generate --help`" in r.stderr
+
+
+def test_osapi_file_that_is_a_directory_or_dev_null(cli, tmp_path):
+    r = cli("-f", str(tmp_path), "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert r.status == 2 and "is a directory" in r.stderr
+    r = cli("-f", "/dev/null", "token", "generate", "-r", "read", "-u", "x", env=ENV)
+    assert r.status == 0, r.stderr  # an empty file runs on the defaults
