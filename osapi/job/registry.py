@@ -2,28 +2,58 @@
 
 KV ``<job.kv_bucket>-workers``, key ``<hostname>.<instance>``, value
 ``{hostname, labels, version, started_at, last_seen, ttl, pid, instance}``.
-Each heartbeat rewrites the key with a per-message TTL (JetStream ``Nats-TTL``),
-so the server itself drops a worker that stopped beating — no clock
-comparison between hosts. A worker that stops cleanly removes its entry at once.
+Each heartbeat rewrites the key with a per-message TTL (JetStream ``Nats-TTL``,
+``ttl`` = three heartbeat intervals), so the server itself drops a worker that
+stopped beating. A worker that stops cleanly removes its entry at once.
 
-Readers (``GET /jobs/workers``, broadcast completion) take every entry present as
-live. They read the whole registry in one batch request (``Store.multi_get`` on
+Readers (``GET /jobs/workers``, broadcast completion, the "is a worker live
+for this target" check of every synchronous call) do not rely on the server
+alone: after an unclean nats-server stop, entries came back from its store
+minutes old and never expired. An entry whose last heartbeat is older than its
+``ttl`` (15 s for an entry without one) is taken as gone -- left out -- and
+purged by the reader (best effort; only that message: a heartbeat written
+meanwhile survives). The age is measured on the NATS server's clock alone:
+the time the server stored the heartbeat (``Nats-Time-Stamp``) against the
+server's current time (``ts`` of a stream-info answer), so a worker host or
+an API host with a wrong clock never makes a live worker look gone.
+
+Readers read the whole registry in one batch request (``Store.multi_last`` on
 the bucket's prefix); with more entries than one batch returns, or on a server
-without batch gets, they list the keys and read them one by one. Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
+without batch gets, they list the keys and read them one by one.
+
+Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
 --heartbeat``: the TTL is three intervals).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import json
+import logging
 import math
-from typing import Any
+import re
+import time
+from typing import Any, NamedTuple
 
-from osapi.job.store import Store, _gather_bounded, dumps
+from osapi.job.store import REQUEST_TIMEOUT, Store, _gather_bounded, dumps
+
+log = logging.getLogger("osapi.job.registry")
 
 DEFAULT_INTERVAL = 5.0
 TTL_INTERVALS = 3
+DEFAULT_TTL = DEFAULT_INTERVAL * TTL_INTERVALS  # for an entry that does not say its own
 PUBLIC_FIELDS = ("hostname", "labels", "version", "started_at", "last_seen")
+
+
+class Heartbeat(NamedTuple):
+    """One registry message as the server stored it."""
+
+    subject: str
+    entry: dict[str, Any] | None  # None: not a registry entry
+    seq: int | None
+    stored_ns: int | None  # the server's clock when the heartbeat was stored
 
 
 class Registry:
@@ -38,33 +68,106 @@ class Registry:
         await self.store.js.purge_stream(self.store.stream_of("registry"), subject=self.store.subject_of("registry", key))
 
     async def entries(self) -> list[dict[str, Any]]:
-        """Every live entry (full records), sorted by hostname then start time."""
+        """Every live entry (full records, one per process), sorted by hostname then start time."""
+        beats, now_ns = await asyncio.gather(self._heartbeats(), self._server_now_ns())
+        live, stale = [], []
+        for beat in beats:
+            if beat.entry is None:
+                continue
+            (stale if is_stale(beat.entry, beat.stored_ns, now_ns) else live).append(beat)
+        if stale:
+            await self._purge(stale, now_ns)
+        values = [b.entry for b in live]
+        values.sort(key=lambda e: (e["hostname"], e.get("started_at") or ""))
+        return values
+
+    async def _heartbeats(self) -> list[Heartbeat]:
         prefix = self.store.subject_of("registry", "")
         stream = self.store.stream_of("registry")
-        found = await self.store.multi_get(stream, [f"{prefix}>"])
-        if found is not None:
-            values = [_entry(data) for data in found.values()]
-        else:
+        found = await self.store.multi_last(stream, [f"{prefix}>"])
+        if found is None:
             subjects, _ = await self.store.all_subjects(stream, f"{prefix}>")
-            values = await _gather_bounded([self._read(s[len(prefix):]) for s in subjects])
-        live = [e for e in values if e is not None]
-        live.sort(key=lambda e: (e["hostname"], e.get("started_at") or ""))
-        return live
+            found = [m for m in await _gather_bounded([self._read(stream, s) for s in subjects]) if m is not None]
+        return [_heartbeat(msg.headers or {}, msg.data) for msg in found]
 
-    async def _read(self, key: str) -> dict[str, Any] | None:
+    async def _read(self, stream: str, subject: str):
         import nats.js.errors as jse
 
         try:
-            found = await self.store.kv("registry").get(key)
-        except jse.KeyNotFoundError:
+            return await self.store.js.get_msg(stream, subject=subject, direct=True)
+        except jse.NotFoundError:
             return None
-        return _entry(found.value)
+
+    async def _server_now_ns(self) -> int:
+        """The NATS server's current time (``ts`` of a stream-info answer); this host's clock if it has none."""
+        try:
+            msg = await self.store.nc.request(f"$JS.API.STREAM.INFO.{self.store.stream_of('registry')}", b"",
+                                              timeout=REQUEST_TIMEOUT)
+            stamp = stamp_ns(json.loads(msg.data).get("ts"))
+        except Exception as exc:  # noqa: BLE001 - an older server, or a slow one: our own clock will do
+            log.debug("cannot read the NATS server's time: %s", exc)
+            stamp = None
+        return stamp if stamp is not None else time.time_ns()
+
+    async def _purge(self, stale: list[Heartbeat], now_ns: int) -> None:
+        """Remove stale heartbeats (best effort): only each one's message, never a newer beat of its key."""
+        stream = self.store.stream_of("registry")
+        prefix = self.store.subject_of("registry", "")
+
+        async def purge(beat: Heartbeat) -> None:
+            age = f"{(now_ns - beat.stored_ns) / 1e9:.0f}s" if beat.stored_ns else "unknown"
+            log.info("removing the stale worker registry entry %s: last heartbeat %s ago, TTL %gs "
+                     "(the NATS server kept it past its TTL)", beat.subject[len(prefix):], age, entry_ttl(beat.entry))
+            with contextlib.suppress(Exception):
+                if beat.seq is not None:
+                    await self.store.js.purge_stream(stream, subject=beat.subject, seq=beat.seq + 1)
+
+        await _gather_bounded([purge(b) for b in stale])
 
     async def workers(self) -> dict:
         """``{total, workers: [{hostname, labels, version, started_at, last_seen}]}``."""
         live = await self.entries()
         shown = [{k: e.get(k) for k in PUBLIC_FIELDS} for e in live]
         return {"total": len(shown), "workers": shown}
+
+
+def entry_ttl(entry: dict[str, Any] | None) -> float:
+    """The entry's TTL in seconds as the server applies it (whole seconds, rounded up)."""
+    ttl = (entry or {}).get("ttl")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        ttl = DEFAULT_TTL
+    return float(max(1, math.ceil(ttl)))
+
+
+def is_stale(entry: dict[str, Any], stored_ns: int | None, now_ns: int) -> bool:
+    """Whether a heartbeat is older than its TTL (server clock; the entry's own ``last_seen`` if unstamped)."""
+    if stored_ns is None:
+        stored_ns = stamp_ns(entry.get("last_seen"))
+        if stored_ns is None:
+            return False  # cannot tell: the server's TTL decides
+    return now_ns - stored_ns > entry_ttl(entry) * 1e9
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def stamp_ns(text: Any) -> int | None:
+    """RFC 3339 with up to nanoseconds (``2026-01-02T03:04:05.123456789Z``, as NATS writes them) → Unix ns."""
+    match = _STAMP.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        base = dt.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return int(base.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+
+
+def _heartbeat(headers: dict, data: bytes | None) -> Heartbeat:
+    seq = headers.get("Nats-Sequence")
+    return Heartbeat(headers.get("Nats-Subject", ""), _entry(data), int(seq) if str(seq or "").isdigit() else None,
+                     stamp_ns(headers.get("Nats-Time-Stamp")))
 
 
 def _entry(data: bytes | None) -> dict[str, Any] | None:

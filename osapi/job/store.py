@@ -272,18 +272,23 @@ class Store:
         JetStream refuses more than about a thousand results at once (413):
         callers then fall back to one request per key.
         """
+        got = await self.multi_last(stream, subjects)
+        return None if got is None else {msg.headers.get("Nats-Subject", ""): msg.data for msg in got}
+
+    async def multi_last(self, stream: str, subjects: list[str]) -> list | None:
+        """``multi_get`` as messages, headers included (``Nats-Subject``, ``Nats-Sequence``, ``Nats-Time-Stamp``)."""
         if not subjects:
-            return {}
+            return []
         try:
             got, end = await self._direct_batch(stream, {"multi_last": subjects, "batch": MULTI_MAX})
         except asyncio.TimeoutError:
             return None
         status = end.get("Status")
         if status == "404" and not got:
-            return {}
+            return []
         if status != "204" or end.get("Nats-Num-Pending", "0") != "0":
             return None
-        return {msg.headers.get("Nats-Subject", ""): msg.data for msg in got}
+        return got
 
     async def multi_values(self, stream: str, subjects: list[str], one_by_one, chunk: int = KEY_CHUNK) -> dict:
         """``{subject: data}`` for exact ``subjects``, ``chunk`` a batch request, all chunks at once.
