@@ -204,10 +204,11 @@ class Bridge:
         return self.call(read())
 
     def wait_workers(self, hostnames: list[str], timeout: float = 30.0) -> dict:
-        """Until the registry lists exactly these hostnames (with repeats for twins)."""
-        want = sorted(hostnames)
-        return wait_for(lambda: (lambda w: w if sorted(x["hostname"] for x in w["workers"]) == want else None)(
-            self.call(self.client.workers())), timeout, what=f"registry listing {want}")
+        """Until the registry lists exactly these hosts, a hostname repeated once per process (twins)."""
+        want = {h: hostnames.count(h) for h in hostnames}
+        return wait_for(lambda: (lambda w: w if {x["hostname"]: x["processes"] for x in w["workers"]} == want
+                                 else None)(self.call(self.client.workers())), timeout,
+                        what=f"registry listing {sorted(hostnames)}")
 
     def wait_status(self, job_id: str, statuses, timeout: float = 30.0) -> dict:
         statuses = {statuses} if isinstance(statuses, str) else set(statuses)

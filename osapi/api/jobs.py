@@ -120,9 +120,14 @@ def routes() -> list[Route]:
               responses={200: Response("counts by status and operation", schemas.QUEUE_STATS),
                          **_err(400, 401, 403, 503)},
               operation_id="jobs_status"),
-        Route("GET", "/jobs/workers", workers, "registered workers", TAG, "read",
-              responses={200: Response("live workers from the registry", schemas.WORKERS),
+        Route("GET", "/jobs/workers", workers, "registered worker hosts", TAG, "read",
+              responses={200: Response("live worker hosts from the registry, one row per host", schemas.WORKERS),
                          **_err(400, 401, 403, 503)},
+              description="One row per host: several worker processes on one host act as one host (each job "
+                          "runs once per host), so a host is listed once with `processes`, the number of its "
+                          "live worker processes, the earliest `started_at` and the latest `last_seen`. A worker "
+                          "drops out when its heartbeats stop for three heartbeat intervals; an entry older "
+                          "than that is never listed, even if the NATS server kept it.",
               operation_id="jobs_workers"),
         Route("GET", "/jobs/{job_id}", get, "one job with its responses and timeline", TAG, "read",
               responses={200: Response("the job", schemas.ref("Job")), **_err(400, 401, 403, 404, 503)},

@@ -129,13 +129,19 @@ QUEUE_STATS = obj(
 WORKER = obj(
     {
         "hostname": STR,
-        "labels": {"type": "object", "additionalProperties": STR},
-        "version": STR,
-        "started_at": TIME,
-        "last_seen": TIME,
+        "labels": {"type": "object", "additionalProperties": STR,
+                   "description": "the labels of the host's newest worker process"},
+        "version": {"type": "string", "description": "the osapi version of the host's newest worker process"},
+        "started_at": {**TIME, "description": "RFC 3339, UTC: when the host's oldest live worker process started"},
+        "last_seen": {**TIME, "description": "RFC 3339, UTC: the host's latest heartbeat (of any of its processes)"},
+        "processes": {"type": "integer", "minimum": 1,
+                      "description": "live worker processes on this host (they act as one host: each job runs "
+                                     "once per host)"},
     }
 )
-WORKERS = obj({"total": INT, "workers": {"type": "array", "items": WORKER}})
+WORKER["description"] = "one worker host (all its live worker processes together)"
+WORKERS = obj({"total": {"type": "integer", "description": "worker hosts listed"},
+               "workers": {"type": "array", "items": WORKER}})
 
 VERSION = obj({"version": STR})
 HEALTH = obj({"status": {"type": "string", "const": "ok"}})

@@ -447,6 +447,8 @@ def workers(body: dict, now: float | None = None) -> str:
     items = [w for w in body.get("workers") or [] if isinstance(w, dict)]
     if not items:
         return "no workers registered"
+    # one row per host; PROCESSES: its live worker processes ("-" from an API that does not say)
     rows = [[w.get("hostname"), labels(w.get("labels")), w.get("version"), local_time(w.get("started_at")),
-             ago(w.get("last_seen"), now)] for w in sorted(items, key=lambda w: str(w.get("hostname")))]
-    return table(["HOSTNAME", "LABELS", "VERSION", "STARTED", "LAST SEEN"], rows)
+             ago(w.get("last_seen"), now), w.get("processes", "-")]
+            for w in sorted(items, key=lambda w: str(w.get("hostname")))]
+    return table(["HOSTNAME", "LABELS", "VERSION", "STARTED", "LAST SEEN", "PROCESSES"], rows)

@@ -21,6 +21,13 @@ Readers read the whole registry in one batch request (``Store.multi_last`` on
 the bucket's prefix); with more entries than one batch returns, or on a server
 without batch gets, they list the keys and read them one by one.
 
+``GET /jobs/workers`` shows one row per *host* (CONTRACT §5.3: several
+processes on one host act as one host): ``{hostname, labels, version,
+started_at, last_seen, processes}`` -- the earliest start, the latest
+heartbeat, the number of live processes, and the labels and version of the
+host's newest process (they agree unless the host is half-way through a
+change). Broadcast completion works on hostnames too.
+
 Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
 --heartbeat``: the TTL is three intervals).
 """
@@ -125,10 +132,30 @@ class Registry:
         await _gather_bounded([purge(b) for b in stale])
 
     async def workers(self) -> dict:
-        """``{total, workers: [{hostname, labels, version, started_at, last_seen}]}``."""
-        live = await self.entries()
-        shown = [{k: e.get(k) for k in PUBLIC_FIELDS} for e in live]
-        return {"total": len(shown), "workers": shown}
+        """``{total, workers: [{hostname, labels, version, started_at, last_seen, processes}]}``: one row per host."""
+        hosts = by_host(await self.entries())
+        return {"total": len(hosts), "workers": hosts}
+
+
+def by_host(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per hostname: earliest ``started_at``, latest ``last_seen``, the newest process's labels and version."""
+    groups: dict[str, list[dict]] = {}
+    for entry in entries:
+        groups.setdefault(entry["hostname"], []).append(entry)
+    rows = []
+    for hostname, procs in sorted(groups.items()):
+        newest = max(procs, key=lambda e: str(e.get("started_at") or ""))
+        started = [str(e["started_at"]) for e in procs if e.get("started_at")]
+        seen = [str(e["last_seen"]) for e in procs if e.get("last_seen")]
+        rows.append({
+            "hostname": hostname,
+            "labels": newest.get("labels") if isinstance(newest.get("labels"), dict) else {},
+            "version": newest.get("version"),
+            "started_at": min(started) if started else None,  # RFC 3339 UTC, same format: text order is time order
+            "last_seen": max(seen) if seen else None,
+            "processes": len(procs),
+        })
+    return rows
 
 
 def entry_ttl(entry: dict[str, Any] | None) -> float:

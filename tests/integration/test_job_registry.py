@@ -79,9 +79,9 @@ def test_entries_past_their_ttl_are_ignored_and_removed(stack):
     assert not set(written) & keys()
     assert any(k.startswith("live.") for k in keys())  # the live worker's own entry stays
 
-    # GET /jobs/workers: the live worker alone
+    # GET /jobs/workers: the live host once, its dead process not counted
     listing = bridge.call(bridge.client.workers())
-    assert [w["hostname"] for w in listing["workers"]] == ["live"]
+    assert [(w["hostname"], w["processes"]) for w in listing["workers"]] == [("live", 1)]
     assert listing["total"] == 1
 
     # written again (as if the server restored them once more): a hostname target has no live worker

@@ -321,14 +321,22 @@ def test_unknown_or_malformed_job_ids(stack, job_id):
 
 def test_worker_registry(stack):
     listing = stack.bridge.call(stack.client.workers())
-    assert listing["total"] == 5 == len(listing["workers"])
-    assert [w["hostname"] for w in listing["workers"]] == ["twin", "twin", "w1", "w2", "w3.example.com"]
+    # one row per host (CONTRACT §5.3): the two "twin" processes are one host with processes: 2
+    assert listing["total"] == 4 == len(listing["workers"])
+    assert [(w["hostname"], w["processes"]) for w in listing["workers"]] == [
+        ("twin", 2), ("w1", 1), ("w2", 1), ("w3.example.com", 1)]
     for worker in listing["workers"]:
-        assert set(worker) == {"hostname", "labels", "version", "started_at", "last_seen"}
+        assert set(worker) == {"hostname", "labels", "version", "started_at", "last_seen", "processes"}
         assert worker["version"] == __version__
         assert worker["started_at"] <= worker["last_seen"]
     w1 = next(w for w in listing["workers"] if w["hostname"] == "w1")
     assert w1["labels"] == {"group": "web.dev.us-east", "zone": "a"}
+    # the twin row spans both processes: the earliest start, the latest heartbeat
+    twins = [e for e in stack.bridge.call(stack.client.registry.entries()) if e["hostname"] == "twin"]
+    twin = listing["workers"][0]
+    assert len(twins) == 2 and len({e["instance"] for e in twins}) == 2
+    assert twin["started_at"] == min(e["started_at"] for e in twins)
+    assert twin["started_at"] <= twin["last_seen"] <= max(e["last_seen"] for e in twins)  # entries read later
 
 
 def test_batch_reads_agree_with_one_read_per_job(stack):

@@ -206,6 +206,7 @@ def test_job_stats_lists_every_status_even_when_zero():
 def test_workers_table(utc_plus_2):
     now = dt.datetime(2024, 5, 1, 10, 0, 5, tzinfo=dt.timezone.utc).timestamp()
     body = {"total": 1, "workers": [{"hostname": "w1", "labels": {"group": "web"}, "version": "0.1.0",
-                                     "started_at": "2024-05-01T09:00:00Z", "last_seen": "2024-05-01T10:00:00Z"}]}
-    assert rows(fmt.workers(body, now)) == [["w1", "group=web", "0.1.0", "2024-05-01 11:00:00", "5s ago"]]
+                                     "started_at": "2024-05-01T09:00:00Z", "last_seen": "2024-05-01T10:00:00Z",
+                                     "processes": 2}]}
+    assert rows(fmt.workers(body, now)) == [["w1", "group=web", "0.1.0", "2024-05-01 11:00:00", "5s ago", "2"]]
     assert fmt.workers({"total": 0, "workers": []}) == "no workers registered"

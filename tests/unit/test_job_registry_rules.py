@@ -1,10 +1,10 @@
-"""Registry rules without a server: heartbeat age against the TTL, NATS time stamps."""
+"""Registry rules without a server: heartbeat age against the TTL, NATS time stamps, one row per host."""
 
 from __future__ import annotations
 
 import pytest
 
-from osapi.job.registry import DEFAULT_TTL, entry_ttl, is_stale, stamp_ns
+from osapi.job.registry import DEFAULT_TTL, by_host, entry_ttl, is_stale, stamp_ns
 
 S = 1_000_000_000
 
@@ -44,3 +44,21 @@ def test_without_a_server_stamp_the_entrys_last_seen_is_used_and_unreadable_mean
     assert is_stale({"hostname": "h", "ttl": 3, "last_seen": "1970-01-01T00:00:01Z"}, None, 10 * S)
     assert not is_stale({"hostname": "h", "ttl": 3, "last_seen": "1970-01-01T00:00:09Z"}, None, 10 * S)
     assert not is_stale({"hostname": "h", "ttl": 3, "last_seen": "garbage"}, None, 10 * S)
+
+
+def test_one_row_per_host():
+    entries = [
+        {"hostname": "b", "labels": {"g": "old"}, "version": "1.0", "started_at": "2024-05-01T10:00:00.000Z",
+         "last_seen": "2024-05-01T10:05:00.000Z", "pid": 1},
+        {"hostname": "b", "labels": {"g": "new"}, "version": "1.1", "started_at": "2024-05-01T10:03:00.000Z",
+         "last_seen": "2024-05-01T10:04:59.000Z", "pid": 2},
+        {"hostname": "a", "labels": {}, "version": "1.1", "started_at": "2024-05-01T09:00:00.000Z",
+         "last_seen": "2024-05-01T10:05:01.000Z", "pid": 3},
+    ]
+    assert by_host(entries) == [
+        {"hostname": "a", "labels": {}, "version": "1.1", "started_at": "2024-05-01T09:00:00.000Z",
+         "last_seen": "2024-05-01T10:05:01.000Z", "processes": 1},
+        {"hostname": "b", "labels": {"g": "new"}, "version": "1.1", "started_at": "2024-05-01T10:00:00.000Z",
+         "last_seen": "2024-05-01T10:05:00.000Z", "processes": 2},
+    ]
+    assert by_host([]) == []
