@@ -25,6 +25,10 @@ TARGET_HELP = (
 )
 EXIT_HELP = """\
 Exit status: 0 success; 1 the operation failed (API unreachable or an API
+error, token rejected); 2 usage or configuration error."""
+# domain commands (system, network) answer per host: a failed host is an exit 1 of its own
+HOSTS_EXIT_HELP = """\
+Exit status: 0 success; 1 the operation failed (API unreachable or an API
 error, token rejected, or any targeted host failed -- the table is still
 printed, failed hosts with their error); 2 usage or configuration error."""
 
@@ -46,9 +50,9 @@ def add_url(parser: argparse.ArgumentParser) -> None:
                         help="the API's base URL (default: api.client.url from osapi.yaml or OSAPI_API_CLIENT_URL)")
 
 
-def group(subparsers, name: str, help: str) -> Any:
+def group(subparsers, name: str, help: str, epilog: str = EXIT_HELP) -> Any:
     """A command group under ``client``: takes ``--url`` too; bare use prints its help."""
-    parser = add_parser(subparsers, name, help, epilog=EXIT_HELP)
+    parser = add_parser(subparsers, name, help, epilog=epilog)
     add_url(parser)
     parser.set_defaults(func=lambda ctx, p=parser: _group_help(ctx, p))
     return parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=type(parser))

@@ -15,6 +15,7 @@ FINAL = ("completed", "failed", "partial_failure")
 STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
 MAX_LIST_LIMIT = 1000  # GET /jobs: limit 1-1000 (CONTRACT §4.3)
 FIRST_POLL_DELAY = 0.05  # job run: the second check, 50 ms after the first
+JOB_ID_HELP = "the job's id (from job add, job list or an error message)"
 
 JOB_FILE_HELP = """\
 The JSON file holds an operation, e.g.
@@ -30,9 +31,12 @@ Submits the job and checks GET /jobs/{id} at once, then after 50 ms, doubling
 the wait up to --poll-interval, until the job is completed, failed or
 partial_failure, and prints each host's result. Durations take a unit (500ms,
 30s, 5m, 1h) or are a plain number of seconds.
-Exit status 1 when the job failed, partially failed or did not finish within
---timeout (the message says which); the job keeps running on the workers.
 With --json it prints the job as the last GET /jobs/{id} returned it.
+
+Exit status: 0 the job completed; 1 the job failed, partially failed or did
+not finish within --timeout (the message says which; the job keeps running on
+the workers), or the API was unreachable, answered an error or rejected the
+token; 2 usage or configuration error.
 """
 
 STATUS_HELP = """\
@@ -51,7 +55,7 @@ def register(client) -> None:
     add_target(add, default=None)
 
     get = command(job, "get", "show a job: status, hosts, results, timeline", get_cmd)
-    get.add_argument("--job-id", required=True, metavar="ID")
+    get.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
 
     lst = command(job, "list", "list jobs, newest first", list_cmd)
     lst.add_argument("--status", choices=STATUSES, help="only jobs in this status")
@@ -61,10 +65,10 @@ def register(client) -> None:
 
     delete = command(job, "delete", "delete a job, its events and its results", delete_cmd,
                      epilog="The API answers 204 with no body, so with --json nothing is printed.\n\n" + EXIT_HELP)
-    delete.add_argument("--job-id", required=True, metavar="ID")
+    delete.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
 
     run = command(job, "run", "submit a job, wait for it and print each host's result", run_cmd,
-                  epilog=RUN_HELP + "\n" + JOB_FILE_HELP + "\n" + EXIT_HELP)
+                  epilog=JOB_FILE_HELP + "\n" + RUN_HELP)
     run.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(run, default=None)
     run.add_argument("-t", "--timeout", type=duration_arg, default=60.0, metavar="DURATION",
@@ -75,7 +79,7 @@ def register(client) -> None:
     status = command(job, "status", "queue statistics: jobs per status and operation, dead letters", status_cmd,
                      epilog=STATUS_HELP + "\n" + EXIT_HELP)
     status.add_argument("--poll-interval-seconds", type=duration_arg, default=30.0, metavar="DURATION",
-                        help="refresh interval of the live view, seconds or e.g. 1m (default: 30)")
+                        help="refresh interval of the live view, e.g. 30s or 1m (default: 30s)")
     status.add_argument("--once", action="store_true", help="print one snapshot and exit")
 
     workers = group(job, "workers", "the workers registered with the job system")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from osapi.cli import Context
-from osapi.cli.client import EXIT_HELP, add_target, api, command, group, show_results
+from osapi.cli.client import HOSTS_EXIT_HELP, add_target, api, command, group, show_results
 from osapi.errors import OperationError, UsageError
 
 CONFIRM_HELP = """\
@@ -18,22 +18,24 @@ nothing, unless --yes is given.
 
 
 def register(client) -> None:
-    network = group(client, "network", "DNS settings of an interface, and ping from hosts")
-    dns = group(network, "dns", "read or change the name servers and search domains of an interface")
+    network = group(client, "network", "DNS settings of an interface, and ping from hosts", epilog=HOSTS_EXIT_HELP)
+    dns = group(network, "dns", "read or change the name servers and search domains of an interface",
+                epilog=HOSTS_EXIT_HELP)
 
-    get = command(dns, "get", "show the name servers and search domains of an interface", dns_get)
+    get = command(dns, "get", "show the name servers and search domains of an interface", dns_get,
+                  epilog=HOSTS_EXIT_HELP)
     get.add_argument("--interface-name", required=True, metavar="IF", help="network interface, e.g. eth0")
     add_target(get)
 
     update = command(dns, "update", "set the name servers and/or search domains of an interface", dns_update,
-                     epilog=CONFIRM_HELP + "\n" + EXIT_HELP)
+                     epilog=CONFIRM_HELP + "\n" + HOSTS_EXIT_HELP)
     update.add_argument("--interface-name", required=True, metavar="IF", help="network interface, e.g. eth0")
     update.add_argument("--servers", metavar="A,B", help="comma-separated name server IP addresses")
     update.add_argument("--search-domains", metavar="X,Y", help="comma-separated search domains")
     update.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     add_target(update)
 
-    ping = command(network, "ping", "ping an address from the target hosts", ping_cmd)
+    ping = command(network, "ping", "ping an address from the target hosts", ping_cmd, epilog=HOSTS_EXIT_HELP)
     ping.add_argument("-a", "--address", required=True, metavar="ADDR", help="IP address or hostname to ping")
     ping.add_argument("--count", type=int, metavar="N", help="echo requests to send, 1-10 (default: 3)")
     add_target(ping)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from osapi.cli import Context
-from osapi.cli.client import EXIT_HELP, add_target, api, command, group, show_results
+from osapi.cli.client import HOSTS_EXIT_HELP, add_target, api, command, group, show_results
 
 # command -> (API path segment, operation type, help)
 SYSTEM = {
@@ -24,9 +24,10 @@ rounded up, as df computes it.
 
 
 def register(client) -> None:
-    system = group(client, "system", "query hosts: hostname, status, uptime, os, disk, memory, load")
+    system = group(client, "system", "query hosts: hostname, status, uptime, os, disk, memory, load",
+                   epilog=HOSTS_EXIT_HELP)
     for name, (what, op_type, help) in SYSTEM.items():
-        epilog = DISK_HELP + "\n" + EXIT_HELP if name in ("disk", "status") else EXIT_HELP
+        epilog = DISK_HELP + "\n" + HOSTS_EXIT_HELP if name in ("disk", "status") else HOSTS_EXIT_HELP
         parser = command(system, name, help, lambda ctx, w=what, t=op_type: query(ctx, w, t), epilog=epilog)
         add_target(parser)
 
