@@ -582,7 +582,7 @@ def resolve(paths: Layout, name: str) -> tuple[str, str]:
         full = f"{info['group']}:{info['name']}"
         if name in (full, info["name"]):
             return "process", full
-    known = sorted(groups | {_full_name(info) for info in infos})
+    known = sorted(groups | {info["name"] for info in infos})  # short names: worker-1 (worker:worker-1 works too)
     raise UsageError(f"no program named {name!r} under supervise", f"known: all, {', '.join(known)}")
 
 

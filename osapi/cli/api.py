@@ -11,6 +11,7 @@ def register(subparsers) -> None:
     start = add_parser(
         server, "start",
         "serve the REST API (foreground) on api.server.host:api.server.port until SIGTERM/SIGINT",
+        epilog="Exit status: 0 after SIGTERM/SIGINT; 2 when the port is taken or the configuration is invalid.",
     )
     start.set_defaults(func=start_server)
 

@@ -17,7 +17,9 @@ from osapi.errors import UsageError
 def register(subparsers) -> None:
     job = add_group(subparsers, "job", "job-system processes (the worker)")
     worker = add_group(job, "worker", "the worker that runs jobs on this host")
-    start = add_parser(worker, "start", "run one worker in the foreground until SIGTERM")
+    start = add_parser(worker, "start", "run one worker in the foreground until SIGTERM", epilog=(
+        "Exit status: 0 after SIGTERM/SIGINT; 1 when NATS closed the connection for good "
+        "(the supervisor restarts it); 2 usage or configuration error."))
     start.add_argument("--heartbeat", default="5s", metavar="DURATION",
                        help="registry heartbeat interval; a worker silent for 3 intervals drops out (default: 5s)")
     start.add_argument("--grace", default="30s", metavar="DURATION",

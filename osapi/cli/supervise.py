@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+from argparse import RawDescriptionHelpFormatter
+
 from osapi.cli import ArgumentParser, Context, add_parser
 from osapi.errors import UsageError
 
 EPILOG = """\
 State directory: supervise.state_dir (OSAPI_SUPERVISE_STATE_DIR), else /var/lib/osapi as
 root, else ~/.local/state/osapi. It holds secrets/ (signing_key, admin.token valid 10
-years, nats.token: mode 0600, created once, never overwritten), supervisord.conf,
-supervisor.sock, nats/ (JetStream storage) and logs/ (rotated at 10 MB, 5 kept).
+years, nats.token, supervisor.password: mode 0600, created once, never overwritten),
+supervisord.conf, supervisor.sock, nats/ (JetStream storage) and logs/ (rotated at 10 MB, 5 kept).
 Programs start in the order nats, api, workers and stop in the reverse order; SIGTERM
 (or `osapi supervise stop`) stops them all and exits 0.
 """
 
-STOP_EPILOG = """Without NAME: stop the whole supervisor, as SIGTERM does -- the workers, then the API,
-then NATS, each waiting for the previous -- and wait until supervise has exited (at most
-the programs' stop timeouts plus 30 s). With NAME: stop that program only; supervise
-keeps running and `start`/`restart NAME` brings it back (`stop all` stops every program
-but keeps supervise itself running). Exit 1, naming the socket, when supervise is not
-running.
+STOP_EPILOG = """\
+Without NAME: stop the whole supervisor, as SIGTERM does -- the workers, then
+the API, then NATS, each waiting for the previous -- and wait until supervise
+has exited (at most the programs' stop timeouts plus 30 s). With NAME: stop
+that program only; supervise keeps running and `start`/`restart NAME` brings it
+back (`stop all` stops every program but keeps supervise itself running).
 """
 
-NAME_HELP = "nats, api, worker (every worker), worker-N (one worker) or all"
+NAME_HELP = "nats, api, worker (every worker), worker-N (or worker:worker-N) for one worker, or all"
+CONTROL_EXIT = """\
+Exit status: 0 done; 1 supervise is not running (the message names its socket)
+or the program failed to change state; 2 unknown program name.
+"""
 
 
 def register(subparsers) -> None:
@@ -38,14 +44,16 @@ def register(subparsers) -> None:
 
     status = add_parser(commands, "status", "show the supervised programs; exit 1 when supervise is not running")
     status.set_defaults(func=show_status)
-    start = add_parser(commands, "start", "start a stopped program")
+    start = add_parser(commands, "start", "start a stopped program", epilog=CONTROL_EXIT,
+                       formatter_class=RawDescriptionHelpFormatter)
     start.add_argument("name", metavar="NAME", help=NAME_HELP)
     start.set_defaults(func=control, action="start")
     stop = add_parser(commands, "stop", "stop the whole supervisor (no NAME) or one program (NAME)",
-                      epilog=STOP_EPILOG)
+                      epilog=STOP_EPILOG + "\n" + CONTROL_EXIT, formatter_class=RawDescriptionHelpFormatter)
     stop.add_argument("name", metavar="NAME", nargs="?", help=NAME_HELP + "; omit it to stop supervise itself")
     stop.set_defaults(func=control, action="stop")
-    restart = add_parser(commands, "restart", "stop, then start a program")
+    restart = add_parser(commands, "restart", "stop, then start a program", epilog=CONTROL_EXIT,
+                         formatter_class=RawDescriptionHelpFormatter)
     restart.add_argument("name", metavar="NAME", help=NAME_HELP)
     restart.set_defaults(func=control, action="restart")
 

@@ -194,7 +194,7 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     assert status == 0, sup.log()
 
 
-def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
+def test_no_child_outlives_a_killed_supervisor(tmp_path, env, cli):
     """SIGKILL leaves supervisord no chance to stop its children: every child follows it anyway,
     and nats-server still shuts JetStream down cleanly (its log does not go through the dead pipe)."""
     env["OSAPI_SUPERVISE_PROGRAMS"] = "nats,api,worker"
@@ -204,6 +204,10 @@ def test_no_child_outlives_a_killed_supervisor(tmp_path, env):
     try:
         procs = sup.wait_running(["nats", "api", "worker:worker-1"])
         pids = {name: info["pid"] for name, info in procs.items()}
+        # an unknown name: exit 2, and the known names in the short form the help uses
+        result = cli("supervise", "restart", "worker-9", env={k: v for k, v in env.items() if k.startswith("OSAPI_")})
+        assert result.status == 2 and "no program named 'worker-9'" in result.stderr
+        assert "known: all, api, nats, worker, worker-1" in result.stderr
         # one job, so the KV buckets (with TTLs) hold state worth flushing
         token = (state / "secrets" / "admin.token").read_text().strip()
         url = f"http://127.0.0.1:{env['OSAPI_API_SERVER_PORT']}/api/v1/system/hostname"
