@@ -71,8 +71,7 @@ class Authenticator:
         granted = ", ".join(sorted(claims.scopes)) or "nothing"
         raise ApiError(
             403,
-            f"missing scope {scope}",
-            f"this endpoint needs the {scope!r} scope; the token of {claims.subject!r} "
-            f"(roles: {', '.join(claims.roles)}) grants: {granted}",
+            f"missing scope {scope}",  # the category; details: what the token has instead
+            f"the token of {claims.subject!r} (roles: {', '.join(claims.roles) or 'none'}) grants: {granted}",
             headers={"WWW-Authenticate": _challenge("insufficient_scope", f"needs scope {scope}")},
         )

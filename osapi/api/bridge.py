@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable
 from osapi import config as configuration
 from osapi.api.errors import ApiError, unavailable
 from osapi.job.connection import redact_url
+from osapi.job.errors import NatsUnavailable
 
 log = logging.getLogger("osapi.api.nats")
 
@@ -85,7 +86,10 @@ class NatsBridge:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving (503) and keep trying
-                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, NatsUnavailable):
+                    self.last_error = str(exc)
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 level = logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG
                 log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
                         ", ".join(self.urls), self.last_error, pause)
@@ -134,7 +138,10 @@ class NatsBridge:
         """Why the bridge cannot serve right now, for 503 details and health."""
         where = ", ".join(self.urls)
         if self.client is None:
-            return f"cannot reach NATS at {where}: {self.last_error or 'connecting'}; is nats-server running?"
+            why = self.last_error or "connecting"
+            if why.startswith("cannot connect to NATS"):  # NatsUnavailable: names the URL, the cause and what to do
+                return why
+            return f"NATS at {where}: {why}; is nats-server running?"
         nc = self.nc
         if nc is not None and nc.is_reconnecting:
             return f"lost the connection to NATS at {where}; reconnecting"

@@ -107,7 +107,7 @@ def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
             try:
                 value = parse_target(value)
             except InvalidValue as exc:
-                raise bad_request("invalid field target_hostname", f"target_hostname {exc}") from None
+                raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
             if target_in_query and value != target:
                 raise bad_request("conflicting target_hostname",
                                   f"the query says {target!r} and the body {value!r}; give it once")
@@ -129,7 +129,8 @@ def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
                                   expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
         settings.job_timeout + SYNC_MARGIN,
         on_timeout=ApiError(504, "no worker answered in time",
-                            f"no answer for {op.type} on {target!r} within {settings.job_timeout:g}s"),
+                            f"{op.type} on target {target!r}: the API gave up after "
+                            f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
     )
     results = list(result.get("results") or [])
     if spec.shape_result is not None:

@@ -1,8 +1,10 @@
 """The error envelope (CONTRACT §4.2) and how failures become HTTP statuses.
 
 Every 4xx/5xx the API sends is ``{"error": …, "details": …, "code": <status>}``:
-``error`` says what went wrong in a few words, ``details`` says which value
-and, where it helps, what to do. Handlers raise ``ApiError``; failures from the
+``error`` is the category in a few words ("invalid query parameter limit",
+"no worker answered in time"); ``details`` is the specific fact -- which value,
+which job, how long -- and, where it helps, what to do, without restating the
+category (raw API users read both, one after the other). Handlers raise ``ApiError``; failures from the
 job system are translated in one place (``from_exception``) so that a status
 code means the same thing on every route. Nothing here ever puts a traceback
 into a response.
@@ -87,9 +89,9 @@ def from_exception(exc: BaseException) -> ApiError | None:
     if isinstance(exc, job_errors.JobTimeout):
         job_id = getattr(exc, "job_id", None)
         extra = {"job_id": job_id} if job_id else None
-        details = str(exc) or "no worker answered in time"
+        details = str(exc)  # which job, which target, how long: the category is in ``error``
         if job_id and job_id not in details:
-            details += f" (job {job_id} stays queued; see GET /api/v1/jobs/{job_id})"
+            details = f"{details}; job {job_id}: see GET /api/v1/jobs/{job_id}" if details else f"job {job_id}"
         return ApiError(504, "no worker answered in time", details, extra=extra)
     return None
 

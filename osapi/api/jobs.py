@@ -59,7 +59,7 @@ def create(call: Call) -> Reply:
     try:
         target = parse_target(target)
     except InvalidValue as exc:
-        raise bad_request("invalid field target_hostname", f"target_hostname {exc}") from None
+        raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
 
     job = call.services.bridge.call(
         lambda client: client.create({"type": op.type, "data": data}, target), QUEUE_TIMEOUT

@@ -32,7 +32,19 @@ TARGET_DESCRIPTION = (
 
 
 class InvalidValue(ValueError):
-    """A parser refused a value; the message says what was expected."""
+    """A parser refused a value; the message says what was expected.
+
+    Its message follows the value's name ("must be from 1 to 1000, got 0"),
+    unless ``whole`` says it is a sentence of its own ("invalid target 'x': …"):
+    ``details(name)`` is what an error's ``details`` says, the name once at most.
+    """
+
+    def __init__(self, message: str, whole: bool = False):
+        super().__init__(message)
+        self.whole = whole
+
+    def details(self, name: str) -> str:
+        return str(self) if self.whole else f"{name} {self}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ def parse_target(text: str) -> str:
     try:
         subjects.parse_target(text)
     except job_errors.InvalidJob as exc:
-        raise InvalidValue(str(exc)) from None
+        raise InvalidValue(str(exc), whole=True) from None  # "invalid target 'x': why; what to use"
     return text
 
 
@@ -179,7 +191,7 @@ class Call:
             try:
                 values[name] = param.parse(text)
             except InvalidValue as exc:
-                raise bad_request(f"invalid query parameter {name}", f"{name} {exc}") from None
+                raise bad_request(f"invalid query parameter {name}", exc.details(name)) from None
         self.given = frozenset(values)
         for param in self.route.query:
             values.setdefault(param.name, param.default)

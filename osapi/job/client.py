@@ -99,7 +99,7 @@ class JobClient:
             detail = getattr(exc, "description", None) or str(exc) or type(exc).__name__
             if getattr(exc, "err_code", None) == STORE_FULL or "maximum bytes exceeded" in detail:
                 raise JobStoreFull(
-                    f"cannot {what}: the job store is full ({detail}: a KV bucket reached "
+                    f"cannot {what}: {detail} (a KV bucket reached "
                     f"job.kv.max_bytes = {self.cfg.job.kv.max_bytes} bytes)",
                     "delete old jobs, wait for job.kv.ttl to expire them, or raise job.kv.max_bytes",
                 ) from exc
@@ -181,7 +181,7 @@ class JobClient:
     @staticmethod
     def _check_id(job_id: Any) -> str:
         if not is_job_id(job_id):
-            raise JobNotFound(f"job {job_id!r} not found: a job id is a lower-case UUID")
+            raise JobNotFound(f"{job_id!r} is not a job id (a lower-case UUID)")
         return job_id
 
     async def get(self, job_id: str) -> dict:
@@ -190,7 +190,7 @@ class JobClient:
             self.store.forget(job_id)  # another process may have deleted it
             view = await self.store.view(job_id)
         if view is None:
-            raise JobNotFound(f"job {job_id} not found (never submitted, deleted, or expired)")
+            raise JobNotFound(f"no job {job_id}: never submitted, deleted, or expired (job.kv.ttl)")
         return view
 
     async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> dict:
@@ -219,7 +219,7 @@ class JobClient:
         async with self._nats("delete the job"):
             self.store.forget(job_id)
             if await self.store.get_job(job_id) is None:
-                raise JobNotFound(f"job {job_id} not found (never submitted, deleted, or expired)")
+                raise JobNotFound(f"no job {job_id}: never submitted, deleted, or expired (job.kv.ttl)")
             await self.store.purge_job(job_id)
 
     async def stats(self) -> dict:
@@ -275,15 +275,16 @@ class JobClient:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         if not answers:
+            # the messages are the API's 504 details: the category ("no worker answered in time") is not repeated
             if not live:
                 raise JobTimeout(
-                    f"no live worker matches target {parsed.text}: nobody answered job {job_id} "
-                    f"within {min(timeout, quiet_period):g}s",
+                    f"no live worker matches target {parsed.text}; job {job_id} waited "
+                    f"{min(timeout, quiet_period):g}s for an unregistered one",
                     job_id,
                     "see `osapi client job workers list` for the live workers, their hostnames and labels",
                 )
             raise JobTimeout(
-                f"no worker answered job {job_id} (target {parsed.text}) within {timeout:g}s",
+                f"job {job_id} (target {parsed.text}) waited {timeout:g}s",
                 job_id,
                 "is a worker running for that target? see `osapi client job workers list`",
             )

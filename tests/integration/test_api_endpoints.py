@@ -247,7 +247,9 @@ def test_job_lifecycle(stack):
 
 def test_unknown_job_is_404(stack):
     resp = stack.http(READ).get("/api/v1/jobs/00000000-0000-4000-8000-000000000000")
-    _ok(stack, "GET", "/api/v1/jobs/{job_id}", resp, 404)
+    body = _ok(stack, "GET", "/api/v1/jobs/{job_id}", resp, 404)
+    assert body["error"] == "job not found" and "not found" not in body["details"]
+    assert body["details"].startswith("no job 00000000-0000-4000-8000-000000000000: never submitted")
 
 
 def test_workers(stack):
@@ -285,6 +287,10 @@ def test_no_such_host_is_504_and_the_job_stays(stack):
     resp = stack.fast.http(READ).get("/api/v1/system/hostname?target_hostname=no-such-host.example")
     body = _ok(stack, "GET", "/api/v1/system/hostname", resp, 504)
     assert body["code"] == 504 and body["job_id"]
+    # the category once, in error; the fact in details (which target, which job, how long)
+    assert body["error"] == "no worker answered in time"
+    assert body["details"].startswith("no live worker matches target no-such-host.example; job " + body["job_id"])
+    assert "answered" not in body["details"] and "1s" in body["details"]
     job = stack.http(READ).get(f"/api/v1/jobs/{body['job_id']}").json
     assert job["target_hostname"] == "no-such-host.example" and job["status"] == "submitted"
 

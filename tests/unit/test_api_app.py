@@ -205,9 +205,27 @@ def test_bad_query_parameters_are_400(app, path, query, words):
     assert words in body["error"] + " " + body["details"], body
 
 
+@pytest.mark.parametrize("method, path, query, body, headers, error, details", [
+    ("GET", "/api/v1/system/hostname", "target_hostname=bad%20target!", b"", READ,
+     "invalid query parameter target_hostname", "invalid target 'bad target!': not a hostname; use _any"),
+    ("GET", "/api/v1/jobs", "limit=0", b"", READ, "invalid query parameter limit", "limit must be from 1 to 1000"),
+    ("POST", "/api/v1/jobs", "", b'{"operation": {"type": "system.hostname.get"}, "target_hostname": "a b"}', ADMIN,
+     "invalid field target_hostname", "invalid target 'a b': not a hostname"),
+    ("PUT", "/api/v1/network/dns", "", b"{}", READ, "missing scope write",
+     "the token of 'reader' (roles: read) grants: read"),
+])
+def test_errors_say_the_category_once_and_the_fact_in_details(app, method, path, query, body, headers, error, details):
+    """Raw API users read ``error`` then ``details``: the details do not start by restating the error."""
+    got = _envelope(wsgi_call(app, method, path, query=query, body=body, headers=headers),
+                    403 if "scope" in error else 400)
+    assert got["error"] == error and got["details"].startswith(details), got
+    name = error.rsplit(" ", 1)[-1]
+    assert not got["details"].startswith(f"{name} invalid") and "needs the" not in got["details"], got
+
+
 def test_valid_request_without_nats_is_503(app):
     body = _envelope(wsgi_call(app, "GET", "/api/v1/jobs", query="limit=5&status=failed", headers=READ), 503)
-    assert "nats://127.0.0.1:9" in body["details"]
+    assert "nats://127.0.0.1:9" in body["details"] and "reach" not in body["details"]  # the error says "not reachable"
     payload = json.dumps({"operation": {"type": "system.hostname.get"}}).encode()
     _envelope(wsgi_call(app, "POST", "/api/v1/jobs", body=payload, headers=ADMIN), 503)
 
