@@ -9,6 +9,7 @@ Read top to bottom, the modules follow a job:
 ``ids.py``         UUIDv7 job ids (their text sorts by creation time)
 ``store.py``       the KV layout: jobs, append-only status events, responses
 ``status.py``      status computed from events, and the job object
+``statusindex.py`` every job's status for statistics and status filters, read incrementally
 ``client.py``      ``JobClient``: create, get, list, delete, stats, workers, run
 ``registry.py``    worker heartbeats with a per-message TTL
 ``worker.py``      ``osapi job worker start``: pull, run, report, ack

@@ -240,3 +240,75 @@ def test_the_api_creates_missing_consumers_but_only_workers_update_them(nats_ser
     created, kept, updated, inactive = asyncio.run(main())
     assert (created, kept, updated) == (5, 5, 3)
     assert inactive == HOST_CONSUMER_INACTIVE == 7 * 86400
+
+
+# ---------------------------------------------------------------- statistics kept up to date incrementally
+
+
+def test_statistics_follow_every_change_and_agree_with_a_fresh_count(bridge):
+    """One client's index (read incrementally) against a new client's full listing, after each kind of change."""
+    from osapi.job.ids import new_job_id
+
+    client, store = bridge.client, bridge.store
+
+    def counts() -> dict:
+        mine = bridge.call(client.stats())
+        assert mine == bridge.call(fresh_client(bridge).stats())
+        return {k: v for k, v in mine["status_counts"].items() if v} | {"total": mine["total_jobs"]}
+
+    ids = create_many(bridge, 30)
+    assert counts() == {"submitted": 30, "total": 30}
+    answer_all(bridge, ids[:10])
+    assert counts() == {"submitted": 20, "completed": 10, "total": 30}
+    bridge.call(store.add_event(ids[10], st.ACKNOWLEDGED, "w1"))
+    assert counts() == {"submitted": 19, "processing": 1, "completed": 10, "total": 30}
+    bridge.call(store.add_event(ids[10], st.FAILED, "w1", error="boom"))
+    assert counts() == {"submitted": 19, "failed": 1, "completed": 10, "total": 30}
+
+    # a final status that changes: a broadcast host counted as failed (e.g. "no answer") answers late
+    op, data, target = client.prepare(HOSTNAME, "_all")
+    broadcast = bridge.call(client._submit(new_job_id(), op, data, target, {"h1", "h2"}))["job_id"]
+    bridge.call(store.add_event(broadcast, st.COMPLETED, "h1"))
+    bridge.call(store.add_event(broadcast, st.FAILED, "h2", error="no answer", reason="no-answer"))
+    assert counts() == {"submitted": 19, "failed": 1, "completed": 10, "partial_failure": 1, "total": 31}
+    bridge.call(store.add_event(broadcast, st.COMPLETED, "h2"))
+    assert counts() == {"submitted": 19, "failed": 1, "completed": 11, "total": 31}
+    listed = bridge.call(client.list(status="completed", limit=100))
+    assert listed["total_items"] == 11 and listed["items"][0]["id"] == broadcast
+
+    # deleted jobs leave the counts and the status filters
+    bridge.call(client.delete(ids[0]))
+    bridge.call(client.delete(ids[20]))
+    assert counts() == {"submitted": 18, "failed": 1, "completed": 10, "total": 29}
+    assert ids[0] not in {j["id"] for j in bridge.call(client.list(status="completed", limit=100))["items"]}
+
+
+def test_concurrent_statistics_share_their_computations(bridge):
+    create_many(bridge, 50)
+    client = fresh_client(bridge)
+    bridge.call(client.stats())
+    runs = client.index._runs
+
+    async def at_once():
+        return await asyncio.gather(*(client.stats() for _ in range(8)))
+
+    results = bridge.call(at_once())
+    assert all(r == results[0] for r in results) and results[0]["total_jobs"] == 50
+    assert client.index._runs - runs <= 2, "8 callers at once: one computation running, one for the rest"
+    # a caller that comes after a change sees it (no result older than the call is handed out)
+    create_many(bridge, 1)
+    assert bridge.call(client.stats())["total_jobs"] == 51
+
+
+def test_a_recreated_job_store_is_listed_again(bridge):
+    """A nats-server that comes back with a new store: sequences start over, the index starts over too."""
+    client, store = bridge.client, bridge.store
+    ids = create_many(bridge, 5)
+    answer_all(bridge, ids)
+    assert bridge.call(client.stats())["status_counts"]["completed"] == 5
+    bridge.call(store.js.delete_stream(store.stream_of("jobs")))
+    bridge.call(client.setup())
+    create_many(bridge, 2)
+    stats = bridge.call(client.stats())
+    assert stats["total_jobs"] == 2 and stats["status_counts"]["submitted"] == 2
+    assert stats == bridge.call(fresh_client(bridge).stats())
