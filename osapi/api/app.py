@@ -60,6 +60,7 @@ class Services:
         self.bridge = bridge
         self.settings = Settings.from_config(cfg)
         self.started = time.monotonic()
+        self.last_job_stats: tuple[int, dict] | None = None  # (time ns, counts): /health/status when NATS is away
         self._routes = routes
         self._document: dict | None = None
 

@@ -4,6 +4,12 @@
 what a load balancer asks: NATS connected and the job bucket reachable.
 ``/health/status`` (read scope) tells an operator why: each component, the
 version, the API's uptime and the queue counts.
+
+``jobs`` is always an object (the counts of ``GET /api/v1/jobs/status``) with
+``stale``: ``false`` when counted just now. When they cannot be counted (NATS
+or the job bucket away, or the count failed), ``stale: true``, ``error`` (why)
+and ``as_of`` (when they were last counted): the last counts this API process
+got (from either endpoint), or zeros with ``as_of: null`` if it never got any.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from osapi import __version__
 from osapi.api import schemas
 from osapi.api.errors import ApiError
 from osapi.api.routing import Call, Reply, Response, Route
+from osapi.job.status import STATUSES, rfc3339
 
 CHECK_TIMEOUT = 3.0  # seconds one readiness probe may take
 TAG = "health"
@@ -61,12 +68,16 @@ def status(call: Call) -> Reply:
     nats = _nats_check(call)
     kv = _kv_check(call) if nats["status"] == "ok" else {
         "status": "error", "bucket": call.services.cfg.job.kv_bucket, "error": "NATS is not connected"}
-    jobs = None
     if kv["status"] == "ok":
         try:
-            jobs = call.services.bridge.call(lambda client: client.stats(), CHECK_TIMEOUT + 2)
-        except Exception:  # counts are a nice-to-have here; the components say what is wrong
-            jobs = None
+            counts = call.services.bridge.call(lambda client: client.stats(), CHECK_TIMEOUT + 2)
+            remember_job_stats(call, counts)
+            jobs = {**counts, "stale": False}
+        except Exception as exc:  # counts are a nice-to-have here; the components say what is wrong
+            why = (exc.details or exc.error) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            jobs = _last_known(call, f"cannot count the jobs: {why}")
+    else:
+        jobs = _last_known(call, f"job bucket {kv['bucket']}: {kv['error']}")
     healthy = nats["status"] == "ok" and kv["status"] == "ok"
     body = {
         "status": "ok" if healthy else "degraded",
@@ -76,6 +87,20 @@ def status(call: Call) -> Reply:
         "jobs": jobs,
     }
     return Reply(200 if healthy else 503, body)
+
+
+def remember_job_stats(call: Call, counts: dict) -> None:
+    """Keep the latest queue counts: ``/health/status`` shows them (stale) while NATS is away."""
+    call.services.last_job_stats = (time.time_ns(), counts)
+
+
+def _last_known(call: Call, error: str) -> dict:
+    last = call.services.last_job_stats
+    if last is None:
+        zeros = {"total_jobs": 0, "status_counts": {s: 0 for s in STATUSES}, "operation_counts": {}, "dlq_count": 0}
+        return {**zeros, "stale": True, "as_of": None, "error": error}
+    at, counts = last
+    return {**counts, "stale": True, "as_of": rfc3339(at), "error": error}
 
 
 def version(call: Call) -> Reply:
@@ -97,6 +122,11 @@ def routes() -> list[Route]:
               operation_id="health_ready"),
         Route("GET", "/health/status", status, "components, version, uptime and job counts", TAG, "read",
               prefix="",
+              description="200 when NATS and the job bucket are ok, else 503 with status `degraded` and the "
+                          "component's `error`. `jobs` is always an object: the counts of "
+                          "`GET /api/v1/jobs/status` with `stale: false`, or, when they cannot be counted, "
+                          "the last counts this API process got (zeros if none) with `stale: true`, `as_of` "
+                          "(when they were taken, null for zeros) and `error`.",
               responses={200: Response("every component ok", schemas.HEALTH_STATUS),
                          503: Response("a component is not ok", schemas.HEALTH_STATUS),
                          **err(401, 403)},

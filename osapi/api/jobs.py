@@ -10,6 +10,7 @@ import re
 
 from osapi.api import schemas
 from osapi.api.errors import bad_request
+from osapi.api.health import remember_job_stats
 from osapi.api.routing import (
     API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
     parse_choice, parse_int, parse_target,
@@ -87,7 +88,9 @@ def delete(call: Call) -> Reply:
 
 
 def status(call: Call) -> Reply:
-    return Reply(200, call.services.bridge.call(lambda client: client.stats(), QUEUE_TIMEOUT))
+    counts = call.services.bridge.call(lambda client: client.stats(), QUEUE_TIMEOUT)
+    remember_job_stats(call, counts)
+    return Reply(200, counts)
 
 
 def workers(call: Call) -> Reply:

@@ -162,7 +162,19 @@ HEALTH_STATUS = obj(
         "version": STR,
         "uptime_seconds": NUM,
         "components": obj({"nats": COMPONENT, "kv": COMPONENT}),
-        "jobs": {"oneOf": [QUEUE_STATS, {"type": "null"}], "description": "null when NATS cannot tell"},
+        "jobs": {
+            **obj({
+                **QUEUE_STATS["properties"],
+                "stale": {"type": "boolean",
+                          "description": "false: counted just now; true: they could not be counted (see error)"},
+                "as_of": {"type": ["string", "null"], "format": "date-time",
+                          "description": "stale only: when these counts were taken (RFC 3339, UTC); null: "
+                                         "this API process never counted them, the counts are zeros"},
+                "error": {"type": "string", "description": "stale only: why the jobs could not be counted"},
+            }, [*QUEUE_STATS["required"], "stale"]),
+            "description": "the counts of GET /api/v1/jobs/status; when NATS or the job bucket is away: the "
+                           "last counts this API process got (or zeros), with stale: true, as_of and error",
+        },
     }
 )
 

@@ -273,6 +273,7 @@ def test_health_family(stack):
     assert status["status"] == "ok" and status["version"] == __version__
     assert status["components"]["nats"]["status"] == "ok" and status["components"]["kv"]["status"] == "ok"
     assert status["jobs"]["total_jobs"] >= 0 and status["uptime_seconds"] > 0
+    assert status["jobs"]["stale"] is False and "error" not in status["jobs"] and "as_of" not in status["jobs"]
 
 
 def test_served_document_lists_every_route(stack):

@@ -44,6 +44,8 @@ def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
     created = http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"}})
     assert created.status == 201
     job_id = created.json["job_id"]
+    counted = http.get("/api/v1/jobs/status").json
+    assert counted["total_jobs"] >= 2
 
     nats.stop()
     down = api.wait_ready(want=503)
@@ -62,6 +64,10 @@ def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
     status = http.get("/health/status")
     assert status.status == 503 and status.json["status"] == "degraded"
     assert status.json["components"]["nats"]["status"] == "error"
+    # the job counts: the last ones this API got, marked stale, with when and why
+    jobs = status.json["jobs"]
+    assert {k: jobs[k] for k in counted} == counted and jobs["stale"] is True
+    assert jobs["as_of"].endswith("Z") and "NATS" in jobs["error"]
     # validation still answers without NATS: a bad request is 400, not 503
     assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "nope"}}).status == 400
 

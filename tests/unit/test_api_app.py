@@ -10,7 +10,7 @@ import json
 import logging
 
 import pytest
-from api_support import SIGNING_KEY, make_token, wsgi_call
+from api_support import SIGNING_KEY, check_against_document, make_token, wsgi_call
 
 from osapi import config
 from osapi.api.app import Api, create_app
@@ -69,7 +69,14 @@ def test_health_status_needs_read_and_reports_degraded(app):
     assert body["status"] == "degraded"
     assert body["components"]["nats"]["status"] == "error"
     assert body["components"]["kv"]["status"] == "error"
-    assert body["jobs"] is None and body["uptime_seconds"] >= 0
+    assert body["uptime_seconds"] >= 0
+    # jobs stays an object: never counted by this process, so zeros, marked stale, with the reason
+    jobs = body["jobs"]
+    assert jobs["stale"] is True and jobs["as_of"] is None and "NATS is not connected" in jobs["error"]
+    assert (jobs["total_jobs"], jobs["dlq_count"], jobs["operation_counts"]) == (0, 0, {})
+    assert set(jobs["status_counts"]) == {"submitted", "processing", "completed", "failed", "partial_failure"}
+    doc = wsgi_call(app, "GET", "/api/v1/openapi.json").json
+    check_against_document(doc, "GET", "/health/status", resp)
 
 
 # ---------------------------------------------------------------- routing errors
