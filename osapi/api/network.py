@@ -17,7 +17,7 @@ SPECS = [
     OperationRoute("PUT", "/network/dns", "network.dns.update",
                    "set name servers and/or search domains of an interface", TAG,
                    scope="write", status=202, shape_result=mark_ok,
-                   result_extra={"status": {"type": "string", "enum": ["ok", "failed"]}}),
+                   result_extra={"status": {"type": "string", "const": "ok"}}),
     OperationRoute("POST", "/network/ping", "network.ping.do", "ping an address from the target", TAG,
                    scope="write"),
 ]

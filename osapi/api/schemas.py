@@ -80,7 +80,9 @@ JOB = obj(
         },
         "timeline": {
             "type": "array",
-            "items": obj({"timestamp": TIME, "event": STR, "hostname": NULLABLE_STR}, ["timestamp", "event"]),
+            "items": obj({"timestamp": TIME, "event": STR,
+                          "hostname": {**NULLABLE_STR, "description": "the worker's host; for `submitted`, the target"}},
+                         ["timestamp", "event"]),
         },
     },
     [
@@ -191,7 +193,8 @@ def sync_result(result_schema: dict, extra: dict | None = None) -> dict:
     item.setdefault("type", "object")
     props = {"hostname": STR, **item.get("properties", {}), **(extra or {})}
     item["properties"] = props
-    item["required"] = ["hostname", *[r for r in item.get("required", []) if r != "hostname"]]
+    required = ["hostname", *(extra or {}), *item.get("required", [])]
+    item["required"] = list(dict.fromkeys(required))  # an extra field (e.g. status: ok) is always there
     return obj(
         {
             "job_id": STR,

@@ -176,7 +176,9 @@ DNS_UPDATE_DATA = {
         {
             "interface_name": INTERFACE,
             "servers": {"type": "array", "items": IP_ADDRESS, "minItems": 1, "maxItems": MAX_DNS_SERVERS,
-                        "uniqueItems": True},
+                        "uniqueItems": True,
+                        "description": f"at most {MAX_DNS_SERVERS}; the resolv_conf provider takes at most 3 "
+                                       "(glibc reads no more) and fails the job otherwise"},
             "search_domains": {"type": "array", "items": HOSTNAME, "maxItems": MAX_SEARCH_DOMAINS,
                                "uniqueItems": True},
         },
