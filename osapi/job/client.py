@@ -268,9 +268,19 @@ class JobClient:
             prefix = self.store.subject_of("responses", f"{job_id}.")
             sub = await self.nc.subscribe(f"{prefix}>")
             try:
-                live = await self._expected_hosts(parsed)
-                expected = live if parsed.broadcast else set()
-                await _shielded(self._submit(job_id, op, data, parsed, expected, expires_after))
+                # A broadcast stores the hosts it expects, so it reads the registry first; a
+                # one-host job needs it only to fail fast when nobody matches, so it reads it
+                # while the job is being submitted (one round trip less on the hot path).
+                registry = asyncio.ensure_future(self._expected_hosts(parsed))
+                try:
+                    expected = await registry if parsed.broadcast else set()
+                    await _shielded(self._submit(job_id, op, data, parsed, expected, expires_after))
+                    live = await registry
+                finally:
+                    if not registry.done():
+                        registry.cancel()  # never leave it running when the submission failed
+                    elif not registry.cancelled():
+                        registry.exception()  # retrieved: its error, if any, was raised above or superseded
                 answers, unanswered = await self._collect(sub, prefix, job_id, parsed, expected, bool(live),
                                                           timeout, quiet_period)
             finally:
