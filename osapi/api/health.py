@@ -118,7 +118,7 @@ def routes() -> list[Route]:
               responses={200: Response("alive", schemas.HEALTH)}, operation_id="health"),
         Route("GET", "/health/ready", ready, "readiness: NATS connected and the job bucket reachable", TAG, None,
               prefix="",
-              responses={200: Response("ready", schemas.READY), 503: Response("not ready", schemas.READY)},
+              responses={200: Response("ready", schemas.READY), 503: Response("not ready", schemas.NOT_READY)},
               operation_id="health_ready"),
         Route("GET", "/health/status", status, "components, version, uptime and job counts", TAG, "read",
               prefix="",
@@ -127,8 +127,9 @@ def routes() -> list[Route]:
                           "`GET /api/v1/jobs/status` with `stale: false`, or, when they cannot be counted, "
                           "the last counts this API process got (zeros if none) with `stale: true`, `as_of` "
                           "(when they were taken, null for zeros) and `error`.",
-              responses={200: Response("every component ok", schemas.HEALTH_STATUS),
-                         503: Response("a component is not ok", schemas.HEALTH_STATUS),
+              responses={200: Response("every component ok", schemas.with_status(schemas.HEALTH_STATUS, "ok")),
+                         503: Response("a component is not ok",
+                                       schemas.with_status(schemas.HEALTH_STATUS, "degraded")),
                          **err(401, 403)},
               operation_id="health_status"),
         Route("GET", "/version", version, "the server's version", "meta", None,

@@ -116,6 +116,9 @@ def _responses(route: Route) -> dict[int, Response]:
     out = dict(route.responses)
     for code, resp in schemas.error_responses(*common).items():
         out.setdefault(code, resp)
+    if route.body is None and 400 not in route.responses:
+        # nothing to be malformed but the query string
+        out[400] = Response("bad input: an unknown, repeated or invalid query parameter", out[400].schema)
     return out
 
 

@@ -147,12 +147,13 @@ WORKERS = obj({"total": {"type": "integer", "description": "worker hosts listed"
 
 VERSION = obj({"version": STR})
 HEALTH = obj({"status": {"type": "string", "const": "ok"}})
-READY = obj(
+READY = obj({"status": {"type": "string", "const": "ready"}}, ["status"])
+NOT_READY = obj(
     {
-        "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "error": {"type": "string", "description": "not_ready only: why"},
+        "status": {"type": "string", "const": "not_ready"},
+        "error": {"type": "string", "description": "why"},
     },
-    ["status"],
+    ["status", "error"],
 )
 COMPONENT = obj(
     {"status": {"type": "string", "enum": ["ok", "error"]}, "error": STR, "url": STR, "bucket": STR},
@@ -218,3 +219,10 @@ def error_responses(*codes: int) -> dict:
     from osapi.api.routing import Response
 
     return {code: Response(ERROR_DESCRIPTIONS.get(code, REASONS.get(code, "error")), ref("Error")) for code in codes}
+
+
+def with_status(schema: dict, status: str) -> dict:
+    """``schema`` with its ``status`` property pinned to one value (200 vs 503 bodies)."""
+    out = copy.deepcopy(schema)
+    out["properties"]["status"] = {"type": "string", "const": status}
+    return out
