@@ -1,4 +1,6 @@
 """``osapi job worker start``: run one worker in the foreground.
+``osapi job setup [--apply]``: compare the streams and buckets in NATS with ``job.*``
+and, when asked, change them (``osapi.job.setup.plan`` / ``apply``).
 
 The worker's hostname is ``job.worker.hostname`` (default: the system
 hostname), its labels ``job.worker.labels``, its concurrency
@@ -11,11 +13,35 @@ so that its supervisor starts it again with a fresh connection.
 from __future__ import annotations
 
 from osapi.cli import Context, add_group, add_parser
-from osapi.errors import UsageError
+from osapi.errors import OperationError, UsageError
+
+SETUP_HELP = """\
+A worker or an API process creates the streams and buckets that are missing but
+never changes existing ones: it logs one warning per setting where its
+configuration differs from NATS. This command shows those differences (object,
+setting, value in NATS, configured value, configuration key) for the job.*
+configuration it is given, and --apply changes NATS to the configured values
+(more or fewer replicas, limits, max_age, storage, discard). Storage cannot change
+in place: such an update fails and names the stream. Consumers are not touched
+(workers own their settings).
+
+--apply asks for confirmation on a terminal unless --yes is given; without a
+terminal on stdin it refuses (exit 2) and changes nothing, unless --yes is given.
+
+Exit status: 0 nothing differs, or --apply changed everything; 1 differences
+found (without --apply), an update failed, or NATS could not be reached; 2 usage
+or configuration error, or --apply refused without a terminal and without --yes.
+"""
 
 
 def register(subparsers) -> None:
-    job = add_group(subparsers, "job", "job-system processes (the worker)")
+    job = add_group(subparsers, "job", "job-system processes (the worker) and the streams' settings")
+    setup = add_parser(job, "setup", "show how the streams and buckets in NATS differ from job.*; --apply changes them",
+                       epilog=SETUP_HELP)
+    setup.add_argument("--apply", action="store_true",
+                       help="create or update the streams and buckets to the configured settings")
+    setup.add_argument("--yes", action="store_true", help="with --apply: do not ask for confirmation")
+    setup.set_defaults(func=job_setup)
     worker = add_group(job, "worker", "the worker that runs jobs on this host")
     start = add_parser(worker, "start", "run one worker in the foreground until SIGTERM", epilog=(
         "Exit status: 0 after SIGTERM/SIGINT; 1 when NATS closed the connection for good "
@@ -77,3 +103,87 @@ def start_worker(ctx: Context) -> int:
         logging.shutdown()
         os._exit(worker.exit_code)
     return worker.exit_code
+
+
+# ---------------------------------------------------------------- `osapi job setup`
+
+
+def job_setup(ctx: Context) -> int:
+    import asyncio
+
+    args = ctx.args
+    if args.yes and not args.apply:
+        raise UsageError("--yes only goes with --apply", "run `osapi job setup --apply --yes`")
+    return asyncio.run(_job_setup(ctx))
+
+
+async def _job_setup(ctx: Context) -> int:
+    import asyncio
+
+    import nats.errors
+
+    from osapi.job import setup
+    from osapi.job.connection import close, connect, describe
+
+    cfg = ctx.config
+    nc = await connect(cfg, "osapi-job-setup")
+    report: dict = {"nats": describe(cfg), "differences": [], "applied": False, "results": []}
+    try:
+        js = nc.jetstream(timeout=10.0)
+        try:
+            found = await setup.plan(js, cfg)
+            report["differences"] = [d.as_dict() for d in found]
+            if found and ctx.args.apply:
+                await asyncio.to_thread(_confirm, ctx, found)
+                report["results"] = await setup.apply(js, cfg, found)
+                report["applied"] = True
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise OperationError(f"cannot read or change the job streams in NATS at {describe(cfg)}: "
+                                 f"{getattr(exc, 'description', None) or exc or type(exc).__name__}") from None
+    finally:
+        await close(nc)
+    ctx.emit(report, _setup_text)
+    if report["applied"]:
+        return 1 if any(r["status"] != "ok" for r in report["results"]) else 0
+    return 1 if found else 0
+
+
+def _confirm(ctx: Context, found) -> None:
+    """Ask on a terminal; refuse (exit 2) without one. Returns only when confirmed (or --yes)."""
+    if ctx.args.yes:
+        return
+    objects = sorted({d.label for d in found})
+    what = f"change {len(objects)} stream(s)/bucket(s) in NATS ({', '.join(objects)})"
+    if not ctx.env.stdin_isatty:
+        raise UsageError(f"refusing to {what} without confirmation: stdin is not a terminal; nothing was changed",
+                         "add --yes to confirm")
+    ctx.env.stderr.write(_differences_text(found) + f"\nAbout to {what} to the configured values.\nProceed? [y/N] ")
+    ctx.env.stderr.flush()
+    if ctx.env.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise OperationError("cancelled: nothing was changed")
+
+
+def _differences_text(found) -> str:
+    from osapi.cli.output import table
+    from osapi.job.setup import show_value
+
+    return table(("OBJECT", "SETTING", "IN NATS", "CONFIGURED", "KEY"), (
+        (d.label, d.setting, show_value(d.setting, d.cluster), show_value(d.setting, d.configured), d.key or "-")
+        for d in found))
+
+
+def _setup_text(report: dict) -> str:
+    from osapi.job.setup import Difference
+
+    found = [Difference(**d) for d in report["differences"]]
+    if not found:
+        return f"no differences: every stream and bucket in NATS ({report['nats']}) matches the configuration"
+    lines = [f"NATS at {report['nats']}", _differences_text(found)]
+    if not report["applied"]:
+        lines.append(f"{len(found)} difference(s); `osapi job setup --apply` changes NATS to the configured values")
+        return "\n".join(lines)
+    lines.append("")
+    for result in report["results"]:
+        done = f"{result['action']}d" if result["status"] == "ok" else f"{result['action']} FAILED: {result['error']}"
+        lines.append(f"{result['kind']} {result['name']}: {done}")
+    return "\n".join(lines)

@@ -16,10 +16,13 @@ Everything comes from ``job.*`` configuration:
   the fleet, ``<consumer_name>-host-<host>`` per host, ``<consumer_name>-dlq``.
 
 JetStream's create calls are idempotent for an identical configuration, so
-several processes may run this at once. When a stream exists with another
-configuration (an operator changed ``job.kv.ttl``), it is updated; when the
-change is not allowed in place (storage), a warning names it and the existing
-stream is used as it is.
+several processes may run this at once. A process creates what is missing and
+never changes an existing stream or bucket, whichever way its settings differ:
+a worker or an API with a stale or partial configuration must not drop a
+cluster's replicas, limits or storage (README "Stream and bucket settings").
+It logs one warning per differing setting instead (``warn_differences``);
+``plan`` and ``apply`` are ``osapi job setup [--apply]``, the operator's explicit
+way to change them.
 
 Consumers are shared by the fleet, so one side owns their settings: workers
 create *and update* them from their ``job.consumer.*``; the API only creates a
@@ -109,25 +112,153 @@ def host_slug(hostname: str) -> str:
     return slug
 
 
-# ---------------------------------------------------------------- streams
+# ---------------------------------------------------------------- streams and buckets
+
+# (setting, StreamConfig attribute), in the order they are reported
+SETTINGS = (
+    ("subjects", "subjects"),
+    ("retention", "retention"),
+    ("storage", "storage"),
+    ("replicas", "num_replicas"),
+    ("max_age", "max_age"),
+    ("max_msgs", "max_msgs"),
+    ("max_bytes", "max_bytes"),
+    ("max_msgs_per_subject", "max_msgs_per_subject"),
+    ("discard", "discard"),
+    ("duplicate_window", "duplicate_window"),
+    ("allow_direct", "allow_direct"),
+    ("allow_rollup_hdrs", "allow_rollup_hdrs"),
+    ("allow_msg_ttl", "allow_msg_ttl"),
+    ("deny_delete", "deny_delete"),
+)
+UNLIMITED = -1
+_LIMITS = {"max_msgs", "max_bytes", "max_msgs_per_subject"}
+_DURATIONS = {"max_age", "duplicate_window"}
+_ENUMS = {"retention": "limits", "storage": "file", "discard": "old"}  # attribute: the server's default
+_IF_SET = {"allow_direct", "allow_msg_ttl", "duplicate_window"}  # compared only when osapi sets them
 
 
-async def ensure_stream(js, config) -> None:
-    """Create ``config``; if the name exists with another configuration, update it."""
+@dataclass(frozen=True)
+class Wanted:
+    """A stream or KV bucket as the configuration wants it."""
+
+    kind: str  # "stream" or "bucket"
+    name: str  # JOBS, job-queue, ...
+    config: object  # nats.js.api.StreamConfig
+    keys: dict  # setting -> the configuration key it comes from
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One setting of one stream or bucket: the cluster's value and the configured one.
+
+    ``setting == "exists"``: the object is missing (``cluster`` False, ``configured`` True).
+    """
+
+    kind: str
+    name: str
+    setting: str
+    cluster: object
+    configured: object
+    key: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "setting": self.setting, "cluster": self.cluster,
+                "configured": self.configured, "key": self.key}
+
+
+def _normal(attr: str, value):
+    """A StreamConfig value in one comparable, JSON-able form (seconds, -1 for unlimited, enum values)."""
+    import enum
+
+    if attr in _LIMITS:
+        return UNLIMITED if value is None or value < 0 else int(value)
+    if attr in _DURATIONS:
+        return float(value or 0)
+    if attr == "subjects":
+        return sorted(value or [])
+    if attr == "num_replicas":
+        return int(value or 1)
+    if attr in _ENUMS:
+        value = _ENUMS[attr] if value is None else value
+        return str(value.value if isinstance(value, enum.Enum) else value)
+    return bool(value)
+
+
+def show_value(setting: str, value) -> str:
+    """A value for people: ``24h``, ``unlimited``, ``jobs.>``."""
+    from osapi.config import format_duration
+
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if setting in _DURATIONS:
+        return format_duration(value) if value else "unlimited"
+    if setting in _LIMITS and value == UNLIMITED:
+        return "unlimited"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def differences(wanted: Wanted, cluster_config) -> list[Difference]:
+    """Every setting where the existing stream (``cluster_config``) differs from ``wanted``."""
+    out = []
+    for setting, attr in SETTINGS:
+        configured = getattr(wanted.config, attr)
+        if attr in _IF_SET and not configured:
+            continue
+        mine, theirs = _normal(attr, configured), _normal(attr, getattr(cluster_config, attr, None))
+        if mine != theirs:
+            out.append(Difference(wanted.kind, wanted.name, setting, theirs, mine, wanted.keys.get(setting)))
+    return out
+
+
+def warn_differences(found: list[Difference], warned: set | None = None) -> None:
+    """One warning per setting that the configuration disagrees with NATS.
+
+    ``warned``: differences already warned about (the caller keeps it: a process that
+    sets up again after each reconnect warns once, not at every reconnect).
+    """
+    warned = set() if warned is None else warned
+    for diff in found:
+        seen = (diff.label, diff.setting, repr(diff.cluster), repr(diff.configured))
+        if seen in warned:
+            continue
+        warned.add(seen)
+        key = f" ({diff.key})" if diff.key else ""
+        log.warning("%s: %s is %s in NATS but %s in this process's configuration%s; keeping %s "
+                    "(`osapi job setup --apply` changes it to the configured value)",
+                    diff.label, diff.setting, show_value(diff.setting, diff.cluster),
+                    show_value(diff.setting, diff.configured), key, show_value(diff.setting, diff.cluster))
+
+
+async def ensure_stream(js, wanted: Wanted, warned: set | None = None):
+    """Create the stream if it is missing; never change an existing one. Returns its StreamInfo.
+
+    An existing stream whose settings differ from ``wanted`` is used as it is, with
+    one warning per differing setting (``warn_differences``).
+    """
     import nats.js.errors as jse
 
     try:
-        await js.add_stream(config)
-        return
+        return await js.add_stream(wanted.config)
     except jse.APIError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
-    try:
-        await js.update_stream(config)
-        log.info("updated stream %s to the configured settings", config.name)
-    except jse.APIError as exc:
-        log.warning("stream %s exists with settings that cannot change in place (%s); using it as it is",
-                    config.name, exc.description or exc)
+    info = await js.stream_info(wanted.config.name)
+    found = differences(wanted, info.config)
+    warn_differences(found, warned)
+    if not found:
+        log.debug("%s exists with settings osapi does not compare; using it as it is", wanted.label)
+    return info
 
 
 def _kv_stream_config(bucket: str, ttl: float | None, max_bytes: int, storage: str, replicas: int):
@@ -153,26 +284,20 @@ def _kv_stream_config(bucket: str, ttl: float | None, max_bytes: int, storage: s
     )
 
 
-async def ensure_kv(js, bucket: str, ttl: float | None, max_bytes: int, storage: str, replicas: int):
-    from nats.js.kv import KeyValue
-
-    config = _kv_stream_config(bucket, ttl, max_bytes, storage, replicas)
-    await ensure_stream(js, config)
-    info = await js.stream_info(config.name)
-    return KeyValue(name=bucket, stream=config.name, pre=f"$KV.{bucket}.", js=js,
-                    direct=bool(info.config.allow_direct))
+def _keys(section: str, **extra: str) -> dict:
+    keys = {"storage": f"job.{section}.storage", "replicas": f"job.{section}.replicas"}
+    keys.update(extra)
+    return keys
 
 
-async def ensure_all(js, cfg, update_consumers: bool = True) -> dict:
-    """Streams, buckets and the shared consumers. Returns the three KV handles by role.
-
-    ``update_consumers=False`` (the API): an existing consumer is left as the workers set it.
-    """
+def wanted_streams(cfg) -> list[Wanted]:
+    """Every stream and bucket osapi needs, as ``job.*`` configures them, in a fixed order."""
     from nats.js import api
 
     names = Names.from_config(cfg)
     job = cfg.job
-    await ensure_stream(js, api.StreamConfig(
+    kv = job.kv
+    jobs_stream = api.StreamConfig(
         name=names.stream,
         subjects=[job.stream_subjects],
         retention=api.RetentionPolicy.LIMITS,
@@ -182,8 +307,8 @@ async def ensure_all(js, cfg, update_consumers: bool = True) -> dict:
         num_replicas=job.stream.replicas,
         discard=api.DiscardPolicy(job.stream.discard),
         duplicate_window=min(DUPLICATE_WINDOW, job.stream.max_age),
-    ))
-    await ensure_stream(js, api.StreamConfig(
+    )
+    dlq_stream = api.StreamConfig(
         name=names.dlq_stream,
         subjects=[names.dlq_subject],
         retention=api.RetentionPolicy.LIMITS,
@@ -192,14 +317,45 @@ async def ensure_all(js, cfg, update_consumers: bool = True) -> dict:
         storage=api.StorageType(job.dlq.storage),
         num_replicas=job.dlq.replicas,
         discard=api.DiscardPolicy.OLD,
-    ))
-    kv = {
-        "jobs": await ensure_kv(js, names.jobs_bucket, job.kv.ttl, job.kv.max_bytes, job.kv.storage, job.kv.replicas),
-        "responses": await ensure_kv(js, names.responses_bucket, job.kv.ttl, job.kv.max_bytes,
-                                     job.kv.storage, job.kv.replicas),
-        "registry": await ensure_kv(js, names.registry_bucket, REGISTRY_MAX_AGE, job.kv.max_bytes,
-                                    job.kv.storage, job.kv.replicas),
-    }
+    )
+    kv_keys = _keys("kv", max_age="job.kv.ttl", max_bytes="job.kv.max_bytes")
+    return [
+        Wanted("stream", names.stream, jobs_stream,
+               _keys("stream", subjects="job.stream_subjects", max_age="job.stream.max_age",
+                     max_msgs="job.stream.max_msgs", discard="job.stream.discard")),
+        Wanted("stream", names.dlq_stream, dlq_stream,
+               _keys("dlq", max_age="job.dlq.max_age", max_msgs="job.dlq.max_msgs")),
+        Wanted("bucket", names.jobs_bucket,
+               _kv_stream_config(names.jobs_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
+        Wanted("bucket", names.responses_bucket,
+               _kv_stream_config(names.responses_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
+        Wanted("bucket", names.registry_bucket,
+               _kv_stream_config(names.registry_bucket, REGISTRY_MAX_AGE, kv.max_bytes, kv.storage, kv.replicas),
+               {k: v for k, v in kv_keys.items() if k != "max_age"}),  # its max_age is osapi's own
+    ]
+
+
+def _kv_handle(js, bucket: str, info):
+    from nats.js.kv import KeyValue
+
+    return KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=js,
+                    direct=bool(info.config.allow_direct))
+
+
+async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None = None) -> dict:
+    """Streams, buckets and the shared consumers. Returns the three KV handles by role.
+
+    Missing streams and buckets are created; existing ones are never changed
+    (differences are warned about: ``osapi job setup`` changes them).
+    ``update_consumers=False`` (the API): an existing consumer is left as the workers set it.
+    ``warned``: see ``warn_differences``.
+    """
+    names = Names.from_config(cfg)
+    infos = {}
+    for wanted in wanted_streams(cfg):
+        infos[wanted.kind, wanted.name] = await ensure_stream(js, wanted, warned)
+    kv = {role: _kv_handle(js, bucket, infos["bucket", bucket]) for role, bucket in (
+        ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket))}
     await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
     await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv
@@ -282,3 +438,49 @@ async def ensure_consumer(js, stream: str, config, update: bool = True) -> None:
             raise exc from None
         log.warning("consumer %s on %s exists with settings that cannot change in place (%s); using it as it is",
                     config.name, stream, exc.description or exc)
+
+
+# ---------------------------------------------------------------- `osapi job setup`
+
+
+async def plan(js, cfg) -> list[Difference]:
+    """What differs between NATS and the configuration, missing objects included. Changes nothing."""
+    import nats.js.errors as jse
+
+    found: list[Difference] = []
+    for wanted in wanted_streams(cfg):
+        try:
+            info = await js.stream_info(wanted.config.name)
+        except jse.NotFoundError:
+            found.append(Difference(wanted.kind, wanted.name, "exists", False, True, None))
+            continue
+        found.extend(differences(wanted, info.config))
+    return found
+
+
+async def apply(js, cfg, found: list[Difference]) -> list[dict]:
+    """Create or update every stream and bucket named in ``found`` to the configured settings.
+
+    One result per object: ``{kind, name, action: create|update, status: ok|failed, error}``.
+    A refused update (storage cannot change in place) fails that object only.
+    """
+    import nats.js.errors as jse
+
+    results = []
+    for wanted in wanted_streams(cfg):
+        mine = [d for d in found if (d.kind, d.name) == (wanted.kind, wanted.name)]
+        if not mine:
+            continue
+        action = "create" if any(d.setting == "exists" for d in mine) else "update"
+        result = {"kind": wanted.kind, "name": wanted.name, "action": action, "status": "ok", "error": None}
+        try:
+            if action == "create":
+                await js.add_stream(wanted.config)
+            else:
+                await js.update_stream(wanted.config)
+            log.info("%s: %s the configured settings", wanted.label,
+                     "created with" if action == "create" else "updated to")
+        except jse.APIError as exc:
+            result.update(status="failed", error=str(exc.description or exc))
+        results.append(result)
+    return results

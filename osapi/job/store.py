@@ -65,6 +65,7 @@ class Store:
         self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
         self.names = Names.from_config(cfg)
         self._kv: dict[str, Any] = {}
+        self._warned: set = set()  # stream settings already warned about (setup.warn_differences)
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._summaries: dict[str, st.Summary] = {}
         consumer = cfg.job.consumer
@@ -74,10 +75,12 @@ class Store:
     # ------------------------------------------------------------ setup and handles
 
     async def setup(self, update_consumers: bool = False) -> None:
-        """Streams, buckets and shared consumers; ``update_consumers``: also rewrite existing ones (workers)."""
+        """Missing streams, buckets and shared consumers; existing streams and buckets are never
+        changed (a warning per differing setting, once per Store); ``update_consumers``: also
+        rewrite existing consumers (workers)."""
         from osapi.job.setup import ensure_all
 
-        self._kv = await ensure_all(self.js, self.cfg, update_consumers=update_consumers)
+        self._kv = await ensure_all(self.js, self.cfg, update_consumers=update_consumers, warned=self._warned)
 
     def kv(self, role: str):
         """The KV handle for ``jobs``, ``responses`` or ``registry`` (made without a round trip)."""

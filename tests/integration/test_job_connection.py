@@ -114,7 +114,7 @@ def test_setup_is_idempotent_and_safe_when_run_at_once(nats_server, tmp_path):
             dlq = await js.stream_info("JOBS_DLQ")
             stream = await js.stream_info("JOBS")
             consumer = await js.consumer_info("JOBS", "jobs-worker-any")
-            # a changed setting is applied to the existing stream
+            # a changed setting is not applied to the existing stream (`osapi job setup --apply` does that)
             cfg2 = cfg_for({**env, "OSAPI_JOB_KV_TTL": "2h"})
             await JobClient(conns[0], cfg2).setup()
             updated = await js.stream_info("KV_job-queue")
@@ -129,7 +129,7 @@ def test_setup_is_idempotent_and_safe_when_run_at_once(nats_server, tmp_path):
     assert dlq.config.subjects == ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.>"]
     assert stream.config.subjects == ["jobs.>"] and stream.config.max_msgs == 10000
     assert consumer.config.filter_subject == "jobs.*._any" and consumer.config.max_deliver == 5
-    assert updated.config.max_age == 7200
+    assert updated.config.max_age == 3600
 
 
 def test_requests_fail_with_nats_unavailable_when_the_server_is_gone(tmp_path):
@@ -338,5 +338,8 @@ def test_setup_keeps_objects_whose_settings_cannot_change_in_place(nats_server, 
     assert stream.config.storage == api.StorageType.MEMORY and consumer.config.max_waiting == 16
     assert consumer.config.max_deliver == -1  # an update is all or nothing: the consumer stays as it was
     text = caplog.text
-    assert "stream JOBS exists with settings that cannot change in place" in text
+    # an existing stream is never changed: one warning per differing setting
+    assert ("stream JOBS: storage is memory in NATS but file in this process's configuration "
+            "(job.stream.storage); keeping memory") in text
+    assert "stream JOBS: max_age is unlimited in NATS but 1d in this process's configuration" in text
     assert "consumer jobs-worker-any on JOBS exists with settings that cannot change in place" in text
