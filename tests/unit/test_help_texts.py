@@ -56,6 +56,10 @@ def test_job_id_and_poll_interval_are_explained(cli, capsys):
     (["job", "worker", "start"],
      "Exit status: 0 after SIGTERM/SIGINT; 1 when NATS closed the connection for good (the supervisor "
      "restarts it); 2 usage or configuration error."),
+    (["job", "setup"],
+     "Exit status: 0 nothing differs, or --apply changed everything; 1 differences found (without --apply), "
+     "an update failed, or NATS could not be reached; 2 usage or configuration error, or --apply refused "
+     "without a terminal and without --yes."),
     (["supervise", "start"], "Exit status: 0 done; 1 supervise is not running"),
     (["supervise", "stop"], "Exit status: 0 done; 1 supervise is not running"),
     (["supervise", "restart"], "Exit status: 0 done; 1 supervise is not running"),
