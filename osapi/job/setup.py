@@ -27,6 +27,8 @@ way to change them.
 Consumers are shared by the fleet, so one side owns their settings: workers
 create *and update* them from their ``job.consumer.*``; the API only creates a
 missing one (``update_consumers=False``) and never rewrites what the workers set.
+Consumer configurations set neither replicas nor storage: a consumer follows its
+stream's, so a worker's update cannot lower them.
 
 A host's consumer is removed by the server after ``HOST_CONSUMER_INACTIVE``
 (7 days) without a worker of that host pulling: a retired host does not keep

@@ -146,10 +146,10 @@ def test_setup_without_nats_names_the_url(tmp_path):
     from harness import free_port
 
     port = free_port()
-    env = clean_env(OSAPI_NATS_URL=f"nats://127.0.0.1:{port}", OSAPI_SUPERVISE_STATE_DIR=str(tmp_path / "s"))
+    env = clean_env(OSAPI_NATS_URL=f"nats://user:s3cret@127.0.0.1:{port}", OSAPI_SUPERVISE_STATE_DIR=str(tmp_path / "s"))
     status, out, err = run_cli(env, "job", "setup", "--apply", "--yes")
     assert status == 1 and out == ""
-    assert f"cannot connect to NATS at nats://127.0.0.1:{port}" in err
+    assert f"cannot connect to NATS at nats://127.0.0.1:{port}" in err and "s3cret" not in err
 
 
 # ---------------------------------------------------------------- a three-node cluster
