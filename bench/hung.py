@@ -20,7 +20,7 @@ import time
 
 from bench.httpclient import AsyncConnection
 from bench.report import Section
-from bench.stats import ms, percentile
+from bench.stats import mib, ms, percentile
 
 TITLE = "Hung host"
 GOAL_MS = 100.0
@@ -53,7 +53,21 @@ async def _total_jobs(port: int, token: str) -> int | None:
         await conn.close()
 
 
-async def _measure(port: int, token: str, waiting: int, probes: int) -> dict:
+def _api_rss(app) -> int | None:
+    """RSS of the API process (its threads' stacks included), in bytes."""
+    import psutil
+
+    for pid in app.pids():
+        try:
+            proc = psutil.Process(pid)
+            if "api server start" in " ".join(proc.cmdline()):
+                return proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return None
+
+
+async def _measure(port: int, token: str, waiting: int, probes: int, rss) -> dict:
     before = await _total_jobs(port, token) or 0
     started = time.monotonic()
     hung = [asyncio.ensure_future(_call(port, token, f"/api/v1/system/hostname?target_hostname={HUNG}",
@@ -76,8 +90,9 @@ async def _measure(port: int, token: str, waiting: int, probes: int) -> dict:
         health.append(await _call(port, token, "/health", PROBE_TIMEOUT))
         other.append(await _call(port, token, f"/api/v1/system/hostname?target_hostname={HEALTHY}",
                                  PROBE_TIMEOUT))
+    rss_waiting = rss()
     ended = await asyncio.gather(*hung)
-    return {"in_flight": in_flight, "settled": settled, "health": health, "other": other,
+    return {"rss_waiting": rss_waiting, "in_flight": in_flight, "settled": settled, "health": health, "other": other,
             "hung": [status for status, _ in ended], "hung_seconds": [s for _, s in ended]}
 
 
@@ -101,9 +116,10 @@ def run(ctx) -> Section:
         status, _ = app.request("GET", f"/api/v1/system/hostname?target_hostname={HUNG}")
         if status != 200:
             raise RuntimeError(f"{HUNG} did not answer before it was stopped: HTTP {status}")
+        rss_idle = _api_rss(app)
         os.kill(stopped.pid, signal.SIGSTOP)
         try:
-            got = asyncio.run(_measure(app.api_port, app.token, waiting, probes))
+            got = asyncio.run(_measure(app.api_port, app.token, waiting, probes, lambda: _api_rss(app)))
         finally:
             os.kill(stopped.pid, signal.SIGCONT)
     health_ok = [s for status, s in got["health"] if status == 200]
@@ -124,6 +140,10 @@ def run(ctx) -> Section:
     section.add("probes answered 5xx or not at all", bad, "", goal="0", met=bad == 0)
     section.add("waiting calls that ended with a 5xx other than 504", hung_other_5xx, "", goal="0",
                 met=hung_other_5xx == 0)
+    if rss_idle and got["rss_waiting"]:
+        section.add("RSS of the API process, idle", mib(rss_idle), "MiB")
+        section.add(f"RSS of the API process, {waiting} calls waiting", mib(got["rss_waiting"]), "MiB",
+                    "idle", mib(rss_idle))
     section.note(f"{waiting} concurrent `GET /system/hostname?target_hostname={HUNG}` on their own connections; "
                  f"{got['in_flight']} of them were stored jobs {got['settled']:.1f} s after they were sent "
                  f"(the probes start then)")
