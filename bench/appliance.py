@@ -272,14 +272,14 @@ class Appliance:
             time.sleep(0.1)
         raise TimeoutError(f"workers {sorted(hostnames - seen)} not registered within {timeout:.0f}s")
 
-    def add_workers(self, hostnames: list[str]) -> list[subprocess.Popen]:
-        """One more worker process per hostname, on this appliance's NATS."""
+    def add_workers(self, hostnames: list[str], args: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+        """One more worker process per hostname, on this appliance's NATS (``args``: more worker flags)."""
         env = self.env()
         if self.mode == "pyz":
             env.update({"OSAPI_NATS_URL": self.nats_url, "OSAPI_NATS_TOKEN": self.nats_token})
         procs = []
         for name in hostnames:
-            proc = self._spawn(f"worker-{name}", self.osapi_argv("job", "worker", "start"),
+            proc = self._spawn(f"worker-{name}", self.osapi_argv("job", "worker", "start", *args),
                                dict(env, OSAPI_JOB_WORKER_HOSTNAME=name))
             self.worker_procs.append(proc)
             procs.append(proc)

@@ -53,6 +53,7 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "broadcast": "bench.broadcast",
     "scale": "bench.scale",
+    "hung": "bench.hung",
     "startup": "bench.startup",
     "footprint": "bench.footprint",
 }

@@ -33,7 +33,9 @@ def fmt(value: float | None, unit: str = "") -> str:
     """A number with 3 significant-ish digits and its unit; ``—`` for none."""
     if value is None:
         return "—"
-    if value == 0:
+    if isinstance(value, int):
+        text = f"{value:,}"  # a count
+    elif value == 0:
         text = "0"
     elif abs(value) >= 100:
         text = f"{value:,.0f}"

@@ -176,14 +176,15 @@ class WorkerProcess:
     workdir: Path
     env: dict[str, str]
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()  # more flags of ``job worker start`` (``--heartbeat 30s``)
 
     def start(self) -> "WorkerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(self.env)
         env.setdefault("OSAPI_SUPERVISE_STATE_DIR", str(self.workdir / "state"))
         with open(self.workdir / "worker.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start"],
-                                         cwd=self.workdir, env=env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start",
+                                          *self.args], cwd=self.workdir, env=env, stdout=log, stderr=log)
         return self
 
     def log(self) -> str:

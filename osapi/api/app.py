@@ -25,6 +25,7 @@ import bottle
 from osapi.api import errors
 from osapi.api.auth import Authenticator
 from osapi.api.cors import CorsPolicy
+from osapi.api.domain import WaitSlots
 from osapi.api.errors import ApiError
 from osapi.api.routing import API_PREFIX, Call, Route
 
@@ -53,12 +54,13 @@ class Settings:
 
 
 class Services:
-    """What handlers share: configuration, the NATS bridge, settings, start time."""
+    """What handlers share: configuration, the NATS bridge, settings, start time, wait slots."""
 
     def __init__(self, cfg, bridge, routes: list[Route]):
         self.cfg = cfg
         self.bridge = bridge
         self.settings = Settings.from_config(cfg)
+        self.wait_slots = WaitSlots()  # synchronous calls waiting for workers (domain.py)
         self.started = time.monotonic()
         self.last_job_stats: tuple[int, dict] | None = None  # (time ns, counts): /health/status when NATS is away
         self._routes = routes

@@ -10,12 +10,19 @@ Adding an endpoint for a new operation is one ``OperationRoute`` line.
 
 ``target_hostname`` is a query parameter on every domain route; PUT and POST
 also accept it as a body field (give it in one place: both, differing, is 400).
+
+A synchronous call holds a Waitress thread while it waits, up to ``job_timeout``
+when a host hangs. ``WaitSlots`` bounds how many wait at once (``MAX_SYNC_WAITS``);
+one more is refused at once with 503 and ``Retry-After`` (``server.py`` keeps
+threads beyond that bound for every other request).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +32,30 @@ from osapi.api.routing import TARGET_PARAM, Call, InvalidValue, Reply, Response,
 from osapi.job import operations
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
+MAX_SYNC_WAITS = 256  # synchronous calls waiting for workers at once; see server.py THREADS
+RETRY_AFTER = 5  # seconds, the Retry-After of a call refused because MAX_SYNC_WAITS are waiting
+
+
+class WaitSlots:
+    """At most ``limit`` synchronous calls waiting for workers at once; one more is a 503 at once."""
+
+    def __init__(self, limit: int = MAX_SYNC_WAITS):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    @contextlib.contextmanager
+    def slot(self):
+        if self._free is None or not self._free.acquire(blocking=False):
+            raise ApiError(
+                503, "too many synchronous calls waiting",
+                f"{self.limit} synchronous calls are already waiting for workers; retry after "
+                f"{RETRY_AFTER}s, or submit the job with POST /api/v1/jobs and read GET /api/v1/jobs/{{job_id}}",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,9 @@ def _route(spec: OperationRoute) -> Route:
                 schemas.sync_result(op.result_schema, spec.result_extra),
             ),
             **schemas.error_responses(400, 401, 403, 503, 504),
+            503: Response(f"NATS is not reachable, or {MAX_SYNC_WAITS} synchronous calls are already waiting "
+                          "for workers (`too many synchronous calls waiting`, with a `Retry-After` header)",
+                          schemas.ref("Error")),
         },
         description=f"Runs the `{op.type}` job ({op.kind}) on the target and waits for its workers: {op.summary}.",
         operation_id=op.type.replace(".", "_"),
@@ -123,15 +157,16 @@ def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
         raise bad_request(f"invalid data for {op.type}", str(exc)) from None
 
     settings = call.services.settings
-    result = call.services.bridge.call(
-        # a job nobody picked up before its caller gave up must not run later (JobClient.run)
-        lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period,
-                                  expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
-        settings.job_timeout + SYNC_MARGIN,
-        on_timeout=ApiError(504, "no worker answered in time",
-                            f"{op.type} on target {target!r}: the API gave up after "
-                            f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
-    )
+    with call.services.wait_slots.slot():
+        result = call.services.bridge.call(
+            # a job nobody picked up before its caller gave up must not run later (JobClient.run)
+            lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period,
+                                      expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
+            settings.job_timeout + SYNC_MARGIN,
+            on_timeout=ApiError(504, "no worker answered in time",
+                                f"{op.type} on target {target!r}: the API gave up after "
+                                f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
+        )
     results = list(result.get("results") or [])
     if spec.shape_result is not None:
         results = [spec.shape_result(dict(item)) for item in results]

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 
+from osapi.api.domain import MAX_SYNC_WAITS
 from osapi.api.errors import envelope
 from osapi.api.routing import MAX_BODY
 from osapi.errors import ConfigError
@@ -24,7 +25,20 @@ from osapi.errors import ConfigError
 log = logging.getLogger("osapi.api")
 access_log = logging.getLogger("osapi.api.access")
 
-THREADS = 8  # concurrent requests; a synchronous endpoint holds one for up to job_timeout
+# Threads. A WSGI handler must return from its thread, so a synchronous endpoint
+# holds one while it waits for the workers -- up to job_timeout when a host hangs.
+# With 8 threads, 8 calls to one hung host made /health wait for job_timeout.
+# Now: at most MAX_SYNC_WAITS calls wait at once (one more is a 503 with
+# Retry-After at once, domain.WaitSlots), and SPARE_THREADS more threads are
+# never taken by a wait, so /health, the job queue and calls to other hosts
+# still answer. An idle thread costs about 16 KiB of RSS (measured: 8 -> 272
+# threads, +4.8 MiB); a smaller threading.stack_size would only save address
+# space, not memory, so the default stack stays. bench/hung.py measures it.
+SPARE_THREADS = 8  # for everything that does not wait for workers
+THREADS = MAX_SYNC_WAITS + SPARE_THREADS
+# Open connections Waitress accepts (its default, 100, would leave a probe in the
+# listen backlog once 100 calls wait); well under the usual 1024 open files.
+CONNECTION_LIMIT = 2 * THREADS
 CHANNEL_TIMEOUT = 120  # seconds an idle connection stays open
 SHUTDOWN_GRACE = 5.0  # seconds running requests get to finish after SIGTERM
 LOOP_TIMEOUT = 0.25  # seconds per poll round; bounds how late a stop signal is noticed
@@ -90,6 +104,7 @@ class ApiServer:
                 host=host,
                 port=port,
                 threads=threads,
+                connection_limit=CONNECTION_LIMIT,
                 ident="osapi",
                 max_request_body_size=MAX_BODY + 1,  # waitress refuses at >= this size
                 channel_timeout=CHANNEL_TIMEOUT,

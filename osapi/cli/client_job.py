@@ -31,6 +31,10 @@ Submits the job and checks GET /jobs/{id} at once, then after 50 ms, doubling
 the wait up to --poll-interval, until the job is completed, failed or
 partial_failure, and prints each host's result. Durations take a unit (500ms,
 30s, 5m, 1h) or are a plain number of seconds.
+When no live worker matches the target (GET /jobs/workers: a hostname, or a
+label such as group:web that matches group=web, web.dev, ...), it says so at
+once on stderr and keeps waiting: the job stays queued for a worker that
+registers later.
 With --json it prints the job as the last GET /jobs/{id} returned it.
 
 Exit status: 0 the job completed; 1 the job failed, partially failed or did
@@ -190,6 +194,7 @@ def run_cmd(ctx: Context) -> None:
     if not job_id:
         raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")
     deadline = time.monotonic() + timeout
+    warn_if_no_live_worker(ctx, client, target, job_id, timeout)
     delays = poll_delays(interval)
     while True:
         job = client.job_get(job_id)
@@ -213,6 +218,38 @@ def run_cmd(ctx: Context) -> None:
             detail = f": {job.get('error')}"
         raise OperationError(f"job {job_id} {status.replace('_', ' ')}{detail}", hint)
     check_failed(results)
+
+
+def warn_if_no_live_worker(ctx: Context, client, target: str, job_id: str, timeout: float) -> None:
+    """Say on stderr, at once, when the worker registry lists no live worker for ``target``.
+
+    The job stays queued (a matching worker that registers later runs it) and the
+    command keeps waiting as usual. The registry is only advice here: when it
+    cannot be read, nothing is said.
+    """
+    from osapi.client import ApiError
+
+    try:
+        registry = client.workers()
+    except ApiError:
+        return
+    if live_workers_for(registry, target):
+        return
+    ctx.env.stderr.write(
+        f"osapi: warning: no live worker matches target {target}; job {job_id} stays queued until one "
+        f"registers (waiting up to {timeout:g}s; see `osapi client job workers list`)\n")
+    ctx.env.stderr.flush()
+
+
+def live_workers_for(registry, target: str) -> list[str]:
+    """The hostnames in a ``GET /jobs/workers`` body that receive ``target``'s jobs (the job system's rules)."""
+    from osapi.job.subjects import parse_target
+
+    parsed = parse_target(target)
+    workers = registry.get("workers") if isinstance(registry, dict) else None
+    return [w["hostname"] for w in workers or []
+            if isinstance(w, dict) and isinstance(w.get("hostname"), str)
+            and parsed.matches(w["hostname"], w.get("labels") if isinstance(w.get("labels"), dict) else None)]
 
 
 def poll_delays(interval: float):

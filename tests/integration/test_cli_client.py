@@ -510,6 +510,67 @@ def test_job_run_timeout_exits_1_and_says_so(osapi, stack):
     assert "osapi client job get --job-id" in res.stderr
 
 
+NO_WORKER = "osapi: warning: no live worker matches target"
+
+
+@pytest.mark.parametrize("target", ["ghost-host", "group:web.prod", "group:web.dev.eu", "zone:a"])
+def test_job_run_says_at_once_when_no_live_worker_matches(osapi, stack, target):
+    path = write_op(stack, "unmatched.json", {"type": "system.hostname.get", "data": {}})
+    res = osapi("client", "job", "run", "--json-file", path, "-T", target, "-t", "300ms", "-p", "0.1")
+    assert res.status == 1, res.stderr  # exit codes unchanged: it did not finish
+    warning, error = res.stderr.splitlines()[:2]
+    job_id = error.split("job ", 1)[1].split(" ", 1)[0]
+    assert warning == (f"{NO_WORKER} {target}; job {job_id} stays queued until one registers "
+                       "(waiting up to 0.3s; see `osapi client job workers list`)")
+    assert "did not finish within 0.3s (status: submitted)" in error
+    assert stack.http("GET", f"/api/v1/jobs/{job_id}")[1]["status"] == "submitted"  # still queued
+
+
+@pytest.mark.parametrize("target", [ALPHA, ALPHA.upper(), "group:web", "group:web.dev", "group:db", "_any", "_all"])
+def test_job_run_to_a_live_worker_says_nothing_about_the_registry(osapi, stack, target):
+    path = write_op(stack, "matched.json", {"type": "system.hostname.get", "data": {}})
+    res = osapi("client", "job", "run", "--json-file", path, "-T", target, "-p", "0.1")
+    assert res.status == 0, res.stderr
+    assert res.stderr == ""
+
+
+def test_job_run_with_json_keeps_stdout_json_and_warns_on_stderr(osapi, stack):
+    path = write_op(stack, "unmatched-json.json", {"type": "system.hostname.get", "data": {}})
+    res = osapi("client", "job", "run", "--json-file", path, "-T", "ghost-host", "-t", "200ms", "-p", "0.1", "--json")
+    assert res.status == 1
+    job = json.loads(res.stdout)
+    assert job["status"] == "submitted"
+    assert res.stderr.startswith(f"{NO_WORKER} ghost-host; job {job['id']} stays queued")
+
+
+def test_job_run_warns_before_it_waits_and_then_keeps_waiting(stack):
+    """The warning is on stderr while the command still waits (its timeout is a minute away)."""
+    import select
+
+    path = write_op(stack, "unmatched-wait.json", {"type": "system.hostname.get", "data": {}})
+    env = _base_env()
+    env.update({"OSAPI_API_CLIENT_URL": stack.url, TOKEN_ENV: stack.admin,
+                "OSAPI_SUPERVISE_STATE_DIR": str(stack.root / "client-state")})
+    proc = subprocess.Popen([sys.executable, "-m", "osapi", "client", "job", "run", "--json-file", path,
+                             "-T", "ghost-host", "-t", "60s"], env=env, cwd=stack.root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = b""
+        deadline = time.monotonic() + 30
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                line += chunk
+        assert line.decode().startswith(f"{NO_WORKER} ghost-host; job "), line
+        assert proc.poll() is None  # still waiting for the job, as before
+    finally:
+        stop_process(proc)
+        proc.stderr.close()
+
+
 def test_job_status_once_and_json(osapi, stack):
     assert osapi("client", "system", "load", "-T", ALPHA).status == 0  # at least one job exists
     res = osapi("client", "job", "status", "--once")

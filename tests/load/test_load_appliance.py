@@ -8,8 +8,9 @@ What must hold (issue 9):
   most ``RSS_GROWTH`` above the sample taken once the load was established.
 
 Why that bound: the first seconds under full load allocate what a busy API
-needs (32 keep-alive channels, 8 Waitress threads and their buffers, the NATS
-client's pending structures, pymalloc arenas). After that the API still grows
+needs (32 keep-alive channels, the Waitress threads -- 264, each one's stack
+touched when it first serves -- and their buffers, the NATS client's pending
+structures, pymalloc arenas). After that the API still grows
 a little *by design*: the job store caches immutable job bodies (about 0.9 KiB
 a job, bounded at 20,000 jobs) and ``GET /jobs/status`` builds a working set
 proportional to the jobs stored (measured: ~1.3 KiB a job per concurrent call,

@@ -237,6 +237,39 @@ def test_valid_request_without_nats_is_503(app):
     _envelope(wsgi_call(app, "POST", "/api/v1/jobs", body=payload, headers=ADMIN), 503)
 
 
+def test_synchronous_calls_beyond_the_wait_slots_are_503_at_once_with_retry_after():
+    """Every slot held (calls waiting on workers): one more synchronous call is refused at once."""
+    import contextlib
+
+    from osapi.api.domain import RETRY_AFTER, WaitSlots
+
+    cfg = _cfg()
+    app = create_app(cfg, NatsBridge(cfg))
+    app.services.wait_slots = WaitSlots(2)
+    doc = wsgi_call(app, "GET", "/api/v1/openapi.json").json
+    dns = json.dumps({"interface_name": "eth0", "servers": ["192.0.2.1"]}).encode()
+    with contextlib.ExitStack() as held:
+        for _ in range(2):
+            held.enter_context(app.services.wait_slots.slot())
+        for method, path, body, template in [
+            ("GET", "/api/v1/system/hostname", b"", "/api/v1/system/hostname"),
+            ("PUT", "/api/v1/network/dns", dns, "/api/v1/network/dns"),
+        ]:
+            resp = wsgi_call(app, method, path, query="target_hostname=h1", body=body, headers=ADMIN)
+            got = _envelope(resp, 503)
+            assert got["error"] == "too many synchronous calls waiting", got
+            assert got["details"].startswith("2 synchronous calls are already waiting") and "POST /api/v1/jobs" in got["details"]
+            assert resp.header("retry-after") == str(RETRY_AFTER)
+            check_against_document(doc, method, template, resp)
+        # a bad request is still refused for what it is, and the rest of the API answers
+        assert wsgi_call(app, "GET", "/api/v1/system/hostname", query="target_hostname=a*b", headers=ADMIN).status == 400
+        assert wsgi_call(app, "GET", "/health").json == {"status": "ok"}
+    # slots free again (also after a call that failed inside one): the call reaches the bridge
+    for _ in range(3):
+        got = _envelope(wsgi_call(app, "GET", "/api/v1/system/hostname", headers=ADMIN), 503)
+        assert got["error"] == "NATS is not reachable", got
+
+
 # ---------------------------------------------------------------- body size
 
 

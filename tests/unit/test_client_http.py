@@ -742,3 +742,24 @@ def test_client_commands_import_no_server_side_modules(stub, tmp_path, argv, sta
     assert proc.returncode == status, proc.stderr
     heavy = json.loads(proc.stderr.rsplit("HEAVY=", 1)[1])
     assert heavy == []
+
+
+def test_live_workers_for_uses_the_job_systems_target_rules():
+    from osapi.cli.client_job import live_workers_for
+
+    registry = {"workers": [
+        {"hostname": "web1", "labels": {"group": "web.dev.us"}},
+        {"hostname": "Db1", "labels": {"group": "db"}},
+        {"hostname": "bare"},  # no labels
+        "not a row", {"labels": {"group": "web"}}, {"hostname": None},  # malformed rows are skipped
+        {"hostname": "odd", "labels": ["group", "web"]},
+    ]}
+    assert live_workers_for(registry, "group:web") == ["web1"]
+    assert live_workers_for(registry, "group:web.dev.us") == ["web1"]
+    assert live_workers_for(registry, "group:web.de") == []  # a prefix of a segment is not a match
+    assert live_workers_for(registry, "group:web.dev.us.east") == []
+    assert live_workers_for(registry, "db1") == ["Db1"]  # host names compare case-insensitively
+    assert live_workers_for(registry, "_any") == ["web1", "Db1", "bare", "odd"]
+    assert live_workers_for(registry, "_all") == ["web1", "Db1", "bare", "odd"]
+    for body in ({}, {"workers": None}, [], None, {"workers": "x"}):
+        assert live_workers_for(body, "_any") == []
