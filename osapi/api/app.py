@@ -90,7 +90,7 @@ class Api:
         self.bottle.config["json.enable"] = False  # handlers return bytes; JSON is ours
         self.bottle.default_error_handler = self._bottle_error  # 404, 405, uncaught 500
         for route in self.routes:
-            self.bottle.route(route.bottle_rule, route.method, self._endpoint(route))
+            self.bottle.route(route.bottle_rule(self.routes), route.method, self._endpoint(route))
 
     # ------------------------------------------------------------ WSGI
 

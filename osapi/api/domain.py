@@ -8,8 +8,9 @@ validates the data with the operation's own validator
 the workers with ``JobClient.run`` -- the API never runs a provider itself.
 Adding an endpoint for a new operation is one ``OperationRoute`` line.
 
-``target_hostname`` is a query parameter on every domain route; PUT and POST
-also accept it as a body field (give it in one place: both, differing, is 400).
+``target_hostname`` is a query parameter on every domain route, and only there: a
+body field of that name is refused (400), so the OpenAPI document can describe
+every accepted request exactly.
 
 A synchronous call holds a Waitress thread while it waits, up to ``job_timeout``
 when a host hangs. ``WaitSlots`` bounds how many wait at once (``MAX_SYNC_WAITS``);
@@ -28,7 +29,7 @@ from typing import Callable
 
 from osapi.api import schemas
 from osapi.api.errors import ApiError, bad_request
-from osapi.api.routing import TARGET_PARAM, Call, InvalidValue, Reply, Response, Route, parse_target
+from osapi.api.routing import TARGET_PARAM, Call, Reply, Response, Route
 from osapi.job import operations
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
@@ -97,10 +98,6 @@ def _route(spec: OperationRoute) -> Route:
         body_schema.setdefault("properties", {})
         for name in path_fields:
             body_schema["properties"].pop(name, None)
-        body_schema["properties"]["target_hostname"] = {
-            "type": "string",
-            "description": "alternative to the query parameter of the same name",
-        }
         body_schema["additionalProperties"] = False
     return Route(
         method=spec.method,
@@ -111,8 +108,7 @@ def _route(spec: OperationRoute) -> Route:
         scope=spec.scope,
         query=(TARGET_PARAM,),
         body=body_schema,
-        body_description=f"the data of `{op.type}`" + (
-            "; `target_hostname` may be given here instead of in the query" if has_body else ""),
+        body_description=f"the data of `{op.type}`; the target is the `target_hostname` query parameter",
         responses={
             spec.status: Response(
                 f"one result per responding worker (`{op.type}`)",
@@ -122,6 +118,8 @@ def _route(spec: OperationRoute) -> Route:
             503: Response(f"NATS is not reachable, or {MAX_SYNC_WAITS} synchronous calls are already waiting "
                           "for workers (`too many synchronous calls waiting`, with a `Retry-After` header)",
                           schemas.ref("Error")),
+            404: Response("no live worker matches the target (registry); `job_id` names the job, which stays "
+                          "queued for a host that may come", schemas.ref("Error")),
         },
         description=f"Runs the `{op.type}` job ({op.kind}) on the target and waits for its workers: {op.summary}.",
         operation_id=op.type.replace(".", "_"),
@@ -131,21 +129,11 @@ def _route(spec: OperationRoute) -> Route:
 def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
     data: dict = dict(call.path)
     target = call.query["target_hostname"]
-    target_in_query = "target_hostname" in call.given
     if has_body:
         body = dict(call.body_object())
         if "target_hostname" in body:
-            value = body.pop("target_hostname")
-            if not isinstance(value, str):
-                raise bad_request("invalid field target_hostname", "target_hostname must be a string")
-            try:
-                value = parse_target(value)
-            except InvalidValue as exc:
-                raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
-            if target_in_query and value != target:
-                raise bad_request("conflicting target_hostname",
-                                  f"the query says {target!r} and the body {value!r}; give it once")
-            target = value
+            raise bad_request("unexpected field target_hostname in the request body",
+                              "give the target as the query parameter: ?target_hostname=…")
         for name in data:
             if name in body:
                 raise bad_request(f"unexpected field {name} in the request body",

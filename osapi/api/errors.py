@@ -92,6 +92,8 @@ def from_exception(exc: BaseException) -> ApiError | None:
         details = str(exc)  # which job, which target, how long: the category is in ``error``
         if job_id and job_id not in details:
             details = f"{details}; job {job_id}: see GET /api/v1/jobs/{job_id}" if details else f"job {job_id}"
+        if isinstance(exc, job_errors.NoLiveWorker):
+            return ApiError(404, "no live worker matches target", details, extra=extra)
         return ApiError(504, "no worker answered in time", details, extra=extra)
     return None
 

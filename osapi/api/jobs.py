@@ -13,7 +13,7 @@ from osapi.api.errors import bad_request
 from osapi.api.health import remember_job_stats
 from osapi.api.routing import (
     API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
-    parse_choice, parse_int, parse_target,
+    int_param, parse_choice, parse_target,
 )
 from osapi.job import operations
 
@@ -21,6 +21,7 @@ TAG = "jobs"
 QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+MAX_OFFSET = 999_999_999
 
 
 def _job_id(call: Call) -> str:
@@ -103,7 +104,7 @@ _err = schemas.error_responses
 def routes() -> list[Route]:
     return [
         Route("POST", "/jobs", create, "submit a job (asynchronous)", TAG, "write",
-              body=schemas.JOB_REQUEST,
+              body=schemas.job_request(),
               body_description="the operation and where it runs; unknown fields are refused",
               responses={201: Response("the job is stored and announced", schemas.JOB_CREATED),
                          **_err(400, 401, 403, 413, 503)},
@@ -112,10 +113,8 @@ def routes() -> list[Route]:
               query=(
                   Param("status", {"type": "string", "enum": list(schemas.JOB_STATUSES)},
                         "only jobs in this status", parse_choice(*schemas.JOB_STATUSES), None),
-                  Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-                        f"page size, 1 to {MAX_LIMIT}", parse_int(1, MAX_LIMIT), DEFAULT_LIMIT),
-                  Param("offset", {"type": "integer", "minimum": 0, "default": 0},
-                        "jobs to skip", parse_int(0), 0),
+                  int_param("limit", 1, MAX_LIMIT, DEFAULT_LIMIT, f"page size, 1 to {MAX_LIMIT}"),
+                  int_param("offset", 0, MAX_OFFSET, 0, f"jobs to skip, 0 to {MAX_OFFSET}"),
               ),
               responses={200: Response("one page of jobs", schemas.JOB_LIST), **_err(400, 401, 403, 503)},
               operation_id="jobs_list"),

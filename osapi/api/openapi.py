@@ -29,8 +29,9 @@ executed by the workers on the target hosts.
 * Errors: every 4xx/5xx body is `{"error", "details", "code"}`, including unknown paths (404)
   and wrong methods (405, with an `Allow` header).
 * Synchronous domain endpoints answer `{job_id, results}`, one item per responding worker;
-  a worker that failed appears as `{hostname, status: "failed", error}`. No worker within
-  `api.server.job_timeout`: 504. NATS unreachable: 503.
+  a worker that failed appears as `{hostname, status: "failed", error}`. No live worker
+  matches the target: 404 with the `job_id` (the job stays queued). Matching workers that did
+  not answer within `api.server.job_timeout`: 504. NATS unreachable: 503.
 * Targets (`target_hostname`): `_any`, `_all`, `key:value` (label prefix match) or a hostname.
   On PUT/POST domain endpoints it may also be a body field.
 * Input: query parameters a route does not declare are refused (400); the body is parsed as
@@ -123,9 +124,15 @@ def _responses(route: Route) -> dict[int, Response]:
 
 
 def _path_param(name: str) -> dict:
-    descriptions = {"job_id": "the job's id (a UUID)", "interface_name": "a network interface, e.g. eth0"}
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
-            "description": descriptions.get(name, name)}
+    from osapi.job import operations
+
+    known = {
+        "job_id": (schemas.JOB_ID, "the job's id (a lower-case UUID)"),
+        "interface_name": (operations.INTERFACE, "a network interface, e.g. eth0"),
+    }
+    schema, description = known.get(name, ({"type": "string"}, name))
+    return {"name": name, "in": "path", "required": True, "schema": copy.deepcopy(schema),
+            "description": description}
 
 
 def _query_param(param: Param) -> dict:

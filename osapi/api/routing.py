@@ -18,17 +18,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from osapi.api import schemas
 from osapi.api.errors import ApiError, bad_request
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024  # bytes; larger bodies are refused with 413
 MAX_JSON_DEPTH = 32
 
-TARGET_DESCRIPTION = (
-    "where the job runs: `_any` (one worker, load-balanced), `_all` (every worker), "
-    "`key:value` (every worker whose label `key` equals `value` or starts with `value.`), "
-    "anything else is a hostname"
-)
+TARGET_DESCRIPTION = schemas.TARGET_DESCRIPTION
 
 
 class InvalidValue(ValueError):
@@ -84,9 +81,27 @@ class Route:
     def full_path(self) -> str:
         return self.prefix + self.path
 
-    @property
-    def bottle_rule(self) -> str:
-        return re.sub(r"\{(\w+)\}", r"<\1>", self.full_path)
+    def bottle_rule(self, routes: list["Route"] = ()) -> str:
+        """The Bottle rule; a path parameter never matches a fixed segment of a sibling route.
+
+        ``/jobs/{job_id}`` must not take ``/jobs/status``: ``DELETE /jobs/status`` is then a
+        405 and ``OPTIONS /jobs/status`` allows only what ``/jobs/status`` itself serves.
+        """
+        mine = self.full_path.split("/")
+        out = []
+        for i, part in enumerate(mine):
+            name = re.fullmatch(r"\{(\w+)\}", part)
+            if not name:
+                out.append(part)
+                continue
+            fixed = sorted({other[i] for other in (r.full_path.split("/") for r in routes)
+                            if len(other) > i and other[:i] == mine[:i] and not other[i].startswith("{")})
+            if fixed:
+                alternatives = "|".join(re.escape(f) for f in fixed)
+                out.append(f"<{name.group(1)}:re:(?!(?:{alternatives})(?:/|$))[^/]+>")
+            else:
+                out.append(f"<{name.group(1)}>")
+        return "/".join(out)
 
     @property
     def path_params(self) -> list[str]:
@@ -103,20 +118,22 @@ class Reply:
 # ---------------------------------------------------------------- parsers
 
 
-def parse_int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+def parse_int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,9}", text.strip()):
-            raise InvalidValue(f"must be a whole number{_range(lo, hi)}, got {text!r}")
+        if not re.fullmatch(r"[0-9]{1,%d}" % len(str(hi)), text):
+            raise InvalidValue(f"must be a whole number from {lo} to {hi}, got {text!r}")
         value = int(text)
-        if value < lo or (hi is not None and value > hi):
-            raise InvalidValue(f"must be{_range(lo, hi)}, got {value}")
+        if not lo <= value <= hi:
+            raise InvalidValue(f"must be from {lo} to {hi}, got {value}")
         return value
 
     return parse
 
 
-def _range(lo: int, hi: int | None) -> str:
-    return f" from {lo} to {hi}" if hi is not None else f" of at least {lo}"
+def int_param(name: str, lo: int, hi: int, default: int, description: str) -> Param:
+    """An integer query parameter: its parser and its documented schema from the same bounds."""
+    return Param(name, {"type": "integer", "minimum": lo, "maximum": hi, "default": default},
+                 description, parse_int(lo, hi), default)
 
 
 def parse_choice(*choices: str) -> Callable[[str], str]:
@@ -144,7 +161,7 @@ def parse_target(text: str) -> str:
 
 TARGET_PARAM = Param(
     "target_hostname",
-    {"type": "string", "default": "_any"},
+    {**schemas.TARGET, "default": "_any"},
     TARGET_DESCRIPTION,
     parse_target,
     "_any",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 
 from osapi.api.errors import REASONS
+from osapi.job.ids import JOB_ID_PATTERN
+from osapi.job.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
 
 REF = "#/components/schemas/"
 
@@ -21,6 +23,16 @@ NUM = {"type": "number"}
 TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
 NULLABLE_STR = {"type": ["string", "null"]}
 JOB_STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
+
+TARGET_DESCRIPTION = (
+    "where the job runs: `_any` (one worker, load-balanced), `_all` (every worker), "
+    "`key:value` (every worker whose label `key` equals `value` or starts with `value.`), "
+    "anything else is a hostname"
+)
+# What the API accepts as a target: the job system's own rule (``osapi.job.subjects``).
+TARGET = {"type": "string", "minLength": 1, "maxLength": MAX_TARGET_LENGTH, "pattern": TARGET_PATTERN}
+JOB_ID = {"type": "string", "format": "uuid", "pattern": JOB_ID_PATTERN,
+          "description": "a job id: a lower-case UUID"}
 
 
 def ref(name: str) -> dict:
@@ -40,7 +52,7 @@ ERROR = obj(
         "error": {"type": "string", "description": "what went wrong, in a few words"},
         "details": {"type": "string", "description": "which value, and what to do; may be empty"},
         "code": {"type": "integer", "description": "the HTTP status, repeated"},
-        "job_id": {"type": "string", "description": "504 only: the job that stays queued"},
+        "job_id": {"type": "string", "description": "404 (no live worker matches) and 504 only: the job that stays queued"},
     },
     ["error", "details", "code"],
 )
@@ -102,21 +114,31 @@ JOB_CREATED = obj(
     }
 )
 
-JOB_REQUEST = obj(
-    {
-        "operation": obj(
-            {
-                "type": {"type": "string", "description": "an operation type, e.g. system.hostname.get"},
-                "data": {"type": "object", "description": "the operation's data; default {}"},
-            },
-            ["type"],
-            additional=False,
-        ),
-        "target_hostname": {"type": "string", "default": "_any"},
-    },
-    ["operation"],
-    additional=False,
-)
+def _operation_request(op) -> dict:
+    """``{type, data}`` of one operation type, as strict as its validator."""
+    data = copy.deepcopy(op.data_schema)
+    required = ["type"]
+    if data.get("required"):
+        required.append("data")  # without data the validator misses a required field
+    else:
+        data = {"anyOf": [data, {"type": "null"}], "description": "the operation's data; default {}"}
+    return obj({"type": {"type": "string", "const": op.type}, "data": data}, required, additional=False)
+
+
+def job_request() -> dict:
+    """The body of ``POST /jobs``: one of the operation types of the table, and a target."""
+    from osapi.job import operations
+
+    return obj(
+        {
+            "operation": {"oneOf": [_operation_request(op) for op in operations.OPERATIONS.values()],
+                          "description": "an operation type of the table and its data"},
+            "target_hostname": {**TARGET, "default": "_any", "description": TARGET_DESCRIPTION},
+        },
+        ["operation"],
+        additional=False,
+    )
+
 
 COUNTS = {"type": "object", "additionalProperties": INT}
 QUEUE_STATS = obj(

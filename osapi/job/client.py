@@ -37,8 +37,8 @@ Choices where the contract is silent (``run()``, the synchronous endpoints):
 * When the registry lists no live worker matching the target (any target:
   ``_any``, a hostname, ``_all``, a label) the call waits at most
   ``quiet_period`` (``api.server.broadcast_quiet_period``) for an answer from an
-  unregistered worker, then raises ``JobTimeout`` "no live worker matches
-  target …" (a fast 504) instead of sitting out ``timeout``.
+  unregistered worker, then raises ``NoLiveWorker`` (the API's 404 "no live
+  worker matches target") instead of sitting out ``timeout``.
 * ``expires_after`` (the API passes ``job_timeout + SYNC_EXPIRY_MARGIN``, 30 s
   for clock differences between hosts): the job carries ``expires_at``; a worker
   that picks it up later marks it ``failed`` ("expired before this host picked
@@ -60,7 +60,9 @@ from typing import Any
 
 from osapi.job import operations
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable
+from osapi.job.errors import (
+    InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker,
+)
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
 from osapi.job.statusindex import StatusIndex
@@ -287,11 +289,12 @@ class JobClient:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         if not answers:
-            # the messages are the API's 504 details: the category ("no worker answered in time") is not repeated
+            # the messages are the API's 404/504 details: the category ("no live worker matches
+            # target" / "no worker answered in time") is not repeated
             if not live:
-                raise JobTimeout(
-                    f"no live worker matches target {parsed.text}; job {job_id} waited "
-                    f"{min(timeout, quiet_period):g}s for an unregistered one",
+                raise NoLiveWorker(
+                    f"{parsed.text!r} names no registered worker host or label; job {job_id} stays queued "
+                    f"for a host that may come (waited {min(timeout, quiet_period):g}s for an unregistered one)",
                     job_id,
                     "see `osapi client job workers list` for the live workers, their hostnames and labels",
                 )

@@ -2,7 +2,7 @@
 
 ``InvalidJob`` → 400, ``JobNotFound`` → 404, ``NatsUnavailable`` → 503,
 ``JobStoreFull`` → 503 (distinct message: the KV buckets reached
-``job.kv.max_bytes``), ``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
+``job.kv.max_bytes``), ``NoLiveWorker`` → 404, ``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
 error funnel prints them as one line with exit status 1.
 
 ``RetryableError`` is different: a provider raises it when trying the same job
@@ -48,6 +48,15 @@ class JobTimeout(JobError):
     def __init__(self, message: str, job_id: str, hint: str | None = None):
         super().__init__(message, hint)
         self.job_id = job_id
+
+
+class NoLiveWorker(JobTimeout):
+    """No live worker matches the target (a typo in a hostname, a label nobody has).
+
+    The caller's mistake, not the server's: the API answers 404 (a 5xx would make HTTP
+    clients retry and queue another job each time). The job stays queued for a host
+    that may still come; ``job_id`` names it.
+    """
 
 
 class RetryableError(Exception):

@@ -15,7 +15,8 @@ import threading
 import time
 import uuid
 
-JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"  # also the OpenAPI pattern
+JOB_ID_RE = re.compile(JOB_ID_PATTERN.replace("$", r"\Z"))
 
 _lock = threading.Lock()
 _last_ms = 0

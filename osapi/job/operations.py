@@ -85,11 +85,12 @@ def check_hostname(value: Any, field_name: str) -> str:
 
 
 def _string_list(data: dict, key: str, check: Callable[[Any, str], str], limit: int) -> list[str] | None:
-    if key not in data or data[key] is None:
+    if key not in data:
         return None
     value = data[key]
     if not isinstance(value, list):
-        raise InvalidData(f"{key} must be a list, got {type(value).__name__}")
+        got = "null" if value is None else type(value).__name__
+        raise InvalidData(f"{key} must be a list, got {got} (leave it out to keep the current value)")
     if len(value) > limit:
         raise InvalidData(f"{key} may hold at most {limit} items, got {len(value)}")
     out = [check(item, f"{key}[{i}]") for i, item in enumerate(value)]
@@ -141,8 +142,8 @@ def ping_data(data: Any) -> dict:
     if "address" not in data:
         raise InvalidData("address is required")
     count = data.get("count", 3)
-    if count is None:
-        count = 3
+    if isinstance(count, float) and count.is_integer():
+        count = int(count)  # 3.0 is the integer 3 in JSON (and in JSON Schema)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10:
         raise InvalidData(f"count must be an integer from 1 to 10, got {count!r}")
     return {"address": check_address(data["address"]), "count": count}

@@ -21,16 +21,28 @@ prefix follows ``job.stream_subjects`` (``jobs.>`` → ``jobs``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from osapi.config import NAME_RE, is_hostname, is_label_value
+from osapi.config import NAME_RE
 from osapi.job.errors import InvalidJob
 from osapi.job.operations import MODIFY, QUERY
 
 ANY = "_any"
 ALL = "_all"
 MAX_TARGET_LENGTH = 253
+
+# The whole target syntax as one regular expression, ECMA-compatible so the OpenAPI document
+# carries it as the ``pattern`` of every ``target_hostname``: ``parse_target`` accepts exactly
+# what it matches (a test holds the two together), so the document and the API cannot drift.
+_SEGMENT = r"[A-Za-z0-9_-]+"
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_FIRST_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"  # a leading _ is reserved
+TARGET_PATTERN = (
+    rf"^(?:{ANY}|{ALL}|{_SEGMENT}:{_SEGMENT}(?:\.{_SEGMENT})*|{_FIRST_HOST_LABEL}(?:\.{_HOST_LABEL})*)$"
+)
+_TARGET_RE = re.compile(TARGET_PATTERN.replace("$", r"\Z"))
 
 _TARGET_HELP = (
     "use _any, _all, key:value (a label; the value is dot-separated segments of "
@@ -83,30 +95,35 @@ def parse_target(target: Any) -> Target:
         return Target("any", ANY)
     if not isinstance(target, str):
         raise InvalidJob(f"target_hostname must be a string, got {type(target).__name__}; {_TARGET_HELP}")
-    text = target.strip()
-    if not text:
+    text = target
+    if not text.strip():
         raise InvalidJob(f"target_hostname must not be empty; {_TARGET_HELP}")
     if len(text) > MAX_TARGET_LENGTH:
         raise InvalidJob(f"target_hostname is longer than {MAX_TARGET_LENGTH} characters; {_TARGET_HELP}")
+    if not _TARGET_RE.match(text):
+        raise InvalidJob(f"invalid target {target!r}: {_why_not(text)}; {_TARGET_HELP}")
     if text == ANY:
         return Target("any", ANY)
     if text == ALL:
         return Target("all", ALL)
     if ":" in text:
         key, _, value = text.partition(":")
-        if not NAME_RE.match(key):
-            raise InvalidJob(f"invalid target {target!r}: label key {key!r} must match [A-Za-z0-9_-]+; {_TARGET_HELP}")
-        if not is_label_value(value):
-            raise InvalidJob(
-                f"invalid target {target!r}: label value {value!r} must be dot-separated segments "
-                f"of [A-Za-z0-9_-]+; {_TARGET_HELP}"
-            )
-        return Target("label", f"{key}:{value}", label_key=key, label_value=value)
-    if text.startswith("_"):
-        raise InvalidJob(f"invalid target {target!r}: names starting with _ are reserved; {_TARGET_HELP}")
-    if not is_hostname(text):
-        raise InvalidJob(f"invalid target {target!r}: not a hostname; {_TARGET_HELP}")
+        return Target("label", text, label_key=key, label_value=value)
     return Target("host", text, hostname=text)
+
+
+def _why_not(text: str) -> str:
+    """Which part of a target that ``TARGET_PATTERN`` refuses is wrong."""
+    if text != text.strip():
+        return "leading or trailing white space"
+    if ":" in text:
+        key, _, value = text.partition(":")
+        if not NAME_RE.match(key):
+            return f"label key {key!r} must match [A-Za-z0-9_-]+"
+        return f"label value {value!r} must be dot-separated segments of [A-Za-z0-9_-]+"
+    if text.startswith("_"):
+        return "names starting with _ are reserved"
+    return "not a hostname"
 
 
 def host_token(hostname: str) -> str:

@@ -162,10 +162,19 @@ def test_dns_get_and_update_on_one_host(stack):
     assert "options ndots:2" in text and "search example.test" in text
     assert stack.resolv["api-w2"].read_text() == RESOLV  # the other host is untouched
 
-    again = http.request("PUT", "/api/v1/network/dns",
-                         {"interface_name": "lo", "servers": ["192.0.2.53", "2001:db8::53"],
-                          "target_hostname": "api-w1"})
+    again = http.request("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+                         {"interface_name": "lo", "servers": ["192.0.2.53", "2001:db8::53"]})
     assert _ok(stack, "PUT", "/api/v1/network/dns", again, 202)["results"][0]["changed"] is False
+
+    # the target is the query parameter only: in the body it is refused, and nothing is stored
+    total = _total(stack)
+    for query in ("", "?target_hostname=api-w1"):
+        moved = http.request("PUT", f"/api/v1/network/dns{query}",
+                             {"interface_name": "lo", "servers": ["192.0.2.99"], "target_hostname": "api-w1"})
+        err = _ok(stack, "PUT", "/api/v1/network/dns", moved, 400)
+        assert err["error"] == "unexpected field target_hostname in the request body", err
+    assert _total(stack) == total
+    assert "192.0.2.99" not in stack.resolv["api-w1"].read_text()
 
 
 def test_dns_update_broadcast_and_failure_per_host(stack):
@@ -284,14 +293,16 @@ def test_served_document_lists_every_route(stack):
 # ---------------------------------------------------------------- 504
 
 
-def test_no_such_host_is_504_and_the_job_stays(stack):
+def test_no_such_host_is_404_and_the_job_stays(stack):
+    """A typo'd hostname is the caller's error (404), never a 5xx that HTTP clients retry."""
     resp = stack.fast.http(READ).get("/api/v1/system/hostname?target_hostname=no-such-host.example")
-    body = _ok(stack, "GET", "/api/v1/system/hostname", resp, 504)
-    assert body["code"] == 504 and body["job_id"]
+    body = _ok(stack, "GET", "/api/v1/system/hostname", resp, 404)
+    assert body["code"] == 404 and body["job_id"]
     # the category once, in error; the fact in details (which target, which job, how long)
-    assert body["error"] == "no worker answered in time"
-    assert body["details"].startswith("no live worker matches target no-such-host.example; job " + body["job_id"])
-    assert "answered" not in body["details"] and "1s" in body["details"]
+    assert body["error"] == "no live worker matches target"
+    assert body["details"].startswith("'no-such-host.example' names no registered worker host or label; job "
+                                      + body["job_id"] + " stays queued")
+    assert "matches" not in body["details"] and "1s" in body["details"]
     job = stack.http(READ).get(f"/api/v1/jobs/{body['job_id']}").json
     assert job["target_hostname"] == "no-such-host.example" and job["status"] == "submitted"
 

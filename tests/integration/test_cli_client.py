@@ -384,7 +384,7 @@ def test_the_apis_own_400_for_a_target_reads_once(stack):
     assert message.count("target_hostname") == 1 and message.endswith("(HTTP 400)")
 
 
-def test_a_host_without_a_worker_times_out_with_504(osapi, stack):
+def test_a_host_without_a_worker_is_a_404_and_exit_1(osapi, stack):
     # a second API on the same NATS with a short job_timeout, so the test waits 1 s, not 10
     port = free_port()
     api = stack.spawn("api-short", ["api", "server", "start"],
@@ -394,8 +394,8 @@ def test_a_host_without_a_worker_times_out_with_504(osapi, stack):
         res = osapi("client", "system", "hostname", "-T", "no-such-host", "--url", f"http://127.0.0.1:{port}")
     finally:
         stop_process(api)
-    assert res.status == 1 and "(HTTP 504)" in res.stderr and "worker" in res.stderr
-    assert res.stderr.count("no worker answered") == 1, res.stderr
+    assert res.status == 1 and "(HTTP 404)" in res.stderr, res.stderr
+    assert res.stderr.count("no live worker matches target") == 1 and "'no-such-host'" in res.stderr
 
 
 # ---------------------------------------------------------------- jobs

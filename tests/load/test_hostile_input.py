@@ -1,9 +1,9 @@
 """Hostile input against a real API + worker + nats-server (CONTRACT §4).
 
 1. schemathesis generates requests for every operation of
-   ``/api/v1/openapi.json`` with a valid admin token: no 5xx except a documented
-   503/504, and every response (status, content type, headers, body) matches the
-   document. The worker runs in a private network namespace where only ``lo``
+   ``/api/v1/openapi.json`` with a valid admin token and every check it has: no
+   5xx, schema-valid requests accepted and schema-invalid ones refused, and every
+   response (status, content type, headers, Allow, body) matches the document. The worker runs in a private network namespace where only ``lo``
    exists (``netns_forward.py``), so the ping addresses schemathesis invents
    cannot leave loopback, and with the ``resolv_conf`` DNS provider on a temp
    file, so ``PUT /network/dns`` never touches the host's resolver. Bounded: a
@@ -40,23 +40,12 @@ from loadstack import SIGNING_KEY, Stack, netns_available
 
 pytestmark = [pytest.mark.slow]
 
-SCHEMATHESIS_WALL_CLOCK = 150  # seconds; the run is killed and the test fails past this
+SCHEMATHESIS_WALL_CLOCK = 300  # seconds; the run is killed and the test fails past this
 MAX_EXAMPLES = 25
-CHECKS = ",".join([
-    "not_a_server_error",            # no 5xx but the documented 503/504 (see the config below)
-    "status_code_conformance",       # every status is documented for that operation
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-    "negative_data_rejection",       # data the document forbids is refused with 4xx
-    "ignored_auth",                  # a protected operation answers 401 without a valid token
-])
-# 503 (NATS unreachable) and 504 (no worker in time) are part of the contract; whether an
-# operation documents them is checked by status_code_conformance.
-SCHEMATHESIS_TOML = """
-[checks.not_a_server_error]
-expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503", "504"]
-"""
+# Every check schemathesis has, none excluded, and no 5xx accepted: the document must be exact
+# enough for a generated client (schema-valid requests accepted, schema-invalid ones refused,
+# Allow headers, statuses, headers and bodies as documented). A typo'd target is a 404.
+CHECKS = "all"
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +70,11 @@ def test_every_operation_survives_generated_input_and_matches_the_document(stack
         pytest.skip(f"worker cannot be isolated from the network: {stack.why_not}")
     resolv_before = stack.resolv_conf.read_text()
     etc_resolv_before = Path("/etc/resolv.conf").read_bytes() if Path("/etc/resolv.conf").exists() else None
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(SCHEMATHESIS_TOML)
     argv = _schemathesis() + [
-        "--config-file", str(config), "--no-color",
+        "--no-color",
         "run", f"{stack.url}/api/v1/openapi.json",
         "-H", f"Authorization: Bearer {stack.token}",
-        "--checks", CHECKS,
+        "--checks", "all",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", "20261128",
         "--workers", "1",  # 2 threads trip CPython 3.11's ast.parse race (SystemError: AST constructor

@@ -102,6 +102,18 @@ def test_options_answers_allow(app):
     _envelope(wsgi_call(app, "OPTIONS", "/api/v1/nope"), 404)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/jobs/status", "/api/v1/jobs/workers"])
+def test_a_fixed_path_is_not_taken_by_a_sibling_parameter(app, path):
+    """``/jobs/{job_id}`` does not shadow ``/jobs/status``: Allow lists only what the path serves."""
+    resp = wsgi_call(app, "OPTIONS", path)
+    assert resp.status == 204 and resp.header("allow") == "GET, OPTIONS"
+    resp = wsgi_call(app, "DELETE", path, headers=ADMIN)
+    body = _envelope(resp, 405)
+    assert resp.header("allow") == "GET", body
+    # a job id that merely starts like a fixed segment is still a job id
+    assert wsgi_call(app, "OPTIONS", "/api/v1/jobs/statusx").header("allow") == "DELETE, GET, OPTIONS"
+
+
 # ---------------------------------------------------------------- auth before anything
 
 
@@ -162,6 +174,10 @@ def test_bad_job_bodies_are_400_naming_the_field(app, payload, words):
     ("/api/v1/network/ping", {"count": 1}, "address is required"),
     ("/api/v1/network/ping", {"address": "127.0.0.1", "ttl": 3}, "unknown field ttl"),
     ("/api/v1/network/ping", {"address": "127.0.0.1", "target_hostname": ["a"]}, "target_hostname"),
+    ("/api/v1/network/ping", {"address": "127.0.0.1", "target_hostname": "_any"},
+     "unexpected field target_hostname in the request body"),
+    ("/api/v1/network/ping", {"address": "127.0.0.1", "count": None}, "count must be an integer"),
+    ("/api/v1/network/ping", {"address": "127.0.0.1", "count": 2.5}, "count must be an integer"),
 ])
 def test_bad_domain_bodies_are_400(app, path, payload, words):
     resp = wsgi_call(app, "POST", path, body=json.dumps(payload).encode(), headers=ADMIN)
@@ -174,6 +190,8 @@ def test_bad_domain_bodies_are_400(app, path, payload, words):
     ({"servers": ["1.1.1.1"]}, "interface_name is required"),
     ({"interface_name": "eth0", "servers": ["not-an-ip"]}, "servers[0]"),
     ({"interface_name": "eth0", "servers": "1.1.1.1"}, "servers must be a list"),
+    ({"interface_name": "eth0", "servers": None, "search_domains": ["a.example"]}, "servers must be a list, got null"),
+    ({"interface_name": "eth0", "servers": ["1.1.1.1"], "search_domains": None}, "search_domains must be a list"),
     ({"interface_name": "eth0", "search_domains": ["bad domain"]}, "search_domains[0]"),
     ({"interface_name": "this-name-is-far-too-long", "servers": ["1.1.1.1"]}, "interface_name"),
 ])
@@ -205,6 +223,12 @@ def test_bad_path_parameter_is_400(app):
     ("/api/v1/jobs", "page=2", "unknown query parameter page"),
     ("/api/v1/system/hostname", "target=_all", "unknown query parameter target"),
     ("/api/v1/system/hostname", "target_hostname=", "target_hostname"),
+    ("/api/v1/system/hostname", "target_hostname=%20web1", "leading or trailing white space"),
+    ("/api/v1/system/hostname", "target_hostname=web1%0A", "leading or trailing white space"),
+    ("/api/v1/system/hostname", "target_hostname=group:web%0A", "target_hostname"),
+    ("/api/v1/system/hostname", "target_hostname=web*", "not a hostname"),
+    ("/api/v1/jobs", "offset=1000000000", "offset must be a whole number from 0 to 999999999"),
+    ("/api/v1/jobs", "limit=%205", "limit"),
     ("/health/status", "verbose=1", "unknown query parameter verbose"),
 ])
 def test_bad_query_parameters_are_400(app, path, query, words):
@@ -228,6 +252,13 @@ def test_errors_say_the_category_once_and_the_fact_in_details(app, method, path,
     assert got["error"] == error and got["details"].startswith(details), got
     name = error.rsplit(" ", 1)[-1]
     assert not got["details"].startswith(f"{name} invalid") and "needs the" not in got["details"], got
+
+
+def test_a_whole_number_written_as_a_float_is_accepted(app):
+    """JSON (and JSON Schema) make 3.0 the integer 3: it passes validation (503: no NATS here)."""
+    resp = wsgi_call(app, "POST", "/api/v1/network/ping", body=b'{"address": "127.0.0.1", "count": 3.0}',
+                     headers=ADMIN)
+    assert resp.status == 503, resp.raw
 
 
 def test_valid_request_without_nats_is_503(app):

@@ -21,7 +21,6 @@ from osapi.job.subjects import (
     ("group:web", "label", "label.group.web"),
     ("group:web.dev.us-east", "label", "label.group.web.dev.us-east"),
     ("zone_a:EU-1", "label", "label.zone_a.EU-1"),
-    ("  _all  ", "all", "_all"),
 ])
 def test_valid_targets(text, kind, token):
     target = parse_target(text)
@@ -36,12 +35,42 @@ def test_none_means_any():
 @pytest.mark.parametrize("bad", [
     "", "  ", "_foo", "_", "a b", "web1..example", "-web", "web$", "group:", ":web", "group:web..dev",
     "group:.web", "group:web.", "gr oup:web", "group:web:dev", "group:we b", "x" * 254, 42, 1.5, ["_all"],
-    "a.b.c." + "d" * 64,
+    "a.b.c." + "d" * 64, "  _all  ", " web1", "web1\n", "group:web\n", "web1\x00", "web*", "web>",
+    "group:web.*", "grp\n:web", "web1\u00e9", "\u0661",
 ])
 def test_invalid_targets_name_the_value(bad):
     with pytest.raises(InvalidJob) as info:
         parse_target(bad)
     assert "target" in str(info.value)
+
+
+def test_target_pattern_accepts_exactly_what_parse_target_accepts():
+    """The OpenAPI document's pattern and the parser are one rule (ECMA `$` = end of text)."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from osapi.job.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
+
+    ecma = re.compile(TARGET_PATTERN.replace("$", r"\Z"))
+
+    def accepted(text: str) -> bool:
+        try:
+            parse_target(text)
+            return True
+        except InvalidJob:
+            return False
+
+    alphabet = st.sampled_from(list("aZ09_-.:: \n\t\x00*>$\u00e9"))
+
+    @settings(max_examples=800, deadline=None, database=None)
+    @given(st.one_of(st.text(alphabet, max_size=12), st.from_regex(TARGET_PATTERN)))
+    def check(text):
+        documented = bool(ecma.search(text)) and 1 <= len(text) <= MAX_TARGET_LENGTH
+        assert accepted(text) == documented, text
+
+    check()
 
 
 def test_subject_for_every_target_kind():
