@@ -187,6 +187,28 @@ class Store:
         self._remember(job)
         return job
 
+    async def job_and_events(self, job_id: str) -> tuple[dict | None, list[st.Event]]:
+        """The job body (read afresh) and its events: one batch request when the server answers it whole."""
+        body = self.subject_of("jobs", f"jobs.{job_id}")
+        got = await self.multi_last(self.stream_of("jobs"), [body, self.subject_of("jobs", f"status.{job_id}.>")])
+        if got is None:  # an older server, or more events than one batch returns
+            self.forget(job_id)
+            job, events = await asyncio.gather(self.get_job(job_id), self.events(job_id))
+            return job, events
+        job, subjects = None, []
+        for msg in got:
+            subject = msg.headers.get("Nats-Subject", "")
+            if subject != body:
+                subjects.append(subject)
+                continue
+            value = _loads(msg.data)  # a delete marker has no data
+            if isinstance(value, dict) and value.get("id") == job_id:
+                job = value
+                self._remember(job)
+        if job is None:
+            self.forget(job_id)
+        return job, self._parse_events(subjects, job_id)
+
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
         """Bodies of ``ids`` (missing ones left out): from the cache, else in batches of ``KEY_CHUNK``."""
         ids = list(ids)

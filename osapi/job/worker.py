@@ -46,7 +46,10 @@ yet gets one heartbeat TTL to reconnect before it is taken for dead.
 
 A job with ``expires_at`` (from a synchronous call whose caller gave up, see
 ``client.py``) that is picked up after that time fails on this host with
-"expired before this host picked it up" and does not run.
+"expired before this host picked it up" and does not run. A job whose
+submission failed (a ``failed`` event in the ``status.SUBMISSION_HOST`` slot,
+see ``client.py``) is acked and not run: the body and the events are read in
+one request, so this check costs no round trip.
 
 ``max_jobs`` bounds the jobs a process runs at once. A pull loop only asks for
 a job while a slot is free, but does not hold the slot while it waits: an idle
@@ -430,7 +433,7 @@ class Worker:
         store, host = self.store, self.hostname
         job_id = (msg.data or b"").decode(errors="replace").strip()
         try:
-            job = await store.get_job(job_id) if is_job_id(job_id) else None
+            job, events = await store.job_and_events(job_id) if is_job_id(job_id) else (None, [])
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot read job %s: %s; retrying later", job_id, _describe(exc))
             await _quiet(msg.nak(delay=self._delay(delivery)))
@@ -439,8 +442,12 @@ class Worker:
             log.info("job %s no longer exists (deleted or expired); skipping", job_id)
             await _quiet(msg.term())
             return
+        if st.abandoned(events):
+            log.info("job %s: its submission failed (its caller was answered an error); not running it", job_id)
+            await msg.ack()
+            return
         if delivery > 1:
-            verdict = await self._redelivered(job)
+            verdict = await self._redelivered(job, events)
             if verdict == BUSY:
                 verdict = await self._hold(job)
             if verdict == DONE:
@@ -518,9 +525,10 @@ class Worker:
 
     # ------------------------------------------------------------ redeliveries
 
-    async def _redelivered(self, job: dict) -> str:
+    async def _redelivered(self, job: dict, events: list[st.Event] | None = None) -> str:
         """``DONE`` (finished already: the ack was lost), ``BUSY`` (running on a live instance) or ``RUN``."""
-        events = await self.store.events(job["id"])
+        if events is None:
+            events = await self.store.events(job["id"])
         broadcast = st.summarize(job).broadcast
         relevant = [e for e in events if e.event != st.SUBMITTED and (not broadcast or e.host == self.hostname)]
         if not relevant:
