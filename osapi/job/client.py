@@ -222,6 +222,11 @@ class JobClient:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    async def settle(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the failed submissions being marked (``_abandon``)."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=timeout)
+
     async def _mark_abandoned(self, job_id: str, reason: str) -> None:
         """Retry ``_abandon_once`` with a growing pause until it succeeds, for at most ``job.kv.ttl``."""
         loop = asyncio.get_running_loop()
@@ -344,6 +349,11 @@ class JobClient:
             "operation_counts": dict(sorted(operation_counts.items())),
             "dlq_count": dlq,
         }
+
+    async def store_full(self) -> str | None:
+        """Why the job store is full (``Store.full``), or None: for ``/health/status``."""
+        async with self._nats("read the job store's size"):
+            return await self.store.full()
 
     async def workers(self) -> dict:
         async with self._nats("read the worker registry"):
