@@ -3,7 +3,9 @@
 ``/health`` answers as long as the process serves HTTP. ``/health/ready`` is
 what a load balancer asks: NATS connected and the job bucket reachable.
 ``/health/status`` (read scope) tells an operator why: each component, the
-version, the API's uptime and the queue counts.
+version, the API's uptime and the queue counts. ``components.kv`` is also
+``error`` when the job store is full (a bucket within a small margin of
+``job.kv.max_bytes``, from its stream info): jobs are refused then.
 
 ``jobs`` is always an object (the counts of ``GET /api/v1/jobs/status``) with
 ``stale``: ``false`` when counted just now. When they cannot be counted (NATS
@@ -43,6 +45,14 @@ def _kv_check(call: Call) -> dict:
     return {"status": "ok", "bucket": bucket}
 
 
+def _full_check(call: Call) -> str | None:
+    """Why the job store is full (a bucket at ``job.kv.max_bytes``), None if not or when it cannot tell."""
+    try:
+        return call.services.bridge.call(lambda client: client.store_full(), CHECK_TIMEOUT + 1)
+    except Exception:  # noqa: BLE001 - the other checks say what is wrong with NATS
+        return None
+
+
 def _nats_check(call: Call) -> dict:
     bridge = call.services.bridge
     if bridge.connected:
@@ -68,6 +78,10 @@ def status(call: Call) -> Reply:
     nats = _nats_check(call)
     kv = _kv_check(call) if nats["status"] == "ok" else {
         "status": "error", "bucket": call.services.cfg.job.kv_bucket, "error": "NATS is not connected"}
+    if kv["status"] == "ok":
+        full = _full_check(call)
+        if full:
+            kv = {**kv, "status": "error", "error": full}
     if kv["status"] == "ok":
         try:
             counts = call.services.bridge.call(lambda client: client.stats(), CHECK_TIMEOUT + 2)
@@ -123,7 +137,8 @@ def routes() -> list[Route]:
         Route("GET", "/health/status", status, "components, version, uptime and job counts", TAG, "read",
               prefix="",
               description="200 when NATS and the job bucket are ok, else 503 with status `degraded` and the "
-                          "component's `error`. `jobs` is always an object: the counts of "
+                          "component's `error`; a full job store (a bucket at `job.kv.max_bytes`) makes `kv` an "
+                          "error too. `jobs` is always an object: the counts of "
                           "`GET /api/v1/jobs/status` with `stale: false`, or, when they cannot be counted, "
                           "the last counts this API process got (zeros if none) with `stale: true`, `as_of` "
                           "(when they were taken, null for zeros) and `error`.",

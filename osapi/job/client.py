@@ -45,8 +45,16 @@ Choices where the contract is silent (``run()``, the synchronous endpoints):
   it up") without running it, so a 504'd ``PUT /network/dns`` is not applied
   hours later by a host that comes back. Jobs from ``POST /jobs`` (``create``)
   never expire.
-* A submission is shielded from cancellation (the API gives up on a call):
-  the job is stored *and* published, or -- on a NATS failure -- removed.
+* A 2xx means the job is stored and published; a 5xx means it never runs. A
+  submission is shielded from cancellation, so it is never cut off half-way.
+  When it fails (a NATS error or timeout: the job body, its event or even its
+  notification may still land, a stalled server stores them later) or its
+  caller stopped waiting meanwhile (the API answered 503/504), a background
+  task (``_abandon``) records a ``failed`` event with the reason in the host
+  slot ``status.SUBMISSION_HOST``, retrying until it is stored (at most
+  ``job.kv.ttl``): the job shows ``failed`` and a worker that gets its
+  notification skips it. A job whose body never landed is removed instead, and
+  so is one that cannot be marked because the store is full.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ from typing import Any
 from osapi.job import operations
 from osapi.job import status as st
 from osapi.job.errors import (
-    InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker,
+    InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, is_store_full,
 )
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
@@ -73,7 +81,7 @@ log = logging.getLogger("osapi.job.client")
 
 MAX_LIMIT = 1000
 RECONNECT_CHECK = 2.0  # while waiting: how often to look whether the connection was re-established
-STORE_FULL = 10077  # JetStream: "maximum bytes exceeded" (a bucket at max_bytes with discard "new")
+ABANDON_PAUSE = (0.5, 30.0)  # a failed submission's cleanup: first and longest pause between attempts
 
 
 class JobClient:
@@ -85,6 +93,7 @@ class JobClient:
         self.store = Store(nc, cfg)
         self.registry = Registry(self.store)
         self.index = StatusIndex(self.store)
+        self._cleanups: set[asyncio.Task] = set()  # failed submissions being marked (``_abandon``)
         operations.warn_if_test_operations(log)
 
     # ------------------------------------------------------------ plumbing
@@ -104,7 +113,7 @@ class JobClient:
             raise
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             detail = getattr(exc, "description", None) or str(exc) or type(exc).__name__
-            if getattr(exc, "err_code", None) == STORE_FULL or "maximum bytes exceeded" in detail:
+            if is_store_full(exc):
                 raise JobStoreFull(
                     f"cannot {what}: {detail} (a KV bucket reached "
                     f"job.kv.max_bytes = {self.cfg.job.kv.max_bytes} bytes)",
@@ -140,9 +149,28 @@ class JobClient:
             raise InvalidJob(f"operation.data: {exc}") from None
         return op, data, parse_target(target)
 
+    async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
+                               expected: set[str] | None = None, expires_after: float | None = None,
+                               answer: str = "503") -> dict:
+        """``_submit`` run to its end even if the caller is cancelled (the API gave up on the request).
+
+        A submission cancelled half-way would leave a job stored but never
+        published. Shielded, it goes on; it learns that its caller is gone
+        (``answer``: what the API answered then) and abandons the job.
+        """
+        gone = asyncio.Event()
+        task = asyncio.ensure_future(self._submit(job_id, op, data, target, expected, expires_after, gone, answer))
+        task.add_done_callback(_retrieve)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
+
     async def _submit(self, job_id: str, op: operations.Operation, data: dict, target: Target,
-                      expected: set[str] | None = None, expires_after: float | None = None) -> dict:
-        """Store the job and its ``submitted`` event, then publish it (run shielded: see ``_shielded``).
+                      expected: set[str] | None = None, expires_after: float | None = None,
+                      gone: asyncio.Event | None = None, answer: str = "503") -> dict:
+        """Store the job and its ``submitted`` event, then publish it; on failure ``_abandon`` it.
 
         A broadcast keeps the hosts the registry lists for its target
         (``expected_hosts``): its status stays ``processing`` until each of them
@@ -170,12 +198,81 @@ class JobClient:
         try:
             revision = await self.store.put_job(job)
             await self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text))
+            if gone is not None and gone.is_set():
+                raise _CallerGone()
             await self.store.publish_job(job["subject"], job_id)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.store.purge_job(job_id)
+            if gone is not None and gone.is_set():
+                raise _CallerGone()
+        except BaseException as exc:
+            if isinstance(exc, (_CallerGone, asyncio.CancelledError)):
+                reason = f"submission failed: the caller stopped waiting and was answered {answer}"
+            else:
+                from osapi.job.connection import describe
+
+                detail = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+                reason = f"submission failed: NATS at {describe(self.cfg)}: {detail}; the caller was answered 503"
+            self._abandon(job_id, reason)
             raise
         return {"job_id": job_id, "status": st.SUBMITTED, "revision": revision, "timestamp": job["created"]}
+
+    def _abandon(self, job_id: str, reason: str) -> None:
+        """A failed submission: make sure, in the background, that its job never runs (see the module docstring)."""
+        log.warning("job %s: %s; marking it failed so that no worker runs it", job_id, reason)
+        task = asyncio.ensure_future(self._mark_abandoned(job_id, reason))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the failed submissions being marked (``_abandon``)."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=timeout)
+
+    async def _mark_abandoned(self, job_id: str, reason: str) -> None:
+        """Retry ``_abandon_once`` with a growing pause until it succeeds, for at most ``job.kv.ttl``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(60.0, float(self.cfg.job.kv.ttl or 0))
+        pause, attempt = ABANDON_PAUSE[0], 0
+        while True:
+            attempt += 1
+            try:
+                outcome = await self._abandon_once(job_id, reason)
+            except Exception as exc:  # noqa: BLE001 - NATS still away: try again
+                why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+                if loop.time() + pause > deadline:
+                    log.error("job %s: cannot mark the failed submission (%s) after %d attempts; giving up "
+                              "(it expires with job.kv.ttl)", job_id, why, attempt)
+                    return
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("job %s: cannot mark the failed submission yet (%s); retrying", job_id, why)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, ABANDON_PAUSE[1])
+                continue
+            log.info("job %s: failed submission %s", job_id, outcome, extra={"fields": {"attempts": attempt}})
+            return
+
+    async def _abandon_once(self, job_id: str, reason: str) -> str:
+        """Record the ``failed`` event (after whatever part of the submission landed), or remove the job.
+
+        The event goes to the job bucket's stream after the job body and its
+        ``submitted`` event sent earlier on this connection: once it is stored,
+        a missing body will not land any more, and the marker is removed with it.
+        """
+        store = self.store
+        record = {"status": "failed", "data": None, "error": reason, "hostname": st.SUBMISSION_HOST,
+                  "finished": st.rfc3339(time.time_ns()), "reason": "submission"}
+        try:
+            await store.put_response(job_id, st.SUBMISSION_HOST, record)
+            await store.add_event(job_id, st.FAILED, st.SUBMISSION_HOST, error=reason, reason="submission")
+        except Exception as exc:
+            if not is_store_full(exc):
+                raise
+            await store.purge_job(job_id)  # no room for the marker: nothing of the job may stay
+            return "removed (the job store is full: no failed event fits)"
+        store.forget(job_id)
+        if await store.get_job(job_id) is None:
+            await store.purge_job(job_id)
+            return "removed (its body was never stored)"
+        return "marked failed"
 
     # ------------------------------------------------------------ the interface
 
@@ -183,7 +280,7 @@ class JobClient:
         """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``."""
         op, data, parsed = self.prepare(operation, target)
         async with self._nats("submit the job"):
-            return await _shielded(self._submit(new_job_id(), op, data, parsed))
+            return await self._submit_shielded(new_job_id(), op, data, parsed)
 
     @staticmethod
     def _check_id(job_id: Any) -> str:
@@ -253,6 +350,11 @@ class JobClient:
             "dlq_count": dlq,
         }
 
+    async def store_full(self) -> str | None:
+        """Why the job store is full (``Store.full``), or None: for ``/health/status``."""
+        async with self._nats("read the job store's size"):
+            return await self.store.full()
+
     async def workers(self) -> dict:
         async with self._nats("read the worker registry"):
             return await self.registry.workers()
@@ -276,7 +378,7 @@ class JobClient:
                 registry = asyncio.ensure_future(self._expected_hosts(parsed))
                 try:
                     expected = await registry if parsed.broadcast else set()
-                    await _shielded(self._submit(job_id, op, data, parsed, expected, expires_after))
+                    await self._submit_shielded(job_id, op, data, parsed, expected, expires_after, answer="504")
                     live = await registry
                 finally:
                     if not registry.done():
@@ -423,15 +525,8 @@ class JobClient:
             return {h: record(h) for h in unanswered}
 
 
-async def _shielded(coro):
-    """Run ``coro`` to its end even if the caller is cancelled (the API gave up on the request).
-
-    A submission cancelled half-way would leave a job stored but never
-    published; shielded, it is stored and published, or removed on failure.
-    """
-    task = asyncio.ensure_future(coro)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+class _CallerGone(Exception):
+    """The caller of a submission stopped waiting (the API answered 503/504) before it was published."""
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -9,7 +9,11 @@ retry (``RetryableError``) every time. That works even when no worker survives.
 Every worker runs one loop on the shared durable ``<consumer_name>-dlq``
 consumer, so each dead job is handled once: the job's host (from the consumer's
 metadata; for the fleet-wide ``_any`` consumer, the host that took it last) gets
-a ``failed`` response and event, unless it already has a final one. The
+a ``failed`` response and event, unless it already has a final one. The error
+tells the true cause: a worker that could not record starting the job because
+the job store was full left that in its response (``reason: store-full``, see
+``worker.py``); a job nobody recorded starting was not run by a worker that died;
+only a job that was started is said to have lost its worker. The
 advisory stays in the DLQ stream: ``dlq_count`` in the statistics counts them.
 
 Only osapi's own job consumers count (``<consumer_name>-any`` and
@@ -69,16 +73,43 @@ async def handle(store: Store, payload: bytes) -> str | None:
         if consumer == names.any_consumer and any(e.event in st.TERMINAL for e in events):
             return job_id  # another host finished it
         active = sorted((e for e in last.values() if e.event in st.ACTIVE), key=lambda e: e.sort_key)
-        host = active[-1].host if active else UNKNOWN_HOST
+        host = active[-1].host if active else None
     elif last.get(host) is not None and last[host].event in st.TERMINAL:
         return job_id  # the worker already reported its final failure
-    error = (
-        f"gave up after {deliveries} deliveries: the worker died, timed out or asked to retry each time; "
-        f"the job is in the dead-letter stream {names.dlq_stream}"
-    )
-    await store.put_response(job_id, host, {
-        "status": "failed", "data": None, "error": error, "hostname": host, "deliveries": deliveries,
-    })
-    await store.add_event(job_id, st.FAILED, host, error=error, reason="dead-letter")
+    host, note = await _store_full_note(store, job_id, host)
+    where = f"the job is in the dead-letter stream {names.dlq_stream}"
+    reason = "dead-letter"
+    if note is not None:  # the response already says it (kept: a retry below finds it again)
+        error, reason = note, "store-full"
+    elif not any(e.event == st.STARTED and e.host == host for e in events):
+        full = await store.full()
+        cause = full or "the job store refused the write or NATS failed each time"
+        error = f"gave up after {deliveries} deliveries: no worker could record starting it ({cause}); {where}"
+        reason = "store-full" if full else reason
+    else:
+        error = f"gave up after {deliveries} deliveries: the worker died, timed out or asked to retry each time; {where}"
+    if note is None:
+        await store.put_response(job_id, host, {
+            "status": "failed", "data": None, "error": error, "hostname": host, "deliveries": deliveries,
+            "reason": reason,
+        })
+    await store.add_event(job_id, st.FAILED, host, error=error, reason=reason)
     log.warning("job %s failed on %s: %s", job_id, host, error)
     return job_id
+
+
+async def _store_full_note(store: Store, job_id: str, host: str | None) -> tuple[str, str | None]:
+    """The host to fail and the error a worker left when a full store kept it from starting the job.
+
+    ``host`` None (the fleet-wide consumer, nobody started the job): the host
+    that left such a note, else ``UNKNOWN_HOST``.
+    """
+    if host is not None:
+        found = await store.response(job_id, host)
+        responses = {host: found} if found else {}
+    else:
+        responses = await store.responses(job_id)
+    for name, record in sorted(responses.items()):
+        if isinstance(record, dict) and record.get("reason") == "store-full" and record.get("error"):
+            return name, str(record["error"])
+    return host or UNKNOWN_HOST, None

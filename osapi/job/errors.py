@@ -17,6 +17,16 @@ from __future__ import annotations
 
 from osapi.errors import OsapiError
 
+STORE_FULL = 10077  # JetStream: "maximum bytes exceeded" (a bucket at max_bytes with discard "new")
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """A JetStream refusal because a KV bucket reached ``job.kv.max_bytes``."""
+    if isinstance(exc, JobStoreFull):
+        return True
+    detail = getattr(exc, "description", None) or str(exc)
+    return getattr(exc, "err_code", None) == STORE_FULL or "maximum bytes exceeded" in detail
+
 
 class JobError(OsapiError):
     """Base of every job-system failure."""

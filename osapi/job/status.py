@@ -30,6 +30,11 @@ expected host that did not answer in time: see ``client.py``.)
 
 The ``submitted`` event's host slot holds the *target* (``_any``, ``_all``, a
 hostname, or ``key=value`` for a label, since ``:`` is not allowed in KV keys).
+
+A submission that failed after part of it may have been stored (its caller was
+answered 5xx, see ``client.py``) gets a ``failed`` event in the host slot
+``SUBMISSION_HOST``: the job is ``failed`` (no host is waited for) and no worker
+runs it (``worker.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ EVENTS = (SUBMITTED, ACKNOWLEDGED, STARTED, COMPLETED, FAILED)
 ACTIVE = frozenset({ACKNOWLEDGED, STARTED})
 TERMINAL = frozenset({COMPLETED, FAILED})
 PROCESSING, PARTIAL_FAILURE = "processing", "partial_failure"
+SUBMISSION_HOST = "_submission"  # the host slot of a failed submission's ``failed`` event (no worker has it)
 STATUSES = (SUBMITTED, PROCESSING, COMPLETED, FAILED, PARTIAL_FAILURE)
 _RANK = {name: i for i, name in enumerate(EVENTS)}
 MAX_ERROR_SUMMARY = 2000
@@ -126,6 +132,18 @@ def submitted_token(events: Iterable[Event]) -> str | None:
     return None
 
 
+def abandoned(events: Iterable[Event]) -> bool:
+    """The submission failed (its caller was answered 5xx): the job is final and never runs."""
+    return any(e.event == FAILED and e.host == SUBMISSION_HOST for e in events)
+
+
+def _unless_abandoned(job: Summary | None, events: list[Event]) -> Summary | None:
+    """An abandoned broadcast waits for no expected host."""
+    if job is not None and job.expected and abandoned(events):
+        return job._replace(expected=(), answer_by_ns=None)
+    return job
+
+
 def last_per_host(events: Iterable[Event]) -> dict[str, Event]:
     last: dict[str, Event] = {}
     for event in events:
@@ -153,6 +171,7 @@ def compute_status(events: Iterable[Event], job: Summary | None = None, now_ns: 
     """
     events = list(events)
     worker_events = [e for e in events if e.event != SUBMITTED]
+    job = _unless_abandoned(job, worker_events)
     if job is not None:
         broadcast = job.broadcast
     else:
@@ -213,7 +232,7 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
              now_ns: int | None = None, silence_limit: float | None = None) -> dict:
     """The job object of CONTRACT §4.3 from its parts (``now_ns``/``silence_limit``: see ``compute_status``)."""
     events = sorted(events, key=lambda e: e.sort_key)
-    summary = summarize(job, silence_limit)
+    summary = _unless_abandoned(summarize(job, silence_limit), events)
     status = compute_status(events, summary, now_ns)
     last = last_per_host(events)
     silent = silent_hosts(summary, last, now_ns)
@@ -243,6 +262,8 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         response = shown.get(hostname) or {}
         result = response.get("data")
         error = response.get("error") if status == FAILED else None
+    elif status == FAILED and SUBMISSION_HOST in shown:
+        error = shown[SUBMISSION_HOST].get("error")
     elif status in (FAILED, PARTIAL_FAILURE):
         failed = sorted([h for h, e in last.items() if e.event == FAILED] + silent)
         detail = "; ".join(f"{h}: {worker_states[h]['error'] or 'failed'}" for h in failed)

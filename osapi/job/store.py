@@ -190,6 +190,28 @@ class Store:
         self._remember(job)
         return job
 
+    async def job_and_events(self, job_id: str) -> tuple[dict | None, list[st.Event]]:
+        """The job body (read afresh) and its events: one batch request when the server answers it whole."""
+        body = self.subject_of("jobs", f"jobs.{job_id}")
+        got = await self.multi_last(self.stream_of("jobs"), [body, self.subject_of("jobs", f"status.{job_id}.>")])
+        if got is None:  # an older server, or more events than one batch returns
+            self.forget(job_id)
+            job, events = await asyncio.gather(self.get_job(job_id), self.events(job_id))
+            return job, events
+        job, subjects = None, []
+        for msg in got:
+            subject = msg.headers.get("Nats-Subject", "")
+            if subject != body:
+                subjects.append(subject)
+                continue
+            value = _loads(msg.data)  # a delete marker has no data
+            if isinstance(value, dict) and value.get("id") == job_id:
+                job = value
+                self._remember(job)
+        if job is None:
+            self.forget(job_id)
+        return job, self._parse_events(subjects, job_id)
+
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
         """Bodies of ``ids`` (missing ones left out): from the cache, else in batches of ``KEY_CHUNK``."""
         ids = list(ids)
@@ -443,6 +465,19 @@ class Store:
     async def view(self, job_id: str) -> dict | None:
         return (await self.views([job_id])).get(job_id)
 
+    async def full(self) -> str | None:
+        """Why the job store is full (a bucket at ``job.kv.max_bytes``, less a small margin), or None."""
+        buckets = (self.names.jobs_bucket, self.names.responses_bucket)
+        infos = await asyncio.gather(*(self.js.stream_info(Names.kv_stream(b)) for b in buckets))
+        full = [f"bucket {bucket} holds {info.state.bytes} of {info.config.max_bytes} bytes"
+                for bucket, info in zip(buckets, infos)
+                if (info.config.max_bytes or 0) > 0
+                and info.state.bytes >= info.config.max_bytes - full_margin(info.config.max_bytes)]
+        if not full:
+            return None
+        return (f"job store full: {'; '.join(full)} (job.kv.max_bytes): new jobs are refused and workers "
+                "start none until old jobs expire (job.kv.ttl) or are deleted, or job.kv.max_bytes is raised")
+
     async def purge_job(self, job_id: str) -> None:
         """Remove the job, its events and its responses, leaving no delete markers."""
         self.forget(job_id)
@@ -451,6 +486,11 @@ class Store:
             self.js.purge_stream(self.stream_of("jobs"), subject=self.subject_of("jobs", f"status.{job_id}.>")),
             self.js.purge_stream(self.stream_of("responses"), subject=self.subject_of("responses", f"{job_id}.>")),
         )
+
+
+def full_margin(max_bytes: int) -> int:
+    """Free bytes below which a bucket counts as full: room for a job or a few events at most."""
+    return min(max_bytes // 10, max(1024, max_bytes // 100))
 
 
 async def _gather_bounded(coros: list, limit: int = 256) -> list:

@@ -15,15 +15,23 @@ operation like any other. The variable deliberately does not start with
 * ``test.fail`` ``{message?, hosts?: [hostname…]}`` → raises ``message`` on the
   listed hosts (on every host when ``hosts`` is absent), else ``{ok: true}``.
 * ``test.retry`` ``{}`` → always raises ``RetryableError``.
+* ``test.record`` (modify) ``{tag: [a-z0-9-]{1,32}}`` → appends ``tag`` and a
+  newline to the file named by ``OSAPITEST_RUNS`` in the worker's environment
+  (nothing without it): tests see how often a modify job really ran.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from typing import Any
 
 from osapi.job.errors import RetryableError
-from osapi.job.operations import QUERY, InvalidData, Operation, _object
+from osapi.job.operations import MODIFY, QUERY, InvalidData, Operation, _object
+
+RUNS_ENV = "OSAPITEST_RUNS"
+TAG = re.compile(r"[a-z0-9-]{1,32}")
 
 def _hosts(data: dict, key: str) -> list[str] | None:
     value = data.get(key)
@@ -57,6 +65,22 @@ def no_data(data: Any) -> dict:
     return _object(data, set())
 
 
+def record_data(data: Any) -> dict:
+    data = _object(data, {"tag"})
+    tag = data.get("tag")
+    if not isinstance(tag, str) or not TAG.fullmatch(tag):
+        raise InvalidData(f"tag must be 1 to 32 of a-z, 0-9 and -, got {tag!r}")
+    return {"tag": tag}
+
+
+def record(data: dict, host) -> dict:
+    path = os.environ.get(RUNS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as runs:
+            runs.write(data["tag"] + "\n")
+    return {"recorded": data["tag"]}
+
+
 def sleep(data: dict, host) -> dict:
     time.sleep(data["seconds"])
     if host.hostname in data.get("fail_hosts", ()):
@@ -81,5 +105,6 @@ OPERATIONS = {
         Operation("test.sleep", QUERY, "osapi.job.testhooks:sleep", sleep_data, "tests only: sleep"),
         Operation("test.fail", QUERY, "osapi.job.testhooks:fail", fail_data, "tests only: fail on hosts"),
         Operation("test.retry", QUERY, "osapi.job.testhooks:retry", no_data, "tests only: always retry"),
+        Operation("test.record", MODIFY, "osapi.job.testhooks:record", record_data, "tests only: record a run"),
     )
 }

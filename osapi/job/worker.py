@@ -13,7 +13,14 @@ Consumers (CONTRACT §5.3, names in ``setup.py``):
 
 For each job: ``acknowledged`` event, ``started`` event, the provider runs in a
 thread pool (providers block), its result goes to KV ``job-responses``, then a
-``completed`` or ``failed`` event, then the ack. While a job runs the worker
+``completed`` or ``failed`` event, then the ack. A modify job runs only once its
+``started`` event is stored; a query runs while its start events are written
+(one round trip less for synchronous calls), and when they cannot be stored its
+result is dropped. A start that cannot be recorded means no run: the job is
+handed back with back-off. A full job store (``job.kv.max_bytes``) is logged
+once; from then on until a start is recorded again, queries also wait for
+theirs. On the last delivery the cause is left in this host's response
+(``reason: store-full``) for the dead-letter handler. While a job runs the worker
 sends in-progress acks every ``ack_wait/3``, so ``ack_wait`` only catches dead
 workers: a job longer than ``ack_wait`` still runs once.
 
@@ -46,7 +53,10 @@ yet gets one heartbeat TTL to reconnect before it is taken for dead.
 
 A job with ``expires_at`` (from a synchronous call whose caller gave up, see
 ``client.py``) that is picked up after that time fails on this host with
-"expired before this host picked it up" and does not run.
+"expired before this host picked it up" and does not run. A job whose
+submission failed (a ``failed`` event in the ``status.SUBMISSION_HOST`` slot,
+see ``client.py``) is acked and not run: the body and the events are read in
+one request, so this check costs no round trip.
 
 ``max_jobs`` bounds the jobs a process runs at once. A pull loop only asks for
 a job while a slot is free, but does not hold the slot while it waits: an idle
@@ -80,7 +90,7 @@ from osapi.config import is_hostname
 from osapi.errors import ConfigError
 from osapi.job import deadletter, operations
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob, RetryableError
+from osapi.job.errors import InvalidJob, RetryableError, is_store_full
 from osapi.job.ids import is_job_id
 from osapi.job.registry import DEFAULT_INTERVAL, TTL_INTERVALS, Registry
 from osapi.job.setup import Names, dlq_consumer_config, ensure_consumer, host_consumer_config
@@ -93,6 +103,7 @@ POLL = 2.0  # one pull request waits this long for a job (also bounds how fast S
 MAX_PAUSE = 5.0  # longest wait between retries while NATS is away
 HOLD_POLL = 1.0  # a redelivery held while another instance runs the job: how often to look again
 PROBE_TIMEOUT = 1.0  # how long an instance asked "do you run job J?" has to answer
+DLQ_RETRY = 5.0  # a dead letter that could not be recorded (a full store, NATS trouble) is tried again after this
 RUN, DONE, BUSY = "run", "done", "busy"
 
 
@@ -163,6 +174,7 @@ class Worker:
         self._active: dict[str, int] = {}  # job id -> runs of it in this process now
         self._subs: list = []  # pull subscriptions, for the negative acks at stop
         self._reconnected_at: float | None = None
+        self._store_full_at: float | None = None  # monotonic time a start could not be recorded: the store is full
         self._beat_now: asyncio.Event | None = None
 
     @property
@@ -430,7 +442,7 @@ class Worker:
         store, host = self.store, self.hostname
         job_id = (msg.data or b"").decode(errors="replace").strip()
         try:
-            job = await store.get_job(job_id) if is_job_id(job_id) else None
+            job, events = await store.job_and_events(job_id) if is_job_id(job_id) else (None, [])
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot read job %s: %s; retrying later", job_id, _describe(exc))
             await _quiet(msg.nak(delay=self._delay(delivery)))
@@ -439,8 +451,12 @@ class Worker:
             log.info("job %s no longer exists (deleted or expired); skipping", job_id)
             await _quiet(msg.term())
             return
+        if st.abandoned(events):
+            log.info("job %s: its submission failed (its caller was answered an error); not running it", job_id)
+            await msg.ack()
+            return
         if delivery > 1:
-            verdict = await self._redelivered(job)
+            verdict = await self._redelivered(job, events)
             if verdict == BUSY:
                 verdict = await self._hold(job)
             if verdict == DONE:
@@ -465,13 +481,26 @@ class Worker:
 
     async def _run(self, msg, job: dict, delivery: int) -> None:
         store, host, job_id = self.store, self.hostname, job["id"]
-        # the two start events are written while the provider already runs: a synchronous
-        # caller waits for the response, so only what it needs stays on its path
         starting = asyncio.ensure_future(self._start_events(job_id, delivery))
-        try:
+        if self._store_full_at is not None or not _is_query(job):
+            # a modify job (or any job while the store is full) runs only once its start is recorded
+            try:
+                await starting
+            except Exception as exc:  # noqa: BLE001 - not recorded: not run
+                await self._not_started(msg, job_id, delivery, exc)
+                return
             outcome, data, error = await self._execute(job)
-        finally:
-            await starting
+        else:
+            # a query runs while its start events are written: a synchronous caller waits for
+            # the response, so only what it needs stays on its path
+            try:
+                outcome, data, error = await self._execute(job)
+            finally:
+                not_recorded = await _error_of(starting)
+            if not_recorded is not None:  # its result is dropped: a run that was not recorded did not happen
+                await self._not_started(msg, job_id, delivery, not_recorded)
+                return
+        self._store_accepts()
         gave_up = False
         if outcome == "retry":
             if delivery < self.max_deliver:
@@ -499,6 +528,44 @@ class Worker:
         else:
             await msg.ack()  # a lost ack means a redelivery, which _redelivered answers
 
+    async def _not_started(self, msg, job_id: str, delivery: int, exc: BaseException) -> None:
+        """The start of a job could not be recorded, so it was not run: hand it back with back-off.
+
+        A full store is said once (until a start is recorded again). On the last
+        delivery the true cause is left where the dead-letter handler finds it (this
+        host's response, ``reason: store-full``), and recorded at once if room came back.
+        """
+        if not is_store_full(exc):
+            raise exc  # NATS trouble: ``_process`` hands the job back with back-off
+        self._note_store_full(exc)
+        if delivery < self.max_deliver:
+            log.debug("job %s not started on %s: the job store is full; delivery %d of %d", job_id, self.hostname,
+                      delivery, self.max_deliver)
+            await _quiet(msg.nak(delay=self._delay(delivery)))
+            return
+        error = (f"job store full: {self.hostname} could not record starting the job in {delivery} deliveries, "
+                 f"so it did not run it (job.kv.max_bytes = {self.cfg.job.kv.max_bytes} bytes)")
+        await _quiet(self.store.put_response(job_id, self.hostname, {
+            "status": "failed", "data": None, "error": error, "hostname": self.hostname,
+            "finished": _now(), "reason": "store-full",
+        }))
+        await _quiet(self.store.add_event(job_id, st.FAILED, self.hostname, error=error, reason="store-full"))
+        log.warning("job %s failed on %s: %s", job_id, self.hostname, error)
+        await _quiet(msg.nak())  # the last delivery: the server moves it to the dead-letter stream
+
+    def _note_store_full(self, exc: BaseException) -> None:
+        """A write refused by a full job store: said once, until the store takes writes again."""
+        if self._store_full_at is None:
+            log.warning("the job store is full (%s): jobs are not run until their start can be recorded; "
+                        "delete old jobs, wait for job.kv.ttl to expire them, or raise job.kv.max_bytes",
+                        _describe(exc))
+        self._store_full_at = time.monotonic()
+
+    def _store_accepts(self) -> None:
+        if self._store_full_at is not None:
+            self._store_full_at = None
+            log.info("the job store takes writes again: running jobs")
+
     async def _start_events(self, job_id: str, delivery: int) -> None:
         """``acknowledged`` then ``started`` (their keys carry the order: nanos taken in this order)."""
         await asyncio.gather(
@@ -518,9 +585,10 @@ class Worker:
 
     # ------------------------------------------------------------ redeliveries
 
-    async def _redelivered(self, job: dict) -> str:
+    async def _redelivered(self, job: dict, events: list[st.Event] | None = None) -> str:
         """``DONE`` (finished already: the ack was lost), ``BUSY`` (running on a live instance) or ``RUN``."""
-        events = await self.store.events(job["id"])
+        if events is None:
+            events = await self.store.events(job["id"])
         broadcast = st.summarize(job).broadcast
         relevant = [e for e in events if e.event != st.SUBMITTED and (not broadcast or e.host == self.hostname)]
         if not relevant:
@@ -640,8 +708,16 @@ class Worker:
                     continue
                 failures = 0
                 for msg in msgs:
-                    await deadletter.handle(self.store, msg.data)
+                    try:
+                        await deadletter.handle(self.store, msg.data)
+                    except Exception as exc:  # noqa: BLE001 - try it again soon, not after the DLQ's ack_wait
+                        await _quiet(msg.nak(delay=DLQ_RETRY))
+                        if not is_store_full(exc):
+                            raise
+                        self._note_store_full(exc)  # said once; recorded when room comes back
+                        continue
                     await msg.ack_sync()
+                    self._store_accepts()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -705,6 +781,23 @@ async def _wait_any(events, seconds: float) -> None:
 def probe_subject(instance: str) -> str:
     """Core NATS subject on which a worker instance answers whether it runs a job (not in any stream)."""
     return f"_osapi.worker.{instance}.running"
+
+
+def _is_query(job: dict) -> bool:
+    """The job's operation only reads (an unknown type counts as a modify: it fails anyway)."""
+    try:
+        return operations.get((job.get("operation") or {}).get("type")).kind == operations.QUERY
+    except operations.InvalidData:
+        return False
+
+
+async def _error_of(task: asyncio.Future) -> BaseException | None:
+    """Wait for ``task``; its exception (None when it succeeded)."""
+    try:
+        await task
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
 
 
 def _expired(job: dict) -> bool:

@@ -119,3 +119,62 @@ def test_api_started_before_nats_connects_when_it_appears(tmp_path):
         for server in servers:
             server.stop()
     assert code == 0, api.log()
+
+
+def test_a_submission_answered_503_while_nats_is_stalled_leaves_no_phantom_job(parts):
+    """nats-server stalled (SIGSTOP, not killed) while a job is submitted: 5xx, and nothing runs later.
+
+    The stalled server still holds the requests in its socket buffer: after SIGCONT it stores
+    the job body the API gave up on. That job must end ``failed`` with the reason (or be gone),
+    never stay ``submitted``, and no worker may run it.
+    """
+    import os
+    import signal
+    import threading
+
+    nats, api, servers = parts
+    http = api.http(ADMIN)
+    api.wait_ready()
+    wait_for(lambda: http.get("/api/v1/system/hostname?target_hostname=outage-w1").status == 200,
+             timeout=30, what="the worker answering")
+    before = {j["id"] for j in http.get("/api/v1/jobs?limit=1000").json["items"]}
+    answers: dict = {}
+
+    def post():
+        answers["post"] = http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"},
+                                                               "target_hostname": "outage-w1"})
+
+    def sync():
+        answers["sync"] = http.get("/api/v1/system/hostname?target_hostname=outage-w1")
+
+    os.kill(nats.proc.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=post), threading.Thread(target=sync)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        os.kill(nats.proc.pid, signal.SIGCONT)
+    assert answers["post"].status == 503, answers["post"].raw
+    assert answers["sync"].status == 503, answers["sync"].raw
+    assert answers["post"].json["error"] == "NATS is not reachable"
+
+    def settled():
+        resp = http.get("/api/v1/jobs?limit=1000")
+        if resp.status != 200:
+            return None
+        new = [j for j in resp.json["items"] if j["id"] not in before]
+        return {"jobs": new} if all(j["status"] == "failed" for j in new) else None
+
+    new = wait_for(settled, timeout=40, what="every job of a refused submission failed or gone")["jobs"]
+    for job in new:
+        assert "submission failed" in job["error"] and "503" in job["error"], job
+        assert not [e for e in job["timeline"] if e["event"] in ("acknowledged", "started", "completed")], job
+    # the worker is alive and answers: it simply never got (or skipped) the refused jobs
+    assert http.get("/api/v1/system/hostname?target_hostname=outage-w1").status == 200
+    for job in new:
+        again = http.get(f"/api/v1/jobs/{job['id']}").json
+        assert again["status"] == "failed" and [e["event"] for e in again["timeline"]] == \
+            [e["event"] for e in job["timeline"]]
+    assert "Traceback" not in api.log()

@@ -84,6 +84,38 @@ def test_a_synchronous_job_picked_up_after_it_expired_is_not_run(stack):
     assert stack.bridge.wait_status(queued, "completed", timeout=20)["result"]["hostname"] == "late"
 
 
+def test_a_job_whose_submission_failed_after_its_notification_landed_is_not_run(stack):
+    """The publish reached the server but its ack did not come back: the caller got an error, the job never runs."""
+    import nats.errors
+
+    from osapi.job.errors import NatsUnavailable
+
+    assert stack.late.stop() == 0
+    wait_for(lambda: "late" not in live_hostnames(stack), 10, what="late leaving the registry")
+    store = stack.bridge.store
+    original = store.publish_job
+
+    async def publish_then_lose_the_ack(subject, job_id):
+        await original(subject, job_id)
+        raise nats.errors.TimeoutError()
+
+    store.publish_job = publish_then_lose_the_ack
+    try:
+        with pytest.raises(NatsUnavailable):
+            stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "late"))
+    finally:
+        store.publish_job = original
+    (refused,) = [j["id"] for j in stack.bridge.call(stack.client.list(limit=1))["items"]]
+    job = stack.bridge.wait_status(refused, "failed", timeout=20)
+    assert job["error"].startswith("submission failed: NATS at ") and "the caller was answered 503" in job["error"]
+    queued = stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "late"))["job_id"]
+    stack.late = stack.fleet.add("late")  # finds both notifications in its durable, in order
+    assert stack.bridge.wait_status(queued, "completed", timeout=20)["result"]["hostname"] == "late"
+    job = stack.bridge.call(stack.client.get(refused))
+    assert job["status"] == "failed" and [e["event"] for e in job["timeline"]] == ["submitted", "failed"]
+    assert f"job {refused}: its submission failed" in stack.late.log()
+
+
 def test_an_idle_pull_does_not_hold_the_only_slot(stack, tmp_path):
     """max_jobs=1 and a 10 s pull: a host job must not wait for the idle ``_any`` pull to give the slot back."""
     from osapi import config

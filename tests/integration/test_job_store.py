@@ -74,8 +74,11 @@ def answer_all(bridge, ids: list[str], host: str = "w1") -> None:
 # ---------------------------------------------------------------- 1.2 cancelled submissions
 
 
-def test_a_cancelled_submission_is_still_stored_and_published(bridge):
-    """The API gives up on a call (cancels it) in the middle of the submission: no half-stored job."""
+def test_a_cancelled_submission_is_marked_failed_and_not_published(bridge):
+    """The API gives up on a call (cancels it, answering 503) in the middle of the submission: no half-stored job.
+
+    The caller was answered an error, so the job must never run: it is not published, and it is marked failed.
+    """
     store = bridge.store
     original = store.add_event
 
@@ -101,15 +104,12 @@ def test_a_cancelled_submission_is_still_stored_and_published(bridge):
 
     bridge.call(scenario())
 
-    def published():
-        info = bridge.call(store.js.stream_info(store.names.stream))
-        return info.state.messages == 1
-
-    wait_for(published, 10, what="the cancelled submission published")
     (job_id,) = bridge.call(store.all_job_ids())
-    msg = bridge.call(store.js.get_last_msg(store.names.stream, "jobs.query.host.w1"))
-    assert msg.data.decode() == job_id
-    assert [e.event for e in bridge.events(job_id)] == ["submitted"]
+    job = bridge.wait_status(job_id, "failed", timeout=10)
+    assert job["error"] == "submission failed: the caller stopped waiting and was answered 503"
+    assert [e["event"] for e in job["timeline"]] == ["submitted", "failed"]
+    assert job["worker_states"] == {st.SUBMISSION_HOST: {"status": "failed", "error": job["error"], "duration": None}}
+    assert bridge.call(store.js.stream_info(store.names.stream)).state.messages == 0  # never published
 
 
 # ---------------------------------------------------------------- 1.8 a full store

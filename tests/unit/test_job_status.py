@@ -149,3 +149,22 @@ def test_job_view_shows_expected_hosts_not_heard_from():
     assert view["status"] == "processing"
     assert view["worker_states"]["slow"] == {"status": "submitted", "error": None, "duration": None}
     assert list(view["worker_states"]) == ["fast", "slow"]
+
+
+def test_a_failed_submission_makes_a_broadcast_failed_without_waiting_for_its_expected_hosts():
+    job = {"id": "j", "target_hostname": "_all", "broadcast": True, "expected_hosts": ["h1", "h2"], "created_ns": 0}
+    reason = "submission failed: NATS at nats://127.0.0.1:4222: nats: timeout; the caller was answered 503"
+    events = [submitted("_all"), ev("failed", "_submission", 6)]
+    responses = {"_submission": {"status": "failed", "data": None, "error": reason}}
+    view = job_view(job, events, responses, now_ns=7 * S, silence_limit=600)
+    assert view["status"] == "failed" and view["error"] == reason
+    assert set(view["worker_states"]) == {"_submission"}  # the expected hosts are not waited for
+    assert compute_status(events, summarize(job, 600), 7 * S) == "failed"
+    assert compute_status([submitted("_all")], summarize(job, 600), 7 * S) == "submitted"
+
+
+def test_a_failed_submission_makes_a_one_host_job_failed_with_its_reason():
+    job = {"id": "j", "target_hostname": "_any", "broadcast": False, "created_ns": 0}
+    events = [submitted(), ev("failed", "_submission", 6)]
+    view = job_view(job, events, {"_submission": {"status": "failed", "data": None, "error": "submission failed: x"}})
+    assert (view["status"], view["error"], view["hostname"]) == ("failed", "submission failed: x", "_submission")

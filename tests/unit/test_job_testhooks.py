@@ -68,3 +68,10 @@ def test_a_process_with_test_operations_says_so_once(no_test_operations, caplog)
 
 def test_production_table_has_no_test_operations():
     assert not [name for name in operations.OPERATIONS if name.startswith("test.")]
+
+
+@pytest.mark.parametrize("tag", ["../x", "a\nb", "a\x00b", "*", ">", "", "x" * 33, None, 3])
+def test_the_recording_operation_refuses_a_tag_that_is_not_a_plain_word(tag):
+    with pytest.raises(operations.InvalidData):
+        testhooks.record_data({"tag": tag})
+    assert testhooks.record_data({"tag": "ok-1"}) == {"tag": "ok-1"}
