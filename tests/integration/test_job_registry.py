@@ -17,7 +17,7 @@ import pytest
 from job_support import Bridge, Fleet, base_env, wait_for
 
 from osapi import __version__
-from osapi.job.errors import JobTimeout
+from osapi.job.errors import JobTimeout, NoLiveWorker
 from osapi.job.registry import is_stale
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,7 +89,8 @@ def test_entries_past_their_ttl_are_ignored_and_removed(stack):
     wait_for(lambda: bridge.call(raw_stale()) == set(written), 15, what="the written entries' TTL passing")
     with pytest.raises(JobTimeout) as info:
         bridge.call(bridge.client.run("system.hostname.get", {}, "ghost", 20, 0.5))
-    assert "no live worker matches target ghost" in str(info.value)
+    assert isinstance(info.value, NoLiveWorker)  # the API's 404
+    assert "'ghost' names no registered worker host or label" in str(info.value)
     assert not set(written) & keys()
     assert "removing the stale worker registry entry" not in fleet.logs()  # readers do it, not workers
 

@@ -19,7 +19,7 @@ from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
 
 from osapi import __version__
-from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout
+from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,7 +99,8 @@ def test_label_values_match_whole_segments_only(stack, target):
         run(stack, "system.hostname.get", {}, target, timeout=SLOW, quiet=1.0)
     assert time.monotonic() - started < SLOW / 2
     job_id = info.value.job_id
-    assert f"no live worker matches target {target}" in str(info.value)
+    assert isinstance(info.value, NoLiveWorker)  # the API's 404
+    assert f"{target!r} names no registered worker host or label" in str(info.value)
     assert [e.event for e in stack.bridge.events(job_id)] == ["submitted"]
     assert stack.bridge.call(stack.client.get(job_id))["status"] == "submitted"
 
