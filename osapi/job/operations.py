@@ -1,9 +1,11 @@
-"""The one table of operations (CONTRACT §5.1, STYLE.md).
+"""The one table of operations (README.md, "Job system").
 
 Each operation type is declared once: query or modify, how its data is validated,
 which provider function runs it, what its data and result look like (JSON
-Schema, used by the OpenAPI document). Submission validation, subject routing,
-worker dispatch, the REST routes and the CLI all read this table: adding an
+Schema, used by the OpenAPI document), and its surfaces: the REST route
+(``Rest``), the CLI command (``Cli``, ``Flag``) and the table view (``Table``).
+Submission validation, subject routing, worker dispatch, the REST routes, the
+OpenAPI document, the CLI and its tables all read this table: adding an
 operation is one entry here and one provider function.
 
 Provider functions have the signature ``fn(data: dict, host: HostContext) -> dict``
