@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode, urlsplit
@@ -127,6 +128,18 @@ class ApiClient:
         if count is not None:
             body["count"] = count
         return self.request("POST", "/network/ping", {"target_hostname": target}, body)
+
+    def operation(self, method: str, path: str, data: Mapping[str, Any], target: str = "_any") -> dict:
+        """The REST route of an operation (``osapi.job.operations.Rest``) with its ``data``.
+
+        ``{name}`` segments of ``path`` take those data fields (percent-encoded); the
+        rest of the data is the JSON body of PUT/POST, else query parameters.
+        """
+        rest = dict(data)
+        path = re.sub(r"\{(\w+)\}", lambda m: _segment(str(rest.pop(m.group(1)))), path)
+        if method in ("PUT", "POST"):
+            return self.request(method, path, {"target_hostname": target}, rest)
+        return self.request(method, path, {"target_hostname": target, **rest})
 
     def job_create(self, operation: dict, target: str = "_any") -> dict:
         return self.request("POST", "/jobs", None, {"operation": operation, "target_hostname": target})

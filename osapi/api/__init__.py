@@ -3,8 +3,8 @@
 The path of a request, top to bottom:
 
 ``server.py`` (Waitress, signals) -> ``app.py`` (WSGI: CORS, access log, Bottle
-routes, auth, error envelopes) -> a route module -- ``system.py`` / ``network.py``
-(generated from the operations table by ``domain.py``), ``jobs.py``,
+routes, auth, error envelopes) -> a route module -- ``domain.py`` (the system and
+network routes, generated from the operations table), ``jobs.py``,
 ``health.py`` -> ``bridge.py`` (the asyncio loop holding the one NATS connection
 and the ``JobClient``) -> NATS -> workers.
 

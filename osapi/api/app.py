@@ -38,9 +38,9 @@ SUBJECT_KEY = "osapi.subject"
 
 def all_routes() -> list[Route]:
     """Every route the API serves, in the order of the document."""
-    from osapi.api import health, jobs, network, system
+    from osapi.api import domain, health, jobs
 
-    return [*system.routes(), *network.routes(), *jobs.routes(), *health.routes()]
+    return [*domain.routes(), *jobs.routes(), *health.routes()]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Synchronous domain endpoints, generated from the operations table.
 
-An ``OperationRoute`` says which operation type a method + path runs and where
-the operation's data comes from (path parameters, and for PUT/POST the JSON
-body). ``routes()`` turns a list of them into ordinary ``Route``s whose handler
-validates the data with the operation's own validator
-(``osapi.job.operations``), checks the target, submits the job and waits for
-the workers with ``JobClient.run`` -- the API never runs a provider itself.
-Adding an endpoint for a new operation is one ``OperationRoute`` line.
+Every operation that declares a REST surface (``Operation.rest``) gets a route:
+its method and path, and where its data comes from (path parameters, declared
+query parameters, and for PUT/POST the JSON body). ``routes()`` turns them into
+ordinary ``Route``s whose handler validates the data with the operation's own
+validator (``osapi.job.operations``), checks the target, submits the job and
+waits for the workers with ``JobClient.run`` -- the API never runs a provider
+itself.
 
 ``target_hostname`` is a query parameter on every domain route, and only there: a
 body field of that name is refused (400), so the OpenAPI document can describe
@@ -24,12 +24,9 @@ import contextlib
 import copy
 import re
 import threading
-from dataclasses import dataclass
-from typing import Callable
-
 from osapi.api import schemas
 from osapi.api.errors import ApiError, bad_request
-from osapi.api.routing import TARGET_PARAM, Call, Reply, Response, Route
+from osapi.api.routing import TARGET_PARAM, Call, Param, Reply, Response, Route, int_param, parse_choice
 from osapi.job import operations
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
@@ -59,20 +56,6 @@ class WaitSlots:
             self._free.release()
 
 
-@dataclass(frozen=True)
-class OperationRoute:
-    method: str
-    path: str
-    op_type: str
-    summary: str
-    tag: str
-    scope: str = "read"
-    status: int = 200
-    # ok result item -> what the endpoint returns for it (e.g. add status: ok)
-    shape_result: Callable[[dict], dict] | None = None
-    result_extra: dict | None = None  # extra properties in the documented ok item
-
-
 def mark_ok(item: dict) -> dict:
     """Modify endpoints report ``status: ok|failed`` per host."""
     if item.get("status") != "failed":
@@ -80,17 +63,31 @@ def mark_ok(item: dict) -> dict:
     return item
 
 
-def build_routes(specs: list[OperationRoute]) -> list[Route]:
-    return [_route(spec) for spec in specs]
+def routes() -> list[Route]:
+    """A route for every operation of the table that declares one (``Operation.rest``)."""
+    return [_route(op) for op in operations.OPERATIONS.values() if op.rest is not None]
 
 
-def _route(spec: OperationRoute) -> Route:
-    op = operations.get(spec.op_type)
-    has_body = spec.method in ("PUT", "POST")
-    path_fields = re.findall(r"\{(\w+)\}", spec.path)
+def query_param(op: operations.Operation, name: str) -> Param:
+    """The query parameter for the data field ``name``: parsed and documented from its schema."""
+    schema = op.data_schema["properties"][name]
+    description = schema.get("description", name)
+    if schema.get("type") == "integer":
+        param = int_param(name, schema["minimum"], schema["maximum"], schema["default"], description)
+        return Param(name, param.schema, description, param.parse, None)  # the validator sets the default
+    if "enum" in schema:
+        documented = {k: v for k, v in schema.items() if k != "description"}
+        return Param(name, documented, description, parse_choice(*schema["enum"]), None)
+    raise ValueError(f"{op.type}: query parameter {name} needs an integer or enum schema")
+
+
+def _route(op: operations.Operation) -> Route:
+    rest = op.rest
+    has_body = rest.method in ("PUT", "POST")
+    path_fields = re.findall(r"\{(\w+)\}", rest.path)
 
     def handler(call: Call) -> Reply:
-        return _run(call, spec, op, has_body)
+        return _run(call, op, has_body)
 
     body_schema = None
     if has_body:
@@ -99,20 +96,21 @@ def _route(spec: OperationRoute) -> Route:
         for name in path_fields:
             body_schema["properties"].pop(name, None)
         body_schema["additionalProperties"] = False
+    extra = {"status": {"type": "string", "const": "ok"}} if rest.reports_status else None
     return Route(
-        method=spec.method,
-        path=spec.path,
+        method=rest.method,
+        path=rest.path,
         handler=handler,
-        summary=spec.summary,
-        tag=spec.tag,
-        scope=spec.scope,
-        query=(TARGET_PARAM,),
+        summary=op.summary,
+        tag=op.type.partition(".")[0],
+        scope=rest.scope,
+        query=(TARGET_PARAM, *(query_param(op, name) for name in rest.query)),
         body=body_schema,
         body_description=f"the data of `{op.type}`; the target is the `target_hostname` query parameter",
         responses={
-            spec.status: Response(
+            rest.status: Response(
                 f"one result per responding worker (`{op.type}`)",
-                schemas.sync_result(op.result_schema, spec.result_extra),
+                schemas.sync_result(op.result_schema, extra),
             ),
             **schemas.error_responses(400, 401, 403, 503, 504),
             503: Response(f"NATS is not reachable, or {MAX_SYNC_WAITS} synchronous calls are already waiting "
@@ -126,8 +124,9 @@ def _route(spec: OperationRoute) -> Route:
     )
 
 
-def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
+def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
     data: dict = dict(call.path)
+    data.update({name: call.query[name] for name in op.rest.query if name in call.given})
     target = call.query["target_hostname"]
     if has_body:
         body = dict(call.body_object())
@@ -156,6 +155,6 @@ def _run(call: Call, spec: OperationRoute, op, has_body: bool) -> Reply:
                                 f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
         )
     results = list(result.get("results") or [])
-    if spec.shape_result is not None:
-        results = [spec.shape_result(dict(item)) for item in results]
-    return Reply(spec.status, {"job_id": result.get("job_id"), "results": results})
+    if op.rest.reports_status:
+        results = [mark_ok(dict(item)) for item in results]
+    return Reply(op.rest.status, {"job_id": result.get("job_id"), "results": results})

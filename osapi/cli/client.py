@@ -1,7 +1,8 @@
 """``osapi client …``: every REST API operation from the command line (CONTRACT §2).
 
-The command groups live in ``client_system``, ``client_network`` and
-``client_job``; this module registers them and holds what they share: the
+The commands of the operations (``client system …``, ``client network …``) are
+generated from the operations table by ``client_ops``; ``client job …`` lives in
+``client_job``. This module registers them and holds what they share: the
 ``--url`` and ``-T/--target`` options, building an ``osapi.client.ApiClient``
 from the configuration, and printing per-host results with the exit status an
 operator scripting this expects.
@@ -34,11 +35,10 @@ printed, failed hosts with their error); 2 usage or configuration error."""
 
 
 def register(subparsers) -> None:
-    from osapi.cli import client_job, client_network, client_system
+    from osapi.cli import client_job, client_ops
 
     client = group(subparsers, "client", "talk to the osapi REST API: query and change hosts, manage jobs")
-    client_system.register(client)
-    client_network.register(client)
+    client_ops.register(client)
     client_job.register(client)
 
 

@@ -5,9 +5,10 @@ bypasses all of this and prints the body itself. Byte sizes are human-readable
 (``osapi.cli.output.human_bytes``), times are local. A host that failed keeps its
 row: the data columns stay empty and an ERROR column says why.
 
-``VIEWS`` maps an operation type (``osapi.job.operations``) to the view that shows
-its per-host results, so ``osapi client system disk`` and ``osapi client job run``
-of a ``system.disk.get`` job print the same table.
+Each operation declares its table (``Operation.view`` in ``osapi.job.operations``:
+columns, or the name of a ``view_*`` function here for tables that are more than
+columns); ``VIEWS`` maps every operation type to it, so ``osapi client system disk``
+and ``osapi client job run`` of a ``system.disk.get`` job print the same table.
 """
 
 from __future__ import annotations
@@ -214,10 +215,6 @@ def _os(info: Any) -> str:
     return " ".join(str(v) for v in (info.get("distribution"), info.get("version")) if v)
 
 
-def view_hostname(results: Sequence[dict]) -> str:
-    return host_table(results, [("LABELS", lambda r: labels(r.get("labels")))])
-
-
 def view_status(results: Sequence[dict]) -> str:
     hosts = host_table(results, [
         ("UPTIME", _uptime),
@@ -235,13 +232,6 @@ def view_uptime(results: Sequence[dict]) -> str:
     return host_table(results, [("UPTIME", _uptime), ("UP SINCE", _since)])
 
 
-def view_os(results: Sequence[dict]) -> str:
-    return host_table(results, [
-        ("DISTRIBUTION", lambda r: r.get("distribution")),
-        ("VERSION", lambda r: r.get("version")),
-    ])
-
-
 def view_disk(results: Sequence[dict]) -> str:
     return disk_rows(results, lambda r: r.get("disks"))
 
@@ -253,30 +243,6 @@ def view_memory(results: Sequence[dict]) -> str:
         ("FREE", lambda r: human_bytes(r.get("free"))),
         ("USE%", lambda r: percent(r.get("used"), r.get("total"))),
     ])
-
-
-def view_load(results: Sequence[dict]) -> str:
-    return host_table(results, [
-        ("1MIN", lambda r: number(r.get("1min"))),
-        ("5MIN", lambda r: number(r.get("5min"))),
-        ("15MIN", lambda r: number(r.get("15min"))),
-    ])
-
-
-def view_dns(results: Sequence[dict]) -> str:
-    return host_table(results, [
-        ("SERVERS", lambda r: join(r.get("servers"))),
-        ("SEARCH DOMAINS", lambda r: join(r.get("search_domains"))),
-    ])
-
-
-def _changed(item: dict) -> str:
-    value = item.get("changed")
-    return "" if value is None else ("yes" if value else "no")
-
-
-def view_dns_update(results: Sequence[dict]) -> str:
-    return host_table(results, [("CHANGED", _changed)], status=True)
 
 
 def _loss(value: Any) -> str:
@@ -302,18 +268,93 @@ def view_generic(results: Sequence[dict]) -> str:
     return host_table(results, [("RESULT", lambda r: compact({k: v for k, v in r.items() if k != "hostname"}))])
 
 
-VIEWS: dict[str, Callable[[Sequence[dict]], str]] = {
-    "system.hostname.get": view_hostname,
-    "system.status.get": view_status,
-    "system.uptime.get": view_uptime,
-    "system.os.get": view_os,
-    "system.disk.get": view_disk,
-    "system.memory.get": view_memory,
-    "system.load.get": view_load,
-    "network.dns.get": view_dns,
-    "network.dns.update": view_dns_update,
-    "network.ping.do": view_ping,
+# ---------------------------------------------------------------- views declared by the operations
+
+
+def yes_no(value: Any) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def up_down(value: Any) -> str:
+    return "" if value is None else ("up" if value else "down")
+
+
+# Column.format names of osapi.job.operations -> value -> cell text
+FORMATS: dict[str, Callable[[Any], Any]] = {
+    "": lambda value: value,
+    "bytes": human_bytes,
+    "number": number,
+    "number1": lambda value: number(value, "{:.1f}"),
+    "join": join,
+    "labels": labels,
+    "yesno": yes_no,
+    "updown": up_down,
+    "time": local_time,
 }
+
+
+def _cell(column, item: dict) -> Any:
+    value = item.get(column.field)
+    if column.each:
+        items = value if isinstance(value, list) else []
+        return ", ".join(column.each.format_map(_Blank(v)) for v in items if isinstance(v, dict))
+    return FORMATS[column.format](value)
+
+
+class _Blank(dict):
+    """``str.format_map`` mapping: a missing key is an empty string, not a KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def table_view(spec) -> Callable[[Sequence[dict]], str]:
+    """The view of an ``osapi.job.operations.Table``: one row per host, or per item of ``spec.rows``."""
+    columns = [(column.header, lambda r, c=column: _cell(c, r)) for column in spec.columns]
+    if not spec.rows:
+        return lambda results: host_table(results, columns, status=spec.status)
+
+    def view(results: Sequence[dict]) -> str:
+        return item_rows(results, spec.rows, columns, spec.sort)
+
+    return view
+
+
+def item_rows(results: Sequence[dict], field_name: str, columns: Sequence[Column], sort: str = "") -> str:
+    """Every item of the list ``field_name`` of every host in one table, the host first."""
+    if not results:
+        return "no host answered"
+    any_failed = any(is_failed(item) for item in results)
+    headers = ["HOSTNAME", *(name for name, _ in columns)] + (["ERROR"] if any_failed else [])
+    rows = []
+    for item in sorted(results, key=_host):
+        if is_failed(item):
+            rows.append([_host(item), *("" for _ in columns), item.get("error") or "failed"])
+            continue
+        entries = [e for e in item.get(field_name) or [] if isinstance(e, dict)]
+        if sort:
+            entries.sort(key=lambda e: str(e.get(sort, "")))
+        for entry in entries:
+            rows.append([_host(item), *(fn(entry) for _, fn in columns)] + ([""] if any_failed else []))
+        if not entries:
+            blank = ["" for _ in columns[1:]]
+            rows.append([_host(item), f"(no {field_name})", *blank] + ([""] if any_failed else []))
+    return table(headers, rows)
+
+
+def _views() -> dict[str, Callable[[Sequence[dict]], str]]:
+    from osapi.job.operations import OPERATIONS
+
+    views = {}
+    for op in OPERATIONS.values():
+        if isinstance(op.view, str):
+            views[op.type] = globals()[f"view_{op.view}"] if op.view else view_generic
+        else:
+            views[op.type] = table_view(op.view)
+    return views
+
+
+VIEWS: dict[str, Callable[[Sequence[dict]], str]] = _views()
 
 
 def view_for(op_type: Any) -> Callable[[Sequence[dict]], str]:

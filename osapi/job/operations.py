@@ -1,9 +1,11 @@
-"""The one table of operations (CONTRACT §5.1, STYLE.md).
+"""The one table of operations (README.md, "Job system").
 
 Each operation type is declared once: query or modify, how its data is validated,
 which provider function runs it, what its data and result look like (JSON
-Schema, used by the OpenAPI document). Submission validation, subject routing,
-worker dispatch, the REST routes and the CLI all read this table: adding an
+Schema, used by the OpenAPI document), and its surfaces: the REST route
+(``Rest``), the CLI command (``Cli``, ``Flag``) and the table view (``Table``).
+Submission validation, subject routing, worker dispatch, the REST routes, the
+OpenAPI document, the CLI and its tables all read this table: adding an
 operation is one entry here and one provider function.
 
 Provider functions have the signature ``fn(data: dict, host: HostContext) -> dict``
@@ -149,6 +151,23 @@ def ping_data(data: Any) -> dict:
     return {"address": check_address(data["address"]), "count": count}
 
 
+PROCESS_SORTS = ("memory", "cpu")
+MAX_PROCESSES = 100
+
+
+def processes_data(data: Any) -> dict:
+    data = _object(data, {"sort", "limit"})
+    sort = data.get("sort", "memory")
+    if not isinstance(sort, str) or sort not in PROCESS_SORTS:
+        raise InvalidData(f"sort must be one of {', '.join(PROCESS_SORTS)}, got {sort!r}")
+    limit = data.get("limit", 10)
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)  # 10.0 is the integer 10 in JSON (and in JSON Schema)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PROCESSES:
+        raise InvalidData(f"limit must be an integer from 1 to {MAX_PROCESSES}, got {limit!r}")
+    return {"sort": sort, "limit": limit}
+
+
 # ---------------------------------------------------------------- schemas (JSON Schema, for OpenAPI)
 
 _INT = {"type": "integer"}
@@ -226,6 +245,136 @@ STATUS = _obj(
 )
 
 
+PROCESSES_DATA = {
+    **_obj(
+        {
+            "sort": {"type": "string", "enum": list(PROCESS_SORTS), "default": "memory",
+                     "description": "memory: by resident memory; cpu: by CPU use over a short sample"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PROCESSES, "default": 10,
+                      "description": "how many processes, the top ones by sort"},
+        },
+    ),
+    "additionalProperties": False,
+}
+_NULL_STR = {"type": ["string", "null"]}
+INTERFACE_INFO = _obj(
+    {
+        "name": _STR,
+        "mac": {**_NULL_STR, "description": "link-layer address; null when the interface has none"},
+        "mtu": _INT,
+        "up": {"type": "boolean"},
+        "addresses": {"type": "array", "items": _obj(
+            {"family": {"type": "string", "enum": ["inet", "inet6"]}, "address": _STR, "prefixlen": _INT},
+            ["family", "address", "prefixlen"])},
+    },
+    ["name", "mac", "mtu", "up", "addresses"],
+)
+PROCESS = _obj(
+    {
+        "pid": _INT,
+        "name": _STR,
+        "user": {**_NULL_STR, "description": "null when the worker may not read it"},
+        "cpu_percent": {**_NUM, "description": "percent of one CPU over the sample (may exceed 100)"},
+        "memory_rss": {"type": ["integer", "null"], "description": "resident memory in bytes"},
+        "status": _STR,
+        "started_at": {**_NULL_STR, "description": "RFC 3339 UTC"},
+    },
+    ["pid", "name", "user", "cpu_percent", "memory_rss", "status", "started_at"],
+)
+USER = _obj({"name": _STR, "uid": _INT, "gid": _INT, "home": _STR, "shell": _STR},
+            ["name", "uid", "gid", "home", "shell"])
+
+
+# ---------------------------------------------------------------- surfaces of an operation
+#
+# An entry declares where the operation is reachable; osapi.api.domain builds the REST
+# route (and so the OpenAPI document), osapi.cli.client_ops the CLI command,
+# osapi.cli.client_format the table. Only data lives here: no provider, no bottle.
+
+
+@dataclass(frozen=True)
+class Rest:
+    """``method path`` under /api/v1. ``{name}`` path segments and ``query`` names are data
+    fields; PUT and POST take the rest of the data as the JSON body."""
+
+    method: str
+    path: str
+    scope: str = "read"
+    status: int = 200
+    query: tuple[str, ...] = ()
+    reports_status: bool = False  # each ok result says status: ok (modify endpoints)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A CLI flag setting the data field ``field``; ``kind`` str, int or list (comma-separated).
+    Choices come from the field's ``enum`` in the data schema."""
+
+    field: str
+    names: tuple[str, ...]  # ("-a", "--address")
+    help: str
+    metavar: str | None = None
+    required: bool = False
+    kind: str = "str"
+
+
+@dataclass(frozen=True)
+class Cli:
+    """``osapi client <group…> <name>``; ``confirm`` (modify operations): the action asked
+    about before changing more than one host, formatted with the data (adds ``--yes``)."""
+
+    group: tuple[str, ...]
+    name: str
+    flags: tuple[Flag, ...] = ()
+    help: str = ""  # default: the operation's summary
+    epilog: str = ""  # printed before the exit-status paragraph of --help
+    confirm: str = ""
+    one_of: tuple[str, ...] = ()  # data fields of which at least one flag must be given
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: ``field`` of the row's item through ``format`` (a formatter of
+    osapi.cli.client_format: bytes, number, percent, join, labels, yesno, time), or, for a
+    list of objects, each item through the ``each`` format string, joined by ", "."""
+
+    header: str
+    field: str
+    format: str = ""
+    each: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One row per host, or with ``rows`` one row per item of that list field of a host's result."""
+
+    columns: tuple[Column, ...]
+    rows: str = ""
+    sort: str = ""  # order of the rows of one host by this field; "" keeps the provider's order
+    status: bool = False  # a STATUS column (ok/failed) after the host name
+
+
+# CLI command groups: their help; a group's commands come from the entries.
+CLI_GROUPS: dict[tuple[str, ...], str] = {
+    ("system",): "query hosts: {commands}",
+    ("network",): "network interfaces, DNS settings of an interface, and ping from hosts",
+    ("network", "dns"): "read or change the name servers and search domains of an interface",
+}
+
+DISK_HELP = """\
+Disks: SIZE is the filesystem's total, which includes the blocks reserved for
+root, so USED + FREE may be less than SIZE. USE% is USED / (USED + FREE),
+rounded up, as df computes it.
+"""
+PROCESSES_HELP = """\
+CPU% is the share of one CPU over a sample of {sample} taken by the worker (top's
+convention: a process on several CPUs may exceed 100%). RSS is resident memory.
+Processes the worker may not read are left out; fields it may not read are empty.
+"""
+INTERFACE_FLAG = Flag("interface_name", ("--interface-name",), "network interface, e.g. eth0", "IF", required=True)
+CPU_SAMPLE = "0.1s"  # osapi.provider.processes.CPU_SAMPLE_SECONDS, for --help
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -238,6 +387,9 @@ class Operation:
     summary: str
     data_schema: dict = field(default_factory=lambda: dict(EMPTY))
     result_schema: dict = field(default_factory=dict)
+    rest: Rest | None = None  # None: only through POST /jobs
+    cli: Cli | None = None  # None: only through client job add/run
+    view: Table | str = ""  # str: a view function of osapi.cli.client_format; "": generic
 
     def check(self, data: Any) -> dict:
         """Validated, normalised data, or ``InvalidData``."""
@@ -251,38 +403,89 @@ class Operation:
         return self.function()(data, host)
 
 
+def _system(name: str, provider: str, summary: str, result: dict, view: Table | str, epilog: str = "",
+            **more: Any) -> Operation:
+    """A ``system.<name>.get`` query without data: GET /system/<name>, ``client system <name>``."""
+    return Operation(f"system.{name}.get", QUERY, provider, no_data, summary, result_schema=result,
+                     rest=Rest("GET", f"/system/{name}"), cli=Cli(("system",), name, epilog=epilog), view=view,
+                     **more)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.type: op
     for op in (
-        Operation("system.hostname.get", QUERY, "osapi.provider.host:hostname", no_data,
-                  "the host's name and the worker's labels",
-                  result_schema=_obj({"hostname": _STR, "labels": {"type": "object", "additionalProperties": _STR}},
-                                     ["hostname", "labels"])),
-        Operation("system.status.get", QUERY, "osapi.provider.host:status", no_data,
-                  "uptime, load, memory, disks and OS in one answer", result_schema=STATUS),
-        Operation("system.uptime.get", QUERY, "osapi.provider.host:uptime", no_data,
-                  "time since boot", result_schema=UPTIME),
-        Operation("system.os.get", QUERY, "osapi.provider.host:os_info", no_data,
-                  "distribution and version from /etc/os-release", result_schema=OS_INFO),
-        Operation("system.disk.get", QUERY, "osapi.provider.disk:disks", no_data,
-                  "usage of the mounted filesystems",
-                  result_schema=_obj({"disks": {"type": "array", "items": DISK}}, ["disks"])),
-        Operation("system.memory.get", QUERY, "osapi.provider.memory:memory", no_data,
-                  "memory in bytes", result_schema=MEMORY),
-        Operation("system.load.get", QUERY, "osapi.provider.load:load", no_data,
-                  "1, 5 and 15 minute load averages", result_schema=LOAD),
+        _system("hostname", "osapi.provider.host:hostname", "the host's name and the worker's labels",
+                _obj({"hostname": _STR, "labels": {"type": "object", "additionalProperties": _STR}},
+                     ["hostname", "labels"]),
+                Table((Column("LABELS", "labels", "labels"),))),
+        _system("status", "osapi.provider.host:status", "uptime, load, memory, disks and OS in one answer",
+                STATUS, "status", DISK_HELP),
+        _system("uptime", "osapi.provider.host:uptime", "time since boot", UPTIME, "uptime"),
+        _system("os", "osapi.provider.host:os_info", "distribution and version from /etc/os-release", OS_INFO,
+                Table((Column("DISTRIBUTION", "distribution"), Column("VERSION", "version")))),
+        _system("disk", "osapi.provider.disk:disks", "usage of the mounted filesystems",
+                _obj({"disks": {"type": "array", "items": DISK}}, ["disks"]), "disk", DISK_HELP),
+        _system("memory", "osapi.provider.memory:memory", "total, free and used memory", MEMORY, "memory"),
+        _system("load", "osapi.provider.load:load", "1, 5 and 15 minute load averages", LOAD,
+                Table(tuple(Column(k.upper(), k, "number") for k in ("1min", "5min", "15min")))),
+        Operation("system.processes.get", QUERY, "osapi.provider.processes:processes", processes_data,
+                  "the top processes by memory or CPU", data_schema=PROCESSES_DATA,
+                  result_schema=_obj({"processes": {"type": "array", "items": PROCESS}}, ["processes"]),
+                  rest=Rest("GET", "/system/processes", query=("sort", "limit")),
+                  cli=Cli(("system",), "processes", (
+                      Flag("sort", ("--sort",), "order, descending: memory (resident) or cpu (default: memory)"),
+                      Flag("limit", ("--limit",), f"how many processes, 1-{MAX_PROCESSES} (default: 10)", "N",
+                           kind="int"),
+                  ), epilog=PROCESSES_HELP.format(sample=CPU_SAMPLE)),
+                  view=Table((Column("PID", "pid"), Column("NAME", "name"), Column("USER", "user"),
+                              Column("CPU%", "cpu_percent", "number1"), Column("RSS", "memory_rss", "bytes"),
+                              Column("STATUS", "status"), Column("STARTED", "started_at", "time")),
+                             rows="processes")),
+        Operation("system.users.get", QUERY, "osapi.provider.users:users", no_data,
+                  "the user accounts of the passwd database (never a password hash)",
+                  result_schema=_obj({"users": {"type": "array", "items": USER}}, ["users"]),
+                  rest=Rest("GET", "/system/users"), cli=Cli(("system",), "users"),
+                  view=Table((Column("USER", "name"), Column("UID", "uid"), Column("GID", "gid"),
+                              Column("HOME", "home"), Column("SHELL", "shell")), rows="users")),
+        Operation("network.interfaces.get", QUERY, "osapi.provider.interfaces:interfaces", no_data,
+                  "the network interfaces: MAC, MTU, state and addresses",
+                  result_schema=_obj({"interfaces": {"type": "array", "items": INTERFACE_INFO}}, ["interfaces"]),
+                  rest=Rest("GET", "/network/interfaces"), cli=Cli(("network",), "interfaces"),
+                  view=Table((Column("INTERFACE", "name"), Column("STATE", "up", "updown"),
+                              Column("MAC", "mac"), Column("MTU", "mtu"),
+                              Column("ADDRESSES", "addresses", each="{address}/{prefixlen}")),
+                             rows="interfaces", sort="name")),
         Operation("network.dns.get", QUERY, "osapi.provider.dns:get", dns_get_data,
                   "name servers and search domains of an interface",
                   data_schema=DNS_GET_DATA,
-                  result_schema=_obj({"servers": _STRS, "search_domains": _STRS}, ["servers", "search_domains"])),
+                  result_schema=_obj({"servers": _STRS, "search_domains": _STRS}, ["servers", "search_domains"]),
+                  rest=Rest("GET", "/network/dns/{interface_name}"),
+                  cli=Cli(("network", "dns"), "get", (INTERFACE_FLAG,),
+                          help="show the name servers and search domains of an interface"),
+                  view=Table((Column("SERVERS", "servers", "join"),
+                              Column("SEARCH DOMAINS", "search_domains", "join")))),
         Operation("network.dns.update", MODIFY, "osapi.provider.dns:update", dns_update_data,
-                  "set name servers and/or search domains of an interface",
+                  "set the name servers and/or search domains of an interface",
                   data_schema=DNS_UPDATE_DATA,
-                  result_schema=_obj({"changed": {"type": "boolean"}}, ["changed"])),
+                  result_schema=_obj({"changed": {"type": "boolean"}}, ["changed"]),
+                  rest=Rest("PUT", "/network/dns", scope="write", status=202, reports_status=True),
+                  cli=Cli(("network", "dns"), "update", (
+                      INTERFACE_FLAG,
+                      Flag("servers", ("--servers",), "comma-separated name server IP addresses", "A,B", kind="list"),
+                      Flag("search_domains", ("--search-domains",), "comma-separated search domains", "X,Y",
+                           kind="list"),
+                  ), confirm="change DNS of interface {interface_name} on", one_of=("servers", "search_domains")),
+                  view=Table((Column("CHANGED", "changed", "yesno"),), status=True)),
         Operation("network.ping.do", QUERY, "osapi.provider.ping:ping", ping_data,
-                  "ping an address from the host",
+                  "ping an address from the target hosts",
                   data_schema=PING_DATA,
-                  result_schema=PING),
+                  result_schema=PING,
+                  rest=Rest("POST", "/network/ping", scope="write"),
+                  cli=Cli(("network",), "ping", (
+                      Flag("address", ("-a", "--address"), "IP address or hostname to ping", "ADDR", required=True),
+                      Flag("count", ("--count",), "echo requests to send, 1-10 (default: 3)", "N", kind="int"),
+                  )),
+                  view="ping"),
     )
 }
 

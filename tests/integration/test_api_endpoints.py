@@ -21,6 +21,7 @@ from api_support import (
 from harness import NatsServer
 
 from osapi import __version__
+from osapi.api.app import all_routes
 
 ADMIN = make_token(["admin"], subject="admin-user")
 WRITE = make_token(["write"], subject="writer")
@@ -287,7 +288,9 @@ def test_health_family(stack):
 
 def test_served_document_lists_every_route(stack):
     assert stack.doc["info"]["version"] == __version__
-    assert len([m for ops in stack.doc["paths"].values() for m in ops]) == 21
+    documented = {(m.upper(), p) for p, ops in stack.doc["paths"].items() for m in ops}
+    served = {(r.method, r.full_path) for r in all_routes()}
+    assert documented == served
 
 
 # ---------------------------------------------------------------- 504
@@ -484,3 +487,103 @@ def test_access_log(stack):
     log = stack.api.log()
     assert "path=/api/v1/jobs/status status=200" in log and "subject=reader" in log
     assert READ not in log and ADMIN not in log
+
+
+# ---------------------------------------------------------------- operations added through the table
+
+
+NEW_OPERATIONS = {
+    "/api/v1/network/interfaces": ("interfaces", {"name", "mac", "mtu", "up", "addresses"}),
+    "/api/v1/system/processes": ("processes", {"pid", "name", "user", "cpu_percent", "memory_rss", "status",
+                                               "started_at"}),
+    "/api/v1/system/users": ("users", {"name", "uid", "gid", "home", "shell"}),
+}
+
+
+@pytest.mark.parametrize("path", list(NEW_OPERATIONS))
+@pytest.mark.parametrize("target, hosts", [
+    (None, None), ("_any", None), ("_all", HOSTS), ("api-w1", {"api-w1"}), ("group:web.prod", {"api-w2"}),
+    ("group:web", HOSTS),
+])
+def test_new_operations_answer_for_every_target_form(stack, path, target, hosts):
+    query = "" if target is None else f"?target_hostname={target}"
+    body = _ok(stack, "GET", path, stack.http(READ).get(path + query))
+    found = {r["hostname"] for r in body["results"]}
+    if hosts is None:
+        assert len(found) == 1 and found <= HOSTS
+    else:
+        assert found == hosts
+    field, keys = NEW_OPERATIONS[path]
+    for item in body["results"]:
+        assert set(item) == {"hostname", field} and item[field]
+        assert all(set(entry) == keys for entry in item[field])
+
+
+def test_processes_sort_and_limit(stack):
+    body = _ok(stack, "GET", "/api/v1/system/processes",
+               stack.http(READ).get("/api/v1/system/processes?target_hostname=_all&sort=cpu&limit=3"))
+    for item in body["results"]:
+        cpu = [p["cpu_percent"] for p in item["processes"]]
+        assert 1 <= len(cpu) <= 3 and cpu == sorted(cpu, reverse=True)
+    item = stack.http(READ).get("/api/v1/system/processes?target_hostname=api-w1").json["results"][0]
+    rss = [p["memory_rss"] or 0 for p in item["processes"]]
+    assert 1 <= len(rss) <= 10 and rss == sorted(rss, reverse=True)  # defaults: memory, 10
+
+
+def test_users_and_interfaces_are_the_hosts(stack):
+    users = stack.http(READ).get("/api/v1/system/users?target_hostname=api-w1").json["results"][0]["users"]
+    assert {"name": "root", "uid": 0, "gid": 0} == {k: v for k, v in users[0].items() if k in ("name", "uid", "gid")}
+    assert "x" not in {value for user in users for value in user.values()}  # no password field of /etc/passwd
+    ifaces = stack.http(READ).get("/api/v1/network/interfaces?target_hostname=api-w2").json["results"][0]
+    lo = next(i for i in ifaces["interfaces"] if i["name"] == "lo")
+    assert lo["up"] and {"family": "inet", "address": "127.0.0.1", "prefixlen": 8} in lo["addresses"]
+
+
+@pytest.mark.parametrize("query, details", [
+    ("limit=0", "limit must be from 1 to 100, got 0"),
+    ("limit=101", "limit must be from 1 to 100, got 101"),
+    ("limit=-1", "limit must be a whole number from 1 to 100"),
+    ("limit=1.5", "limit must be a whole number from 1 to 100"),
+    ("limit=abc", "limit must be a whole number from 1 to 100"),
+    ("limit=", "limit must be a whole number from 1 to 100"),
+    ("limit=5&limit=6", "given more than once"),
+    ("sort=name", "sort must be one of memory, cpu, got 'name'"),
+    ("sort=cpu%0A", "sort must be one of memory, cpu"),
+    ("sort=cpu%00", "sort must be one of memory, cpu"),
+    ("sort=*", "sort must be one of memory, cpu"),
+    ("sort=..%2Fcpu", "sort must be one of memory, cpu"),
+    ("pid=1", "accepts: target_hostname, sort, limit"),
+])
+def test_processes_bad_query_is_400_and_submits_nothing(stack, query, details):
+    before = _total(stack)
+    body = _ok(stack, "GET", "/api/v1/system/processes",
+               stack.http(READ).get(f"/api/v1/system/processes?{query}"), 400)
+    assert details in body["details"]
+    assert _total(stack) == before
+
+
+@pytest.mark.parametrize("path", ["/api/v1/system/users", "/api/v1/network/interfaces"])
+def test_users_and_interfaces_take_no_query_but_the_target(stack, path):
+    before = _total(stack)
+    body = _ok(stack, "GET", path, stack.http(READ).get(f"{path}?limit=1"), 400)
+    assert body["error"] == "unknown query parameter limit"
+    assert _total(stack) == before
+
+
+def test_processes_data_through_post_jobs(stack):
+    http = stack.http(WRITE)
+    before = _total(stack)
+    for data in ({"limit": 0}, {"sort": "name"}, {"limit": "5"}, {"limit": None}, {"top": 1}):
+        resp = http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.processes.get", "data": data},
+                                                     "target_hostname": "api-w1"})
+        assert resp.status == 400, (data, resp.json)
+    assert _total(stack) == before
+    resp = http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.processes.get",
+                                                               "data": {"sort": "cpu", "limit": 2}},
+                                                 "target_hostname": "api-w1"})
+    assert resp.status == 201, resp.json
+    job_id = resp.json["job_id"]
+    job = wait_for(lambda: (lambda j: j if j["status"] == "completed" else None)(
+        http.get(f"/api/v1/jobs/{job_id}").json), timeout=30, what="the processes job completed")
+    assert job["operation"]["data"] == {"sort": "cpu", "limit": 2}
+    assert len(job["responses"]["api-w1"]["data"]["processes"]) <= 2

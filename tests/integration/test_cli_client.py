@@ -368,6 +368,58 @@ def test_ping_with_bad_values_is_a_usage_error_and_nothing_is_sent(osapi, stack,
     assert stack.total_jobs() == before
 
 
+# ---------------------------------------------------------------- operations added through the table
+
+
+@pytest.mark.parametrize("target, hosts", [("_all", [ALPHA, BETA]), (ALPHA, [ALPHA]), ("group:db", [BETA])])
+def test_interfaces_one_row_per_interface_and_json(osapi, target, hosts):
+    res = osapi("client", "network", "interfaces", "-T", target)
+    assert res.status == 0, res.stderr
+    rows = table_rows(res.stdout, "HOSTNAME")
+    assert sorted({row[0] for row in rows}) == hosts
+    lo = [row for row in rows if row[1] == "lo"]
+    assert len(lo) == len(hosts) and all(row[2] == "up" and "127.0.0.1/8" in row[-1] for row in lo)
+    body = json.loads(osapi("client", "network", "interfaces", "-T", target, "--json").stdout)
+    assert set(body) == {"job_id", "results"} and sorted(r["hostname"] for r in body["results"]) == hosts
+
+
+def test_users_table_and_json_have_no_password(osapi):
+    res = osapi("client", "system", "users", "-T", "_all")
+    assert res.status == 0, res.stderr
+    rows = table_rows(res.stdout, "HOSTNAME")
+    assert [ALPHA, "root", "0", "0"] in [row[:4] for row in rows] and [BETA, "root", "0", "0"] in [r[:4] for r in rows]
+    body = json.loads(osapi("client", "-j", "system", "users", "-T", BETA).stdout)
+    assert all(set(u) == {"name", "uid", "gid", "home", "shell"} for u in body["results"][0]["users"])
+
+
+def test_processes_sort_limit_table_and_json(osapi):
+    res = osapi("client", "system", "processes", "--sort", "cpu", "--limit", "2", "-T", "group:web")
+    assert res.status == 0, res.stderr
+    rows = table_rows(res.stdout, "HOSTNAME")
+    assert 1 <= len(rows) <= 2 and {row[0] for row in rows} == {ALPHA}
+    body = json.loads(osapi("client", "system", "processes", "--limit", "3", "-T", ALPHA, "-j").stdout)
+    [item] = body["results"]
+    rss = [p["memory_rss"] or 0 for p in item["processes"]]
+    assert 1 <= len(rss) <= 3 and rss == sorted(rss, reverse=True)
+    default = json.loads(osapi("client", "system", "processes", "-T", BETA, "-j").stdout)
+    assert 1 <= len(default["results"][0]["processes"]) <= 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "0"], "--limit must be an integer from 1 to 100, got 0"),
+    (["--limit", "101"], "--limit must be an integer from 1 to 100, got 101"),
+    (["--limit", "x"], "argument --limit: invalid int value: 'x'"),
+    (["--sort", "name"], "argument --sort: invalid choice: 'name'"),
+    (["--sort", "cpu\n"], "argument --sort: invalid choice"),
+    (["-T", "group:*"], "invalid target 'group:*'"),
+])
+def test_processes_with_bad_values_is_a_usage_error_and_nothing_is_sent(osapi, stack, argv, message):
+    before = stack.total_jobs()
+    res = osapi("client", "system", "processes", *argv)
+    assert res.status == 2 and message in res.stderr and res.stdout == ""
+    assert stack.total_jobs() == before
+
+
 def test_an_invalid_target_is_a_usage_error(osapi):
     res = osapi("client", "system", "hostname", "-T", "group:we b")
     assert res.status == 2 and "label value 'we b'" in res.stderr

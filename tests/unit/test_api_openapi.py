@@ -44,7 +44,8 @@ def test_document_routes_equal_app_routes(app, doc):
     served = {(r.method, re.sub(r"<(\w+)(?::re:[^>]*)?>", r"{\1}", r.rule)) for r in app.bottle.routes}
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m in METHODS}
     assert served == documented
-    assert len(served) == 21
+    declared = {(op.rest.method, "/api/v1" + op.rest.path) for op in operations.OPERATIONS.values() if op.rest}
+    assert declared <= served  # every route an operation declares is served (no count hard-coded)
 
 
 def test_every_operation_type_has_a_domain_route_or_is_reachable_via_jobs(doc):

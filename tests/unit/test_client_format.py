@@ -67,13 +67,13 @@ def test_host_table_sorts_hosts_and_keeps_failed_rows_with_their_error():
         {"hostname": "b", "1min": 0.5, "5min": 0.25, "15min": 0.125},
         {"hostname": "a", "status": "failed", "error": "no /proc/loadavg"},
     ]
-    text = fmt.view_load(results)
+    text = fmt.view_for("system.load.get")(results)
     assert text.splitlines()[0].split() == ["HOSTNAME", "1MIN", "5MIN", "15MIN", "ERROR"]
     assert rows(text) == [["a", "no /proc/loadavg"], ["b", "0.50", "0.25", "0.12"]]
 
 
 def test_no_error_column_when_every_host_answered():
-    text = fmt.view_os([{"hostname": "h", "distribution": "Debian GNU/Linux", "version": "12"}])
+    text = fmt.view_for("system.os.get")([{"hostname": "h", "distribution": "Debian GNU/Linux", "version": "12"}])
     assert text.splitlines()[0].split() == ["HOSTNAME", "DISTRIBUTION", "VERSION"]
     assert rows(text) == [["h", "Debian GNU/Linux", "12"]]
 
@@ -109,7 +109,7 @@ def test_disk_use_is_computed_like_df_without_the_root_reserve():
 
 
 def test_dns_update_failed_host_shows_failed_and_its_error():
-    text = fmt.view_dns_update([{"hostname": "b", "status": "failed", "error": "no such interface"},
+    text = fmt.view_for("network.dns.update")([{"hostname": "b", "status": "failed", "error": "no such interface"},
                                 {"hostname": "a", "status": "ok", "changed": False}])
     assert text.splitlines()[0].split() == ["HOSTNAME", "STATUS", "CHANGED", "ERROR"]
     assert rows(text) == [["a", "ok", "no"], ["b", "failed", "no such interface"]]
@@ -133,18 +133,18 @@ def test_uptime_shows_since_when_in_local_time():
 
 
 def test_dns_ping_and_hostname_views():
-    assert rows(fmt.view_dns([{"hostname": "h", "servers": ["1.1.1.1", "::1"], "search_domains": ["x.org"]}])) == [
+    assert rows(fmt.view_for("network.dns.get")([{"hostname": "h", "servers": ["1.1.1.1", "::1"], "search_domains": ["x.org"]}])) == [
         ["h", "1.1.1.1, ::1", "x.org"]]
     ping = {"hostname": "h", "packets_sent": 3, "packets_received": 2, "packet_loss": 33.33,
             "min_rtt_ms": 0.1, "avg_rtt_ms": 0.2, "max_rtt_ms": 0.3}
     assert rows(fmt.view_ping([ping])) == [["h", "3", "2", "33.33%", "0.100", "0.200", "0.300"]]
-    assert rows(fmt.view_hostname([{"hostname": "h", "labels": {"zone": "a", "group": "web"}}])) == [
+    assert rows(fmt.view_for("system.hostname.get")([{"hostname": "h", "labels": {"zone": "a", "group": "web"}}])) == [
         ["h", "group=web, zone=a"]]
-    assert rows(fmt.view_dns_update([{"hostname": "h", "status": "ok", "changed": True}])) == [["h", "ok", "yes"]]
+    assert rows(fmt.view_for("network.dns.update")([{"hostname": "h", "status": "ok", "changed": True}])) == [["h", "ok", "yes"]]
 
 
 def test_no_results_says_so():
-    assert fmt.view_load([]) == "no host answered"
+    assert fmt.view_for("system.load.get")([]) == "no host answered"
     assert fmt.domain_answer({"job_id": "j", "results": []}, "system.load.get") == "job j\n\nno host answered"
 
 

@@ -1,0 +1,203 @@
+"""``osapi client system|network …``: one command per operation, from the operations table.
+
+Each operation that declares a CLI surface (``Operation.cli`` in
+``osapi.job.operations``) becomes ``osapi client <group…> <name>`` with its flags,
+``-T/--target`` and ``--url``. A command turns its flags into the operation's data,
+checks them with the operation's own validator (what the API and the worker would
+refuse is refused here first: exit 2, the flag named, nothing sent), asks before a
+change that reaches more than one host, calls the operation's REST route and
+prints the per-host table (``osapi.cli.client_format``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from osapi.cli import Context
+from osapi.cli.client import HOSTS_EXIT_HELP, add_target, api, command, group, show_results
+from osapi.errors import OperationError, UsageError
+
+CONFIRM_HELP = """\
+Confirmation: changing DNS on more than one host, or on a host you did not name,
+asks first. A hostname target never asks. _all and key:value always ask. _any
+asks unless exactly one worker host is registered (then _any can only be that
+host). Without a terminal on stdin the command refuses (exit 2) and sends
+nothing, unless --yes is given.
+"""
+
+
+def register(client) -> None:
+    from osapi.job.operations import CLI_GROUPS, OPERATIONS
+
+    ops = [op for op in OPERATIONS.values() if op.cli is not None]
+    groups: dict[tuple[str, ...], Any] = {}
+
+    def group_of(path: tuple[str, ...]):
+        if path not in groups:
+            parent = groups_parent(path)
+            names = [op.cli.name for op in ops if op.cli.group == path]
+            names += [p[-1] for p in CLI_GROUPS if p[:-1] == path and len(p) == len(path) + 1]
+            help = CLI_GROUPS[path].format(commands=", ".join(names))
+            groups[path] = group(parent, path[-1], help, epilog=HOSTS_EXIT_HELP)
+        return groups[path]
+
+    def groups_parent(path: tuple[str, ...]):
+        return client if len(path) == 1 else group_of(path[:-1])
+
+    for op in ops:
+        add_command(group_of(op.cli.group), op)
+
+
+def add_command(subparsers, op) -> None:
+    cli = op.cli
+    epilog = "\n".join(part for part in (cli.epilog, CONFIRM_HELP if cli.confirm else "", HOSTS_EXIT_HELP) if part)
+    parser = command(subparsers, cli.name, cli.help or op.summary, lambda ctx, t=op.type: run(ctx, t), epilog=epilog)
+    properties = op.data_schema.get("properties", {})
+    for flag in cli.flags:
+        kwargs: dict[str, Any] = {"dest": flag.field, "help": flag.help, "metavar": flag.metavar}
+        if flag.required:
+            kwargs["required"] = True
+        if flag.kind == "int":
+            kwargs["type"] = int
+        if "enum" in properties.get(flag.field, {}):
+            kwargs["choices"] = properties[flag.field]["enum"]
+        parser.add_argument(*flag.names, **kwargs)
+    if cli.confirm:
+        parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_target(parser)
+
+
+def run(ctx: Context, op_type: str) -> None:
+    from osapi.job import operations
+
+    op = operations.get(op_type)
+    args = ctx.args
+    data = {}
+    for flag in op.cli.flags:
+        value = getattr(args, flag.field)
+        if value is not None:
+            data[flag.field] = _split(value) if flag.kind == "list" else value
+    if op.cli.one_of and not any(name in data for name in op.cli.one_of):
+        names = [_flag_name(op, name) for name in op.cli.one_of]
+        raise UsageError(f"at least one of {' or '.join(names)} is required")
+    checked(op, data)
+    client = api(ctx)
+    if op.cli.confirm and not args.yes:
+        confirm(ctx, client, args.target, op.cli.confirm.format(**data))
+    body = client.operation(op.rest.method, op.rest.path, data, args.target)
+    show_results(ctx, body, op.type)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _flag_name(op, field_name: str) -> str:
+    """The flag that sets a data field, for messages: ``-a/--address``."""
+    for flag in op.cli.flags:
+        if flag.field == field_name:
+            return "/".join(flag.names)
+    return field_name
+
+
+_FIELD_RE = re.compile(r"^([a-z_]+)(\[\d+\])?")
+
+
+def checked(op, data: dict) -> dict:
+    """``data`` through the operation's own validator, or a usage error naming the flag.
+
+    The message is the validator's, with the leading data field turned into its
+    flag ("servers[1]: '1.1.1.999' is not…" -> "--servers: '1.1.1.999' is not…").
+    """
+    from osapi.job.operations import InvalidData
+
+    try:
+        return op.check(data)
+    except InvalidData as exc:
+        flags = {flag.field: "/".join(flag.names) for flag in op.cli.flags}
+        message = _FIELD_RE.sub(lambda m: flags.get(m.group(1), m.group(0)), str(exc), count=1)
+        raise UsageError(message) from None
+
+
+# ---------------------------------------------------------------- confirmation
+
+
+def scope_of(client, target: str) -> str | None:
+    """What ``target`` would change, when that is more than one named host; None for one known host."""
+    from osapi.client import ApiError
+
+    if target == "_all":
+        return "EVERY worker host (_all)"
+    if ":" in target:
+        return f"every worker host whose label matches {target}"
+    if target != "_any":
+        return None  # a named host
+    try:
+        body = client.workers()
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            raise
+        return f"one arbitrary worker host (_any; the registered workers could not be listed: {exc.message})"
+    hosts = sorted({str(w.get("hostname")) for w in body.get("workers") or [] if isinstance(w, dict)})
+    if len(hosts) == 1:
+        return None  # _any can only be that host
+    if not hosts:
+        return "whichever worker host answers first (_any; no worker is registered right now)"
+    return f"one arbitrary worker host of {len(hosts)} ({', '.join(hosts)}) (_any)"
+
+
+def confirm(ctx: Context, client, target: str, action: str) -> None:
+    """Ask on a terminal; refuse (exit 2) without one. Returns only when confirmed."""
+    where = scope_of(client, target)
+    if where is None:
+        return
+    if not ctx.env.stdin_isatty:
+        raise UsageError(
+            f"refusing to {action} {where} without confirmation: stdin is not a terminal; nothing was sent",
+            "add --yes to confirm, or name a single host with -T HOSTNAME",
+        )
+    ctx.env.stderr.write(f"About to {action} {where}.\nProceed? [y/N] ")
+    ctx.env.stderr.flush()
+    answer = ctx.env.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise OperationError("cancelled: nothing was changed")
+
+
+# ---------------------------------------------------------------- README's table of these commands
+
+
+def usage(op) -> str:
+    """``osapi client network ping -a ADDR [--count N] [-T TARGET]``."""
+    choices = {name: schema["enum"] for name, schema in op.data_schema.get("properties", {}).items()
+               if "enum" in schema}
+    words = ["osapi", "client", *op.cli.group, op.cli.name]
+    for flag in op.cli.flags:
+        value = "{" + ",".join(choices[flag.field]) + "}" if flag.field in choices else flag.metavar
+        word = f"{flag.names[0]} {value}" if value else flag.names[0]
+        words.append(word if flag.required else f"[{word}]")
+    if op.cli.confirm:
+        words.append("[--yes]")
+    words.append("[-T TARGET]")
+    return " ".join(words)
+
+
+def command_rows() -> str:
+    """README's table of the operations' commands for the operations' commands (``python -m osapi.cli.client_ops``)."""
+    from osapi.job.operations import OPERATIONS
+
+    rows = ["| command | does |", "|---|---|"]
+    for op in OPERATIONS.values():
+        if op.cli is None:
+            continue
+        does = op.cli.help or op.summary
+        if op.cli.confirm:
+            does += "; asks before changing more than one host (`--yes` to skip; without a TTY it refuses)"
+        rows.append(f"| `{usage(op)}` | {does} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(command_rows())
