@@ -689,7 +689,8 @@ def read_secret_file(state: Path, name: str) -> str | None:
     finally:
         os.close(fd)
     if size > SECRET_MAX_BYTES:
-        raise ConfigError(f"{state / SECRETS_DIR / name} is larger than {SECRET_MAX_BYTES} bytes: not a secret of osapi's")
+        raise ConfigError(f"{state / SECRETS_DIR / name} is larger than {SECRET_MAX_BYTES} bytes: "
+                          "not a secret osapi wrote")
     try:
         return b"".join(chunks).decode("utf-8").strip() or None
     except UnicodeDecodeError:

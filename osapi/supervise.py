@@ -252,7 +252,7 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
             lambda: authtoken.generate(key, ["admin"], ADMIN_SUBJECT, ADMIN_TOKEN_LIFETIME),
         )
         if not created:
-            _check_admin_token(paths.secret("admin.token"), key)
+            _check_admin_token(paths, key)
     return paths
 
 
@@ -268,11 +268,12 @@ def _tighten_dir(path: Path) -> None:
         log.warning("cannot check the mode of %s: %s", path, exc.strerror or exc)
 
 
-def _check_admin_token(path: Path, key: str) -> None:
+def _check_admin_token(paths: Layout, key: str) -> None:
     from osapi import authtoken, config
 
+    path = paths.secret("admin.token")
     try:
-        authtoken.validate(config.read_secret_file(path.parent.parent, path.name) or "", key)
+        authtoken.validate(config.read_secret_file(paths.state_dir, path.name) or "", key)
     except authtoken.TokenError as exc:
         log.warning(
             "%s is not valid with the current signing key (%s): `osapi client` on this host will get 401; "
