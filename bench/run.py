@@ -23,6 +23,23 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+
+
+def venv_python(prefix: str, venv: Path = VENV, environ=os.environ) -> Path | None:
+    """The venv's python to run this script again with, or None: there is no venv, this
+    already runs in it, or it was tried once (``BENCH_RUN_REEXECUTED``).
+
+    "Runs in it" is decided by ``sys.prefix`` (passed as ``prefix``), not by the
+    executable: a venv's ``bin/python`` is a symlink to the very binary ``python3``
+    is (a pyenv or system python), so resolved executables cannot tell them apart.
+    """
+    python = venv / "bin" / "python"
+    if not python.is_file() or environ.get("BENCH_RUN_REEXECUTED"):
+        return None
+    if Path(prefix).resolve() == venv.resolve():
+        return None
+    return python
 
 
 def _reexec_in_venv() -> None:
@@ -31,10 +48,10 @@ def _reexec_in_venv() -> None:
         import nats  # noqa: F401
         import psutil  # noqa: F401
     except ImportError:
-        venv = REPO / ".venv" / "bin" / "python"
-        if venv.is_file() and Path(sys.executable).resolve() != venv.resolve() and not os.environ.get("BENCH_RUN_REEXECUTED"):
+        python = venv_python(sys.prefix)
+        if python is not None:
             os.environ["BENCH_RUN_REEXECUTED"] = "1"
-            os.execv(str(venv), [str(venv), *sys.argv])
+            os.execv(str(python), [str(python), *sys.argv])
         raise
 
 

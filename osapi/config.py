@@ -529,11 +529,213 @@ def secret_path(cfg: Config, name: str) -> Path:
 
 
 def read_secret(cfg: Config, name: str) -> str | None:
-    """The stripped contents of ``<state_dir>/secrets/<name>``, or None if unreadable."""
+    """The stripped contents of ``<state_dir>/secrets/<name>``, or None if missing or
+    unreadable; ``ConfigError`` when another user could have written it (see
+    ``read_secret_file``)."""
+    return read_secret_file(state_dir(cfg), name)
+
+
+# ---------------------------------------------------------------- secrets in the state dir
+#
+# Every reader of a secret from the state dir (the client's admin.token, the API's
+# signing_key, the nats.token of API, workers and nats-server, supervise itself)
+# goes through ``read_secret_file``, and ``osapi supervise`` checks the whole
+# directory with ``check_state_dir`` before it changes anything. The rule: the
+# state dir, ``secrets/`` and each secret belong to this process's user (or
+# root) and are not writable by group or others; a secret is a regular file, never
+# a symbolic link (opened with O_NOFOLLOW); a directory that is a symbolic link
+# must itself belong to this user or root. Anything else could hold a value
+# another user planted -- a signing key that lets them sign admin tokens -- so it
+# is refused (``ConfigError``, exit 2) with the command that fixes it.
+
+SECRETS_DIR = "secrets"
+SECRET_MAX_BYTES = 65536
+_LAX = 0o022  # group- or other-writable
+
+
+def trusted_owner(uid: int) -> bool:
+    """Whether a file owned by ``uid`` may hold this process's secrets: its own user or root."""
+    return uid in (os.geteuid(), 0)
+
+
+def user_name(uid: int | None = None) -> str:
+    import pwd
+
+    uid = os.geteuid() if uid is None else uid
     try:
-        return secret_path(cfg, name).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _owner(uid: int) -> str:
+    return f"{user_name(uid)} (uid {uid})"
+
+
+def _trusted_users() -> str:
+    me = user_name()
+    return me if os.geteuid() == 0 else f"{me} or root"
+
+
+def _refuse(path: Path, problem: str, kind: str) -> ConfigError:
+    import shlex
+
+    q, me = shlex.quote(str(path)), user_name()
+    if kind == "link":
+        hint = f"if you made the link: chown -h {me}: {q}; else rm {q}"
+    elif kind == "dir":
+        hint = f"if it is yours: chown {me}: {q} && chmod 700 {q}"
+    elif kind == "secret-link":
+        hint = f"rm {q} and start `osapi supervise` to create a new one, or put the file itself there (chmod 600)"
+    else:
+        hint = (f"if you wrote it: chown {me}: {q} && chmod 600 {q}; "
+                f"else rm {q} and start `osapi supervise` to create a new one")
+    return ConfigError(f"refusing to use {path}: {problem}; another user could have planted or changed the secrets",
+                       hint)
+
+
+def _check_stat(path: Path, st: os.stat_result, kind: str, *, lax_ok: bool = False) -> None:
+    """Owner and mode of an opened directory (``kind`` "dir") or secret ("secret")."""
+    if not trusted_owner(st.st_uid):
+        raise _refuse(path, f"it is owned by {_owner(st.st_uid)}, not by {_trusted_users()}", kind)
+    if st.st_mode & _LAX and not (lax_ok and st.st_uid == os.geteuid()):
+        raise _refuse(path, f"it is writable by group or others (mode {st.st_mode & 0o7777:04o})", kind)
+
+
+def _open_dir(path: Path, name: str, dir_fd: int | None, *, lax_ok: bool = False) -> int | None:
+    """An fd of the checked directory ``name`` (relative to ``dir_fd``); None if it is
+    missing or this user cannot enter it."""
+    import stat
+
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:  # missing, a parent is not a directory, not searchable: nothing to read
         return None
+    if stat.S_ISLNK(st.st_mode) and not trusted_owner(st.st_uid):
+        raise _refuse(path, f"it is a symbolic link owned by {_owner(st.st_uid)}", "link")
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:  # gone, not a directory, not searchable: nothing to read (supervise says why)
+        return None
+    try:
+        _check_stat(path, os.fstat(fd), "dir", lax_ok=lax_ok)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_secrets_dir(state: Path, *, lax_ok: bool = False) -> int | None:
+    """An fd of ``<state>/secrets`` after checking both directories; None if either is missing."""
+    state_fd = _open_dir(state, str(state), None, lax_ok=lax_ok)
+    if state_fd is None:
+        return None
+    try:
+        return _open_dir(state / SECRETS_DIR, SECRETS_DIR, state_fd, lax_ok=lax_ok)
+    finally:
+        os.close(state_fd)
+
+
+def _open_secret(path: Path, name: str, dir_fd: int) -> int | None:
+    """An fd of the checked secret file ``name`` in ``dir_fd``; None if missing or unreadable."""
+    import errno
+    import stat
+
+    try:
+        # O_NONBLOCK: a FIFO planted in its place must not hang the reader
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except (FileNotFoundError, PermissionError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, "it is a symbolic link, and a secret must be a regular file", "secret-link") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, "it is not a regular file", "secret")
+        _check_stat(path, st, "secret")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_secret_file(state: Path, name: str) -> str | None:
+    """The stripped text of ``<state>/secrets/<name>``; None when it is missing, empty,
+    unreadable or not UTF-8. ``ConfigError`` (exit 2, naming the path and the fix)
+    when the state dir, ``secrets/`` or the file belongs to another user or is
+    writable by group or others, or the file is a symbolic link (see above)."""
+    secrets_fd = _open_secrets_dir(state)
+    if secrets_fd is None:
+        return None
+    try:
+        fd = _open_secret(state / SECRETS_DIR / name, name, secrets_fd)
+    finally:
+        os.close(secrets_fd)
+    if fd is None:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= SECRET_MAX_BYTES:
+            chunk = os.read(fd, 8192)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if size > SECRET_MAX_BYTES:
+        raise ConfigError(f"{state / SECRETS_DIR / name} is larger than {SECRET_MAX_BYTES} bytes: "
+                          "not a secret osapi wrote")
+    try:
+        return b"".join(chunks).decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        return None
+
+
+def check_state_dir(state: Path, *, lax_ok: bool = False, entries: tuple[str, ...] = ()) -> None:
+    """What every reader checks, for the whole state dir at once: the directory,
+    ``secrets/`` and each file in it; and that each of ``entries`` (names in the
+    state dir), where present, belongs to this user or root. Missing parts pass.
+    ``lax_ok``: a directory of this user's that group or others can write passes
+    (``osapi supervise`` checks with it before it changes anything, then tightens)."""
+    import stat
+
+    state_fd = _open_dir(state, str(state), None, lax_ok=lax_ok)
+    if state_fd is None:
+        return
+    try:
+        for entry in entries:
+            if entry == SECRETS_DIR:
+                continue  # checked in full below
+            try:
+                st = os.stat(entry, dir_fd=state_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if trusted_owner(st.st_uid):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise _refuse(state / entry, f"it is a symbolic link owned by {_owner(st.st_uid)}", "link")
+            raise _refuse(state / entry, f"it is owned by {_owner(st.st_uid)}, not by {_trusted_users()}",
+                          "dir" if stat.S_ISDIR(st.st_mode) else "secret")
+        secrets_fd = _open_dir(state / SECRETS_DIR, SECRETS_DIR, state_fd, lax_ok=lax_ok)
+    finally:
+        os.close(state_fd)
+    if secrets_fd is None:
+        return
+    try:
+        for name in sorted(os.listdir(secrets_fd)):
+            if name.startswith("."):
+                continue  # a temporary file of create_secret's, not yet published
+            fd = _open_secret(state / SECRETS_DIR / name, name, secrets_fd)
+            if fd is not None:
+                os.close(fd)
+    finally:
+        os.close(secrets_fd)
 
 
 def signing_key(cfg: Config) -> str:

@@ -26,6 +26,14 @@ The state directory (``config.state_dir``: ``supervise.state_dir``, else
                             own log, written by nats-server itself), each rotated
                             at 10 MB, 5 kept
 
+Nothing is trusted from a state dir another user could have written: before it
+changes anything, ``bootstrap`` (and ``preflight``) refuse with exit 2 a state dir,
+``secrets/`` or secret that belongs to another user or is writable by group or
+others, a secret that is a symbolic link, and any ``STATE_ENTRIES`` of another
+user's -- the rule of ``config.check_state_dir``, the same every reader of a
+secret applies (``config.read_secret_file``). Our own state dir and ``secrets/``
+are then tightened to 0700, with a warning in the log.
+
 Secrets are created once, mode 0600, and never overwritten: each is written to a
 temporary file and published with ``link()``, which fails when the name exists,
 so two starts at the same moment agree on one value and no reader ever sees a
@@ -125,6 +133,11 @@ class Layout:
         return self.secrets / name
 
 
+# what osapi keeps directly in the state dir: each, where present, must belong to this user or root
+STATE_ENTRIES = ("secrets", "logs", "nats", "supervisord.conf", "supervisor.sock", "supervisord.pid",
+                 "nats-server.conf", "cache")
+
+
 def layout(cfg) -> Layout:
     from osapi import config
 
@@ -154,7 +167,7 @@ def create_secret(path: Path, make: Callable[[], str]) -> bool:
     there first; its value is kept. An existing file is never rewritten, only
     its mode is tightened to 0600 if it was laxer.
     """
-    if path.exists():
+    if os.path.lexists(path):
         _tighten(path)
         return False
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -187,7 +200,7 @@ def create_secret(path: Path, make: Callable[[], str]) -> bool:
 
 def _tighten(path: Path) -> None:
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.lstat().st_mode & 0o777
         if mode & 0o077:
             os.chmod(path, SECRET_MODE)
             log.warning("%s was mode %04o; set it to 0600", path, mode)
@@ -201,14 +214,32 @@ def _random_secret() -> str:
     return secrets.token_urlsafe(48)  # 64 characters
 
 
+def check_state(paths: Layout, *, lax_ok: bool = True) -> None:
+    """Refuse (``ConfigError``, exit 2) a state dir another user could have written to:
+    the rule of ``config.check_state_dir``, for the state dir, ``secrets/`` with each
+    secret, and the owner of everything else osapi keeps there. ``lax_ok``: a
+    directory of ours that group or others can write passes (``bootstrap`` tightens it)."""
+    from osapi import config
+
+    config.check_state_dir(paths.state_dir, lax_ok=lax_ok, entries=STATE_ENTRIES)
+
+
 def bootstrap(cfg, programs: list[str]) -> Layout:
-    """Create the state directory and the secrets the selected programs need; never overwrite."""
+    """Create the state directory (0700) and the secrets the selected programs need; never overwrite.
+
+    An existing state dir is checked first (``check_state``): one that belongs to
+    another user, or holds secrets that do, is refused before anything changes;
+    our own state dir and ``secrets/`` are tightened to 0700, with a log line.
+    """
     from osapi import authtoken, config
 
     paths = layout(cfg)
+    check_state(paths)
     for directory in (paths.state_dir, paths.secrets, paths.logs):
         _make_dir(directory)
-    _tighten_dir(paths.secrets)
+    for directory in (paths.state_dir, paths.secrets):
+        _tighten_dir(directory)
+    check_state(paths, lax_ok=False)
     create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
     if "nats" in programs:
         create_secret(paths.secret("nats.token"), _random_secret)
@@ -221,22 +252,29 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
             lambda: authtoken.generate(key, ["admin"], ADMIN_SUBJECT, ADMIN_TOKEN_LIFETIME),
         )
         if not created:
-            _check_admin_token(paths.secret("admin.token"), key)
+            _check_admin_token(paths, key)
     return paths
 
 
 def _tighten_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, DIR_MODE)
-
-
-def _check_admin_token(path: Path, key: str) -> None:
-    from osapi import authtoken
-
+    """Our own directory with any group/other permission: chmod 0700, and say so."""
     try:
-        authtoken.validate(path.read_text(encoding="utf-8").strip(), key)
-    except (OSError, UnicodeDecodeError, authtoken.TokenError) as exc:
+        st = path.stat()
+        mode = st.st_mode & 0o777
+        if st.st_uid == os.geteuid() and mode & 0o077:
+            os.chmod(path, DIR_MODE)
+            log.warning("%s was mode %04o; set it to 0700", path, mode)
+    except OSError as exc:
+        log.warning("cannot check the mode of %s: %s", path, exc.strerror or exc)
+
+
+def _check_admin_token(paths: Layout, key: str) -> None:
+    from osapi import authtoken, config
+
+    path = paths.secret("admin.token")
+    try:
+        authtoken.validate(config.read_secret_file(paths.state_dir, path.name) or "", key)
+    except authtoken.TokenError as exc:
         log.warning(
             "%s is not valid with the current signing key (%s): `osapi client` on this host will get 401; "
             "delete the file and restart supervise to create a new one", path, exc,
@@ -395,6 +433,7 @@ def preflight(cfg, paths: Layout, programs: list[str]) -> None:
     """Refuse early, with a clear message, what would otherwise be a restart loop."""
     from osapi import natsd
 
+    check_state(paths)  # first: is_running below reads supervisor.password from it
     if len(os.fsencode(str(paths.socket))) > UNIX_SOCKET_MAX:
         raise ConfigError(
             f"the supervisor socket path {paths.socket} is longer than {UNIX_SOCKET_MAX} bytes",
@@ -515,10 +554,9 @@ def rpc(paths: Layout):
 
 
 def _password(paths: Layout) -> str | None:
-    try:
-        return paths.secret(SUPERVISOR_PASSWORD).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    from osapi import config
+
+    return config.read_secret_file(paths.state_dir, SUPERVISOR_PASSWORD)
 
 
 def _not_running(paths: Layout, exc: Exception) -> OperationError:

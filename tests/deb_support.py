@@ -10,7 +10,7 @@ import pytest
 from harness import REPO
 
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# what the packaging tests run; .ci/run installs the Debian packages that bring them
+# what the packaging tests run; scripts/test (scripts/install-test-tools) installs the Debian packages that bring them
 REQUIRED_TOOLS = ("dpkg-deb", "dpkg", "lintian", "systemd-analyze", "debootstrap", "unshare", "chroot", "man")
 
 
@@ -35,5 +35,5 @@ def require_tools() -> None:
     if missing:
         pytest.fail(
             f"the packaging tests need {', '.join(missing)}: "
-            "apt-get install -y lintian debootstrap systemd man-db (.ci/run installs them)"
+            "apt-get install -y lintian debootstrap systemd man-db (scripts/test installs them as root or with sudo -n)"
         )

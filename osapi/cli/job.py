@@ -75,6 +75,7 @@ def start_worker(ctx: Context) -> int:
     if durations["heartbeat"] < 1:
         raise UsageError(f"--heartbeat must be at least 1s, got {ctx.args.heartbeat!r}")
     cfg = ctx.config
+    config.nats_token(cfg)  # a state-dir token another user could have written: exit 2 before starting
     worker = Worker(cfg, heartbeat=durations["heartbeat"], grace=durations["grace"])
     log = logging.getLogger("osapi.job.worker")
 

@@ -12,6 +12,9 @@ State directory: supervise.state_dir (OSAPI_SUPERVISE_STATE_DIR), else /var/lib/
 root, else ~/.local/state/osapi. It holds secrets/ (signing_key, admin.token valid 10
 years, nats.token, supervisor.password: mode 0600, created once, never overwritten),
 supervisord.conf, supervisor.sock, nats/ (JetStream storage) and logs/ (rotated at 10 MB, 5 kept).
+It is created 0700; one of ours that is laxer is set to 0700. Exit 2, naming the path
+and the fix, when the state dir, secrets/ or a secret belongs to another user, is
+writable by group or others, or (a secret) is a symbolic link.
 Programs start in the order nats, api, workers and stop in the reverse order; SIGTERM
 (or `osapi supervise stop`) stops them all and exits 0.
 """

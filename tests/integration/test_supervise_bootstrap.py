@@ -16,6 +16,8 @@ import pytest
 from osapi import authtoken, config, supervise
 from osapi.errors import ConfigError
 
+import trust_support  # tests/, on sys.path through conftest
+
 SECRETS = ("signing_key", "admin.token", "nats.token", "supervisor.password")
 
 
@@ -112,6 +114,102 @@ def test_an_admin_token_from_another_key_is_kept_and_reported(caplog):
     supervise.bootstrap(load(api_server_security_signing_key="n" * 40), ["api"])
     assert paths.secret("admin.token").read_bytes() == token
     assert "not valid with the current signing key" in caplog.text
+
+
+# ---------------------------------------------------------------- a state dir another user could have written
+
+
+def plant_as_nobody(state: Path) -> Path:
+    """The attack: a 0777 state dir (ours) in which ``nobody`` made secrets/ and a signing key."""
+    state.mkdir(mode=0o700)
+    os.chmod(state, 0o777)
+    (state / "secrets").mkdir(mode=0o700)
+    key = state / "secrets" / "signing_key"
+    key.write_text("planted-by-nobody-" + "p" * 40 + "\n")
+    os.chmod(key, 0o600)
+    for path in (state / "secrets", key):
+        os.chown(path, trust_support.NOBODY, trust_support.NOBODY)
+    return key
+
+
+def test_a_signing_key_planted_by_another_user_is_refused_and_nothing_changes(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root (CI runs as root)")
+    state = Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"])
+    plant_as_nobody(state)
+    before = trust_support.snapshot(state)
+    with pytest.raises(ConfigError) as exc:
+        supervise.bootstrap(load(), ["nats", "api", "worker"])
+    assert exc.value.exit_status == 2
+    secrets_dir = state / "secrets"
+    assert exc.value.message.startswith(f"refusing to use {secrets_dir}: it is owned by "
+                                        f"{trust_support.NOBODY_NAME} (uid {trust_support.NOBODY}), not by root")
+    assert exc.value.hint == f"if it is yours: chown root: {secrets_dir} && chmod 700 {secrets_dir}"
+    assert trust_support.snapshot(state) == before  # no admin.token signed with it, not even a chmod
+    with pytest.raises(ConfigError, match="refusing to use"):
+        supervise.preflight(load(), supervise.layout(load()), ["nats", "api", "worker"])
+
+
+REFUSED_BY_SUPERVISE = {name: case for name, case in trust_support.HOSTILE.items()
+                        if name not in ("state dir mode 0777", "secrets/ mode 0770")}  # ours: tightened
+
+
+@pytest.mark.timeout(60)  # the FIFO case blocked for ever before the rule
+@pytest.mark.parametrize("case", [p for p in trust_support.hostile_params()
+                                  if p.values[0] in REFUSED_BY_SUPERVISE.values()],
+                         ids=list(REFUSED_BY_SUPERVISE))
+def test_bootstrap_refuses_every_secret_another_user_could_have_written(tmp_path, case):
+    state = trust_support.good_state(Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]))
+    refused = case.spoil(state, "signing_key")
+    before = trust_support.snapshot(tmp_path)
+    with pytest.raises(ConfigError) as exc:
+        supervise.bootstrap(load(), ["nats", "api", "worker"])
+    assert f"refusing to use {refused}: " in exc.value.message and case.reason in exc.value.message
+    assert trust_support.snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("entry", ["logs", "nats", "supervisord.pid"])
+def test_bootstrap_refuses_a_state_dir_entry_another_user_made(entry):
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root (CI runs as root)")
+    state = Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    if entry == "supervisord.pid":  # a link nobody made: supervisord as root would write through it
+        (state / entry).symlink_to("/etc/does-not-matter")
+        os.lchown(state / entry, trust_support.NOBODY, trust_support.NOBODY)
+    else:
+        (state / entry).mkdir(mode=0o777)
+        os.chown(state / entry, trust_support.NOBODY, trust_support.NOBODY)
+    with pytest.raises(ConfigError, match=f"refusing to use {state / entry}: .*owned by "):
+        supervise.bootstrap(load(), ["nats", "api", "worker"])
+    assert not (state / "secrets").exists()
+
+
+def test_our_own_lax_state_dir_is_tightened_and_said_so(caplog):
+    state = Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"])
+    state.mkdir(mode=0o700)
+    os.chmod(state, 0o777)
+    (state / "secrets").mkdir(mode=0o700)
+    os.chmod(state / "secrets", 0o775)
+    with caplog.at_level("WARNING", logger="osapi.supervise"):
+        paths = supervise.bootstrap(load(), ["nats", "api", "worker"])
+    assert mode(paths.state_dir) == mode(paths.secrets) == 0o700
+    assert f"{state} was mode 0777; set it to 0700" in caplog.text
+    assert f"{state / 'secrets'} was mode 0775; set it to 0700" in caplog.text
+    assert sorted(p.name for p in paths.secrets.iterdir()) == sorted(SECRETS)
+
+
+def test_the_state_dir_is_made_0700_whatever_the_umask():
+    state = Path(os.environ["OSAPI_SUPERVISE_STATE_DIR"]) / "deeper"
+    old = os.umask(0)
+    try:
+        paths = supervise.bootstrap(load(supervise_state_dir=str(state)), ["nats", "api", "worker"])
+    finally:
+        os.umask(old)
+    for directory in (paths.state_dir, paths.secrets, paths.logs):
+        assert mode(directory) == 0o700
+    for name in SECRETS:
+        assert mode(paths.secret(name)) == 0o600
 
 
 def test_unusable_state_dir_is_a_configuration_error(tmp_path):

@@ -44,3 +44,51 @@ def test_quick_bench_writes_a_report_with_numbers(tmp_path):
         # the whole system is there: the real round trip is measured next to its floor
         p50 = [r for r in rows if "p50 of" in r]
         assert p50 and re.search(NUMBER, p50[0]) and "×" in p50[0], text
+
+
+# ---------------------------------------------------------------- which python runs the driver
+
+
+def _bench_run():
+    sys.path.insert(0, str(REPO))
+    try:
+        import bench.run
+    finally:
+        sys.path.remove(str(REPO))
+    return bench.run
+
+
+def test_the_venv_is_told_apart_by_its_prefix_not_by_its_binary(tmp_path):
+    """A venv's bin/python is a symlink to the very binary ``python3`` is (pyenv, a system
+    python): only ``sys.prefix`` says whether the driver already runs in the venv."""
+    binary = Path(sys.executable).resolve()  # the real interpreter behind this test's venv
+    venv = tmp_path / "venv"
+    subprocess.run([str(binary), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120,
+                   capture_output=True)
+    assert (venv / "bin" / "python").resolve() == binary  # the case of the defect
+    outer_prefix = subprocess.run([str(binary), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                  text=True, check=True, timeout=60).stdout.strip()
+    inner_prefix = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                                  capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    run = _bench_run()
+    # plain python3, outside: run again with the venv's python
+    assert run.venv_python(outer_prefix, venv, {}) == venv / "bin" / "python"
+    # inside the venv (same binary, other prefix): no re-exec, no loop
+    assert run.venv_python(inner_prefix, venv, {}) is None
+    (tmp_path / "link").symlink_to(venv)
+    assert run.venv_python(str(tmp_path / "link"), venv, {}) is None
+    # tried once already, or no venv at all: give up with the real ImportError
+    assert run.venv_python(outer_prefix, venv, {"BENCH_RUN_REEXECUTED": "1"}) is None
+    assert run.venv_python(outer_prefix, tmp_path / "no-venv", {}) is None
+
+
+def test_python3_outside_the_venv_runs_the_driver_in_the_venv(tmp_path):
+    """``python3 bench/run.py`` with the interpreter behind the repository's venv, which may
+    lack nats-py: the driver re-executes itself in ``.venv`` (where this test runs)."""
+    binary = Path(sys.executable).resolve()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OSAPI_") and k not in ("PYTHONPATH", "VIRTUAL_ENV", "BENCH_RUN_REEXECUTED")}
+    proc = subprocess.run([str(binary), str(REPO / "bench" / "run.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage: ")

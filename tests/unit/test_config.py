@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import yaml
 
 from osapi import config
 from osapi.errors import ConfigError
+
+import trust_support  # tests/, on sys.path through conftest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,6 +278,72 @@ def test_signing_key_resolution(tmp_path):
         config.signing_key(cfg)
     configured = load({"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path), "OSAPI_API_SERVER_SECURITY_SIGNING_KEY": "s" * 32})
     assert config.signing_key(configured) == "s" * 32
+
+
+# ---------------------------------------------------------------- secrets another user could have written
+
+
+@pytest.mark.timeout(60)  # the FIFO case blocked for ever before the rule
+@pytest.mark.parametrize("name", ["signing_key", "admin.token", "nats.token"])
+@pytest.mark.parametrize("case", trust_support.hostile_params())
+def test_a_secret_another_user_could_have_written_is_refused_and_nothing_changes(tmp_path, case, name):
+    state = trust_support.good_state(tmp_path / "st")
+    cfg = load({"OSAPI_SUPERVISE_STATE_DIR": str(state)})
+    assert config.read_secret(cfg, name) == trust_support.SECRET_VALUES[name]
+    refused = case.spoil(state, name)
+    before = trust_support.snapshot(tmp_path)
+    readers = {"signing_key": config.signing_key, "nats.token": config.nats_token,
+               "admin.token": lambda c: config.read_secret(c, "admin.token")}
+    for read in (lambda c: config.read_secret(c, name), readers[name]):
+        with pytest.raises(ConfigError) as exc:
+            read(cfg)
+        assert exc.value.exit_status == 2
+        assert f"refusing to use {refused}: " in exc.value.message and case.reason in exc.value.message
+        assert str(refused) in exc.value.hint and ("chown" in exc.value.hint or "rm " in exc.value.hint)
+    assert trust_support.snapshot(tmp_path) == before
+
+
+def test_the_hint_is_the_command_that_fixes_it(tmp_path):
+    state = trust_support.good_state(tmp_path / "st")
+    os.chmod(state, 0o777)
+    os.chmod(state / "secrets" / "signing_key", 0o622)
+    with pytest.raises(ConfigError) as exc:
+        config.read_secret_file(state, "signing_key")
+    assert exc.value.hint == f"if it is yours: chown {trust_support.ME}: {state} && chmod 700 {state}"
+    os.chmod(state, 0o700)
+    with pytest.raises(ConfigError) as exc:
+        config.read_secret_file(state, "signing_key")
+    secret = state / "secrets" / "signing_key"
+    assert exc.value.hint.startswith(f"if you wrote it: chown {trust_support.ME}: {secret} && chmod 600 {secret}; ")
+
+
+def test_what_the_default_umask_makes_and_our_own_links_are_trusted(tmp_path):
+    # 0755 directories and 0644 files (umask 022, as test helpers and people make them):
+    # nobody else can write them
+    (tmp_path / "st" / "secrets").mkdir(parents=True, mode=0o755)
+    os.chmod(tmp_path / "st", 0o755)
+    (tmp_path / "st" / "secrets" / "signing_key").write_text("a" * 40 + "\n")
+    os.chmod(tmp_path / "st" / "secrets" / "signing_key", 0o644)
+    assert config.read_secret_file(tmp_path / "st", "signing_key") == "a" * 40
+    # a state dir and a secrets/ that are our own links to our own directories
+    (tmp_path / "linked").symlink_to(tmp_path / "st")
+    assert config.read_secret_file(tmp_path / "linked", "signing_key") == "a" * 40
+    (tmp_path / "st2").mkdir(mode=0o700)
+    (tmp_path / "st2" / "secrets").symlink_to(tmp_path / "st" / "secrets")
+    assert config.read_secret_file(tmp_path / "st2", "signing_key") == "a" * 40
+    # missing pieces are "no secret", not an error
+    assert config.read_secret_file(tmp_path / "st", "nats.token") is None
+    assert config.read_secret_file(tmp_path / "nowhere", "nats.token") is None
+    (tmp_path / "file").write_text("")
+    assert config.read_secret_file(tmp_path / "file" / "st", "nats.token") is None
+
+
+def test_a_huge_secret_is_refused_without_reading_it_all(tmp_path):
+    state = trust_support.good_state(tmp_path / "st")
+    with open(state / "secrets" / "nats.token", "wb") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GiB of NULs
+    with pytest.raises(ConfigError, match="larger than 65536 bytes"):
+        config.read_secret_file(state, "nats.token")
 
 
 @pytest.mark.parametrize(
