@@ -94,7 +94,7 @@ def parse_target(target: Any) -> Target:
         return Target("all", ALL)
     if ":" in text:
         key, _, value = text.partition(":")
-        if not NAME_RE.match(key):
+        if not NAME_RE.fullmatch(key):
             raise InvalidJob(f"invalid target {target!r}: label key {key!r} must match [A-Za-z0-9_-]+; {_TARGET_HELP}")
         if not is_label_value(value):
             raise InvalidJob(
