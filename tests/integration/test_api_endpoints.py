@@ -393,7 +393,8 @@ def test_hostile_values_are_400_store_nothing_and_leave_resolv_conf(stack, metho
 
 
 def test_a_job_id_with_a_trailing_newline_is_400(stack):
-    job_id = stack.http(ADMIN).request("POST", "/api/v1/jobs", {"operation": {"type": "system.load.get"}}).json["job_id"]
+    job = stack.http(ADMIN).request("POST", "/api/v1/jobs", {"operation": {"type": "system.load.get"}}).json
+    job_id = job["job_id"]
     assert stack.http(READ).get(f"/api/v1/jobs/{job_id}").status == 200
     resp = stack.http(READ).get(f"/api/v1/jobs/{job_id}%0A")
     assert _ok(stack, "GET", "/api/v1/jobs/{job_id}", resp, 400)["error"] == "invalid job_id"
