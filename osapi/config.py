@@ -29,6 +29,7 @@ from osapi.errors import ConfigError
 DEFAULT_PATHS = (Path("osapi.yaml"), Path("/etc/osapi/osapi.yaml"))
 ENV_PREFIX = "OSAPI_"
 
+# Used with fullmatch only: ``re.match`` with ``$`` also accepts a trailing newline.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 LABEL_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 HOSTNAME_RE = re.compile(
@@ -74,11 +75,11 @@ def format_duration(seconds: float) -> str:
 
 
 def is_hostname(value: str) -> bool:
-    return bool(HOSTNAME_RE.match(value))
+    return isinstance(value, str) and bool(HOSTNAME_RE.fullmatch(value))
 
 
 def is_label_value(value: str) -> bool:
-    return bool(value) and all(LABEL_SEGMENT_RE.match(seg) for seg in value.split("."))
+    return bool(value) and all(LABEL_SEGMENT_RE.fullmatch(seg) for seg in value.split("."))
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def _enum(*choices: str) -> Type:
 
 
 def _name(value: str) -> str | None:
-    return None if NAME_RE.match(value) else f"must match [A-Za-z0-9_-]+, got {value!r}"
+    return None if NAME_RE.fullmatch(value) else f"must match [A-Za-z0-9_-]+, got {value!r}"
 
 
 def _nonempty(value: str) -> str | None:
@@ -152,15 +153,15 @@ def _listen_host(value: str) -> str | None:
 
 
 def _http_url(value: str) -> str | None:
-    if re.match(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$", value) or re.match(
-        r"^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?(/\S*)?$", value
+    if re.fullmatch(r"https?://[^\s/:]+(:\d{1,5})?(/\S*)?", value) or re.fullmatch(
+        r"https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?(/\S*)?", value
     ):
         return None
     return f"must be an http:// or https:// URL such as http://127.0.0.1:8080, got {value!r}"
 
 
 def _nats_url(value: str) -> str | None:
-    if re.match(r"^(nats|tls|ws|wss)://\S+$", value):
+    if re.fullmatch(r"(nats|tls|ws|wss)://\S+", value):
         return None
     from osapi.job.connection import redact_url  # never echo a token written into the URL
 
@@ -200,7 +201,7 @@ def _labels(value: Any) -> dict:
         raise Invalid(f"must be a map of label to value, got {value!r}")
     out = {}
     for key, val in value.items():
-        if not isinstance(key, str) or not NAME_RE.match(key):
+        if not isinstance(key, str) or not NAME_RE.fullmatch(key):
             raise Invalid(f"label key must match [A-Za-z0-9_-]+, got {key!r}")
         if not isinstance(val, str) or not is_label_value(val):
             raise Invalid(

@@ -9,7 +9,7 @@ and turns whatever happens into JSON: a ``Reply``, an ``ApiError`` envelope, or
 Around Bottle sits a thin WSGI layer that answers ``OPTIONS`` (CORS preflight),
 adds CORS headers to every answer for an allowed origin, and writes one access
 log line per request (method, path, status, duration, token subject -- never
-the token).
+the token; the request's values escaped, so a request cannot add a line).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import bottle
 
+from osapi import logs
 from osapi.api import errors
 from osapi.api.auth import Authenticator
 from osapi.api.cors import CorsPolicy
@@ -112,13 +113,15 @@ class Api:
 
     def _log_access(self, environ: dict, status_seen: list[str], started: float) -> None:
         status = status_seen[-1].split(" ", 1)[0] if status_seen else "-"
+        clean = logs.request_value  # a request's values cannot split or forge the line
         access_log.info("request", extra={"fields": {
-            "method": environ.get("REQUEST_METHOD", "-"),
-            "path": environ.get("PATH_INFO", "") or "/",
-            "status": int(status) if status.isdigit() else status,
+            "method": clean(environ.get("REQUEST_METHOD", "-")),
+            # the request's own path: Bottle replaces PATH_INFO with its UTF-8 reading
+            "path": clean(environ.get("bottle.raw_path", environ.get("PATH_INFO", "")) or "/"),
+            "status": int(status) if status.isdigit() else clean(status),
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
-            "subject": environ.get(SUBJECT_KEY) or "-",
-            "remote": environ.get("REMOTE_ADDR", "-"),
+            "subject": clean(environ.get(SUBJECT_KEY) or "-"),
+            "remote": clean(environ.get("REMOTE_ADDR", "-")),
         }})
 
     def _options(self, environ: dict, start_response: Callable, status_seen: list[str]) -> list[bytes]:

@@ -26,7 +26,7 @@ MAX_OFFSET = 999_999_999
 
 def _job_id(call: Call) -> str:
     job_id = call.path["job_id"]
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise bad_request("invalid job_id", f"a job id is a UUID such as 3f2b…; got {job_id[:80]!r}")
     return job_id
 

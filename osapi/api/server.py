@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 
+from osapi import logs
 from osapi.api.domain import MAX_SYNC_WAITS
 from osapi.api.errors import envelope
 from osapi.api.routing import MAX_BODY
@@ -62,12 +63,13 @@ def _json_error_task():
             self.set_close_on_finish()
             self.content_length = len(body)
             self.write(body)
+            clean = logs.request_value  # a broken request's values cannot split or forge the line
             access_log.info("request", extra={"fields": {
-                "method": getattr(self.request, "command", None) or "-",
-                "path": getattr(self.request, "path", None) or "-",
+                "method": clean(getattr(self.request, "command", None) or "-"),
+                "path": clean(getattr(self.request, "path", None) or "-"),
                 "status": err.code,
-                "error": details,
-                "remote": self.channel.addr[0] if self.channel.addr else "-",
+                "error": clean(details),
+                "remote": clean(self.channel.addr[0] if self.channel.addr else "-"),
             }})
 
     return JsonErrorTask

@@ -44,7 +44,7 @@ def new_job_id(now_ms: int | None = None) -> str:
 
 def is_job_id(value: object) -> bool:
     """True for a lower-case canonical UUID (what ``new_job_id`` makes)."""
-    return isinstance(value, str) and bool(JOB_ID_RE.match(value))
+    return isinstance(value, str) and bool(JOB_ID_RE.fullmatch(value))
 
 
 def created_ms(job_id: str) -> int:

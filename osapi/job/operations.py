@@ -26,7 +26,14 @@ from osapi.config import is_hostname
 QUERY = "query"
 MODIFY = "modify"
 
-INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+# Patterns are written for JSON Schema (ECMA-262: ``$`` is the end of the text) and
+# used in Python with ``fullmatch`` only: Python's ``$`` also matches before a
+# trailing newline, so ``re.match(...$)`` would let "lo\n" through.
+# An interface name: what Linux accepts (at most 15 bytes, not "." or "..", no "/"
+# or whitespace), limited to the characters below.
+INTERFACE_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.:@-]{1,15}$")
+# The zone id of a scoped IPv6 address (``fe80::1%eth0``): an interface name or index.
+ZONE_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,15}$")
 MAX_DNS_SERVERS = 16
 MAX_SEARCH_DOMAINS = 32
 
@@ -64,23 +71,58 @@ def no_data(data: Any) -> dict:
 
 
 def check_interface_name(value: Any, field_name: str = "interface_name") -> str:
-    if not isinstance(value, str) or not INTERFACE_RE.match(value):
+    if not isinstance(value, str) or not INTERFACE_RE.fullmatch(value):
         raise InvalidData(
-            f"{field_name} must be a network interface name (1-15 of A-Z a-z 0-9 _ . : @ -), got {value!r}"
+            f"{field_name} must be a network interface name (1-15 of A-Z a-z 0-9 _ . : @ -, "
+            f"not . or ..), got {value!r}"
         )
+    return value
+
+
+def _parse_ip(text: str, field_name: str, value: Any) -> str | None:
+    """``text`` as a normalised IP address; None if it is none; ``InvalidData`` for a bad zone id.
+
+    ``ipaddress`` takes any text after ``%`` as the zone id (newlines included), and
+    the address goes verbatim into resolv.conf or a command line: the zone id must
+    look like an interface name or index.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    zone = getattr(address, "scope_id", None)
+    if zone is not None and not ZONE_RE.fullmatch(zone):
+        raise InvalidData(
+            f"{field_name}: {value!r} has an invalid zone id after %: it must be an interface name "
+            "or index (1-15 of A-Z a-z 0-9 _ . -)"
+        )
+    return str(address)
+
+
+def _no_control(value: str, field_name: str) -> str:
+    """``value`` unless it holds a control (non-printable) character anywhere.
+
+    Blanks around a value are forgiven (stripped), a newline or NUL is not: it would
+    end a line in resolv.conf or a log.
+    """
+    if not value.isprintable():
+        raise InvalidData(f"{field_name}: {value!r} contains a control character")
     return value
 
 
 def check_ip(value: Any, field_name: str) -> str:
     if not isinstance(value, str):
         raise InvalidData(f"{field_name} must be an IP address string, got {value!r}")
-    try:
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        raise InvalidData(f"{field_name}: {value!r} is not an IPv4 or IPv6 address") from None
+    _no_control(value, field_name)
+    address = _parse_ip(value.strip(), field_name, value)
+    if address is None:
+        raise InvalidData(f"{field_name}: {value!r} is not an IPv4 or IPv6 address")
+    return address
 
 
 def check_hostname(value: Any, field_name: str) -> str:
+    if isinstance(value, str):
+        _no_control(value, field_name)
     if not isinstance(value, str) or not is_hostname(value.strip().rstrip(".")):
         raise InvalidData(f"{field_name}: {value!r} is not a valid hostname")
     return value.strip().rstrip(".")
@@ -129,11 +171,10 @@ def dns_update_data(data: Any) -> dict:
 def check_address(value: Any, field_name: str = "address") -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidData(f"{field_name} is required: an IP address or hostname")
-    text = value.strip()
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
+    text = _no_control(value, field_name).strip()
+    address = _parse_ip(text, field_name, value)
+    if address is not None:
+        return address
     if not is_hostname(text.rstrip(".")):
         raise InvalidData(f"{field_name}: {value!r} is not an IP address or hostname")
     return text.rstrip(".")
@@ -187,9 +228,14 @@ EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
 
 # Input schemas as strict as the validators above, so the OpenAPI document tells
 # clients (and fuzzers) exactly what is accepted.
-IP_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+# fe80::1%eth0: formats ipv4/ipv6 know no zone id, so a scoped address is its own branch
+SCOPED_IPV6 = {"pattern": "^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*%" + ZONE_RE.pattern[1:],
+               "description": "an IPv6 address with a zone id: an interface name or index, "
+                              "1-15 of A-Z a-z 0-9 _ . -"}
+IP_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, SCOPED_IPV6]}
 HOSTNAME = {"type": "string", "format": "hostname", "maxLength": 253}
-INTERFACE = {"type": "string", "pattern": INTERFACE_RE.pattern}
+INTERFACE = {"type": "string", "pattern": INTERFACE_RE.pattern,
+             "description": "a network interface name: 1-15 of A-Z a-z 0-9 _ . : @ -, not . or .."}
 DNS_GET_DATA = {**_obj({"interface_name": INTERFACE}, ["interface_name"]), "additionalProperties": False}
 DNS_UPDATE_DATA = {
     **_obj(
@@ -210,7 +256,8 @@ DNS_UPDATE_DATA = {
 PING_DATA = {
     **_obj(
         {
-            "address": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"format": "hostname"}]},
+            "address": {"type": "string",
+                        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, SCOPED_IPV6, {"format": "hostname"}]},
             "count": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
         },
         ["address"],

@@ -180,7 +180,7 @@ _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d
 
 def stamp_ns(text: Any) -> int | None:
     """RFC 3339 with up to nanoseconds (``2026-01-02T03:04:05.123456789Z``, as NATS writes them) → Unix ns."""
-    match = _STAMP.match(text.strip()) if isinstance(text, str) else None
+    match = _STAMP.fullmatch(text.strip()) if isinstance(text, str) else None
     if not match:
         return None
     whole, fraction, zone = match.groups()

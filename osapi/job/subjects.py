@@ -118,7 +118,7 @@ def _why_not(text: str) -> str:
         return "leading or trailing white space"
     if ":" in text:
         key, _, value = text.partition(":")
-        if not NAME_RE.match(key):
+        if not NAME_RE.fullmatch(key):
             return f"label key {key!r} must match [A-Za-z0-9_-]+"
         return f"label value {value!r} must be dot-separated segments of [A-Za-z0-9_-]+"
     if text.startswith("_"):

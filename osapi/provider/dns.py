@@ -14,7 +14,9 @@ factory that picks this host's variant.
 
 Both check, before anything is read or written, that the interface exists on
 this host. Servers and search domains were already checked by the operations
-table (IP addresses, valid hostnames).
+table (IP addresses with a sane zone id, valid hostnames); both variants check
+them again (``osapi.provider.check_word``), since a job published straight on
+NATS or stored by an older API was never checked by this one.
 """
 
 from __future__ import annotations

@@ -52,9 +52,20 @@ import os
 import stat
 import tempfile
 
-from osapi.provider import ProviderError
+from osapi.job.operations import check_hostname, check_ip
+from osapi.provider import ProviderError, checked_word
 
 MAXNS = 3
+
+
+def check_values(servers: list[str] | None, domains: list[str] | None) -> tuple[list[str] | None, list[str] | None]:
+    """Servers as IP addresses, domains as hostnames, each one word: a newline or blank
+    in a value would add lines or words to the file (defence in depth; see ``check_word``)."""
+    if servers is not None:
+        servers = [checked_word(check_ip, s, f"servers[{i}]") for i, s in enumerate(servers)]
+    if domains is not None:
+        domains = [checked_word(check_hostname, d, f"search_domains[{i}]") for i, d in enumerate(domains)]
+    return servers, domains
 
 
 def _is_comment(line: str) -> bool:
@@ -260,6 +271,7 @@ class ResolvConfProvider:
         return {"servers": servers, "search_domains": domains}
 
     def update(self, interface: str, servers: list[str] | None, domains: list[str] | None) -> dict:
+        servers, domains = check_values(servers, domains)
         if servers is not None and len(servers) > MAXNS:
             raise ProviderError(
                 f"{self.path} can hold at most {MAXNS} name servers (glibc reads no more); "
@@ -271,8 +283,6 @@ class ResolvConfProvider:
     def _update_locked(self, servers: list[str] | None, domains: list[str] | None) -> dict:
         text = self._read()
         old_servers, old_domains = parse(text)
-        if servers is not None:
-            servers = [_ip(s) or s for s in servers]
         want_servers = old_servers if servers is None else servers
         want_domains = old_domains if domains is None else [d.rstrip(".") for d in domains]
         if (want_servers, want_domains) == (old_servers, old_domains):

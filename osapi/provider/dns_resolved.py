@@ -23,7 +23,8 @@ import re
 import shutil
 import subprocess
 
-from osapi.provider import ProviderError
+from osapi.provider import ProviderError, check_word
+from osapi.provider.dns_resolv_conf import check_values
 
 COMMAND = "resolvectl"
 TIMEOUT = 10.0
@@ -89,10 +90,13 @@ class ResolvedProvider:
         return servers, search, routing
 
     def get(self, interface: str) -> dict:
+        check_word(interface, "interface_name")
         servers, search, _routing = self._read(interface)
         return {"servers": servers, "search_domains": search}
 
     def update(self, interface: str, servers: list[str] | None, domains: list[str] | None) -> dict:
+        check_word(interface, "interface_name")  # every value becomes a resolvectl argument
+        servers, domains = check_values(servers, domains)
         old_servers, old_search, routing = self._read(interface)
         changed = False
         if servers is not None and servers != old_servers:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import time
 
-from osapi.provider import ProviderError
+from osapi.job.operations import check_address
+from osapi.provider import ProviderError, checked_word
 
 INTERVAL = 0.2
 TIMEOUT = 1.0
@@ -82,7 +83,7 @@ def _echo(target: str, count: int, privileged: bool) -> tuple[int, list[float], 
 def ping(data: dict, host) -> dict:
     import icmplib
 
-    address = data["address"]
+    address = checked_word(check_address, data["address"], "address")
     count = int(data.get("count") or 3)
     privileged = os.geteuid() == 0
     try:

@@ -358,6 +358,62 @@ def test_bad_input_is_400_and_stores_nothing(stack, method, path, raw, template)
     assert _total(stack) == before
 
 
+INJECTED = "fe80::1%lo\noptions debug ndots:15\nnameserver 127.0.0.9"
+
+
+def _job(op_type: str, data: dict, target: str = "_any") -> bytes:
+    return json.dumps({"operation": {"type": op_type, "data": data}, "target_hostname": target}).encode()
+
+
+HOSTILE_REQUESTS = [
+    # resolv.conf line injection through an IPv6 zone id, on both ways in
+    ("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+     json.dumps({"interface_name": "lo", "servers": [INJECTED]}).encode(), "/api/v1/network/dns"),
+    ("POST", "/api/v1/jobs", _job("network.dns.update", {"interface_name": "lo", "servers": [INJECTED]}, "api-w1"),
+     "/api/v1/jobs"),
+    ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo", "servers": ["fe80::1%a b"]}).encode(),
+     "/api/v1/network/dns"),
+    ("PUT", "/api/v1/network/dns",
+     json.dumps({"interface_name": "lo", "search_domains": ["a.example\nnameserver 127.0.0.9"]}).encode(),
+     "/api/v1/network/dns"),
+    ("POST", "/api/v1/network/ping", json.dumps({"address": "fe80::1%lo\nx"}).encode(), "/api/v1/network/ping"),
+    # interface names Linux refuses, and a trailing newline
+    ("GET", "/api/v1/network/dns/lo%0A", None, "/api/v1/network/dns/{interface_name}"),
+    ("GET", "/api/v1/network/dns/.", None, "/api/v1/network/dns/{interface_name}"),
+    ("GET", "/api/v1/network/dns/..", None, "/api/v1/network/dns/{interface_name}"),
+    ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo\n", "servers": ["192.0.2.9"]}).encode(),
+     "/api/v1/network/dns"),
+    ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "..", "servers": ["192.0.2.9"]}).encode(),
+     "/api/v1/network/dns"),
+    ("POST", "/api/v1/jobs", _job("network.dns.get", {"interface_name": "lo\n"}), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", _job("network.dns.get", {"interface_name": "."}), "/api/v1/jobs"),
+    # a newline inside a target would reach a NATS subject
+    ("POST", "/api/v1/jobs", _job("system.load.get", {}, "group\n:web"), "/api/v1/jobs"),
+    ("GET", "/api/v1/system/hostname?target_hostname=group:web%0A.dev", None, "/api/v1/system/hostname"),
+]
+
+
+@pytest.mark.parametrize("method, path, raw, template", HOSTILE_REQUESTS,
+                         ids=[f"{m} {p} {(r or b'')[:60]!r}" for m, p, r, _ in HOSTILE_REQUESTS])
+def test_hostile_values_are_400_store_nothing_and_leave_resolv_conf(stack, method, path, raw, template):
+    before = _total(stack)
+    files = {host: path.read_text() for host, path in stack.resolv.items()}
+    resp = stack.http(ADMIN).request(method, path, raw=raw, headers={"Content-Type": "application/json"})
+    body = _ok(stack, method, template, resp, 400)
+    assert body["error"] and body["details"]
+    assert "\n" not in body["details"]  # the value is quoted (repr), never a raw newline
+    assert _total(stack) == before
+    assert {host: path.read_text() for host, path in stack.resolv.items()} == files
+
+
+def test_a_job_id_with_a_trailing_newline_is_400(stack):
+    job = stack.http(ADMIN).request("POST", "/api/v1/jobs", {"operation": {"type": "system.load.get"}}).json
+    job_id = job["job_id"]
+    assert stack.http(READ).get(f"/api/v1/jobs/{job_id}").status == 200
+    resp = stack.http(READ).get(f"/api/v1/jobs/{job_id}%0A")
+    assert _ok(stack, "GET", "/api/v1/jobs/{job_id}", resp, 400)["error"] == "invalid job_id"
+
+
 def test_oversized_body_is_413_envelope_and_stores_nothing(stack):
     before = _total(stack)
     # a declared length over 1 MiB: refused before the body is read

@@ -146,6 +146,21 @@ def test_bad_interface_never_calls_resolvectl(resolvectl):
     assert resolvectl.calls() == []
 
 
+@pytest.mark.parametrize("interface, servers, domains", [
+    ("lo", ["fe80::1%lo\nx"], None),              # a job not validated by this API (older API, raw NATS)
+    ("lo", ["192.0.2.1 192.0.2.2"], None),
+    ("lo", ["not-an-ip"], None),
+    ("lo", None, ["a.example\x00"]),
+    ("lo", None, ["--set-dns=1.2.3.4"]),
+    ("-h", ["192.0.2.1"], None),                  # would be read as an option
+    ("lo\n", ["192.0.2.1"], None),
+])
+def test_unchecked_values_never_reach_resolvectl(resolvectl, interface, servers, domains):
+    with pytest.raises(ProviderError, match="refusing"):
+        ResolvedProvider().update(interface, servers, domains)
+    assert resolvectl.calls() == []
+
+
 def test_resolvectl_failure_is_reported_with_its_message(resolvectl, monkeypatch):
     monkeypatch.setenv("FAKE_RESOLVECTL_FAIL", "1")
     with pytest.raises(ProviderError, match="resolvectl dns lo failed: Failed to set DNS configuration: Access denied"):
