@@ -26,7 +26,11 @@ mode 0700. When none is usable the program stops with exit status 2 and a messag
 listing each candidate and why it was refused.
 
 The choice is exported as ``SHIV_ROOT`` so the processes ``osapi supervise``
-starts from the same archive reuse it without probing again.
+starts from the same archive reuse it without probing again. The start that
+unpacks also compiles every module (``compile_pyc`` in ``environment.json``), in
+its own process (``SHIV_COMPILE_WORKERS=1``: no process pool at a first start):
+where Python writes no ``.pyc`` (``PYTHONDONTWRITEBYTECODE=1``) later starts
+would otherwise compile every module they import again.
 
 Old builds are removed, safely. Each new build unpacks about 22 MB next to the
 previous ones; shiv never removes any. So every start:
@@ -301,6 +305,9 @@ def main() -> None:
             sys.exit(2)
         os.environ["SHIV_ROOT"] = root
     hold_and_clean(os.path.expanduser(os.environ["SHIV_ROOT"]))
+    # the start that unpacks also compiles (environment.json: compile_pyc): in this process, not
+    # in a pool of worker processes (no multiprocessing at a first start, e.g. in a chroot)
+    os.environ.setdefault("SHIV_COMPILE_WORKERS", "1")
     import _bootstrap  # shiv's bootstrap, shipped at the root of the archive
 
     _bootstrap.bootstrap()
