@@ -118,6 +118,26 @@ def test_modules_are_compiled_when_unpacked(runner, tmp_path):
     assert compiled() == first
 
 
+def test_a_start_that_finds_the_build_unpacked_skips_shivs_bootstrap(runner, tmp_path):
+    """Only the start that unpacks needs shiv's bootstrap; the others go straight to osapi (its imports cost
+    about a tenth of a CLI command). A SHIV_* option still goes through it."""
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def start(*args: str, **env: str) -> tuple[str, str]:
+        result = subprocess.run([str(runner.python), "-X", "importtime", str(runner.pyz), *args],
+                                env=runner.env(HOME=str(home), **env), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        return result.stdout, "_bootstrap" in imported
+
+    assert start("--version") == (f"osapi {__version__}\n", True)  # unpacks
+    assert start("--version") == (f"osapi {__version__}\n", False)
+    assert start("token", "--help")[1] is False
+    out, shiv = start("-c", "import osapi.cli; print('interpreter')", SHIV_INTERPRETER="1")
+    assert (out, shiv) == ("interpreter\n", True)
+
+
 def other_build(pyz: Path, directory: Path) -> tuple[Path, str]:
     """A copy of the archive under the same name with another build id (a later environment.json wins)."""
     directory.mkdir(parents=True)
