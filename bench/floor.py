@@ -96,7 +96,9 @@ async def round_trips(url: str, token: str | None, count: int, warmup: int, nc=N
         for i in range(warmup + count):
             job_id = str(uuid.uuid4())
             start = time.perf_counter()
-            watcher = await responses.watch(f"{job_id}.>")
+            # the server drops the watch's consumer a second after it stops (not the default five
+            # minutes: a run of thousands of round trips would reach the consumer limit)
+            watcher = await responses.watch(f"{job_id}.>", inactive_threshold=1.0)
             await jobs.put(f"jobs.{job_id}", json.dumps({"type": "system.hostname.get", "data": {}}).encode())
             await js.publish(subject, job_id.encode())
             while True:
