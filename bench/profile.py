@@ -208,6 +208,15 @@ def run(ctx) -> Section:
             section.add(name, None, "ms")
             continue
         section.add(f"{name}: p50", ms(percentile(times, 50)), "ms")
-    section.note(f"{count} of each, one after the other, p50 (bench/profile.py says what each stage covers); "
-                 "the API, the worker and nats-server started from the source tree")
+    p50 = {name: ms(percentile(times, 50)) for name, times in stages if times}
+    parts = [p50.get(k, 0.0) for k in p50 if k.startswith(("submission", "worker:"))]
+    run_ms = p50.get("`JobClient.run` on the NATS loop", 0.0)
+    bridged = p50.get("`JobClient.run` through the bridge (hop included)", 0.0)
+    whole = next((v for k, v in p50.items() if k.startswith("whole call")), 0.0)
+    section.note(f"{count} of each, one after the other, p50; the stages are the rows above "
+                 "(bench/profile.py says what each covers); the API, the worker and nats-server "
+                 "started from the source tree")
+    section.note(f"on the NATS loop: submission + the worker's two parts = {sum(parts):.2f} ms of "
+                 f"`JobClient.run`'s {run_ms:.2f} ms; HTTP, auth, validation and Waitress's threads add "
+                 f"{whole - bridged:.2f} ms (the whole call minus `JobClient.run` through the bridge)")
     return section
