@@ -16,7 +16,9 @@ What goes in (CONTRACT §7):
   is that version, else fetched with pip for the build),
   which at run time unpacks ``site-packages`` once into a cache directory keyed
   by the content (shiv's build id: a SHA-256 of every bundled file and its path),
-  under a lock, so native parts (psutil's extension, nats-server) can load;
+  under a lock, so native parts (psutil's extension, nats-server) can load, and
+  compiles every module there (about half a second, once): later starts load
+  bytecode even where Python writes none (``PYTHONDONTWRITEBYTECODE=1``);
 * ``osapi/pyzboot.py`` as ``_osapi_boot.py``: it picks that cache directory safely
   before shiv runs, and removes other builds of the same archive unpacked there
   that have not been started for 7 days and are not running (see its docstring).
@@ -273,7 +275,9 @@ def environment_json(shiv, bid: str, epoch: int) -> bytes:
         shiv_version=shiv.__version__,
         build_id=bid,
         entry_point=ENTRY_POINT,
-        compile_pyc=False,  # Python writes each .pyc on first import, atomically; no start-up delay
+        # the start that unpacks compiles every module once (pyzboot: in that process): later starts
+        # load bytecode even where Python writes none (PYTHONDONTWRITEBYTECODE, a read-only cache)
+        compile_pyc=True,
         reproducible=True,
     )
     return env.to_json().encode()

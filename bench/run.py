@@ -67,6 +67,7 @@ from bench.appliance import which_python3  # noqa: E402
 # In report order. Each module has TITLE and run(ctx) -> report.Section.
 BENCHMARKS = {
     "roundtrip": "bench.roundtrip",
+    "profile": "bench.profile",
     "throughput": "bench.throughput",
     "broadcast": "bench.broadcast",
     "scale": "bench.scale",

@@ -1,4 +1,4 @@
-"""The first code that runs in ``osapi.pyz``: pick a safe cache, then hand over to shiv.
+"""The first code that runs in ``osapi.pyz``: pick a safe cache, then hand over to shiv (or start osapi).
 
 ``build_pyz.py`` copies this file to the root of the archive as ``_osapi_boot.py``
 and makes ``__main__.py`` call ``main()``. It runs before any dependency can be
@@ -25,8 +25,18 @@ archive's unpacked files or can be written. Directories this code creates are
 mode 0700. When none is usable the program stops with exit status 2 and a message
 listing each candidate and why it was refused.
 
+A start that finds this build unpacked there does not load shiv's bootstrap
+(its imports would cost about a tenth of a CLI command): it does what shiv
+does on such a start -- put ``site-packages`` on ``sys.path``, call the entry
+point -- unless a ``SHIV_*`` option is set or the build uses more of shiv
+(``unpacked_entry``); then shiv's bootstrap runs as on a first start.
+
 The choice is exported as ``SHIV_ROOT`` so the processes ``osapi supervise``
-starts from the same archive reuse it without probing again.
+starts from the same archive reuse it without probing again. The start that
+unpacks also compiles every module (``compile_pyc`` in ``environment.json``), in
+its own process (``SHIV_COMPILE_WORKERS=1``: no process pool at a first start):
+where Python writes no ``.pyc`` (``PYTHONDONTWRITEBYTECODE=1``) later starts
+would otherwise compile every module they import again.
 
 Old builds are removed, safely. Each new build unpacks about 22 MB next to the
 previous ones; shiv never removes any. So every start:
@@ -124,12 +134,25 @@ def problem(root: str, unpacked_name: str | None = None) -> str | None:
     return None
 
 
+_ENVIRONMENTS: dict[str, dict | None] = {}
+
+
+def environment(archive: str) -> dict | None:
+    """The archive's ``environment.json`` (shiv's build settings), read once per process; None if unreadable."""
+    if archive not in _ENVIRONMENTS:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                env = json.loads(zf.read("environment.json").decode())
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            env = None
+        _ENVIRONMENTS[archive] = env if isinstance(env, dict) else None
+    return _ENVIRONMENTS[archive]
+
+
 def unpacked_name(archive: str) -> str | None:
     """The directory shiv unpacks this archive into: ``<archive name>_<build id>``."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            build_id = json.loads(zf.read("environment.json").decode())["build_id"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    build_id = (environment(archive) or {}).get("build_id")
+    if not isinstance(build_id, str) or not build_id:
         return None
     return f"{os.path.basename(os.path.realpath(archive))}_{build_id}"
 
@@ -286,6 +309,47 @@ def hold_and_clean(root: str) -> None:
         pass
 
 
+# shiv's run-time options (environment variables): with any of them set, shiv's bootstrap runs
+SHIV_OPTIONS = ("SHIV_INTERPRETER", "SHIV_ENTRY_POINT", "SHIV_MODULE", "SHIV_CONSOLE_SCRIPT", "SHIV_FORCE_EXTRACT",
+                "SHIV_EXTEND_PYTHONPATH", "SHIV_PREPEND_PYTHONPATH")
+# build settings that only shiv's bootstrap applies
+SHIV_EXTRAS = ("script", "preamble", "no_modify", "extend_pythonpath", "prepend_pythonpath", "always_write_cache")
+
+
+def unpacked_entry(root: str) -> tuple[str, str] | None:
+    """``(site-packages, entry point)`` when this start can skip shiv's bootstrap, else None.
+
+    That is when this build is unpacked already (shiv moves a complete directory
+    into place, so its presence means complete), no ``SHIV_*`` option asks for
+    something else, and the build uses nothing of shiv's but the entry point.
+    """
+    env = environment(ARCHIVE) if ARCHIVE else None
+    name = unpacked_name(ARCHIVE) if ARCHIVE else None
+    if env is None or name is None or any(os.environ.get(k) for k in SHIV_OPTIONS):
+        return None
+    if any(env.get(k) for k in SHIV_EXTRAS) or not isinstance(env.get("entry_point"), str):
+        return None
+    site_packages = os.path.join(root, name, "site-packages")
+    return (site_packages, env["entry_point"]) if os.path.isdir(site_packages) else None
+
+
+def run_unpacked(site_packages: str, entry_point: str) -> None:
+    """What shiv's bootstrap does on a start that finds the build unpacked: the path, then the entry point."""
+    import importlib
+    import site
+
+    length = len(sys.path)
+    index = next((i for i, p in enumerate(sys.path)
+                  if os.path.splitext(os.path.basename(p))[0] in ("site-packages", "dist-packages")), length)
+    site.addsitedir(site_packages)
+    sys.path[:] = sys.path[:index] + sys.path[length:] + sys.path[index:length]  # ours before any other
+    module, _, attribute = entry_point.partition(":")
+    target = importlib.import_module(module)
+    for part in filter(None, attribute.split(".")):
+        target = getattr(target, part)
+    sys.exit(target())
+
+
 def main() -> None:
     global ARCHIVE
     ARCHIVE = os.path.abspath(sys.argv[0])
@@ -300,7 +364,14 @@ def main() -> None:
             )
             sys.exit(2)
         os.environ["SHIV_ROOT"] = root
-    hold_and_clean(os.path.expanduser(os.environ["SHIV_ROOT"]))
+    root = os.path.expanduser(os.environ["SHIV_ROOT"])
+    hold_and_clean(root)
+    unpacked = unpacked_entry(root)
+    if unpacked is not None:  # the common start: shiv's bootstrap would only cost its imports
+        run_unpacked(*unpacked)
+    # the start that unpacks also compiles (environment.json: compile_pyc): in this process, not
+    # in a pool of worker processes (no multiprocessing at a first start, e.g. in a chroot)
+    os.environ.setdefault("SHIV_COMPILE_WORKERS", "1")
     import _bootstrap  # shiv's bootstrap, shipped at the root of the archive
 
     _bootstrap.bootstrap()

@@ -104,6 +104,8 @@ def check_target(value: str) -> str:
     ``osapi.job.subjects`` is the one definition of the target syntax; it imports only
     ``osapi.config`` and ``osapi.job.operations`` (no nats), so the client start stays light.
     """
+    if value == "_any":  # the default of every -T (argparse checks it too): valid, no need to load the grammar
+        return value
     from osapi.job.errors import InvalidJob
     from osapi.job.subjects import parse_target
 

@@ -23,7 +23,12 @@ Costs (10,000 jobs stored, loopback NATS):
   answers arrive as they are written. A broadcast returns as soon as every live
   registered worker host matching the target has answered (CONTRACT §5.4); the
   quiet period only applies when the registry names no matching host, or to
-  notice that an expected host went silent.
+  notice that an expected host went silent. A one-host job reads the registry
+  only when no answer came within the quiet period (to tell "nobody serves this
+  target" from "slow"): the answered call makes no registry read.
+* ``_submit``: the job and its ``submitted`` event are sent together (both acks
+  awaited), then the notification: two round trips, and a worker never wakes
+  for a job that is not stored yet.
 
 Choices where the contract is silent (``run()``, the synchronous endpoints):
 
@@ -196,8 +201,10 @@ class JobClient:
             expires = nanos + int(expires_after * 1e9)
             job["expires_at"], job["expires_at_ns"] = st.rfc3339(expires), expires
         try:
-            revision = await self.store.put_job(job)
-            await self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text))
+            # the job and its first event do not order each other: sent together, both acks awaited;
+            # the notification only once both are stored (a worker reads the job when woken)
+            revision, _ = await _all(self.store.put_job(job),
+                                     self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text)))
             if gone is not None and gone.is_set():
                 raise _CallerGone()
             await self.store.publish_job(job["subject"], job_id)
@@ -374,19 +381,12 @@ class JobClient:
             try:
                 # A broadcast stores the hosts it expects, so it reads the registry first; a
                 # one-host job needs it only to fail fast when nobody matches, so it reads it
-                # while the job is being submitted (one round trip less on the hot path).
-                registry = asyncio.ensure_future(self._expected_hosts(parsed))
-                try:
-                    expected = await registry if parsed.broadcast else set()
-                    await self._submit_shielded(job_id, op, data, parsed, expected, expires_after, answer="504")
-                    live = await registry
-                finally:
-                    if not registry.done():
-                        registry.cancel()  # never leave it running when the submission failed
-                    elif not registry.cancelled():
-                        registry.exception()  # retrieved: its error, if any, was raised above or superseded
-                answers, unanswered = await self._collect(sub, prefix, job_id, parsed, expected, bool(live),
-                                                          timeout, quiet_period)
+                # only when no answer came within the quiet period (off the hot path).
+                expected = await self._expected_hosts(parsed) if parsed.broadcast else set()
+                await self._submit_shielded(job_id, op, data, parsed, expected, expires_after, answer="504")
+                answers, unanswered, live = await self._collect(
+                    sub, prefix, job_id, parsed, expected, bool(expected) if parsed.broadcast else None,
+                    timeout, quiet_period)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -415,6 +415,16 @@ class JobClient:
         entries = await self.registry.entries()
         return {e["hostname"] for e in entries if target.matches(e["hostname"], e.get("labels"))}
 
+    async def _any_live(self, target: Target) -> bool:
+        """Whether the registry lists a live worker for ``target``; True when it cannot tell (wait on)."""
+        import nats.errors
+
+        try:
+            return bool(await self._expected_hosts(target))
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            log.debug("cannot read the worker registry: %s", exc)
+            return True
+
     async def _catch_up(self, job_id: str) -> dict[str, dict]:
         """Responses already stored (best effort: NATS may be away right now)."""
         import nats.errors
@@ -425,13 +435,16 @@ class JobClient:
             log.debug("cannot read the responses of %s: %s", job_id, exc)
             return {}
 
-    async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str], matched: bool,
-                       timeout: float, quiet_period: float) -> tuple[dict[str, dict], dict[str, str]]:
+    async def _collect(self, sub, prefix: str, job_id: str, target: Target, expected: set[str],
+                       matched: bool | None, timeout: float,
+                       quiet_period: float) -> tuple[dict[str, dict], dict[str, str], bool]:
         """Answers as they arrive on ``sub``, until the target is satisfied or the fallbacks end it.
 
-        Returns the answers and, for each expected host that did not answer, why.
-        ``matched``: the registry listed a live worker for the target; if not,
-        the first answer must come within ``quiet_period``.
+        Returns the answers, for each expected host that did not answer why,
+        and whether the registry listed a live worker for the target.
+        ``matched``: the registry listed one; if not, the first answer must come
+        within ``quiet_period``; None: not looked up yet -- it is, when no
+        answer came within ``quiet_period``.
         """
         import nats.errors
 
@@ -453,6 +466,11 @@ class JobClient:
         while not done():
             now = loop.time()
             end = deadline if answers or first_by is None else first_by
+            if now >= end and matched is None and not answers:
+                matched = await self._any_live(target)
+                if matched:
+                    first_by = None  # a live worker matches: wait for it up to the timeout
+                    continue
             if now >= end:
                 answers.update(await self._catch_up(job_id))  # last look: answers missed in transit
                 break
@@ -491,7 +509,7 @@ class JobClient:
                     quiet_until = loop.time() + quiet_period
         unanswered = {h: dropped.get(h, f"no answer within {timeout:g}s") for h in sorted(expected)
                       if h not in answers}
-        return answers, unanswered
+        return answers, unanswered, matched is not False
 
     async def _mark_unanswered(self, job_id: str, unanswered: dict[str, str]) -> dict[str, dict]:
         """A ``failed`` response and event for each expected host that did not answer (best effort).
@@ -527,6 +545,15 @@ class JobClient:
 
 class _CallerGone(Exception):
     """The caller of a submission stopped waiting (the API answered 503/504) before it was published."""
+
+
+async def _all(*coros) -> list:
+    """Run ``coros`` together (their requests pipelined) and wait for every one; then raise the first error."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -91,6 +91,53 @@ def test_unpacked_once_into_a_private_cache_keyed_by_content(runner, pyz):
     assert marker.stat().st_mtime_ns == before  # reused, not unpacked again
 
 
+def test_modules_are_compiled_when_unpacked(runner, tmp_path):
+    """Where Python writes no .pyc (PYTHONDONTWRITEBYTECODE=1, set on many machines and containers) a start
+    would compile every module it imports again: the start that unpacks compiles them once."""
+    home = tmp_path / "home"
+    home.mkdir()
+    quiet = runner.env(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
+    assert runner.run("--version", env=quiet).status == 0
+    (unpacked,) = (home / ".cache" / "osapi").glob("osapi.pyz_*")
+    site = unpacked / "site-packages"
+
+    def compiled() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in site.rglob("*.pyc")}
+
+    first = compiled()
+    for module in ("osapi/cli/__init__", "osapi/client", "osapi/job/worker", "nats/aio/client",
+                   "waitress/server", "supervisor/supervisord", "yaml/__init__", "bottle"):
+        path = site / module
+        assert list((path.parent / "__pycache__").glob(f"{path.name}.*.pyc")), f"{module} not compiled"
+    # a start that imports every part and may write .pyc finds nothing to write: all compiled and current
+    code = ("import psutil, yaml, nats, bottle, waitress, jwt, icmplib, supervisor.supervisord\n"
+            "import osapi.api.app, osapi.job.worker, osapi.cli, osapi.client, osapi.supervise\n")
+    result = runner.run("-c", code, env=runner.env(HOME=str(home), SHIV_INTERPRETER="1"))
+    assert result.status == 0, result.stderr
+    assert runner.run("--version", env=quiet).status == 0
+    assert compiled() == first
+
+
+def test_a_start_that_finds_the_build_unpacked_skips_shivs_bootstrap(runner, tmp_path):
+    """Only the start that unpacks needs shiv's bootstrap; the others go straight to osapi (its imports cost
+    about a tenth of a CLI command). A SHIV_* option still goes through it."""
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def start(*args: str, **env: str) -> tuple[str, str]:
+        result = subprocess.run([str(runner.python), "-X", "importtime", str(runner.pyz), *args],
+                                env=runner.env(HOME=str(home), **env), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        return result.stdout, "_bootstrap" in imported
+
+    assert start("--version") == (f"osapi {__version__}\n", True)  # unpacks
+    assert start("--version") == (f"osapi {__version__}\n", False)
+    assert start("token", "--help")[1] is False
+    out, shiv = start("-c", "import osapi.cli; print('interpreter')", SHIV_INTERPRETER="1")
+    assert (out, shiv) == ("interpreter\n", True)
+
+
 def other_build(pyz: Path, directory: Path) -> tuple[Path, str]:
     """A copy of the archive under the same name with another build id (a later environment.json wins)."""
     directory.mkdir(parents=True)

@@ -91,6 +91,33 @@ def test_each_target_reaches_exactly_its_hosts(stack, target, expected):
     assert job["target_hostname"] == (target if target != "W3.Example.COM" else "W3.Example.COM")
 
 
+def test_an_answered_one_host_call_reads_no_registry(stack):
+    """The hot path: a one-host job that is answered reads the worker registry not at all (it is read only to
+    tell "nobody serves this target" from "slow" once the quiet period passed without an answer)."""
+    store = stack.bridge.store
+    stream = store.stream_of("registry")
+    subjects = [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.INFO.{stream}"]
+    subs = [stack.bridge.call(stack.client.nc.subscribe(s)) for s in subjects]  # copies of every registry read
+    try:
+        stack.bridge.call(stack.client.workers())  # the probe sees a read: it is armed
+        stack.bridge.call(stack.client.nc.flush())
+        assert sum(s.pending_msgs for s in subs) > 0
+        seen = sum(s.pending_msgs for s in subs)
+        result = run(stack, "system.hostname.get", {}, "w1")
+        stack.bridge.call(stack.client.nc.flush())
+        assert result["results"][0]["hostname"] == "w1"
+        assert sum(s.pending_msgs for s in subs) == seen
+    finally:
+        for sub in subs:
+            stack.bridge.call(sub.unsubscribe())
+
+
+def test_a_one_host_job_slower_than_the_quiet_period_is_waited_for(stack):
+    """No answer within the quiet period: the registry is read, a live worker matches, so the call waits on."""
+    result = run(stack, "test.sleep", {"seconds": 2}, "w2", timeout=SLOW, quiet=0.5)
+    assert result["results"] == [{"hostname": "w2", "slept": 2}]
+
+
 @pytest.mark.parametrize("target", ["group:we", "group:web.de", "group:web.dev.us", "zone:ab", "nosuchhost"])
 def test_label_values_match_whole_segments_only(stack, target):
     """No live worker matches: a fast JobTimeout after the quiet period (1 s), not the 20 s timeout."""

@@ -28,7 +28,7 @@ def test_quick_bench_writes_a_report_with_numbers(tmp_path):
     out = tmp_path / "results.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--source", "--only", "roundtrip,startup",
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--source", "--only", "roundtrip,profile,startup",
          "-o", str(out), "--workdir", str(tmp_path / "work")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110,
     )
@@ -44,6 +44,8 @@ def test_quick_bench_writes_a_report_with_numbers(tmp_path):
         # the whole system is there: the real round trip is measured next to its floor
         p50 = [r for r in rows if "p50 of" in r]
         assert p50 and re.search(NUMBER, p50[0]) and "×" in p50[0], text
+        stages = [line for line in text.splitlines() if line.startswith("| Hot path profile |")]
+        assert len(stages) > 10 and all(re.search(NUMBER, r) for r in stages), text
 
 
 # ---------------------------------------------------------------- which python runs the driver
