@@ -96,6 +96,9 @@ def _parse_ip(text: str, field_name: str, value: Any) -> str | None:
             f"{field_name}: {value!r} has an invalid zone id after %: it must be an interface name "
             "or index (1-15 of A-Z a-z 0-9 _ . -)"
         )
+    if zone is not None and not SCOPED_IPV6_RE.fullmatch(text):
+        # the document's pattern is the rule for scoped addresses (no embedded IPv4 part)
+        raise InvalidData(f"{field_name}: {value!r} is not an IPv6 address with a zone id (fe80::1%eth0)")
     return str(address)
 
 
@@ -229,7 +232,24 @@ EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
 # Input schemas as strict as the validators above, so the OpenAPI document tells
 # clients (and fuzzers) exactly what is accepted.
 # fe80::1%eth0: formats ipv4/ipv6 know no zone id, so a scoped address is its own branch
-SCOPED_IPV6 = {"pattern": "^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*%" + ZONE_RE.pattern[1:],
+# An IPv6 address with a zone id, exactly: the hexadecimal forms of RFC 4291 (no embedded
+# IPv4 part), then % and the zone. ``_parse_ip`` requires it, so the document and the
+# validator accept the same scoped addresses.
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6_HEX = "|".join([
+    f"(?:{_H}:){{7}}{_H}",
+    f"(?:{_H}:){{1,7}}:",
+    f"(?:{_H}:){{1,6}}:{_H}",
+    f"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}",
+    f"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}",
+    f"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}",
+    f"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}",
+    f"{_H}:(?::{_H}){{1,6}}",
+    f":(?:(?::{_H}){{1,7}}|:)",
+])
+SCOPED_IPV6_PATTERN = f"^(?:{_IPV6_HEX})%" + ZONE_RE.pattern[1:]
+SCOPED_IPV6_RE = re.compile(SCOPED_IPV6_PATTERN.replace("$", r"\Z"))
+SCOPED_IPV6 = {"pattern": SCOPED_IPV6_PATTERN,
                "description": "an IPv6 address with a zone id: an interface name or index, "
                               "1-15 of A-Z a-z 0-9 _ . -"}
 IP_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, SCOPED_IPV6]}

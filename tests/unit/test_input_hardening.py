@@ -344,3 +344,27 @@ def test_request_value_decodes_utf8_escapes_and_cuts():
     assert logs.request_value("/a\nb\x00\x85") == "/a\\nb\\x00\\x85"
     long = logs.request_value("x" * 5000)
     assert long.startswith("x" * logs.REQUEST_VALUE_LIMIT) and long.endswith("…(+3976 chars)")
+
+
+def test_scoped_ipv6_pattern_and_validator_agree():
+    """The document's pattern for scoped IPv6 addresses is the validator's rule: every value
+    it matches is accepted, and a scoped value outside it (':%0', embedded IPv4) is refused."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from osapi.job import operations as ops
+
+    ecma = re.compile(ops.SCOPED_IPV6_PATTERN.replace("$", r"\Z"))
+
+    @settings(max_examples=1000, deadline=None, database=None)
+    @given(st.from_regex(ops.SCOPED_IPV6_PATTERN))
+    def accepted(value):
+        if ecma.search(value):  # ECMA `$` is the end of the text
+            assert ops.check_ip(value, "servers[0]")
+
+    accepted()
+    for bad in (":%0", "::ffff:1.2.3.4%eth0", "fe80::1%", "fe80::1%a/b", "1:%x"):
+        with pytest.raises(ops.InvalidData):
+            ops.check_ip(bad, "servers[0]")
