@@ -86,6 +86,8 @@ ABANDON_PAUSE = (0.5, 30.0)  # a failed submission's cleanup: first and longest 
 
 class JobClient:
     SYNC_EXPIRY_MARGIN = 30.0  # a synchronous job expires this long after its caller's timeout
+    # observer.run_done(op_type, seconds or None, no_response_hosts) after each run() that stored its job
+    observer = None
 
     def __init__(self, nc, cfg):
         self.nc = nc
@@ -378,6 +380,7 @@ class JobClient:
                 registry = asyncio.ensure_future(self._expected_hosts(parsed))
                 try:
                     expected = await registry if parsed.broadcast else set()
+                    submitted = time.monotonic()
                     await self._submit_shielded(job_id, op, data, parsed, expected, expires_after, answer="504")
                     live = await registry
                 finally:
@@ -387,6 +390,9 @@ class JobClient:
                         registry.exception()  # retrieved: its error, if any, was raised above or superseded
                 answers, unanswered = await self._collect(sub, prefix, job_id, parsed, expected, bool(live),
                                                           timeout, quiet_period)
+                if self.observer is not None:
+                    self.observer.run_done(op.type, time.monotonic() - submitted if answers else None,
+                                           len(unanswered) if parsed.broadcast else 0)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
