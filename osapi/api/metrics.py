@@ -4,9 +4,10 @@
 threads and the NATS loop update them). Gauges are not kept here: at scrape
 time they are read from the shared job store (``JobClient.stats()`` and
 ``workers()``, bounded by ``GAUGE_TIMEOUT``), so every API process of a cluster
-reports the same jobs, dead letters and workers; when NATS cannot answer they
-are left out and ``osapi_nats_connected`` is 0. Counters and histograms are per
-process (Prometheus sums them over the API processes it scrapes).
+reports the same jobs, dead letters and workers; when NATS cannot answer in
+time they are left out of that scrape (``osapi_nats_connected`` says whether this
+process is connected). Counters and histograms are per process (Prometheus sums
+them over the API processes it scrapes).
 
 Labels are bounded: ``route`` is the route pattern (``/api/v1/jobs/{job_id}``),
 ``unmatched`` for a path no route serves; ``method`` is one of ``METHODS`` or
