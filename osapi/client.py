@@ -160,6 +160,11 @@ class ApiClient:
     def workers(self) -> dict:
         return self.get("/jobs/workers")
 
+    def audit_list(self, since: str | None = None, subject: str | None = None, status: int | None = None,
+                   limit: int | None = None, offset: int | None = None) -> dict:
+        query = {"since": since, "subject": subject, "status": status, "limit": limit, "offset": offset}
+        return self.get("/audit", {k: v for k, v in query.items() if v is not None})
+
     def version(self) -> dict:
         return self.get("/version", auth=False)
 

@@ -244,6 +244,7 @@ SPEC: dict[str, tuple[Any, Type, str]] = {
     "api.server.broadcast_quiet_period": ("3s", DURATION, "fallback only: wait after the last answer when the registry cannot tell"),
     "api.server.security.signing_key": ("", _secret(32), "HS256 key, 32+ characters; empty: use <state_dir>/secrets/signing_key"),
     "api.server.security.cors.allow_origins": ([], _list(_str(_nonempty)), "empty: no CORS headers at all; '*' allows any"),
+    "api.server.metrics.public": (False, BOOL, "true: GET /metrics needs no token; false: it needs the read scope"),
     "nats.url": ("", _str_or_list(_nats_url), "what API and workers connect to; empty: derived from nats.server; a list for a cluster"),
     "nats.token": ("", _str(), "client auth token; empty: <state_dir>/secrets/nats.token if it exists"),
     "nats.server.host": ("127.0.0.1", _str(_listen_host), "address nats-server listens on"),
@@ -285,6 +286,8 @@ SPEC: dict[str, tuple[Any, Type, str]] = {
     "supervise.state_dir": ("", _str(), "empty: /var/lib/osapi as root, else ~/.local/state/osapi"),
     "supervise.programs": (["nats", "api", "worker"], _list(_enum("nats", "api", "worker"), unique=True, nonempty=True), "a worker-only fleet host: [worker]"),
     "supervise.workers": (1, _int(1, 64), "worker processes under supervise"),
+    "audit.max_age": ("30d", DURATION, "how long the audit log (stream AUDIT) keeps an entry"),
+    "audit.replicas": (1, REPLICAS, "copies of the audit log in a cluster (1-5)"),
 }
 
 ENV_NAMES = {ENV_PREFIX + path.replace(".", "_").upper(): path for path in SPEC}

@@ -7,9 +7,11 @@ and turns whatever happens into JSON: a ``Reply``, an ``ApiError`` envelope, or
 -- for a bug -- a 500 envelope while the traceback goes to the log only.
 
 Around Bottle sits a thin WSGI layer that answers ``OPTIONS`` (CORS preflight),
-adds CORS headers to every answer for an allowed origin, and writes one access
-log line per request (method, path, status, duration, token subject -- never
-the token; the request's values escaped, so a request cannot add a line).
+adds CORS headers to every answer for an allowed origin, and after each request
+writes one access log line (method, path, status, duration, token subject --
+never the token; the request's values escaped, so a request cannot add a line),
+counts it in the metrics (``metrics.py``, by route pattern) and, for ``/api/v1…``
+and ``/health/status``, queues one audit entry (``audit.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any, Callable
 import bottle
 
 from osapi import logs
-from osapi.api import errors
+from osapi.api import audit, errors
 from osapi.api.auth import Authenticator
 from osapi.api.cors import CorsPolicy
 from osapi.api.domain import WaitSlots
 from osapi.api.errors import ApiError
+from osapi.api.metrics import UNMATCHED
 from osapi.api.routing import API_PREFIX, Call, Route
 
 log = logging.getLogger("osapi.api")
@@ -35,13 +38,14 @@ access_log = logging.getLogger("osapi.api.access")
 
 JSON_TYPE = "application/json"
 SUBJECT_KEY = "osapi.subject"
+ROUTE_KEY = "osapi.route"  # the matched route's pattern, for the metrics' ``route`` label
 
 
-def all_routes() -> list[Route]:
-    """Every route the API serves, in the order of the document."""
-    from osapi.api import domain, health, jobs
+def all_routes(cfg=None) -> list[Route]:
+    """Every route the API serves, in the order of the document (``cfg``: whether /metrics is public)."""
+    from osapi.api import domain, health, jobs, metrics
 
-    return [*domain.routes(), *jobs.routes(), *health.routes()]
+    return [*domain.routes(), *jobs.routes(), *audit.routes(), *health.routes(), *metrics.routes(cfg)]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class Services:
         self.wait_slots = WaitSlots()  # synchronous calls waiting for workers (domain.py)
         self.started = time.monotonic()
         self.last_job_stats: tuple[int, dict] | None = None  # (time ns, counts): /health/status when NATS is away
+        from osapi.api.metrics import Registry
+
+        self.metrics = Registry()
         self._routes = routes
         self._document: dict | None = None
 
@@ -83,8 +90,9 @@ class Api:
     """The WSGI callable: ``Api(cfg, bridge)(environ, start_response)``."""
 
     def __init__(self, cfg, bridge, signing_key: str, routes: list[Route] | None = None):
-        self.routes = list(routes if routes is not None else all_routes())
+        self.routes = list(routes if routes is not None else all_routes(cfg))
         self.services = Services(cfg, bridge, self.routes)
+        bridge.run_observer = self.services.metrics  # JobClient.run() reports job durations to it
         self.auth = Authenticator(signing_key)
         self.cors = CorsPolicy(cfg.api.server.security.cors.allow_origins)
         self.bottle = bottle.Bottle(catchall=True)
@@ -97,6 +105,7 @@ class Api:
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
         started = time.monotonic()
+        environ[audit.RAW_PATH_KEY] = environ.get("PATH_INFO", "")  # Bottle rewrites PATH_INFO
         status_seen: list[str] = []
         extra = self.cors.headers(environ.get("HTTP_ORIGIN"))
 
@@ -109,17 +118,44 @@ class Api:
                 return self._options(environ, start_response, status_seen)
             return self.bottle(environ, start)
         finally:
-            self._log_access(environ, status_seen, started)
+            self._after(environ, status_seen, started)
 
-    def _log_access(self, environ: dict, status_seen: list[str], started: float) -> None:
+    def _after(self, environ: dict, status_seen: list[str], started: float) -> None:
+        """The access log line, the metrics and the audit entry of one request; never raises."""
+        seconds = time.monotonic() - started
         status = status_seen[-1].split(" ", 1)[0] if status_seen else "-"
+        try:
+            self._log_access(environ, status, seconds)
+            metrics = self.services.metrics
+            metrics.request(environ.get("REQUEST_METHOD", ""), environ.get(ROUTE_KEY, UNMATCHED), status, seconds)
+            noted = environ.get(audit.NOTE_KEY) or {}
+            if noted.get("job_id") and noted.get("operation"):
+                metrics.submitted(noted["operation"])
+            if audit.audited(environ.get(audit.RAW_PATH_KEY, "")):
+                self._identify(environ)
+                self.services.bridge.audit.record(audit.entry(environ, status, seconds))
+        except Exception:  # noqa: BLE001 - the request is answered; a bug here must not turn it into a 500
+            log.exception("after %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+
+    def _identify(self, environ: dict) -> None:
+        """The token's subject and roles for the audit entry when no route checked it (404, 405, no scope)."""
+        header = environ.get("HTTP_AUTHORIZATION")
+        if SUBJECT_KEY in environ or not header:
+            return
+        try:
+            claims = self.auth.claims(header)
+        except ApiError:
+            return  # no valid token: subject null
+        environ[SUBJECT_KEY], environ[audit.ROLES_KEY] = claims.subject, list(claims.roles)
+
+    def _log_access(self, environ: dict, status: str, seconds: float) -> None:
         clean = logs.request_value  # a request's values cannot split or forge the line
         access_log.info("request", extra={"fields": {
             "method": clean(environ.get("REQUEST_METHOD", "-")),
-            # the request's own path: Bottle replaces PATH_INFO with its UTF-8 reading
-            "path": clean(environ.get("bottle.raw_path", environ.get("PATH_INFO", "")) or "/"),
+            # the request's own path (Bottle replaces PATH_INFO with its UTF-8 reading)
+            "path": clean(environ.get(audit.RAW_PATH_KEY, environ.get("PATH_INFO", "")) or "/"),
             "status": int(status) if status.isdigit() else clean(status),
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "duration_ms": round(seconds * 1000, 1),
             "subject": clean(environ.get(SUBJECT_KEY) or "-"),
             "remote": clean(environ.get("REMOTE_ADDR", "-")),
         }})
@@ -164,16 +200,21 @@ class Api:
     def _endpoint(self, route: Route) -> Callable:
         def callback(**path_args):
             environ = bottle.request.environ
+            environ[ROUTE_KEY] = route.full_path
             try:
                 claims = None
                 if route.scope is not None:
                     claims = self.auth.claims(environ.get("HTTP_AUTHORIZATION"))
                     environ[SUBJECT_KEY] = claims.subject
+                    environ[audit.ROLES_KEY] = list(claims.roles)
                     self.auth.require(claims, route.scope)
                 reply = route.handler(Call(route, environ, path_args, claims, self.services))
                 return self._response(reply.status, reply.body, reply.headers)
             except Exception as exc:  # every failure becomes an envelope, here
-                return self._error_response(self._to_api_error(exc, route))
+                err = self._to_api_error(exc, route)
+                if err.extra.get("job_id"):  # a 404/504 of a synchronous call: its job was stored
+                    audit.note(environ, job_id=err.extra["job_id"])
+                return self._error_response(err)
 
         callback.__name__ = route.operation_id or route.path
         return callback
@@ -193,6 +234,8 @@ class Api:
         out_headers.update(headers or {})
         if body is None or status == 204:
             return bottle.HTTPResponse(body=b"", status=status, headers=out_headers)
+        if isinstance(body, bytes):  # already encoded; the handler set its Content-Type
+            return bottle.HTTPResponse(body=body, status=status, headers=out_headers)
         out_headers["Content-Type"] = JSON_TYPE
         return bottle.HTTPResponse(body=_json_bytes(body), status=status, headers=out_headers)
 

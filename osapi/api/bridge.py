@@ -13,6 +13,9 @@ it is disconnected ``call`` answers 503 too instead of letting requests pile up.
 If NATS closes the connection for good (nats-py does on some server errors, e.g.
 a rotated token), the bridge drops its client and connects again as at start.
 URLs are kept redacted (``redact_url``): no token in logs, 503s or /health.
+
+The bridge also runs the audit log's publisher (``audit.AuditWriter``) on its
+loop, and hands ``run_observer`` (the metrics) to each ``JobClient`` it makes.
 """
 
 from __future__ import annotations
@@ -51,11 +54,16 @@ class NatsBridge:
         self._stopping = False
         self._setup_at_reconnects = 0  # nc.stats["reconnects"] when setup() last ran
         self._setup_lock: asyncio.Lock | None = None
+        from osapi.api.audit import AuditWriter
+
+        self.audit = AuditWriter(self)
+        self.run_observer = None  # JobClient.observer: the API's metrics (app.Api sets it)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> "NatsBridge":
         self._thread.start()
+        self.loop.call_soon_threadsafe(self.audit.start)
         self._connector = asyncio.run_coroutine_threadsafe(self._connect_forever(), self.loop)
         return self
 
@@ -75,6 +83,7 @@ class NatsBridge:
                 if self.nc is None or self.nc.is_closed:
                     self.nc = await connect(self.cfg, self.name, on_closed=self._closed)
                 client = JobClient(self.nc, self.cfg)
+                client.observer = self.run_observer
                 await client.setup()
                 self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
                 self._setup_lock = asyncio.Lock()
@@ -82,6 +91,7 @@ class NatsBridge:
                 self.last_error = None
                 log.info("connected to NATS at %s", ", ".join(self.urls),
                          extra={"fields": {"attempts": attempt}})
+                self.audit.wake()  # entries queued while NATS was away
                 return
             except asyncio.CancelledError:
                 raise
@@ -105,7 +115,7 @@ class NatsBridge:
         self._reconnector = asyncio.ensure_future(self._connect_forever())
 
     def close(self, timeout: float = 2.0) -> None:
-        """Drain the connection and stop the loop; returns within about ``2 * timeout`` s."""
+        """Store the queued audit entries, drain the connection, stop the loop; returns within about ``3 * timeout`` s."""
         self._stopping = True
         if not self._thread.is_alive():
             return
@@ -117,11 +127,14 @@ class NatsBridge:
 
             if self._reconnector is not None:
                 self._reconnector.cancel()
+            self.audit.cancel()
+            if self.connected:
+                await self.audit.flush(timeout)  # the entries of the last requests
             # drain, or close hard when already gone or slow; marked as our own close
             await close(self.nc, drain_timeout=timeout)
 
         try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout * 1.5 + 0.5)
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout * 2.5 + 0.5)
         except BaseException as exc:
             log.debug("NATS shutdown: %s", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -24,7 +24,7 @@ import contextlib
 import copy
 import re
 import threading
-from osapi.api import schemas
+from osapi.api import audit, schemas
 from osapi.api.errors import ApiError, bad_request
 from osapi.api.routing import TARGET_PARAM, Call, Param, Reply, Response, Route, int_param, parse_choice
 from osapi.job import operations
@@ -143,6 +143,7 @@ def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
     except operations.InvalidData as exc:
         raise bad_request(f"invalid data for {op.type}", str(exc)) from None
 
+    audit.note(call.environ, operation=op.type, target=target)
     settings = call.services.settings
     with call.services.wait_slots.slot():
         result = call.services.bridge.call(
@@ -154,6 +155,7 @@ def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
                                 f"{op.type} on target {target!r}: the API gave up after "
                                 f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
         )
+    audit.note(call.environ, job_id=result.get("job_id"))
     results = list(result.get("results") or [])
     if op.rest.reports_status:
         results = [mark_ok(dict(item)) for item in results]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from osapi.api import schemas
+from osapi.api import audit, schemas
 from osapi.api.errors import bad_request
 from osapi.api.health import remember_job_stats
 from osapi.api.routing import (
@@ -63,9 +63,11 @@ def create(call: Call) -> Reply:
     except InvalidValue as exc:
         raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
 
+    audit.note(call.environ, operation=op.type, target=target)
     job = call.services.bridge.call(
         lambda client: client.create({"type": op.type, "data": data}, target), QUEUE_TIMEOUT
     )
+    audit.note(call.environ, job_id=job.get("job_id"))
     return Reply(201, job, {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"})
 
 

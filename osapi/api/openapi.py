@@ -146,7 +146,7 @@ def _response(code: int, resp: Response) -> dict:
         out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
                                                "description": "Bearer challenge with the reason"}}
     if resp.schema is not None:
-        out["content"] = {"application/json": {"schema": copy.deepcopy(resp.schema)}}
+        out["content"] = {resp.content_type: {"schema": copy.deepcopy(resp.schema)}}
     return out
 
 

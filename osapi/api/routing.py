@@ -59,6 +59,7 @@ class Param:
 class Response:
     description: str
     schema: dict | None = None  # None: no body
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,12 @@ printed, failed hosts with their error); 2 usage or configuration error."""
 
 
 def register(subparsers) -> None:
-    from osapi.cli import client_job, client_ops
+    from osapi.cli import client_audit, client_job, client_ops
 
     client = group(subparsers, "client", "talk to the osapi REST API: query and change hosts, manage jobs")
     client_ops.register(client)
     client_job.register(client)
+    client_audit.register(client)
 
 
 # ---------------------------------------------------------------- parser helpers

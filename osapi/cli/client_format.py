@@ -493,3 +493,26 @@ def workers(body: dict, now: float | None = None) -> str:
              ago(w.get("last_seen"), now), w.get("processes", "-")]
             for w in sorted(items, key=lambda w: str(w.get("hostname")))]
     return table(["HOSTNAME", "LABELS", "VERSION", "STARTED", "LAST SEEN", "PROCESSES"], rows)
+
+
+def printable(value: Any) -> str:
+    """A value from a request, safe on a terminal: control characters as escapes (``\\n``, ``\\x1b``)."""
+    text = "" if value is None else str(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def audit_list(body: dict) -> str:
+    """``GET /audit``: one row per request, newest first."""
+    items = [item for item in body.get("items") or [] if isinstance(item, dict)]
+    total = body.get("total_items")
+    if not items:
+        return f"no audit entries (total {total})" if total else "no audit entries"
+    rows = []
+    for item in items:
+        subject = item.get("subject")
+        rows.append([local_time(item.get("timestamp")), "-" if subject is None else printable(subject),
+                     printable(item.get("source_ip")), printable(item.get("method")), printable(item.get("path")),
+                     item.get("status"),
+                     number(item.get("duration_ms"), "{:.1f}"), item.get("job_id") or ""])
+    text = table(["TIME", "SUBJECT", "SOURCE", "METHOD", "PATH", "STATUS", "MS", "JOB"], rows)
+    return text + f"\n\n{len(items)} of {total} entries"

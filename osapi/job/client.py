@@ -91,6 +91,8 @@ ABANDON_PAUSE = (0.5, 30.0)  # a failed submission's cleanup: first and longest 
 
 class JobClient:
     SYNC_EXPIRY_MARGIN = 30.0  # a synchronous job expires this long after its caller's timeout
+    # observer.run_done(op_type, seconds or None, no_response_hosts) after each run() that stored its job
+    observer = None
 
     def __init__(self, nc, cfg):
         self.nc = nc
@@ -383,10 +385,14 @@ class JobClient:
                 # one-host job needs it only to fail fast when nobody matches, so it reads it
                 # only when no answer came within the quiet period (off the hot path).
                 expected = await self._expected_hosts(parsed) if parsed.broadcast else set()
+                submitted = time.monotonic()
                 await self._submit_shielded(job_id, op, data, parsed, expected, expires_after, answer="504")
                 answers, unanswered, live = await self._collect(
                     sub, prefix, job_id, parsed, expected, bool(expected) if parsed.broadcast else None,
                     timeout, quiet_period)
+                if self.observer is not None:
+                    self.observer.run_done(op.type, time.monotonic() - submitted if answers else None,
+                                           len(unanswered) if parsed.broadcast else 0)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

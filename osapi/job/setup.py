@@ -12,6 +12,8 @@ Everything comes from ``job.*`` configuration:
   server's ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`` advisories,
   so a job lands there even when every worker that took it died; workers turn
   each entry into a ``failed`` event (``deadletter.py``);
+* stream ``AUDIT`` on ``audit.>`` per ``audit.*`` — one message per API request
+  (``osapi/api/audit.py``), direct gets on, so the API reads it newest first;
 * durable pull consumers (``consumer_configs``): ``<consumer_name>-any`` shared by
   the fleet, ``<consumer_name>-host-<host>`` per host, ``<consumer_name>-dlq``.
 
@@ -54,6 +56,8 @@ SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consu
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
 HOST_CONSUMER_INACTIVE = 7 * 86400.0  # a host consumer nobody pulled from this long is removed by the server
+AUDIT_STREAM = "AUDIT"
+AUDIT_SUBJECTS = "audit.>"
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,17 @@ def wanted_streams(cfg) -> list[Wanted]:
         num_replicas=job.dlq.replicas,
         discard=api.DiscardPolicy.OLD,
     )
+    audit_stream = api.StreamConfig(
+        name=AUDIT_STREAM,
+        subjects=[AUDIT_SUBJECTS],
+        retention=api.RetentionPolicy.LIMITS,
+        max_age=cfg.audit.max_age,
+        storage=api.StorageType.FILE,
+        num_replicas=cfg.audit.replicas,
+        discard=api.DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW,  # an entry re-sent after a lost ack is stored once (Nats-Msg-Id)
+        allow_direct=True,
+    )
     kv_keys = _keys("kv", max_age="job.kv.ttl", max_bytes="job.kv.max_bytes")
     return [
         Wanted("stream", names.stream, jobs_stream,
@@ -334,6 +349,7 @@ def wanted_streams(cfg) -> list[Wanted]:
         Wanted("bucket", names.registry_bucket,
                _kv_stream_config(names.registry_bucket, REGISTRY_MAX_AGE, kv.max_bytes, kv.storage, kv.replicas),
                {k: v for k, v in kv_keys.items() if k != "max_age"}),  # its max_age is osapi's own
+        Wanted("stream", AUDIT_STREAM, audit_stream, {"max_age": "audit.max_age", "replicas": "audit.replicas"}),
     ]
 
 

@@ -21,7 +21,8 @@ OBJECTS = [("stream", "JOBS", "JOBS", "job.stream.replicas"),
            ("stream", "JOBS_DLQ", "JOBS_DLQ", "job.dlq.replicas"),
            ("bucket", "job-queue", "KV_job-queue", "job.kv.replicas"),
            ("bucket", "job-responses", "KV_job-responses", "job.kv.replicas"),
-           ("bucket", "job-queue-workers", "KV_job-queue-workers", "job.kv.replicas")]
+           ("bucket", "job-queue-workers", "KV_job-queue-workers", "job.kv.replicas"),
+           ("stream", "AUDIT", "AUDIT", "audit.replicas")]
 STREAMS = [stream for _, _, stream, _ in OBJECTS]
 
 
@@ -139,7 +140,7 @@ def test_setup_refuses_bad_usage_and_changes_nothing(nats_server, tmp_path, argv
     status, out, err = run_cli(env, "job", "setup", *argv)
     assert status == 2 and out == "" and message in err, err
     status, out, _ = run_cli(base_env(nats_server, tmp_path / "state"), "job", "setup", "--json")
-    assert [d["setting"] for d in json.loads(out)["differences"]] == ["exists"] * 5  # nothing was created
+    assert [d["setting"] for d in json.loads(out)["differences"]] == ["exists"] * len(OBJECTS)  # nothing was created
 
 
 def test_setup_without_nats_names_the_url(tmp_path):
@@ -164,7 +165,7 @@ def test_default_processes_keep_a_clusters_three_replicas_until_job_setup_applie
         cluster.wait_ready()
         state = {"OSAPI_SUPERVISE_STATE_DIR": str(tmp_path / "state")}
         three = clean_env(**cluster.env(), **state, OSAPI_JOB_STREAM_REPLICAS="3", OSAPI_JOB_KV_REPLICAS="3",
-                          OSAPI_JOB_DLQ_REPLICAS="3")
+                          OSAPI_JOB_DLQ_REPLICAS="3", OSAPI_AUDIT_REPLICAS="3")
         bridge = Bridge(three)  # creates every stream and bucket at 3 replicas
         assert {n: c.num_replicas for n, c in stream_configs(bridge).items()} == {n: 3 for n in STREAMS}
 
@@ -194,12 +195,12 @@ def test_default_processes_keep_a_clusters_three_replicas_until_job_setup_applie
         default = clean_env(**cluster.env(), **state)
         status, out, err = run_cli(default, "job", "setup")
         assert status == 1, err
-        rows = [line.split() for line in out.splitlines()[3:8]]
+        rows = [line.split() for line in out.splitlines()[3:3 + len(OBJECTS)]]
         assert rows == [[kind, name, "replicas", "3", "1", key] for kind, name, _, key in OBJECTS]
 
         status, out, err = run_cli(default, "job", "setup", "--apply", "--yes")
         assert status == 0, err + out
-        assert out.splitlines()[-5:] == [f"{kind} {name}: updated" for kind, name, _, _ in OBJECTS]
+        assert out.splitlines()[-len(OBJECTS):] == [f"{kind} {name}: updated" for kind, name, _, _ in OBJECTS]
         assert {n: c.num_replicas for n, c in stream_configs(bridge).items()} == {n: 1 for n in STREAMS}
         assert run_cli(default, "job", "setup")[0] == 0
     finally:
