@@ -65,7 +65,6 @@ async def _job_stages(client, hostname: str, count: int) -> dict[str, list[float
     """Stage times of submissions on the API's own client (seconds)."""
     from osapi.job import operations
     from osapi.job import status as st
-    from osapi.job.client import _shielded
     from osapi.job.ids import new_job_id
     from osapi.job.subjects import parse_target, subject_for
 
@@ -104,7 +103,7 @@ async def _job_stages(client, hostname: str, count: int) -> dict[str, list[float
         sub = await client.nc.subscribe(f"{prefix}>")
         try:
             start = clock()
-            await _shielded(client._submit(job_id, op, {}, target, set(), None))
+            await client._submit_shielded(job_id, op, {}, target, set(), None)
             submitted, submitted_ns = clock(), time.time_ns()
             await sub.next_msg(timeout=30)
             seen_ns = time.time_ns()
