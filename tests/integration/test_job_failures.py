@@ -215,25 +215,35 @@ def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
 def test_a_redelivery_while_the_first_run_lives_is_held_not_run_twice(stack):
     """A paused worker (as in a NATS outage longer than ack_wait): the server redelivers to the host's other
     process, which waits for the first run instead of running the job again."""
-    first, second = stack.fleet.add("dup"), stack.fleet.add("dup")
-    stack.bridge.wait_workers(["a1", "a2", "b1", "dup", "dup"])
-    job_id = create(stack, "test.sleep", {"seconds": 3}, "dup")
-    wait_for(lambda: stack.bridge.started_hosts(job_id) == ["dup"], 15, what="the job started")
-    (pid,) = stack.bridge.instance_pids(job_id)
-    runner, other = (first, second) if first.pid == pid else (second, first)
-    os.kill(runner.pid, signal.SIGSTOP)  # silent past ack_wait (2 s): the server redelivers to the other
+    # More deliveries than the module's 2 for this host's consumer (its workers own its settings): a
+    # redelivery can land in the paused process's last pull request, still open when it stopped, and
+    # with 2 deliveries that one would be the last (to the dead-letter stream), not the other's.
+    more = {"OSAPI_JOB_CONSUMER_MAX_DELIVER": "5"}
+    first, second = stack.fleet.add("dup", env=more), stack.fleet.add("dup", env=more)
     try:
-        wait_for(lambda: "holding this redelivery" in other.log(), 20, what="the redelivery held")
+        stack.bridge.wait_workers(["a1", "a2", "b1", "dup", "dup"])
+        job_id = create(stack, "test.sleep", {"seconds": 3}, "dup")
+        wait_for(lambda: stack.bridge.started_hosts(job_id) == ["dup"], 15, what="the job started")
+        (pid,) = stack.bridge.instance_pids(job_id)
+        runner, other = (first, second) if first.pid == pid else (second, first)
+        os.kill(runner.pid, signal.SIGSTOP)  # silent past ack_wait (2 s): the server redelivers to the other
+        try:
+            wait_for(lambda: "holding this redelivery" in other.log(), 20, what="the redelivery held")
+        finally:
+            os.kill(runner.pid, signal.SIGCONT)
+        job = stack.bridge.wait_status(job_id, "completed", timeout=30)
+        assert job["result"] == {"slept": 3}
+        assert stack.bridge.started_hosts(job_id) == ["dup"]  # ran once
+        names = stack.bridge.store.names
+        wait_for(lambda: stack.bridge.call(stack.bridge.store.js.consumer_info(
+            names.stream, names.host_consumer("dup"))).num_ack_pending == 0, 15, what="the held delivery acked")
+        wait_for(lambda: "already finished" in other.log(), 15, what="the held delivery let go")
+        assert runner.stop() == 0 and other.stop() == 0
     finally:
-        os.kill(runner.pid, signal.SIGCONT)
-    job = stack.bridge.wait_status(job_id, "completed", timeout=30)
-    assert job["result"] == {"slept": 3}
-    assert stack.bridge.started_hosts(job_id) == ["dup"]  # ran once
-    names = stack.bridge.store.names
-    wait_for(lambda: stack.bridge.call(stack.bridge.store.js.consumer_info(
-        names.stream, names.host_consumer("dup"))).num_ack_pending == 0, 15, what="the held delivery acked")
-    wait_for(lambda: "already finished" in other.log(), 15, what="the held delivery let go")
-    assert runner.stop() == 0 and other.stop() == 0
+        for worker in (first, second):  # a failure here must not leave "dup" in the next test's fleet
+            if worker.alive():
+                os.kill(worker.pid, signal.SIGCONT)
+                worker.stop()
 
 
 def test_workers_survive_a_nats_restart_without_losing_jobs(stack):
