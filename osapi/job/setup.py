@@ -354,10 +354,9 @@ def wanted_streams(cfg) -> list[Wanted]:
 
 
 def _kv_handle(js, bucket: str, info):
-    from nats.js.kv import KeyValue
+    from osapi.job import natsadapter
 
-    return KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=js,
-                    direct=bool(info.config.allow_direct))
+    return natsadapter.kv_handle(js, bucket, Names.kv_stream(bucket), direct=bool(info.config.allow_direct))
 
 
 async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None = None) -> dict:

@@ -191,11 +191,11 @@ class StatusIndex:
         """
         store = self.store
         stream = store.stream_of("jobs")
-        pre = len(store.kv("jobs")._pre)
+        pre = len(store.kv_prefix("jobs"))
         subject_filter = store.subject_of("jobs", "status.>")
         seq = start
         for _ in range(MAX_SUBJECT_PAGES):
-            got, end = await store._direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH})
+            got, end = await store.direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH})
             status = end.get("Status")
             if status not in ("204", "404"):
                 raise RuntimeError(f"batch get of job events from {seq}: status {status} {end}")

@@ -88,7 +88,7 @@ from typing import Any
 from osapi import __version__
 from osapi.config import is_hostname
 from osapi.errors import ConfigError
-from osapi.job import deadletter, operations
+from osapi.job import deadletter, natsadapter, operations
 from osapi.job import status as st
 from osapi.job.errors import InvalidJob, RetryableError, is_store_full
 from osapi.job.ids import is_job_id
@@ -376,9 +376,7 @@ class Worker:
         nats-py keeps such late deliveries in the subscription's queue for the next
         pull; at stop there is none, and they would wait ``ack_wait`` for redelivery.
         """
-        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
-        while queue is not None and not queue.empty():
-            msg = queue.get_nowait()
+        for msg in natsadapter.queued_messages(sub):
             if msg.reply and msg.reply.startswith("$JS.ACK."):
                 await _quiet(msg.nak())
 
