@@ -53,7 +53,7 @@ RAW_PATH_KEY = "osapi.raw_path"  # PATH_INFO as the server gave it (WSGI: the by
 
 
 def audited(path: str) -> bool:
-    """Requests to ``/api/v1…`` and ``/health/status`` get an entry (CONTRACT §11.1)."""
+    """Requests to ``/api/v1…`` and ``/health/status`` get an entry (docs/api.md, Audit log)."""
     return path == "/api/v1" or path.startswith("/api/v1/") or path == "/health/status"
 
 

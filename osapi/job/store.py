@@ -1,4 +1,4 @@
-"""Reads and writes of the KV layout (CONTRACT §5.2), shared by client and worker.
+"""Reads and writes of the KV layout (docs/jobs.md, Storage layout), shared by client and worker.
 
 KV ``job-queue``
     ``jobs.<id>``                         the immutable job (JSON)
@@ -9,17 +9,10 @@ KV ``job-responses``
 stream ``JOBS``
     ``jobs.<query|modify>.<target>``      the job id, to wake the right workers
 
-Listing is built on JetStream's *subject* listing (``STREAM.INFO`` with
-``subjects_filter``), which the server answers from its subject index, sorted,
-paged by ``offset``, with the total: no message is read. Job ids are UUIDv7, so
-sorted ``jobs.<id>`` subjects are sorted by creation time, and a newest-first
-page is the tail of that listing. Jobs are immutable, so their bodies are cached
-(LRU of ``CACHE_SIZE``, for pages) and so is a small ``status.Summary`` of every
-stored job (for status filters and statistics, pruned to the ids listed).
-
-Several keys are read in one JetStream batch direct get (``multi_get``, server
-2.11+), in chunks that stay under the server's limit of about a thousand
-results a request; a chunk the server refuses is read key by key.
+Listings use JetStream's subject listing (``subjects``: sorted, paged, with the
+total, no message read); several keys are read in one batch direct get
+(``direct_batch``, ``multi_get``; a chunk the server refuses is read key by key).
+Job bodies and per-job summaries are cached: jobs never change.
 """
 
 from __future__ import annotations
@@ -455,7 +448,7 @@ class Store:
         return out
 
     async def views(self, ids: list[str]) -> dict[str, dict]:
-        """Job objects (CONTRACT §4.3) for ``ids``; missing jobs are left out."""
+        """Job objects (docs/api.md, Envelopes) for ``ids``; missing jobs are left out."""
         jobs, events = await asyncio.gather(self.get_jobs(ids), self.events_of(ids))
         # hosts with a terminal event have written their response first: fetch exactly those
         wanted = [(i, h) for i in ids if i in jobs
