@@ -6,7 +6,7 @@ Usage: ``python3 build_pyz.py [-o dist/osapi.pyz] [--source auto|installed|pip]`
 The result runs with a bare CPython >= 3.10 on Linux (standard library only: no
 pip, no venv, no network): ``python3 osapi.pyz --help`` or ``./osapi.pyz --help``.
 
-What goes in (CONTRACT §7):
+What goes in (docs/appliance.md, osapi.pyz):
 
 * the ``osapi`` package from this checkout;
 * every runtime dependency at the exact version pinned in ``pyproject.toml``'s

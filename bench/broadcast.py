@@ -2,7 +2,7 @@
 
 Ten worker processes, each with its own hostname (ten hosts), on one appliance.
 The original design waits a fixed 3 s quiet period on every broadcast; osapi
-returns when every live registered host has answered (CONTRACT §5.4).
+returns when every live registered host has answered (docs/jobs.md, Synchronous calls and completion of broadcasts).
 Sequential calls over one keep-alive connection; every answer must hold 10 results.
 """
 

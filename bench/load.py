@@ -2,7 +2,7 @@
 
 ``submit_jobs`` runs C concurrent keep-alive clients that POST jobs until a
 count or a deadline is reached. ``CompletionWatch`` sees jobs finish the way the
-job system records it (CONTRACT §5.2): a ``completed`` or ``failed`` event key
+job system records it (docs/jobs.md, Events and computed status): a ``completed`` or ``failed`` event key
 ``status.<id>.<event>.<host>.<nanos>`` in the KV bucket ``job-queue``. It is a
 plain NATS subscription on the bucket's subjects -- it costs the appliance
 nothing and involves no polling.

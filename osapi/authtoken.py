@@ -1,4 +1,4 @@
-"""JWT tokens: generate, validate, roles -> scopes (CONTRACT §4.1).
+"""JWT tokens: generate, validate, roles -> scopes (docs/api.md, Authentication and CORS).
 
 HS256 only. Claims: ``sub``, ``roles`` (a non-empty list of known roles), ``iat``,
 ``exp`` (required), ``iss: osapi``. Anything else -- another algorithm, ``none``, a

@@ -1,8 +1,8 @@
 """A small HTTP client for the osapi REST API, on the standard library only.
 
 ``osapi client …`` must start fast and must not pull in nats, bottle, waitress or
-psutil (CONTRACT §2, STYLE.md), so this module uses ``http.client`` and ``json``
-and nothing of the server side. One method per endpoint of CONTRACT §4.3; each
+psutil (docs/architecture.md, Processes), so this module uses ``http.client`` and
+``json`` and nothing of the server side. One method per endpoint of the API; each
 returns the decoded JSON body exactly as the API sent it (``None`` for 204).
 
 Every failure becomes an ``ApiError`` (an ``OperationError``: exit status 1) whose
@@ -50,7 +50,7 @@ def resolve_token(cfg, environ: Mapping[str, str] | None = None) -> tuple[str, s
     ``api.client.security.bearer_token`` (from the file or the environment),
     else ``<state_dir>/secrets/admin.token`` when readable -- what ``osapi
     supervise`` writes, so a client on the same host works without flags
-    (CONTRACT §7). Neither: ``ConfigError`` (exit 2) naming both places.
+    (docs/appliance.md, The state directory). Neither: ``ConfigError`` (exit 2) naming both places.
     """
     from osapi import config
 

@@ -1,6 +1,6 @@
 """Configuration: the defaults tree, file lookup, ``OSAPI_*`` overrides, validation.
 
-CONTRACT §3. Every key is declared once in ``SPEC`` below with its default, its
+README "Configuration". Every key is declared once in ``SPEC`` below with its default, its
 type and a one-line comment; ``osapi.yaml`` at the repository root mirrors it (a
 test keeps the two equal).
 

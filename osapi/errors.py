@@ -1,7 +1,7 @@
 """The exceptions that reach the CLI's error funnel, each with its exit status.
 
 Every failure a user can cause ends as one of these; ``osapi.cli.main`` turns it
-into one line on stderr and the exit status below (CONTRACT §2):
+into one line on stderr and the exit status below (README "Commands"):
 0 success, 1 the operation failed, 2 usage or configuration error.
 """
 

@@ -1,73 +1,24 @@
 """``osapi supervise``: the state directory, the supervisord configuration, control.
 
 One foreground process runs the ``supervisor`` package's supervisord in-process
-(``supervisor.supervisord.main(["-n", "-c", conf])``), so SIGTERM reaches
-supervisord itself: it stops the workers, then the API, then NATS (reverse
-priority, each group waiting for the previous), and returns; the command exits 0.
-Nothing sits between the signal and supervisord that could die and orphan it.
+(``run``), so SIGTERM reaches supervisord itself: it stops the workers, then the
+API, then NATS, and returns; the command exits 0. The design -- the programs and
+their priorities, restarts, why nats-server gets SIGTERM and not lame duck mode,
+the state directory and the ownership rules for secrets -- is docs/appliance.md.
 
-The state directory (``config.state_dir``: ``supervise.state_dir``, else
-``/var/lib/osapi`` as root, else ``~/.local/state/osapi``), mode 0700::
-
-    secrets/signing_key     HS256 key for the API's tokens      (when api runs and
-                                                                   none is configured)
-    secrets/admin.token     an admin JWT, valid 10 years, that
-                            `osapi client` on this host reads     (when api runs)
-    secrets/nats.token      the token nats-server requires      (when nats runs)
-    secrets/supervisor.password  for supervisord's socket (defence in depth: the
-                            socket is 0700 in a 0700 directory already)
-    supervisord.conf        rendered at every start (0600)
-    supervisor.sock         supervisord's XML-RPC socket (0700): `supervise status|start|stop|restart`
-    supervisord.pid
-    nats-server.conf        rendered by `osapi nats server start` (0600)
-    nats/                   JetStream file storage (nats.server.store_dir)
-    logs/                   supervisord.log, nats.log, api.log, worker-<n>.log (what
-                            each program prints), nats-server.log (nats-server's
-                            own log, written by nats-server itself), each rotated
-                            at 10 MB, 5 kept
-
-Nothing is trusted from a state dir another user could have written: before it
-changes anything, ``bootstrap`` (and ``preflight``) refuse with exit 2 a state dir,
-``secrets/`` or secret that belongs to another user or is writable by group or
-others, a secret that is a symbolic link, and any ``STATE_ENTRIES`` of another
-user's -- the rule of ``config.check_state_dir``, the same every reader of a
-secret applies (``config.read_secret_file``). Our own state dir and ``secrets/``
-are then tightened to 0700, with a warning in the log.
-
-Secrets are created once, mode 0600, and never overwritten: each is written to a
-temporary file and published with ``link()``, which fails when the name exists,
-so two starts at the same moment agree on one value and no reader ever sees a
-half-written file. To replace one, delete it and start again (for the admin
-token, after changing the signing key, that is the way to get a valid one).
-
-Programs (``supervise.programs``, ``--workers`` / ``supervise.workers``), each run
-as ``<python> <osapi.pyz> …`` from the running archive, or ``<python> -m osapi …``
-from a source tree, with the same ``-f`` file and ``-d``/``-j`` flags:
-
-==========  ========  =================================  ===========
-program     priority  command                            stopwaitsecs
-==========  ========  =================================  ===========
-nats        10        nats server start --require-auth   30
-                      --log-file logs/nats-server.log
-api         20        api server start                   30
-worker-<n>  30        job worker start                   60
-==========  ========  =================================  ===========
-
-Lower priority starts first and stops last. Every program restarts whenever it
-exits (``autorestart``), counts as started after 1 s and is retried
-``STARTRETRIES`` times with supervisor's growing back-off (1 s more each try) --
-the API and workers wait for NATS on their own, but if one exits because NATS
-was not up yet, supervisor keeps trying rather than giving up. Stops and kills go
-to the whole process group (``stopasgroup``/``killasgroup``).
-
-Every program stops on SIGTERM. For nats-server, SIGTERM and SIGINT both mean
-"shut down now, cleanly": it closes its listeners, shuts JetStream down (the
-stores write their state) and exits 0, in milliseconds, well within its 30 s.
-Lame duck mode (SIGUSR2) is for a cluster, where clients move to another server:
-it waits a 10 s grace period and then evicts clients over two minutes -- longer
-than any stop timeout here, so supervisord would SIGKILL it half-way, the one
-unclean ending. Clients are gone by the time NATS is stopped anyway (workers and
-API stop first).
+* ``layout`` names the files of the state directory (``config.state_dir``).
+* ``bootstrap`` (and ``preflight``) check the whole state dir first
+  (``check_state``: the rule of ``config.check_state_dir``, also for every entry
+  of ``STATE_ENTRIES``), refuse another user's files with exit 2, tighten our own
+  state dir and ``secrets/`` to 0700, and create the secrets the programs need.
+* ``create_secret`` writes a secret once, mode 0600, to a temporary file
+  published with ``link()`` (fails when the name exists): two starts at once
+  agree on one value, no reader sees half a file, nothing is overwritten.
+* ``render`` writes ``supervisord.conf``: each program as ``self_command()`` plus
+  the same ``-f``/``-d``/``-j`` flags, ``autorestart``, ``STARTRETRIES`` with
+  supervisor's growing back-off, stops and kills to the whole process group.
+* ``rpc`` talks to the running supervisor over ``supervisor.sock``
+  (``supervise status|start|stop|restart``).
 """
 
 from __future__ import annotations

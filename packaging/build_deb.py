@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the osapi Debian package: ``dist/osapi_<version>_<arch>.deb`` (CONTRACT §8).
+"""Build the osapi Debian package: ``dist/osapi_<version>_<arch>.deb`` (docs/appliance.md, The .deb).
 
 Usage: ``python3 packaging/build_deb.py [--pyz PATH] [-o DIR]``
 

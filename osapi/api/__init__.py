@@ -1,4 +1,4 @@
-"""The REST API (CONTRACT §4): Bottle on Waitress, JWT scopes, one NATS connection.
+"""The REST API (docs/api.md): Bottle on Waitress, JWT scopes, one NATS connection.
 
 The path of a request, top to bottom:
 

@@ -51,7 +51,7 @@ def all_routes(cfg=None) -> list[Route]:
 @dataclass(frozen=True)
 class Settings:
     job_timeout: float  # seconds a synchronous endpoint waits for workers
-    quiet_period: float  # broadcast fallback (CONTRACT §5.4)
+    quiet_period: float  # broadcast fallback (docs/jobs.md, Synchronous calls)
 
     @classmethod
     def from_config(cls, cfg) -> "Settings":

@@ -53,7 +53,7 @@ RAW_PATH_KEY = "osapi.raw_path"  # PATH_INFO as the server gave it (WSGI: the by
 
 
 def audited(path: str) -> bool:
-    """Requests to ``/api/v1…`` and ``/health/status`` get an entry (CONTRACT §11.1)."""
+    """Requests to ``/api/v1…`` and ``/health/status`` get an entry (docs/api.md, Audit log)."""
     return path == "/api/v1" or path.startswith("/api/v1/") or path == "/health/status"
 
 
@@ -267,7 +267,7 @@ async def read(store, *, since_ns: int | None, subject: str | None, status: int 
         start_request["start_time"] = _rfc3339_nanos(since_ns)
     else:
         start_request["seq"] = first
-    got, end = await store._direct_batch(AUDIT_STREAM, start_request)
+    got, end = await store.direct_batch(AUDIT_STREAM, start_request)
     if not got or (since_ns is not None and _stored_ns(got[0]) < since_ns):  # nothing stored since then
         return {"total_items": 0, "items": []}
     start = int(got[0].headers["Nats-Sequence"])
@@ -303,7 +303,7 @@ async def _range(store, filt: str, lo: int, hi: int) -> list:
     out: list = []
     seq = lo
     while seq <= hi:
-        got, end = await store._direct_batch(AUDIT_STREAM, {"seq": seq, "next_by_subj": filt, "batch": BATCH})
+        got, end = await store.direct_batch(AUDIT_STREAM, {"seq": seq, "next_by_subj": filt, "batch": BATCH})
         for msg in got:
             number = int(msg.headers["Nats-Sequence"])
             if number > hi:

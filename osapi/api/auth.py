@@ -1,4 +1,4 @@
-"""Bearer-token authentication and scope checks (CONTRACT §4.1).
+"""Bearer-token authentication and scope checks (docs/api.md, Authentication and CORS).
 
 ``Authenticator.claims(header)`` turns an ``Authorization`` header into the
 token's claims or an ``ApiError``: **401** (with ``WWW-Authenticate: Bearer``)

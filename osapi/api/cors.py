@@ -1,4 +1,4 @@
-"""CORS per ``api.server.security.cors.allow_origins`` (CONTRACT §4.1).
+"""CORS per ``api.server.security.cors.allow_origins`` (docs/api.md, Authentication and CORS).
 
 An allowed ``Origin`` gets ``Access-Control-Allow-Origin: <that origin>`` and
 ``Vary: Origin`` on every answer, errors included; a preflight ``OPTIONS`` gets

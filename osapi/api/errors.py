@@ -1,4 +1,4 @@
-"""The error envelope (CONTRACT §4.2) and how failures become HTTP statuses.
+"""The error envelope (docs/api.md, Envelopes) and how failures become HTTP statuses.
 
 Every 4xx/5xx the API sends is ``{"error": …, "details": …, "code": <status>}``:
 ``error`` is the category in a few words ("invalid query parameter limit",

@@ -126,7 +126,7 @@ def gauge(name: str, help: str, samples: list[tuple[dict[str, str], float]]) -> 
 
 
 class Registry:
-    """This API process's counters and histograms (CONTRACT §11.2)."""
+    """This API process's counters and histograms (docs/api.md, Metrics)."""
 
     def __init__(self):
         self.http_requests = Counter("osapi_http_requests_total", "HTTP requests answered, by method, route "

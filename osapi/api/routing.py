@@ -147,7 +147,7 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 
 def parse_target(text: str) -> str:
-    """A target as CONTRACT §4.3 defines it, checked by the job system's own parser."""
+    """A target (docs/jobs.md, Targets and subjects), checked by the job system's own parser."""
     if not text:
         raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
     from osapi.job import errors as job_errors

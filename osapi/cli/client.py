@@ -1,4 +1,4 @@
-"""``osapi client …``: every REST API operation from the command line (CONTRACT §2).
+"""``osapi client …``: every REST API operation from the command line (README "Commands").
 
 The commands of the operations (``client system …``, ``client network …``) are
 generated from the operations table by ``client_ops``; ``client job …`` lives in
@@ -76,7 +76,7 @@ def command(subparsers, name: str, help: str, func, epilog: str = EXIT_HELP, **k
 def _json_errors(ctx: Context, func) -> Any:
     """Run ``func``; with ``--json`` an API error's body goes to stdout before the error rises.
 
-    CONTRACT §2: with --json, exactly the API response body on stdout -- that holds
+    README "Commands": with --json, exactly the API response body on stdout -- that holds
     for the ``{error, details, code}`` envelope of a 4xx/5xx too. The one-line error
     still goes to stderr (the funnel in ``osapi.cli.main``) with the same exit
     status. No answer (connection refused, not HTTP): nothing on stdout.
@@ -100,7 +100,7 @@ def add_target(parser: argparse.ArgumentParser, default: str | None = "_any") ->
 
 
 def check_target(value: str) -> str:
-    """``value`` unchanged if it is a target of CONTRACT §4.3, else ``ValueError`` saying why.
+    """``value`` unchanged if it is a target (docs/jobs.md, Targets and subjects), else ``ValueError`` saying why.
 
     ``osapi.job.subjects`` is the one definition of the target syntax; it imports only
     ``osapi.config`` and ``osapi.job.operations`` (no nats), so the client start stays light.

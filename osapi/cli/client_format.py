@@ -1,6 +1,6 @@
 """How ``osapi client`` shows API answers to people: one table row per host.
 
-Pure functions from decoded API bodies (CONTRACT §4.3) to text; ``--json``
+Pure functions from decoded API bodies (README "REST API") to text; ``--json``
 bypasses all of this and prints the body itself. Byte sizes are human-readable
 (``osapi.cli.output.human_bytes``), times are local. A host that failed keeps its
 row: the data columns stay empty and an ERROR column says why.
@@ -246,7 +246,7 @@ def view_memory(results: Sequence[dict]) -> str:
 
 
 def _loss(value: Any) -> str:
-    """``packet_loss`` is a percentage (0-100, CONTRACT §4.3 / osapi.provider.ping)."""
+    """``packet_loss`` is a percentage (0-100, osapi.provider.ping)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "" if value is None else str(value)
     return f"{value:g}%"

@@ -13,7 +13,7 @@ from osapi.errors import OperationError, UsageError
 
 FINAL = ("completed", "failed", "partial_failure")
 STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
-MAX_LIST_LIMIT = 1000  # GET /jobs: limit 1-1000 (CONTRACT §4.3)
+MAX_LIST_LIMIT = 1000  # GET /jobs: limit 1-1000 (README "REST API")
 FIRST_POLL_DELAY = 0.05  # job run: the second check, 50 ms after the first
 JOB_ID_HELP = "the job's id (from job add, job list or an error message)"
 

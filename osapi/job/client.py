@@ -1,65 +1,19 @@
-"""The job client: submit, inspect, list, delete, wait (CONTRACT §4.3, §5).
+"""The job client: submit, inspect, list, delete, wait (docs/jobs.md).
 
 Used by the REST API on its one long-lived connection (all methods are
 coroutines on that connection's event loop). Every input is validated before
 anything is stored; NATS failures become ``NatsUnavailable``.
 
-Costs (10,000 jobs stored, loopback NATS):
-
-* ``list()`` without a status filter: two subject listings (the total, then the
-  newest ``offset+limit`` job keys) plus, per job on the page, one events listing
-  and the answering hosts' responses (job bodies are cached: they never change).
-  A page does not read the other jobs. Deep pages cost more (``offset`` keys).
-* ``list(status=…)`` and ``stats()``: status is computed, not stored, so they
-  need the status of every job: ``statusindex.StatusIndex`` keeps it and reads
-  only what changed since the last call (the events stored since, the job id
-  listing), and concurrent callers share a computation. They also need a
-  summary of every job (broadcast or not, expected hosts, operation type):
-  summaries are read once per process (bodies in batches of 1,000) and then
-  cached, as jobs never change. The first such call after a start lists every
-  event key and reads every body (a few hundred ms at 10,000 jobs); later ones
-  cost about 15 ms at 10,000 jobs (the id listing, mostly).
-* ``run()``: subscribes to the job's response subjects *before* submitting, so
-  answers arrive as they are written. A broadcast returns as soon as every live
-  registered worker host matching the target has answered (CONTRACT §5.4); the
-  quiet period only applies when the registry names no matching host, or to
-  notice that an expected host went silent. A one-host job reads the registry
-  only when no answer came within the quiet period (to tell "nobody serves this
-  target" from "slow"): the answered call makes no registry read.
-* ``_submit``: the job and its ``submitted`` event are sent together (both acks
-  awaited), then the notification: two round trips, and a worker never wakes
-  for a job that is not stored yet.
-
-Choices where the contract is silent (``run()``, the synchronous endpoints):
-
-* A broadcast host the registry listed at submission that has not answered
-  when the wait ends -- it left the registry (stopped or silent), or
-  ``timeout`` passed -- gets a ``failed`` event and response ("no answer …")
-  and is returned as ``{hostname, status: "failed", error}``: the stored job
-  then agrees with what the caller was told. A host that answers later still
-  decides its own state (its newest event wins). When nobody answered at all,
-  nothing is written: ``JobTimeout`` (504) and the job stays queued.
-* When the registry lists no live worker matching the target (any target:
-  ``_any``, a hostname, ``_all``, a label) the call waits at most
-  ``quiet_period`` (``api.server.broadcast_quiet_period``) for an answer from an
-  unregistered worker, then raises ``NoLiveWorker`` (the API's 404 "no live
-  worker matches target") instead of sitting out ``timeout``.
-* ``expires_after`` (the API passes ``job_timeout + SYNC_EXPIRY_MARGIN``, 30 s
-  for clock differences between hosts): the job carries ``expires_at``; a worker
-  that picks it up later marks it ``failed`` ("expired before this host picked
-  it up") without running it, so a 504'd ``PUT /network/dns`` is not applied
-  hours later by a host that comes back. Jobs from ``POST /jobs`` (``create``)
-  never expire.
-* A 2xx means the job is stored and published; a 5xx means it never runs. A
-  submission is shielded from cancellation, so it is never cut off half-way.
-  When it fails (a NATS error or timeout: the job body, its event or even its
-  notification may still land, a stalled server stores them later) or its
-  caller stopped waiting meanwhile (the API answered 503/504), a background
-  task (``_abandon``) records a ``failed`` event with the reason in the host
-  slot ``status.SUBMISSION_HOST``, retrying until it is stored (at most
-  ``job.kv.ttl``): the job shows ``failed`` and a worker that gets its
-  notification skips it. A job whose body never landed is removed instead, and
-  so is one that cannot be marked because the store is full.
+* ``create`` (``POST /jobs``) and ``run`` (the synchronous endpoints) store a job
+  through ``_submit``: body and ``submitted`` event together, then the
+  notification. A failed or abandoned submission is marked ``failed`` under
+  ``status.SUBMISSION_HOST`` by ``_abandon`` (docs/jobs.md, Failed submissions).
+* ``run`` waits for the hosts' answers and decides when a broadcast is complete,
+  when no live worker matches (``NoLiveWorker``) and when to give up
+  (``JobTimeout``); jobs it stores expire (docs/jobs.md, Synchronous calls and
+  completion of broadcasts; Expiry of synchronous jobs).
+* ``list`` and ``stats`` read pages from subject listings and every job's status
+  from ``statusindex.StatusIndex`` (docs/jobs.md, Storage layout).
 """
 
 from __future__ import annotations
@@ -373,7 +327,7 @@ class JobClient:
         """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered.
 
         ``expires_after``: seconds after which a worker that has not picked the
-        job up yet fails it instead of running it (see the module docstring).
+        job up yet fails it instead of running it (docs/jobs.md, Expiry of synchronous jobs).
         """
         op, data, parsed = self.prepare({"type": op_type, "data": data}, target)
         job_id = new_job_id()

@@ -1,24 +1,13 @@
-"""One long-lived NATS connection per process (STYLE.md: nats-py, asyncio-first).
+"""One long-lived NATS connection per process (docs/architecture.md, One NATS connection per process).
 
 ``connect`` connects to ``nats_urls(cfg)`` with the token from ``nats_token(cfg)``
-and then reconnects on its own forever (``max_reconnect_attempts=-1``): a NATS
-restart costs the process a few failed requests, never its connection object.
-Only the *first* connect is bounded (``first_timeout``, default 5 s) so a caller
-can report ``NatsUnavailable`` naming the URL instead of hanging. Its message
-names the most telling failure of the attempts: a server that refuses the
-token answers ``-ERR 'Authorization Violation'`` and then drops the socket, so
-the attempt's *last* error is often a bare "connection reset by peer"; the
-authorization error wins over it (the API and the worker both connect here,
-so both say "wrong or missing token").
-
-nats-py still closes a connection *for good* on some server errors while
-connected (an ``Authorization Violation`` after the server's token was
-rotated, and other ``-ERR``s). The owner learns it through ``on_closed``
-(never called for its own ``close``/``drain``): the worker exits 1 so its
-supervisor restarts it, the API's bridge connects again.
-
-URLs are shown with ``redact_url`` everywhere (logs, errors, health): a token
-written into ``nats.url`` (``nats://token@host:4222``) never leaves the process.
+and then reconnects on its own forever. Only the *first* connect is bounded
+(``first_timeout``) so the caller can report ``NatsUnavailable`` naming the URL;
+its message prefers an authorization error over the socket reset the server
+sends after it. ``on_closed`` tells the owner that nats-py closed the
+connection for good (never called for its own ``close``/``drain``). URLs are
+shown with ``redact_url`` everywhere: a token in ``nats.url`` never leaves the
+process.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Dead jobs: from the server's max-deliveries advisory to a ``failed`` job.
 
-The DLQ stream (``setup.py``) stores JetStream's
-``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` advisories:
-the server publishes one when a job was delivered ``job.consumer.max_deliver``
-times without an ack — its workers died, hung past ``ack_wait``, or asked for a
-retry (``RetryableError``) every time. That works even when no worker survives.
-
-Every worker runs one loop on the shared durable ``<consumer_name>-dlq``
-consumer, so each dead job is handled once: the job's host (from the consumer's
-metadata; for the fleet-wide ``_any`` consumer, the host that took it last) gets
-a ``failed`` response and event, unless it already has a final one. The error
-tells the true cause: a worker that could not record starting the job because
-the job store was full left that in its response (``reason: store-full``, see
-``worker.py``); a job nobody recorded starting was not run by a worker that died;
-only a job that was started is said to have lost its worker. The
-advisory stays in the DLQ stream: ``dlq_count`` in the statistics counts them.
-
-Only osapi's own job consumers count (``<consumer_name>-any`` and
-``<consumer_name>-host-…``): another consumer on the stream (an operator's
-audit tap, a debugging session) that gives up on a message says nothing about
-the job, and its advisories are ignored.
+Every worker runs one loop on the shared ``<consumer_name>-dlq`` consumer, so
+each dead job is handled once: its host gets a ``failed`` response and event
+(unless it already has a final one) whose error tells the true cause (a full job
+store, a worker that died, a job never started). Advisories of consumers that
+are not osapi's own job consumers are ignored. docs/jobs.md, "Dead letters".
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """The worker registry: one heartbeat entry per worker process, expiring by itself.
 
 KV ``<job.kv_bucket>-workers``, key ``<hostname>.<instance>``, value
-``{hostname, labels, version, started_at, last_seen, ttl, pid, instance}``.
-Each heartbeat rewrites the key with a per-message TTL (JetStream ``Nats-TTL``,
-``ttl`` = three heartbeat intervals), so the server itself drops a worker that
-stopped beating. A worker that stops cleanly removes its entry at once.
-
-Readers (``GET /jobs/workers``, broadcast completion, the "is a worker live
-for this target" check of every synchronous call) do not rely on the server
-alone: after an unclean nats-server stop, entries came back from its store
-minutes old and never expired. An entry whose last heartbeat is older than its
-``ttl`` (15 s for an entry without one) is taken as gone -- left out -- and
-purged by the reader (best effort; only that message: a heartbeat written
-meanwhile survives). The age is measured on the NATS server's clock alone:
-the time the server stored the heartbeat (``Nats-Time-Stamp``) against the
-server's current time (``ts`` of a stream-info answer), so a worker host or
-an API host with a wrong clock never makes a live worker look gone.
-
-Readers read the whole registry in one batch request (``Store.multi_last`` on
-the bucket's prefix); with more entries than one batch returns, or on a server
-without batch gets, they list the keys and read them one by one.
-
-``GET /jobs/workers`` shows one row per *host* (CONTRACT §5.3: several
-processes on one host act as one host): ``{hostname, labels, version,
-started_at, last_seen, processes}`` -- the earliest start, the latest
-heartbeat, the number of live processes, and the labels and version of the
-host's newest process (they agree unless the host is half-way through a
-change). Broadcast completion works on hostnames too.
+``{hostname, labels, version, started_at, last_seen, ttl, pid, instance}``,
+rewritten at each heartbeat with a per-message TTL of three intervals; a worker
+that stops cleanly removes its entry. Readers also leave out (and purge) entries
+older than their ``ttl`` by the NATS server's clock, read the whole registry in
+one batch request, and fold processes into one row per host. The reasons:
+docs/jobs.md, "Registry".
 
 Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
 --heartbeat``: the TTL is three intervals).

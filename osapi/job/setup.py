@@ -1,43 +1,17 @@
 """Create the JetStream objects osapi needs, idempotently and race-safely.
 
-Everything comes from ``job.*`` configuration:
+Everything comes from ``job.*`` and ``audit.*`` (the objects are listed in
+docs/jobs.md, Storage layout): the stream ``JOBS``, the KV buckets for jobs,
+responses and the worker registry, the DLQ stream that captures the server's
+max-deliveries advisories, the ``AUDIT`` stream, and the durable pull consumers
+(``consumer_configs``: ``-any``, ``-host-<host>``, ``-dlq``).
 
-* stream ``job.stream_name`` (``JOBS``) on ``job.stream_subjects`` — one message
-  (the job id) per job, limits retention per ``job.stream.*``;
-* KV ``job.kv_bucket`` (``job-queue``: jobs and status events) and
-  ``job.kv_response_bucket`` (``job-responses``) per ``job.kv.*``;
-* KV ``<job.kv_bucket>-workers`` — the worker registry (heartbeats with a
-  per-message TTL, see ``registry.py``);
-* stream ``<job.stream_name>_DLQ`` per ``job.dlq.*`` — dead jobs. It captures the
-  server's ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`` advisories,
-  so a job lands there even when every worker that took it died; workers turn
-  each entry into a ``failed`` event (``deadletter.py``);
-* stream ``AUDIT`` on ``audit.>`` per ``audit.*`` — one message per API request
-  (``osapi/api/audit.py``), direct gets on, so the API reads it newest first;
-* durable pull consumers (``consumer_configs``): ``<consumer_name>-any`` shared by
-  the fleet, ``<consumer_name>-host-<host>`` per host, ``<consumer_name>-dlq``.
-
-JetStream's create calls are idempotent for an identical configuration, so
-several processes may run this at once. A process creates what is missing and
-never changes an existing stream or bucket, whichever way its settings differ:
-a worker or an API with a stale or partial configuration must not drop a
-cluster's replicas, limits or storage (README "Stream and bucket settings").
-It logs one warning per differing setting instead (``warn_differences``);
-``plan`` and ``apply`` are ``osapi job setup [--apply]``, the operator's explicit
-way to change them.
-
-Consumers are shared by the fleet, so one side owns their settings: workers
-create *and update* them from their ``job.consumer.*``; the API only creates a
-missing one (``update_consumers=False``) and never rewrites what the workers set.
-Consumer configurations set neither replicas nor storage: a consumer follows its
-stream's, so a worker's update cannot lower them.
-
-A host's consumer is removed by the server after ``HOST_CONSUMER_INACTIVE``
-(7 days) without a worker of that host pulling: a retired host does not keep
-a consumer (and its pending jobs) forever. The price: a host that comes back
-after more than 7 days is a new host -- it does not replay the jobs sent while
-it was away (at most ``job.stream.max_age`` of them, 24 h by default, are
-still in the stream then).
+``ensure_all`` creates what is missing and never changes an existing stream or
+bucket: it warns once per differing setting (``warn_differences``). ``plan`` and
+``apply`` are ``osapi job setup [--apply]``, the operator's way to change them.
+Workers create and update the consumers; the API only creates a missing one.
+A host consumer unused for ``HOST_CONSUMER_INACTIVE`` is removed by the server.
+Why each rule: docs/jobs.md, "Stream and bucket settings, osapi job setup".
 """
 
 from __future__ import annotations
@@ -354,10 +328,9 @@ def wanted_streams(cfg) -> list[Wanted]:
 
 
 def _kv_handle(js, bucket: str, info):
-    from nats.js.kv import KeyValue
+    from osapi.job import natsadapter
 
-    return KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=js,
-                    direct=bool(info.config.allow_direct))
+    return natsadapter.kv_handle(js, bucket, Names.kv_stream(bucket), direct=bool(info.config.allow_direct))
 
 
 async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None = None) -> dict:

@@ -1,40 +1,14 @@
-"""Job status, computed from events, never stored (CONTRACT §5.2).
+"""Job status, computed from events, never stored (docs/jobs.md, Events and computed status).
 
 Pure functions over what the store reads: the immutable job, its append-only
 events and the per-host responses. Events are KV keys
 ``status.<id>.<event>.<host>.<nanos>``; everything status needs is in the key,
-so listing keys (cheap) is enough to know a job's status without reading values.
+so listing keys is enough to know a job's status without reading values.
 
-Whether a job is a broadcast is stored in the job (``broadcast``, decided by
-``subjects.Target.broadcast`` at submission; jobs stored before the flag are
-judged by the same rule from their ``target_hostname``). It tells how to combine
-the hosts' events:
-
-* one-host targets (``_any``, a hostname): the job ran once. ``completed`` as
-  soon as any delivery completed; ``failed`` when the newest worker event is a
-  failure; otherwise ``processing``. (A ``_any`` job whose first worker died is
-  finished by another host; the dead host's dangling ``started`` does not count.)
-* broadcasts (``_all``, labels): each host's newest event decides that host;
-  ``processing`` while any host is acknowledged/started, then ``completed`` (all
-  ok), ``failed`` (all failed) or ``partial_failure``.
-
-A broadcast also keeps ``expected_hosts``, the live hosts the registry listed
-for its target at submission: one of them that has not answered keeps the job
-``processing`` -- but not forever. An expected host with no event at all
-``silence_limit`` seconds after submission counts as ``failed`` ("no answer");
-the client uses ``job.consumer.ack_wait × job.consumer.max_deliver`` (10 min
-by default: the time a job that was picked up needs to reach the dead-letter
-stream). A host that answers later still decides its own state: its newest
-event wins. (A synchronous call writes a ``failed`` event at once for an
-expected host that did not answer in time: see ``client.py``.)
-
-The ``submitted`` event's host slot holds the *target* (``_any``, ``_all``, a
-hostname, or ``key=value`` for a label, since ``:`` is not allowed in KV keys).
-
-A submission that failed after part of it may have been stored (its caller was
-answered 5xx, see ``client.py``) gets a ``failed`` event in the host slot
-``SUBMISSION_HOST``: the job is ``failed`` (no host is waited for) and no worker
-runs it (``worker.py``).
+One-host targets (``_any``, a hostname) are ``completed`` once any delivery
+completed; broadcasts (``_all``, labels) combine each host's newest event, and
+an expected host silent past ``silence_limit`` counts as failed. A ``failed``
+event in the host slot ``SUBMISSION_HOST`` makes the job ``failed`` at once.
 """
 
 from __future__ import annotations
@@ -230,7 +204,7 @@ def silence_error(job: Summary) -> str:
 
 def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]],
              now_ns: int | None = None, silence_limit: float | None = None) -> dict:
-    """The job object of CONTRACT §4.3 from its parts (``now_ns``/``silence_limit``: see ``compute_status``)."""
+    """The job object (docs/api.md, Envelopes) from its parts (``now_ns``/``silence_limit``: see ``compute_status``)."""
     events = sorted(events, key=lambda e: e.sort_key)
     summary = _unless_abandoned(summarize(job, silence_limit), events)
     status = compute_status(events, summary, now_ns)

@@ -1,41 +1,13 @@
 """The status of every stored job, kept up to date from what changed (statistics and status filters).
 
-``GET /jobs/status``, ``/health/status`` and ``GET /jobs?status=…`` need the
-status of *every* job, and status is computed from events, never stored
-(CONTRACT §5.2). Listing every event key on each call cost about 110 ms at
-10,000 jobs, and concurrent callers each paid it (8 at once: about a second
-each). The index keeps, per job, only what ``status.compute_status`` needs --
-each host's newest event, one ``completed`` event if any, the ``submitted``
-event -- and each call reads only what changed:
-
-* one ``STREAM.INFO`` of the job bucket's stream (no subjects): its last
-  sequence and creation time;
-* when the last sequence moved: the event keys stored since the last call (a
-  batch direct get from that sequence, ``next_by_subj`` on ``status.>``);
-* the job id listing, as before (new jobs, deleted and expired ones).
-
-Events are append-only and only ever removed together with their job (a
-delete purges both; expiry by age takes the job body first, as it is older):
-so "what was added since" plus "which jobs still exist" is the whole change.
-Everything is listed again from scratch (as before the index) on the first
-call, when the stream was re-created or went backwards (a wiped or replaced
-nats-server store), when an incremental read fails, and every ``RESYNC``
-seconds in any case.
-
-A status is computed again only when its job's state changed (a new newest
-event for a host, its first ``completed``) or when it depends on the time: a
-broadcast still waiting for an expected host before the silence limit of
-``status.py``. Final statuses are therefore cached, and never go stale: the
-one way a final status changes -- a late answer from a broadcast host that
-was counted as failed (silent past the limit, or marked "no answer" by a
-synchronous call) -- is a new event, which changes that job's state and its
-status is computed again on the next call.
-
-Concurrent callers share work: a caller that finds a computation running
-waits for it and then takes the *next* one, which it shares with every
-caller that arrived meanwhile (8 callers at once: two computations, not
-eight), and each caller still gets a result computed after it asked (a job it
-just submitted is counted).
+Status is computed from events, never stored (docs/jobs.md, Events and computed
+status). ``StatusIndex`` keeps per job only what ``status.compute_status`` needs
+and reads only what changed on each call: the job bucket's stream info, the event
+keys stored since the last sequence it saw (``_since``), the job id listing.
+It lists everything again on the first call, when the stream was re-created or
+went backwards, when an incremental read fails, and every ``RESYNC`` seconds.
+Concurrent callers share the next computation. The reasons and the costs are in
+docs/jobs.md, "The status index".
 """
 
 from __future__ import annotations
@@ -191,11 +163,11 @@ class StatusIndex:
         """
         store = self.store
         stream = store.stream_of("jobs")
-        pre = len(store.kv("jobs")._pre)
+        pre = len(store.kv_prefix("jobs"))
         subject_filter = store.subject_of("jobs", "status.>")
         seq = start
         for _ in range(MAX_SUBJECT_PAGES):
-            got, end = await store._direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH})
+            got, end = await store.direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH})
             status = end.get("Status")
             if status not in ("204", "404"):
                 raise RuntimeError(f"batch get of job events from {seq}: status {status} {end}")

@@ -1,4 +1,4 @@
-"""Reads and writes of the KV layout (CONTRACT §5.2), shared by client and worker.
+"""Reads and writes of the KV layout (docs/jobs.md, Storage layout), shared by client and worker.
 
 KV ``job-queue``
     ``jobs.<id>``                         the immutable job (JSON)
@@ -9,17 +9,10 @@ KV ``job-responses``
 stream ``JOBS``
     ``jobs.<query|modify>.<target>``      the job id, to wake the right workers
 
-Listing is built on JetStream's *subject* listing (``STREAM.INFO`` with
-``subjects_filter``), which the server answers from its subject index, sorted,
-paged by ``offset``, with the total: no message is read. Job ids are UUIDv7, so
-sorted ``jobs.<id>`` subjects are sorted by creation time, and a newest-first
-page is the tail of that listing. Jobs are immutable, so their bodies are cached
-(LRU of ``CACHE_SIZE``, for pages) and so is a small ``status.Summary`` of every
-stored job (for status filters and statistics, pruned to the ids listed).
-
-Several keys are read in one JetStream batch direct get (``multi_get``, server
-2.11+), in chunks that stay under the server's limit of about a thousand
-results a request; a chunk the server refuses is read key by key.
+Listings use JetStream's subject listing (``subjects``: sorted, paged, with the
+total, no message read); several keys are read in one batch direct get
+(``direct_batch``, ``multi_get``; a chunk the server refuses is read key by key).
+Job bodies and per-job summaries are cached: jobs never change.
 """
 
 from __future__ import annotations
@@ -31,6 +24,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Iterable
 
+from osapi.job import natsadapter
 from osapi.job import status as st
 from osapi.job.setup import Names
 
@@ -86,23 +80,25 @@ class Store:
         """The KV handle for ``jobs``, ``responses`` or ``registry`` (made without a round trip)."""
         handle = self._kv.get(role)
         if handle is None:
-            from nats.js.kv import KeyValue
-
             bucket = {
                 "jobs": self.names.jobs_bucket,
                 "responses": self.names.responses_bucket,
                 "registry": self.names.registry_bucket,
             }[role]
-            handle = KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=self.js,
-                              direct=True)
+            handle = natsadapter.kv_handle(self.js, bucket, Names.kv_stream(bucket), direct=True)
             self._kv[role] = handle
         return handle
 
     def stream_of(self, role: str) -> str:
-        return self.kv(role)._stream
+        """The stream that stores the bucket of ``role``."""
+        return natsadapter.kv_stream(self.kv(role))
+
+    def kv_prefix(self, role: str) -> str:
+        """The subject prefix of the keys of ``role``'s bucket (``$KV.<bucket>.``)."""
+        return natsadapter.kv_prefix(self.kv(role))
 
     def subject_of(self, role: str, key: str) -> str:
-        return f"{self.kv(role)._pre}{key}"
+        return f"{self.kv_prefix(role)}{key}"
 
     # ------------------------------------------------------------ subject listings
 
@@ -257,7 +253,7 @@ class Store:
             if isinstance(job, dict) and job.get("id") == subject[len(pre):]:
                 self._summaries[job["id"]] = st.summarize(job, self.silence_limit)
 
-    async def _direct_batch(self, stream: str, request: dict) -> tuple[list, dict]:
+    async def direct_batch(self, stream: str, request: dict) -> tuple[list, dict]:
         """One JetStream batch direct get (server 2.11+): the messages and the end-of-batch headers."""
         inbox = self.nc.new_inbox()
         got: list = []
@@ -284,7 +280,7 @@ class Store:
         """Yield ``(subject, data)`` of every message matching a filter, oldest first."""
         seq = 1
         for _ in range(MAX_SUBJECT_PAGES):
-            got, end = await self._direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": batch})
+            got, end = await self.direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": batch})
             for msg in got:
                 yield msg.headers.get("Nats-Subject", ""), msg.data
             if end.get("Status") != "204" or not got or end.get("Nats-Num-Pending") == "0":
@@ -305,7 +301,7 @@ class Store:
         if not subjects:
             return []
         try:
-            got, end = await self._direct_batch(stream, {"multi_last": subjects, "batch": MULTI_MAX})
+            got, end = await self.direct_batch(stream, {"multi_last": subjects, "batch": MULTI_MAX})
         except asyncio.TimeoutError:
             return None
         status = end.get("Status")
@@ -356,7 +352,7 @@ class Store:
         return self._parse_events(found, job_id)
 
     def _parse_events(self, subjects: Iterable[str], job_id: str | None = None) -> list[st.Event]:
-        pre = len(self.kv("jobs")._pre)
+        pre = len(self.kv_prefix("jobs"))
         out = []
         for subject in subjects:
             parsed = st.parse_event_key(subject[pre:])
@@ -367,7 +363,7 @@ class Store:
     async def all_events(self) -> dict[str, list[st.Event]]:
         """Every job's events from one subject listing (status filters and statistics)."""
         found, _ = await self.all_subjects(self.stream_of("jobs"), self.subject_of("jobs", "status.>"))
-        pre = len(self.kv("jobs")._pre)
+        pre = len(self.kv_prefix("jobs"))
         out: dict[str, list[st.Event]] = {}
         for subject in found:
             parsed = st.parse_event_key(subject[pre:])
@@ -420,7 +416,7 @@ class Store:
                                        for c in chunks))
         out: dict[str, list[st.Event]] = {i: [] for i in ids}
         fallback: list[str] = []
-        pre = len(self.kv("jobs")._pre)
+        pre = len(self.kv_prefix("jobs"))
         for chunk, got in zip(chunks, found):
             if got is None:
                 fallback.extend(chunk)
@@ -452,7 +448,7 @@ class Store:
         return out
 
     async def views(self, ids: list[str]) -> dict[str, dict]:
-        """Job objects (CONTRACT §4.3) for ``ids``; missing jobs are left out."""
+        """Job objects (docs/api.md, Envelopes) for ``ids``; missing jobs are left out."""
         jobs, events = await asyncio.gather(self.get_jobs(ids), self.events_of(ids))
         # hosts with a terminal event have written their response first: fetch exactly those
         wanted = [(i, h) for i in ids if i in jobs

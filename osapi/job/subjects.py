@@ -1,4 +1,4 @@
-"""Targets and the JetStream subjects that carry jobs to workers (CONTRACT §4.3, §5.2, §5.3).
+"""Targets and the JetStream subjects that carry jobs to workers (docs/jobs.md).
 
 A target is what a caller names in ``target_hostname``:
 

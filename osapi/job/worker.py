@@ -1,76 +1,19 @@
 """The worker: takes jobs from JetStream and runs them through the operations table.
 
-Consumers (CONTRACT §5.3, names in ``setup.py``):
+The consumers it pulls from, the events it writes for each job, retries,
+redeliveries (held while the first run lives), expiry, failed submissions, the
+full store and SIGTERM are described in docs/jobs.md, "Workers and delivery".
 
-* ``<consumer_name>-any`` — one durable for the whole fleet on ``jobs.*._any``:
-  every worker pulls from it, so each ``_any`` job runs on exactly one worker;
-* ``<consumer_name>-host-<host>`` — one durable per *host* on ``jobs.*._all``,
-  ``jobs.*.host.<host>`` and every prefix of every label; all worker processes
-  of a host pull from it, so each job runs once per host. Created with deliver
-  policy "new" (a new host does not replay history); a restart finds the
-  durable and resumes where the host left off.
-* ``<consumer_name>-dlq`` — dead jobs become ``failed`` (``deadletter.py``).
-
-For each job: ``acknowledged`` event, ``started`` event, the provider runs in a
-thread pool (providers block), its result goes to KV ``job-responses``, then a
-``completed`` or ``failed`` event, then the ack. A modify job runs only once its
-``started`` event is stored; a query runs while its start events are written
-(one round trip less for synchronous calls), and when they cannot be stored its
-result is dropped. A start that cannot be recorded means no run: the job is
-handed back with back-off. A full job store (``job.kv.max_bytes``) is logged
-once; from then on until a start is recorded again, queries also wait for
-theirs. On the last delivery the cause is left in this host's response
-(``reason: store-full``) for the dead-letter handler. While a job runs the worker
-sends in-progress acks every ``ack_wait/3``, so ``ack_wait`` only catches dead
-workers: a job longer than ``ack_wait`` still runs once.
-
-Failures and retries:
-
-* a provider exception → the job fails on this host with the exception's
-  message, no retry (deterministic: a missing interface stays missing);
-* ``osapi.job.errors.RetryableError`` → negative ack with the
-  ``job.consumer.back_off`` delay for that delivery; on the last allowed
-  delivery (``max_deliver``) the failure is recorded and the server moves the
-  job to the dead-letter stream;
-* a worker that dies or hangs → redelivery after ``ack_wait``, up to
-  ``max_deliver`` deliveries, then the dead-letter stream;
-* NATS trouble while reporting → negative ack with back-off (the job may run
-  again: delivery is at least once, the result is written once per host).
-
-A redelivered job (delivery > 1) is looked at before it runs: already finished
-(the ack was lost) → acked, not run again. Still running elsewhere → held. The
-newest event of the host (of any host, for one-host targets) names the
-worker instance of the last run (``acknowledged`` carries it); that instance
-is asked over core NATS (``_osapi.worker.<instance>.running``, every worker
-answers for itself) whether it still runs the job: "yes", or no answer from
-a connected instance (a paused process) → the redelivery is held (in-progress
-acks) and asked about again every ``HOLD_POLL`` s until that run ends (then it
-is acked) or the instance is gone (then it runs here); "no" or no instance
-subscribed (it died or stopped) → it runs here. This covers a NATS outage
-longer than ``ack_wait`` while a job runs (the server redelivers after it
-restarts): right after this worker reconnected, an instance that is not back
-yet gets one heartbeat TTL to reconnect before it is taken for dead.
-
-A job with ``expires_at`` (from a synchronous call whose caller gave up, see
-``client.py``) that is picked up after that time fails on this host with
-"expired before this host picked it up" and does not run. A job whose
-submission failed (a ``failed`` event in the ``status.SUBMISSION_HOST`` slot,
-see ``client.py``) is acked and not run: the body and the events are read in
-one request, so this check costs no round trip.
-
-``max_jobs`` bounds the jobs a process runs at once. A pull loop only asks for
-a job while a slot is free, but does not hold the slot while it waits: an idle
-``_any`` pull does not delay a host job. When both loops get a job at the same
-moment for the last slot, the second waits (in progress) for a slot.
-
-SIGTERM: stop pulling, leave the registry, finish running jobs within ``grace``
-seconds, exit 0. Jobs still running at the end of the grace, and jobs that
-arrived in the pull queues after the last pull, get a negative ack: the host's
-other processes (or its next start) take them at once instead of after
-``ack_wait``. NATS going away is survived: the connection reconnects by itself;
-pulls fail and are retried with a bounded back-off. NATS *closing* the
-connection for good (it does on some server errors, e.g. a rotated token) ends
-the worker with exit status 1 (``exit_code``): its supervisor starts it again.
+``Worker.serve`` connects, sets up, heartbeats (``registry.py``) and runs two
+pull loops (``_pull_loop``: the fleet's ``_any`` consumer and this host's
+consumer) plus the dead-letter loop (``_dlq_loop``, ``deadletter.py``) until its
+stop event is set, then drains within the grace period. ``_handle`` is one
+delivery: skip a failed submission, look at a redelivery (``_redelivered``,
+``_hold``), expire a late synchronous job, else ``_run``: record the start, run
+the provider in a thread pool (``_execute``), write the result and the final
+event, ack. ``Slots`` (``max_jobs``) bounds the jobs a process runs at once.
+``exit_code`` is 1 when NATS closed the connection for good (the supervisor
+restarts the worker).
 """
 
 from __future__ import annotations
@@ -88,7 +31,7 @@ from typing import Any
 from osapi import __version__
 from osapi.config import is_hostname
 from osapi.errors import ConfigError
-from osapi.job import deadletter, operations
+from osapi.job import deadletter, natsadapter, operations
 from osapi.job import status as st
 from osapi.job.errors import InvalidJob, RetryableError, is_store_full
 from osapi.job.ids import is_job_id
@@ -376,9 +319,7 @@ class Worker:
         nats-py keeps such late deliveries in the subscription's queue for the next
         pull; at stop there is none, and they would wait ``ack_wait`` for redelivery.
         """
-        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
-        while queue is not None and not queue.empty():
-            msg = queue.get_nowait()
+        for msg in natsadapter.queued_messages(sub):
             if msg.reply and msg.reply.startswith("$JS.ACK."):
                 await _quiet(msg.nak())
 

@@ -1,4 +1,4 @@
-"""The audit log (CONTRACT §11.1) end to end: real nats-server, worker, API and CLI.
+"""The audit log (docs/api.md, Audit log) end to end: real nats-server, worker, API and CLI.
 
 One entry per request to ``/api/v1…`` and ``/health/status``, refused ones
 included; values from the request are data (a forged path stays one entry); no

@@ -1,4 +1,4 @@
-"""``GET /metrics`` (CONTRACT §11.2): parsed with prometheus_client's own parser.
+"""``GET /metrics`` (docs/api.md, Metrics): parsed with prometheus_client's own parser.
 
 Two API processes on one nats-server and a worker: each exposes its own
 counters; the gauges (jobs by status, dead letters, workers) come from the

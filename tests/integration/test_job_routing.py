@@ -349,7 +349,7 @@ def test_unknown_or_malformed_job_ids(stack, job_id):
 
 def test_worker_registry(stack):
     listing = stack.bridge.call(stack.client.workers())
-    # one row per host (CONTRACT §5.3): the two "twin" processes are one host with processes: 2
+    # one row per host (docs/jobs.md, Registry): the two "twin" processes are one host with processes: 2
     assert listing["total"] == 4 == len(listing["workers"])
     assert [(w["hostname"], w["processes"]) for w in listing["workers"]] == [
         ("twin", 2), ("w1", 1), ("w2", 1), ("w3.example.com", 1)]

@@ -1,4 +1,4 @@
-"""Hostile input against a real API + worker + nats-server (CONTRACT §4).
+"""Hostile input against a real API + worker + nats-server (docs/api.md, Status codes).
 
 1. schemathesis generates requests for every operation of
    ``/api/v1/openapi.json`` with a valid admin token and every check it has: no

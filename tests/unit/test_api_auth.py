@@ -1,4 +1,4 @@
-"""Bearer-token authentication and scopes, in-process: every 401/403 case (CONTRACT §4.1)."""
+"""Bearer-token authentication and scopes, in-process: every 401/403 case (docs/api.md, Authentication and CORS)."""
 
 from __future__ import annotations
 

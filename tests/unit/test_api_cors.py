@@ -1,4 +1,4 @@
-"""CORS policy (CONTRACT §4.1): allowed origin, '*', anything else gets nothing."""
+"""CORS policy (docs/api.md, Authentication and CORS): allowed origin, '*', anything else gets nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT §2: global flags anywhere, one error funnel, exit codes, logging to stderr."""
+"""The CLI (README "Commands"): global flags anywhere, one error funnel, exit codes, logging to stderr."""
 
 from __future__ import annotations
 

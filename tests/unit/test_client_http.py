@@ -726,7 +726,7 @@ sys.exit(rc)
     (["client", "network", "dns", "update", "--interface-name", "eth0", "--servers", "1.1.1.1", "-T", "h"], 1),
 ])
 def test_client_commands_import_no_server_side_modules(stub, tmp_path, argv, status):
-    """CONTRACT §2: `osapi client …` must not import nats, bottle, waitress or psutil (nor yaml without a file)."""
+    """`osapi client …` (docs/architecture.md, Processes) must not import nats, bottle, waitress or psutil (nor yaml without a file)."""
     import os
     import subprocess
     import sys

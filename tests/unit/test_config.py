@@ -1,4 +1,4 @@
-"""CONTRACT §3: defaults, file lookup, environment overrides, durations, validation."""
+"""README "Configuration": defaults, file lookup, environment overrides, durations, validation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Status computed from events (CONTRACT §5.2) and the job object (§4.3)."""
+"""Status computed from events and the job object (docs/jobs.md, Events and computed status)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_a_broadcast_waits_for_every_expected_host():
 
 
 def test_a_silent_expected_host_counts_as_failed_after_the_bound():
-    """CONTRACT §5.2 "processing while any targeted worker is active" -- not forever for a dead host."""
+    """A broadcast is "processing while any targeted host is active" -- not forever for a dead host."""
     job = {"id": "j", "created_ns": 0, "target_hostname": "_all", "broadcast": True,
            "operation": {"type": "x"}, "expected_hosts": ["fast", "dead"]}
     summary = summarize(job, silence_limit=600)

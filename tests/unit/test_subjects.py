@@ -1,4 +1,4 @@
-"""Targets and subjects (CONTRACT §4.3, §5.2, §5.3)."""
+"""Targets and subjects (docs/jobs.md, Targets and subjects)."""
 
 from __future__ import annotations
 

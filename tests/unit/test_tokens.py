@@ -1,4 +1,4 @@
-"""CONTRACT §4.1 and §2: JWT generation and validation, `osapi token …`."""
+"""docs/api.md, Authentication: JWT generation and validation, `osapi token …`."""
 
 from __future__ import annotations
 
