@@ -141,8 +141,11 @@ class ApiClient:
             return self.request(method, path, {"target_hostname": target}, rest)
         return self.request(method, path, {"target_hostname": target, **rest})
 
-    def job_create(self, operation: dict, target: str = "_any") -> dict:
-        return self.request("POST", "/jobs", None, {"operation": operation, "target_hostname": target})
+    def job_create(self, operation: dict, target: str = "_any", dry_run: bool = False) -> dict:
+        body: dict[str, Any] = {"operation": operation, "target_hostname": target}
+        if dry_run:
+            body["dry_run"] = True
+        return self.request("POST", "/jobs", None, body)
 
     def job_get(self, job_id: str) -> dict:
         return self.get(f"/jobs/{_segment(job_id)}")

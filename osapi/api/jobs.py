@@ -1,7 +1,9 @@
 """``/api/v1/jobs*``: the job queue itself -- submit, list, read, delete, statistics.
 
 POST /jobs checks the operation type, its data and the target before anything
-reaches NATS, so a refused request (400) never leaves a job behind.
+reaches NATS, so a refused request (400) never leaves a job behind. Its
+``dry_run: true`` (modify operations only) makes every host compute the change
+and apply nothing (README.md "Dry run").
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _job_id(call: Call) -> str:
 
 def create(call: Call) -> Reply:
     body = call.body_object()
-    check_fields(body, {"operation", "target_hostname"})
+    check_fields(body, {"operation", "target_hostname", "dry_run"})
     operation = body.get("operation")
     if operation is None:
         raise bad_request("missing field operation", 'operation is required: {"type": …, "data": {…}}')
@@ -55,6 +57,7 @@ def create(call: Call) -> Reply:
         data = op.check(data)
     except operations.InvalidData as exc:
         raise bad_request("invalid field operation.data", f"{op.type}: {exc}") from None
+    dry_run = dry_run_field(body, op)
     target = body.get("target_hostname", "_any")
     if not isinstance(target, str):
         raise bad_request("invalid field target_hostname", f"target_hostname must be a string, got {json_type(target)}")
@@ -63,12 +66,26 @@ def create(call: Call) -> Reply:
     except InvalidValue as exc:
         raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
 
-    audit.note(call.environ, operation=op.type, target=target)
+    audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
     job = call.services.bridge.call(
-        lambda client: client.create({"type": op.type, "data": data}, target), QUEUE_TIMEOUT
+        lambda client: client.create({"type": op.type, "data": data}, target, dry_run), QUEUE_TIMEOUT
     )
     audit.note(call.environ, job_id=job.get("job_id"))
     return Reply(201, job, {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"})
+
+
+def dry_run_field(body: dict, op: operations.Operation) -> bool:
+    """The body's ``dry_run`` (a boolean; given at all only for a modify operation), or 400."""
+    if "dry_run" not in body:
+        return False
+    value = body["dry_run"]
+    if not isinstance(value, bool):
+        raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
+    try:
+        operations.check_dry_run(op)
+    except operations.InvalidData as exc:
+        raise bad_request("invalid field dry_run", f"{exc}; leave dry_run out") from None
+    return value
 
 
 def list_jobs(call: Call) -> Reply:
@@ -107,7 +124,8 @@ def routes() -> list[Route]:
     return [
         Route("POST", "/jobs", create, "submit a job (asynchronous)", TAG, "write",
               body=schemas.job_request(),
-              body_description="the operation and where it runs; unknown fields are refused",
+              body_description="the operation, where it runs and, for a modify operation, whether it is a "
+                               "dry run; unknown fields are refused",
               responses={201: Response("the job is stored and announced", schemas.JOB_CREATED),
                          **_err(400, 401, 403, 413, 503)},
               operation_id="jobs_create"),

@@ -137,8 +137,14 @@ class JobClient:
             await self.store.setup(update_consumers=False)
 
     @staticmethod
-    def prepare(operation: Any, target: Any = "_any") -> tuple[operations.Operation, dict, Target]:
-        """Validate an operation and a target; ``InvalidJob`` names the bad field."""
+    def prepare(operation: Any, target: Any = "_any",
+                dry_run: bool = False) -> tuple[operations.Operation, dict, Target]:
+        """Validate an operation and a target; ``InvalidJob`` names the bad field.
+
+        The data comes back in its stored form: with ``dry_run: true`` for a dry run
+        (``dry_run``, or an ``operation.data`` of a stored dry-run job), see
+        ``operations.split_dry_run``; a query with a dry run is ``InvalidJob``.
+        """
         if not isinstance(operation, dict):
             raise InvalidJob(f"operation must be an object with type and data, got {type(operation).__name__}")
         unknown = sorted(set(operation) - {"type", "data"})
@@ -151,10 +157,16 @@ class JobClient:
         except operations.InvalidData as exc:
             raise InvalidJob(f"operation.type: {exc}") from None
         try:
-            data = op.check(operation.get("data"))
+            data, stored_dry_run = operations.split_dry_run(op, operation.get("data"))
+            data = op.check(data)
         except operations.InvalidData as exc:
             raise InvalidJob(f"operation.data: {exc}") from None
-        return op, data, parse_target(target)
+        if dry_run:
+            try:
+                operations.check_dry_run(op)
+            except operations.InvalidData as exc:
+                raise InvalidJob(f"dry_run: {exc}") from None
+        return op, operations.with_dry_run(data, dry_run or stored_dry_run), parse_target(target)
 
     async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                                expected: set[str] | None = None, expires_after: float | None = None,
@@ -285,9 +297,12 @@ class JobClient:
 
     # ------------------------------------------------------------ the interface
 
-    async def create(self, operation: dict, target: str = "_any") -> dict:
-        """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``."""
-        op, data, parsed = self.prepare(operation, target)
+    async def create(self, operation: dict, target: str = "_any", dry_run: bool = False) -> dict:
+        """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``.
+
+        ``dry_run``: a modify operation computes its change on each host and applies nothing.
+        """
+        op, data, parsed = self.prepare(operation, target, dry_run)
         async with self._nats("submit the job"):
             return await self._submit_shielded(new_job_id(), op, data, parsed)
 
@@ -369,13 +384,14 @@ class JobClient:
             return await self.registry.workers()
 
     async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float,
-                  expires_after: float | None = None) -> dict:
+                  expires_after: float | None = None, dry_run: bool = False) -> dict:
         """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered.
 
         ``expires_after``: seconds after which a worker that has not picked the
         job up yet fails it instead of running it (see the module docstring).
+        ``dry_run``: see ``create``.
         """
-        op, data, parsed = self.prepare({"type": op_type, "data": data}, target)
+        op, data, parsed = self.prepare({"type": op_type, "data": data}, target, dry_run)
         job_id = new_job_id()
         async with self._nats("run the job"):
             prefix = self.store.subject_of("responses", f"{job_id}.")

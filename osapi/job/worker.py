@@ -12,7 +12,8 @@ Consumers (CONTRACT §5.3, names in ``setup.py``):
 * ``<consumer_name>-dlq`` — dead jobs become ``failed`` (``deadletter.py``).
 
 For each job: ``acknowledged`` event, ``started`` event, the provider runs in a
-thread pool (providers block), its result goes to KV ``job-responses``, then a
+thread pool (providers block; a job whose ``operation.data`` holds ``dry_run: true``
+runs it with ``dry_run=True``: ``operations.split_dry_run``), its result goes to KV ``job-responses``, then a
 ``completed`` or ``failed`` event, then the ack. A modify job runs only once its
 ``started`` event is stored; a query runs while its start events are written
 (one round trip less for synchronous calls), and when they cannot be stored its
@@ -669,12 +670,13 @@ class Worker:
         operation = job.get("operation") or {}
         try:
             op = operations.get(operation.get("type"))
-            data = op.check(operation.get("data"))
+            data, dry_run = operations.split_dry_run(op, operation.get("data"))
+            data = op.check(data)
         except operations.InvalidData as exc:
             return "failed", None, f"{exc} (this worker runs osapi {__version__})"
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.pool, op.run, data, self.context)
+            result = await loop.run_in_executor(self.pool, op.run, data, self.context, dry_run)
         except RetryableError as exc:
             return "retry", None, str(exc) or type(exc).__name__
         except InvalidJob as exc:

@@ -197,6 +197,57 @@ def test_dns_update_broadcast_and_failure_per_host(stack):
     assert stack.resolv["api-w2"].read_text() == before
 
 
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino, sorted(p.name for p in path.parent.iterdir())
+
+
+def test_dns_dry_run_through_put_leaves_every_file_byte_identical(stack):
+    http = stack.http(WRITE)
+    current = {h: http.get(f"/api/v1/network/dns/lo?target_hostname={h}").json["results"][0] for h in HOSTS}
+    files = {h: _file_state(p) for h, p in stack.resolv.items()}
+    put = http.request("PUT", "/api/v1/network/dns?target_hostname=_all",
+                       {"interface_name": "lo", "servers": ["198.51.100.77"], "dry_run": True})
+    body = _ok(stack, "PUT", "/api/v1/network/dns", put, 202)
+    assert {r["hostname"] for r in body["results"]} == HOSTS
+    for item in body["results"]:
+        was = {k: current[item["hostname"]][k] for k in ("servers", "search_domains")}
+        assert item == {"hostname": item["hostname"], "status": "ok", "changed": True, "dry_run": True,
+                        "before": was, "after": {**was, "servers": ["198.51.100.77"]}}
+    assert {h: _file_state(p) for h, p in stack.resolv.items()} == files  # bytes, mtime, inode, no temp file
+    job = http.get(f"/api/v1/jobs/{body['job_id']}").json
+    assert job["operation"]["data"]["dry_run"] is True  # the stored job says it was a dry run
+
+    # dry_run: false is an ordinary update
+    off = http.request("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+                       {"interface_name": "lo", "servers": current["api-w1"]["servers"], "dry_run": False})
+    assert _ok(stack, "PUT", "/api/v1/network/dns", off, 202)["results"] == [
+        {"hostname": "api-w1", "status": "ok", "changed": False}]
+
+
+def test_dns_dry_run_through_post_jobs_leaves_the_file_byte_identical(stack):
+    http = stack.http(WRITE)
+    files = {h: _file_state(p) for h, p in stack.resolv.items()}
+    created = http.request("POST", "/api/v1/jobs", {
+        "operation": {"type": "network.dns.update", "data": {"interface_name": "lo", "search_domains": []}},
+        "target_hostname": "api-w2", "dry_run": True})
+    job_id = _ok(stack, "POST", "/api/v1/jobs", created, 201)["job_id"]
+
+    def done():
+        job = http.get(f"/api/v1/jobs/{job_id}").json
+        return job if job["status"] in ("completed", "failed") else None
+
+    job = wait_for(done, timeout=20, what="dry-run job finished")
+    _ok(stack, "GET", "/api/v1/jobs/{job_id}", http.get(f"/api/v1/jobs/{job_id}"))
+    assert job["status"] == "completed", job
+    assert job["operation"] == {"type": "network.dns.update",
+                                "data": {"interface_name": "lo", "search_domains": [], "dry_run": True}}
+    result = job["responses"]["api-w2"]["data"]
+    assert result["dry_run"] is True and result["after"]["search_domains"] == []
+    assert result["changed"] is (result["before"]["search_domains"] != [])
+    assert {h: _file_state(p) for h, p in stack.resolv.items()} == files
+
+
 def test_ping_loopback(stack):
     resp = stack.http(WRITE).request("POST", "/api/v1/network/ping?target_hostname=api-w1",
                                      {"address": "127.0.0.1", "count": 1})
@@ -337,6 +388,21 @@ BAD_REQUESTS = [
     ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo"}).encode(), "/api/v1/network/dns"),
     ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo", "servers": ["999.1.1.1"]}).encode(),
      "/api/v1/network/dns"),
+    # dry run: a boolean, and only for a modify operation
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"}, "dry_run": True}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"}, "dry_run": False}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "network.dns.update", "data": {
+        "interface_name": "lo", "servers": ["192.0.2.9"]}}, "dry_run": "yes"}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "network.dns.update", "data": {
+        "interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": True}}}).encode(), "/api/v1/jobs"),
+    ("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+     json.dumps({"interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": "true"}).encode(), "/api/v1/network/dns"),
+    ("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+     json.dumps({"interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": None}).encode(), "/api/v1/network/dns"),
+    ("POST", "/api/v1/network/ping?target_hostname=api-w1",
+     json.dumps({"address": "127.0.0.1", "dry_run": True}).encode(), "/api/v1/network/ping"),
     ("GET", "/api/v1/system/hostname?target_hostname=label:", None, "/api/v1/system/hostname"),
     ("GET", "/api/v1/system/hostname?target_hostname=*", None, "/api/v1/system/hostname"),
     ("GET", "/api/v1/system/hostname?target_hostname=jobs.>", None, "/api/v1/system/hostname"),
