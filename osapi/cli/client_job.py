@@ -62,6 +62,9 @@ def register(client) -> None:
     add.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(add, default=None)
     add.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    add.add_argument("--idempotency-key", metavar="KEY", type=idempotency_key,
+                     help="send this Idempotency-Key: running the same command again with the same key and "
+                          "file answers the first job instead of submitting another (1-200 printable ASCII)")
 
     get = command(job, "get", "show a job: status, hosts, results, timeline", get_cmd)
     get.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
@@ -94,6 +97,18 @@ def register(client) -> None:
 
     workers = group(job, "workers", "the workers registered with the job system")
     command(workers, "list", "list registered workers: hostname, labels, version, last heartbeat", workers_cmd)
+
+
+def idempotency_key(text: str) -> str:
+    """``--idempotency-key``: checked as the API checks the header (a usage error, nothing sent)."""
+    import argparse
+
+    from osapi.job.idempotency import check_key
+
+    try:
+        return check_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- the job file
@@ -169,7 +184,7 @@ def add_cmd(ctx: Context) -> None:
     from osapi.cli import client_format as fmt
 
     operation, target = read_job_file(ctx)
-    ctx.emit(api(ctx).job_create(operation, target, ctx.args.dry_run), fmt.job_created)
+    ctx.emit(api(ctx).job_create(operation, target, ctx.args.dry_run, ctx.args.idempotency_key), fmt.job_created)
 
 
 def get_cmd(ctx: Context) -> None:

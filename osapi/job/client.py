@@ -76,6 +76,7 @@ from osapi.job import status as st
 from osapi.job.errors import (
     InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, is_store_full,
 )
+from osapi.job.idempotency import Keys
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
 from osapi.job.statusindex import StatusIndex
@@ -101,6 +102,7 @@ class JobClient:
         self.registry = Registry(self.store)
         self.index = StatusIndex(self.store)
         self._cleanups: set[asyncio.Task] = set()  # failed submissions being marked (``_abandon``)
+        self.idempotency = Keys(self.store)
         operations.warn_if_test_operations(log)
 
     # ------------------------------------------------------------ plumbing
@@ -247,6 +249,7 @@ class JobClient:
         """Wait at most ``timeout`` seconds for the failed submissions being marked (``_abandon``)."""
         if self._cleanups:
             await asyncio.wait(set(self._cleanups), timeout=timeout)
+        await self.idempotency.settle(timeout)
 
     async def _mark_abandoned(self, job_id: str, reason: str) -> None:
         """Retry ``_abandon_once`` with a growing pause until it succeeds, for at most ``job.kv.ttl``."""
@@ -305,6 +308,52 @@ class JobClient:
         op, data, parsed = self.prepare(operation, target, dry_run)
         async with self._nats("submit the job"):
             return await self._submit_shielded(new_job_id(), op, data, parsed)
+
+    async def create_once(self, operation: dict, target: str, dry_run: bool, key_slot: str,
+                          request_hash: str) -> tuple[dict, bool]:
+        """``create`` under an idempotency key (``idempotency.py``): ``(answer, replayed)``.
+
+        ``key_slot``: ``idempotency.slot()`` of the key; ``request_hash``: ``idempotency.body_hash()``
+        of the validated request. The first request with the key submits its job; a later one
+        with the same request gets the first answer back (``replayed``) and stores nothing.
+        """
+        op, data, parsed = self.prepare(operation, target, dry_run)
+        job_id = new_job_id()
+
+        async def submit() -> dict:
+            gone = asyncio.Event()
+            task = asyncio.ensure_future(self._submit(job_id, op, data, parsed, gone=gone))
+            task.add_done_callback(_retrieve)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                gone.set()
+                raise
+
+        async with self._nats("submit the job"):
+            return await self.idempotency.once(key_slot, request_hash, job_id, submit, self._submitted)
+
+    async def _submitted(self, job_id: str) -> dict | None:
+        """The ``create`` answer for a stored job whose submission did not fail, else None."""
+        import nats.js.errors as jse
+
+        from osapi.job.idempotency import answer_of
+
+        if not is_job_id(job_id):
+            return None
+        try:
+            entry = await self.store.kv("jobs").get(f"jobs.{job_id}")
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            return None
+        try:
+            job = json.loads(entry.value or b"")
+        except ValueError:
+            return None
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            return None
+        if await self.store.responses(job_id, [st.SUBMISSION_HOST]):
+            return None  # its submission failed: the job never runs
+        return answer_of(job, entry.revision)
 
     @staticmethod
     def _check_id(job_id: Any) -> str:

@@ -8,6 +8,8 @@ Everything comes from ``job.*`` configuration:
   ``job.kv_response_bucket`` (``job-responses``) per ``job.kv.*``;
 * KV ``<job.kv_bucket>-workers`` — the worker registry (heartbeats with a
   per-message TTL, see ``registry.py``);
+* KV ``<job.kv_bucket>-idempotency`` per ``job.kv.*`` — the ``Idempotency-Key``s of
+  ``POST /jobs`` (``idempotency.py``), kept ``job.kv.ttl``;
 * stream ``<job.stream_name>_DLQ`` per ``job.dlq.*`` — dead jobs. It captures the
   server's ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`` advisories,
   so a job lands there even when every worker that took it died; workers turn
@@ -70,6 +72,7 @@ class Names:
     jobs_bucket: str
     responses_bucket: str
     registry_bucket: str
+    idempotency_bucket: str
     consumer: str
 
     @classmethod
@@ -82,6 +85,7 @@ class Names:
             jobs_bucket=job.kv_bucket,
             responses_bucket=job.kv_response_bucket,
             registry_bucket=f"{job.kv_bucket}-workers",
+            idempotency_bucket=f"{job.kv_bucket}-idempotency",
             consumer=job.consumer_name,
         )
 
@@ -349,6 +353,8 @@ def wanted_streams(cfg) -> list[Wanted]:
         Wanted("bucket", names.registry_bucket,
                _kv_stream_config(names.registry_bucket, REGISTRY_MAX_AGE, kv.max_bytes, kv.storage, kv.replicas),
                {k: v for k, v in kv_keys.items() if k != "max_age"}),  # its max_age is osapi's own
+        Wanted("bucket", names.idempotency_bucket,
+               _kv_stream_config(names.idempotency_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
         Wanted("stream", AUDIT_STREAM, audit_stream, {"max_age": "audit.max_age", "replicas": "audit.replicas"}),
     ]
 
@@ -361,7 +367,7 @@ def _kv_handle(js, bucket: str, info):
 
 
 async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None = None) -> dict:
-    """Streams, buckets and the shared consumers. Returns the three KV handles by role.
+    """Streams, buckets and the shared consumers. Returns the KV handles by role.
 
     Missing streams and buckets are created; existing ones are never changed
     (differences are warned about: ``osapi job setup`` changes them).
@@ -373,7 +379,8 @@ async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None 
     for wanted in wanted_streams(cfg):
         infos[wanted.kind, wanted.name] = await ensure_stream(js, wanted, warned)
     kv = {role: _kv_handle(js, bucket, infos["bucket", bucket]) for role, bucket in (
-        ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket))}
+        ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket),
+        ("idempotency", names.idempotency_bucket))}
     await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
     await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv

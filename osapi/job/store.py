@@ -83,7 +83,7 @@ class Store:
         self._kv = await ensure_all(self.js, self.cfg, update_consumers=update_consumers, warned=self._warned)
 
     def kv(self, role: str):
-        """The KV handle for ``jobs``, ``responses`` or ``registry`` (made without a round trip)."""
+        """The KV handle for ``jobs``, ``responses``, ``registry`` or ``idempotency`` (made without a round trip)."""
         handle = self._kv.get(role)
         if handle is None:
             from nats.js.kv import KeyValue
@@ -92,6 +92,7 @@ class Store:
                 "jobs": self.names.jobs_bucket,
                 "responses": self.names.responses_bucket,
                 "registry": self.names.registry_bucket,
+                "idempotency": self.names.idempotency_bucket,
             }[role]
             handle = KeyValue(name=bucket, stream=Names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=self.js,
                               direct=True)

@@ -363,6 +363,29 @@ def test_job_add_and_run_dry_run(osapi, stack, command):
         assert _file_state(stack.alpha_resolv) == before
 
 
+def test_job_add_with_an_idempotency_key_twice_submits_one_job(osapi, stack):
+    path = write_op(stack, "idem.json", {"type": "system.hostname.get", "data": {}})
+    before = stack.total_jobs()
+    first = osapi("client", "job", "add", "--json-file", path, "-T", ALPHA, "--idempotency-key", "cli-key-1", "-j")
+    again = osapi("client", "job", "add", "--json-file", path, "-T", ALPHA, "--idempotency-key", "cli-key-1", "-j")
+    assert first.status == 0 and again.status == 0, first.stderr + again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert stack.total_jobs() == before + 1
+    other = write_op(stack, "idem-other.json", {"type": "system.load.get", "data": {}})
+    res = osapi("client", "job", "add", "--json-file", other, "-T", ALPHA, "--idempotency-key", "cli-key-1")
+    assert res.status == 1 and "(HTTP 422)" in res.stderr
+    assert stack.total_jobs() == before + 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "caf\u00e9", "a\nb", " a"])
+def test_job_add_with_a_bad_idempotency_key_is_a_usage_error(osapi, stack, key):
+    path = write_op(stack, "idem-bad.json", {"type": "system.hostname.get", "data": {}})
+    before = stack.total_jobs()
+    res = osapi("client", "job", "add", "--json-file", path, "--idempotency-key", key)
+    assert res.status == 2 and "--idempotency-key" in res.stderr and res.stdout == ""
+    assert stack.total_jobs() == before
+
+
 def test_job_add_dry_run_of_a_query_is_refused_and_stores_nothing(osapi, stack):
     before = stack.total_jobs()
     path = write_op(stack, "query-dry.json", {"type": "system.hostname.get", "data": {}})
