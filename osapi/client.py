@@ -141,8 +141,14 @@ class ApiClient:
             return self.request(method, path, {"target_hostname": target}, rest)
         return self.request(method, path, {"target_hostname": target, **rest})
 
-    def job_create(self, operation: dict, target: str = "_any") -> dict:
-        return self.request("POST", "/jobs", None, {"operation": operation, "target_hostname": target})
+    def job_create(self, operation: dict, target: str = "_any", dry_run: bool = False,
+                   idempotency_key: str | None = None) -> dict:
+        """POST /jobs; with ``idempotency_key`` a repeat of the same request answers the first job again."""
+        body: dict[str, Any] = {"operation": operation, "target_hostname": target}
+        if dry_run:
+            body["dry_run"] = True
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self.request("POST", "/jobs", None, body, headers=headers)
 
     def job_get(self, job_id: str) -> dict:
         return self.get(f"/jobs/{_segment(job_id)}")
@@ -182,10 +188,10 @@ class ApiClient:
         return target
 
     def request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
-                body: Any = None, auth: bool = True) -> Any:
+                body: Any = None, auth: bool = True, headers: Mapping[str, str] | None = None) -> Any:
         """Send one request; the decoded JSON body, ``None`` for an empty 2xx, or ``ApiError``."""
         target = self.endpoint(path, query)
-        headers = {"Accept": "application/json", "User-Agent": "osapi-cli"}
+        headers = {"Accept": "application/json", "User-Agent": "osapi-cli", **(headers or {})}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode("utf-8")

@@ -10,7 +10,7 @@ which is the point.
 
 from __future__ import annotations
 
-ALLOW_HEADERS = "Authorization, Content-Type"
+ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"  # Idempotency-Key: POST /jobs
 MAX_AGE = "600"
 
 

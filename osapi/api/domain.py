@@ -8,6 +8,9 @@ validator (``osapi.job.operations``), checks the target, submits the job and
 waits for the workers with ``JobClient.run`` -- the API never runs a provider
 itself.
 
+A modify operation's PUT/POST body also takes ``dry_run`` (README.md "Dry run"):
+each host computes the change and applies nothing.
+
 ``target_hostname`` is a query parameter on every domain route, and only there: a
 body field of that name is refused (400), so the OpenAPI document can describe
 every accepted request exactly.
@@ -26,6 +29,7 @@ import re
 import threading
 from osapi.api import audit, schemas
 from osapi.api.errors import ApiError, bad_request
+from osapi.api.jobs import dry_run_field
 from osapi.api.routing import TARGET_PARAM, Call, Param, Reply, Response, Route, int_param, parse_choice
 from osapi.job import operations
 
@@ -96,6 +100,8 @@ def _route(op: operations.Operation) -> Route:
         for name in path_fields:
             body_schema["properties"].pop(name, None)
         body_schema["additionalProperties"] = False
+        if op.has_dry_run:
+            body_schema["properties"]["dry_run"] = copy.deepcopy(operations.DRY_RUN_SCHEMA)
     extra = {"status": {"type": "string", "const": "ok"}} if rest.reports_status else None
     return Route(
         method=rest.method,
@@ -126,6 +132,7 @@ def _route(op: operations.Operation) -> Route:
 
 def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
     data: dict = dict(call.path)
+    dry_run = False
     data.update({name: call.query[name] for name in op.rest.query if name in call.given})
     target = call.query["target_hostname"]
     if has_body:
@@ -137,19 +144,22 @@ def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
             if name in body:
                 raise bad_request(f"unexpected field {name} in the request body",
                                   f"{name} is part of the path")
+        dry_run = dry_run_field(body, op)
+        body.pop("dry_run", None)
         data.update(body)
     try:
         data = op.check(data)
     except operations.InvalidData as exc:
         raise bad_request(f"invalid data for {op.type}", str(exc)) from None
 
-    audit.note(call.environ, operation=op.type, target=target)
+    audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
     settings = call.services.settings
     with call.services.wait_slots.slot():
         result = call.services.bridge.call(
             # a job nobody picked up before its caller gave up must not run later (JobClient.run)
             lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period,
-                                      expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
+                                      expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN,
+                                      dry_run=dry_run),
             settings.job_timeout + SYNC_MARGIN,
             on_timeout=ApiError(504, "no worker answered in time",
                                 f"{op.type} on target {target!r}: the API gave up after "

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+IN_PROGRESS_RETRY_AFTER = 1  # seconds, the Retry-After of a 409 "Idempotency-Key in progress"
+
 # Statuses a handler may answer with, and the reason phrase waitress does not know.
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -82,6 +84,11 @@ def from_exception(exc: BaseException) -> ApiError | None:
         return ApiError(400, "invalid job", str(exc))
     if isinstance(exc, job_errors.JobNotFound):
         return ApiError(404, "job not found", str(exc))
+    if isinstance(exc, job_errors.IdempotencyConflict):
+        return ApiError(422, "Idempotency-Key reused with a different body", str(exc))
+    if isinstance(exc, job_errors.IdempotencyInProgress):
+        return ApiError(409, "request with this Idempotency-Key in progress", str(exc),
+                        headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER)})
     if isinstance(exc, job_errors.JobStoreFull):
         return ApiError(503, "job store full (job.kv.max_bytes)", str(exc))
     if isinstance(exc, job_errors.NatsUnavailable):

@@ -1,7 +1,11 @@
 """``/api/v1/jobs*``: the job queue itself -- submit, list, read, delete, statistics.
 
 POST /jobs checks the operation type, its data and the target before anything
-reaches NATS, so a refused request (400) never leaves a job behind.
+reaches NATS, so a refused request (400) never leaves a job behind. Its
+``dry_run: true`` (modify operations only) makes every host compute the change
+and apply nothing (README.md "Dry run"). An ``Idempotency-Key`` header makes a
+retried request answer the first job again instead of creating a second one
+(``osapi.job.idempotency``, README.md "Idempotency keys").
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from osapi.api.routing import (
     API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
     int_param, parse_choice, parse_target,
 )
-from osapi.job import operations
+from osapi.job import idempotency, operations
 
 TAG = "jobs"
 QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503
@@ -33,7 +37,7 @@ def _job_id(call: Call) -> str:
 
 def create(call: Call) -> Reply:
     body = call.body_object()
-    check_fields(body, {"operation", "target_hostname"})
+    check_fields(body, {"operation", "target_hostname", "dry_run"})
     operation = body.get("operation")
     if operation is None:
         raise bad_request("missing field operation", 'operation is required: {"type": …, "data": {…}}')
@@ -55,6 +59,7 @@ def create(call: Call) -> Reply:
         data = op.check(data)
     except operations.InvalidData as exc:
         raise bad_request("invalid field operation.data", f"{op.type}: {exc}") from None
+    dry_run = dry_run_field(body, op)
     target = body.get("target_hostname", "_any")
     if not isinstance(target, str):
         raise bad_request("invalid field target_hostname", f"target_hostname must be a string, got {json_type(target)}")
@@ -63,12 +68,58 @@ def create(call: Call) -> Reply:
     except InvalidValue as exc:
         raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
 
-    audit.note(call.environ, operation=op.type, target=target)
-    job = call.services.bridge.call(
-        lambda client: client.create({"type": op.type, "data": data}, target), QUEUE_TIMEOUT
-    )
+    audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
+    operation = {"type": op.type, "data": data}
+    key = call.headers.get(idempotency.HEADER)
+    replayed = False
+    if key is None:
+        job = call.services.bridge.call(lambda client: client.create(operation, target, dry_run), QUEUE_TIMEOUT)
+    else:
+        # the same request = the same validated operation, data, target and dry_run
+        digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run})
+        slot = idempotency.slot(call.subject, key)
+        job, replayed = call.services.bridge.call(
+            lambda client: client.create_once(operation, target, dry_run, slot, digest), QUEUE_TIMEOUT
+        )
     audit.note(call.environ, job_id=job.get("job_id"))
-    return Reply(201, job, {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"})
+    headers = {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"}
+    if replayed:
+        return Reply(200, job, {**headers, idempotency.REPLAYED_HEADER: "true"})
+    return Reply(201, job, headers)
+
+
+def parse_idempotency_key(text: str) -> str:
+    try:
+        return idempotency.check_key(text)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
+IDEMPOTENCY_KEY = Param(
+    idempotency.HEADER,
+    {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_LENGTH, "pattern": idempotency.PATTERN},
+    f"1-{idempotency.MAX_LENGTH} printable ASCII characters, no blank at either end (a UUID will do). The same "
+    "key with the same request (operation, data, target, dry_run) within `job.kv.ttl` answers 200 with the "
+    "first answer and `Idempotent-Replayed: true` and stores nothing; with another request, 422. Keys "
+    "belong to the token's subject. A request that finds its key still being submitted by another waits "
+    f"up to {idempotency.WAIT:g}s for that answer, else 409 with `Retry-After`. A submission that fails "
+    "(503) frees its key for the retry.",
+    parse_idempotency_key,
+)
+
+
+def dry_run_field(body: dict, op: operations.Operation) -> bool:
+    """The body's ``dry_run`` (a boolean; given at all only for a modify operation), or 400."""
+    if "dry_run" not in body:
+        return False
+    value = body["dry_run"]
+    if not isinstance(value, bool):
+        raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
+    try:
+        operations.check_dry_run(op)
+    except operations.InvalidData as exc:
+        raise bad_request("invalid field dry_run", f"{exc}; leave dry_run out") from None
+    return value
 
 
 def list_jobs(call: Call) -> Reply:
@@ -107,8 +158,25 @@ def routes() -> list[Route]:
     return [
         Route("POST", "/jobs", create, "submit a job (asynchronous)", TAG, "write",
               body=schemas.job_request(),
-              body_description="the operation and where it runs; unknown fields are refused",
+              body_description="the operation, where it runs and, for a modify operation, whether it is a "
+                               "dry run; unknown fields are refused",
+              headers=(IDEMPOTENCY_KEY,),
               responses={201: Response("the job is stored and announced", schemas.JOB_CREATED),
+                         200: Response(
+                             f"a replay: this `{idempotency.HEADER}` came with the same request within "
+                             "`job.kv.ttl`; the first answer again (same `job_id`), nothing stored",
+                             schemas.JOB_CREATED,
+                             headers={idempotency.REPLAYED_HEADER: {
+                                 "required": True, "schema": {"type": "string", "const": "true"},
+                                 "description": "this answer is the first request's"}}),
+                         409: Response(
+                             f"a request with this `{idempotency.HEADER}` is still being submitted "
+                             "(retry after `Retry-After` seconds); nothing stored", schemas.ref("Error"),
+                             headers={"Retry-After": {"required": True, "schema": {"type": "string",
+                                                                                    "pattern": "^[0-9]+$"},
+                                                      "description": "seconds"}}),
+                         422: Response(f"this `{idempotency.HEADER}` came with a different request within "
+                                       "`job.kv.ttl`; nothing stored", schemas.ref("Error")),
                          **_err(400, 401, 403, 413, 503)},
               operation_id="jobs_create"),
         Route("GET", "/jobs", list_jobs, "list jobs, newest first", TAG, "read",

@@ -60,6 +60,7 @@ class Response:
     description: str
     schema: dict | None = None  # None: no body
     content_type: str = "application/json"
+    headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Route:
     scope: str | None  # None: no token needed
     prefix: str = API_PREFIX
     query: tuple[Param, ...] = ()
+    headers: tuple[Param, ...] = ()  # optional request headers, parsed like query parameters
     body: dict | None = None  # JSON schema of the request body
     body_description: str = ""
     responses: dict[int, Response] = field(default_factory=dict)
@@ -183,6 +185,7 @@ class Call:
         self.services = services
         self.given: frozenset[str] = frozenset()  # query parameters the client gave
         self.query = self._parse_query()
+        self.headers = self._parse_headers()  # the declared headers the client gave, parsed
         self._body: Any = _UNREAD
 
     # -- query
@@ -213,6 +216,18 @@ class Call:
         self.given = frozenset(values)
         for param in self.route.query:
             values.setdefault(param.name, param.default)
+        return values
+
+    def _parse_headers(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for param in self.route.headers:
+            text = self.environ.get("HTTP_" + param.name.upper().replace("-", "_"))
+            if text is None:
+                continue
+            try:
+                values[param.name] = param.parse(text)
+            except InvalidValue as exc:
+                raise bad_request(f"invalid header {param.name}", exc.details(param.name)) from None
         return values
 
     # -- body

@@ -126,18 +126,28 @@ def _operation_request(op) -> dict:
 
 
 def job_request() -> dict:
-    """The body of ``POST /jobs``: one of the operation types of the table, and a target."""
+    """The body of ``POST /jobs``: one branch per operation type of the table.
+
+    Each branch is a whole body: the operation, a target and, for a modify
+    operation only, ``dry_run`` (a query with ``dry_run`` is refused).
+    """
     from osapi.job import operations
 
-    return obj(
-        {
-            "operation": {"oneOf": [_operation_request(op) for op in operations.OPERATIONS.values()],
-                          "description": "an operation type of the table and its data"},
+    def branch(op) -> dict:
+        props = {
+            "operation": _operation_request(op),
             "target_hostname": {**TARGET, "default": "_any", "description": TARGET_DESCRIPTION},
-        },
-        ["operation"],
-        additional=False,
-    )
+        }
+        if op.has_dry_run:
+            props["dry_run"] = copy.deepcopy(operations.DRY_RUN_SCHEMA)
+        return obj(props, ["operation"], additional=False)
+
+    return {
+        "type": "object",
+        "oneOf": [branch(op) for op in operations.OPERATIONS.values()],
+        "description": "an operation type of the table with its data, the target and, for a modify operation, "
+                       "dry_run",
+    }
 
 
 COUNTS = {"type": "object", "additionalProperties": INT}

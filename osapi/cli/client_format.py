@@ -367,9 +367,31 @@ def domain_results(body: Any) -> list[dict]:
     return [item for item in results if isinstance(item, dict)] if isinstance(results, list) else []
 
 
+def settings(value: Any) -> str:
+    """``{servers: [a, b], search_domains: [x]}`` -> ``search_domains: x; servers: a, b`` (sorted by name)."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {join(v) or '-'}" for k, v in sorted(value.items()))
+    return "" if value is None else str(value)
+
+
+def view_dry_run(results: Sequence[dict]) -> str:
+    """A dry run's answers: whether each host would change, and its values before and after."""
+    table_text = host_table(results, [("WOULD CHANGE", lambda r: yes_no(r.get("changed"))),
+                                      ("BEFORE", lambda r: settings(r.get("before"))),
+                                      ("AFTER", lambda r: settings(r.get("after")))], status=True)
+    return "dry run: nothing was changed\n\n" + table_text
+
+
+def results_view(op_type: Any, results: Sequence[dict]) -> str:
+    """The operation's view of ``results``, or the dry-run view when the hosts answered a dry run."""
+    if any(isinstance(item, dict) and item.get("dry_run") is True for item in results):
+        return view_dry_run(results)
+    return view_for(op_type)(results)
+
+
 def domain_answer(body: Any, op_type: str) -> str:
     """The table for a synchronous endpoint's answer, under a line naming the job."""
-    text = view_for(op_type)(domain_results(body))
+    text = results_view(op_type, domain_results(body))
     job_id = body.get("job_id") if isinstance(body, dict) else None
     return f"job {job_id}\n\n{text}" if job_id else text
 

@@ -24,7 +24,11 @@ The JSON file holds an operation, e.g.
 or a whole job body {"operation": {...}, "target_hostname": "_all"}. A
 --target-hostname that differs from the file's target is refused (exit 2), as
 the REST API refuses a conflicting target. "-" reads standard input.
+--dry-run (or "dry_run": true in a whole job body) asks a modify operation
+(network.dns.update) to compute its change on each host and apply nothing;
+a query with a dry run is refused by the API (exit 1).
 """
+DRY_RUN_HELP = "compute the change on each host and apply nothing (modify operations only)"
 
 RUN_HELP = """\
 Submits the job and checks GET /jobs/{id} at once, then after 50 ms, doubling
@@ -57,6 +61,10 @@ def register(client) -> None:
                   epilog=JOB_FILE_HELP + "\n" + EXIT_HELP)
     add.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(add, default=None)
+    add.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    add.add_argument("--idempotency-key", metavar="KEY", type=idempotency_key,
+                     help="send this Idempotency-Key: running the same command again with the same key and "
+                          "file answers the first job instead of submitting another (1-200 printable ASCII)")
 
     get = command(job, "get", "show a job: status, hosts, results, timeline", get_cmd)
     get.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
@@ -75,6 +83,7 @@ def register(client) -> None:
                   epilog=JOB_FILE_HELP + "\n" + RUN_HELP)
     run.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(run, default=None)
+    run.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     run.add_argument("-t", "--timeout", type=duration_arg, default=60.0, metavar="DURATION",
                      help="give up waiting after this long, e.g. 90s or 5m (default: 60s)")
     run.add_argument("-p", "--poll-interval", type=duration_arg, default=2.0, metavar="DURATION",
@@ -88,6 +97,18 @@ def register(client) -> None:
 
     workers = group(job, "workers", "the workers registered with the job system")
     command(workers, "list", "list registered workers: hostname, labels, version, last heartbeat", workers_cmd)
+
+
+def idempotency_key(text: str) -> str:
+    """``--idempotency-key``: checked as the API checks the header (a usage error, nothing sent)."""
+    import argparse
+
+    from osapi.job.idempotency import check_key
+
+    try:
+        return check_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- the job file
@@ -114,6 +135,10 @@ def read_job_file(ctx: Context) -> tuple[dict, str]:
         raise UsageError(f"--json-file: {name} is not valid JSON{where}: {reason}") from None
     if isinstance(data, dict) and "operation" in data:
         operation, file_target = data["operation"], data.get("target_hostname")
+        if data.get("dry_run") not in (None, True, False):
+            raise UsageError(f"--json-file: dry_run in {name} must be true or false, got {data['dry_run']!r}")
+        if data.get("dry_run"):
+            ctx.args.dry_run = True
     elif isinstance(data, dict) and "type" in data:
         operation, file_target = data, None
     else:
@@ -159,7 +184,7 @@ def add_cmd(ctx: Context) -> None:
     from osapi.cli import client_format as fmt
 
     operation, target = read_job_file(ctx)
-    ctx.emit(api(ctx).job_create(operation, target), fmt.job_created)
+    ctx.emit(api(ctx).job_create(operation, target, ctx.args.dry_run, ctx.args.idempotency_key), fmt.job_created)
 
 
 def get_cmd(ctx: Context) -> None:
@@ -189,7 +214,7 @@ def run_cmd(ctx: Context) -> None:
     timeout, interval = args.timeout, args.poll_interval
     operation, target = read_job_file(ctx)
     client = api(ctx)
-    created = client.job_create(operation, target)
+    created = client.job_create(operation, target, args.dry_run)
     job_id = created.get("job_id") if isinstance(created, dict) else None
     if not job_id:
         raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")
@@ -205,7 +230,7 @@ def run_cmd(ctx: Context) -> None:
         time.sleep(min(next(delays), remaining))
 
     results = fmt.job_results(job)
-    ctx.emit(job, lambda j: f"job {job_id}: {status}\n\n" + fmt.view_for(fmt.job_type(j))(results))
+    ctx.emit(job, lambda j: f"job {job_id}: {status}\n\n" + fmt.results_view(fmt.job_type(j), results))
     hint = f"see `osapi client job get --job-id {job_id}`"
     if status not in FINAL:
         raise OperationError(f"job {job_id} did not finish within {timeout:g}s (status: {status})", hint)

@@ -5,7 +5,8 @@ Each operation that declares a CLI surface (``Operation.cli`` in
 ``-T/--target`` and ``--url``. A command turns its flags into the operation's data,
 checks them with the operation's own validator (what the API and the worker would
 refuse is refused here first: exit 2, the flag named, nothing sent), asks before a
-change that reaches more than one host, calls the operation's REST route and
+change that reaches more than one host (a modify operation's ``--dry-run`` never
+asks: it changes nothing), calls the operation's REST route and
 prints the per-host table (``osapi.cli.client_format``).
 """
 
@@ -23,8 +24,9 @@ Confirmation: changing DNS on more than one host, or on a host you did not name,
 asks first. A hostname target never asks. _all and key:value always ask. _any
 asks unless exactly one worker host is registered (then _any can only be that
 host). Without a terminal on stdin the command refuses (exit 2) and sends
-nothing, unless --yes is given.
+nothing, unless --yes is given. --dry-run never asks: it changes nothing.
 """
+DRY_RUN_HELP = "compute the change on each host and apply nothing: prints each host's values before and after"
 
 
 def register(client) -> None:
@@ -65,6 +67,8 @@ def add_command(subparsers, op) -> None:
         parser.add_argument(*flag.names, **kwargs)
     if cli.confirm:
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    if op.has_dry_run:
+        parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     add_target(parser)
 
 
@@ -83,9 +87,11 @@ def run(ctx: Context, op_type: str) -> None:
         raise UsageError(f"at least one of {' or '.join(names)} is required")
     checked(op, data)
     client = api(ctx)
-    if op.cli.confirm and not args.yes:
+    dry_run = op.has_dry_run and args.dry_run
+    if op.cli.confirm and not args.yes and not dry_run:  # a dry run changes nothing: nothing to confirm
         confirm(ctx, client, args.target, op.cli.confirm.format(**data))
-    body = client.operation(op.rest.method, op.rest.path, data, args.target)
+    body = client.operation(op.rest.method, op.rest.path, {**data, "dry_run": True} if dry_run else data,
+                            args.target)
     show_results(ctx, body, op.type)
 
 
@@ -178,6 +184,8 @@ def usage(op) -> str:
         words.append(word if flag.required else f"[{word}]")
     if op.cli.confirm:
         words.append("[--yes]")
+    if op.has_dry_run:
+        words.append("[--dry-run]")
     words.append("[-T TARGET]")
     return " ".join(words)
 
@@ -193,6 +201,8 @@ def command_rows() -> str:
         does = op.cli.help or op.summary
         if op.cli.confirm:
             does += "; asks before changing more than one host (`--yes` to skip; without a TTY it refuses)"
+        if op.has_dry_run:
+            does += "; `--dry-run` shows each host's values before and after and changes nothing"
         rows.append(f"| `{usage(op)}` | {does} |")
     return "\n".join(rows) + "\n"
 

@@ -30,6 +30,7 @@ from osapi.job import status as st
 from osapi.job.errors import (
     InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, is_store_full,
 )
+from osapi.job.idempotency import Keys
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
 from osapi.job.statusindex import StatusIndex
@@ -55,6 +56,7 @@ class JobClient:
         self.registry = Registry(self.store)
         self.index = StatusIndex(self.store)
         self._cleanups: set[asyncio.Task] = set()  # failed submissions being marked (``_abandon``)
+        self.idempotency = Keys(self.store)
         operations.warn_if_test_operations(log)
 
     # ------------------------------------------------------------ plumbing
@@ -91,8 +93,14 @@ class JobClient:
             await self.store.setup(update_consumers=False)
 
     @staticmethod
-    def prepare(operation: Any, target: Any = "_any") -> tuple[operations.Operation, dict, Target]:
-        """Validate an operation and a target; ``InvalidJob`` names the bad field."""
+    def prepare(operation: Any, target: Any = "_any",
+                dry_run: bool = False) -> tuple[operations.Operation, dict, Target]:
+        """Validate an operation and a target; ``InvalidJob`` names the bad field.
+
+        The data comes back in its stored form: with ``dry_run: true`` for a dry run
+        (``dry_run``, or an ``operation.data`` of a stored dry-run job), see
+        ``operations.split_dry_run``; a query with a dry run is ``InvalidJob``.
+        """
         if not isinstance(operation, dict):
             raise InvalidJob(f"operation must be an object with type and data, got {type(operation).__name__}")
         unknown = sorted(set(operation) - {"type", "data"})
@@ -105,10 +113,16 @@ class JobClient:
         except operations.InvalidData as exc:
             raise InvalidJob(f"operation.type: {exc}") from None
         try:
-            data = op.check(operation.get("data"))
+            data, stored_dry_run = operations.split_dry_run(op, operation.get("data"))
+            data = op.check(data)
         except operations.InvalidData as exc:
             raise InvalidJob(f"operation.data: {exc}") from None
-        return op, data, parse_target(target)
+        if dry_run:
+            try:
+                operations.check_dry_run(op)
+            except operations.InvalidData as exc:
+                raise InvalidJob(f"dry_run: {exc}") from None
+        return op, operations.with_dry_run(data, dry_run or stored_dry_run), parse_target(target)
 
     async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                                expected: set[str] | None = None, expires_after: float | None = None,
@@ -189,6 +203,7 @@ class JobClient:
         """Wait at most ``timeout`` seconds for the failed submissions being marked (``_abandon``)."""
         if self._cleanups:
             await asyncio.wait(set(self._cleanups), timeout=timeout)
+        await self.idempotency.settle(timeout)
 
     async def _mark_abandoned(self, job_id: str, reason: str) -> None:
         """Retry ``_abandon_once`` with a growing pause until it succeeds, for at most ``job.kv.ttl``."""
@@ -239,11 +254,60 @@ class JobClient:
 
     # ------------------------------------------------------------ the interface
 
-    async def create(self, operation: dict, target: str = "_any") -> dict:
-        """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``."""
-        op, data, parsed = self.prepare(operation, target)
+    async def create(self, operation: dict, target: str = "_any", dry_run: bool = False) -> dict:
+        """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``.
+
+        ``dry_run``: a modify operation computes its change on each host and applies nothing.
+        """
+        op, data, parsed = self.prepare(operation, target, dry_run)
         async with self._nats("submit the job"):
             return await self._submit_shielded(new_job_id(), op, data, parsed)
+
+    async def create_once(self, operation: dict, target: str, dry_run: bool, key_slot: str,
+                          request_hash: str) -> tuple[dict, bool]:
+        """``create`` under an idempotency key (``idempotency.py``): ``(answer, replayed)``.
+
+        ``key_slot``: ``idempotency.slot()`` of the key; ``request_hash``: ``idempotency.body_hash()``
+        of the validated request. The first request with the key submits its job; a later one
+        with the same request gets the first answer back (``replayed``) and stores nothing.
+        """
+        op, data, parsed = self.prepare(operation, target, dry_run)
+        job_id = new_job_id()
+
+        async def submit() -> dict:
+            gone = asyncio.Event()
+            task = asyncio.ensure_future(self._submit(job_id, op, data, parsed, gone=gone))
+            task.add_done_callback(_retrieve)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                gone.set()
+                raise
+
+        async with self._nats("submit the job"):
+            return await self.idempotency.once(key_slot, request_hash, job_id, submit, self._submitted)
+
+    async def _submitted(self, job_id: str) -> dict | None:
+        """The ``create`` answer for a stored job whose submission did not fail, else None."""
+        import nats.js.errors as jse
+
+        from osapi.job.idempotency import answer_of
+
+        if not is_job_id(job_id):
+            return None
+        try:
+            entry = await self.store.kv("jobs").get(f"jobs.{job_id}")
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            return None
+        try:
+            job = json.loads(entry.value or b"")
+        except ValueError:
+            return None
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            return None
+        if await self.store.responses(job_id, [st.SUBMISSION_HOST]):
+            return None  # its submission failed: the job never runs
+        return answer_of(job, entry.revision)
 
     @staticmethod
     def _check_id(job_id: Any) -> str:
@@ -323,13 +387,14 @@ class JobClient:
             return await self.registry.workers()
 
     async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float,
-                  expires_after: float | None = None) -> dict:
+                  expires_after: float | None = None, dry_run: bool = False) -> dict:
         """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered.
 
         ``expires_after``: seconds after which a worker that has not picked the
         job up yet fails it instead of running it (docs/jobs.md, Expiry of synchronous jobs).
+        ``dry_run``: see ``create``.
         """
-        op, data, parsed = self.prepare({"type": op_type, "data": data}, target)
+        op, data, parsed = self.prepare({"type": op_type, "data": data}, target, dry_run)
         job_id = new_job_id()
         async with self._nats("run the job"):
             prefix = self.store.subject_of("responses", f"{job_id}.")

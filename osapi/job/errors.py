@@ -2,7 +2,8 @@
 
 ``InvalidJob`` → 400, ``JobNotFound`` → 404, ``NatsUnavailable`` → 503,
 ``JobStoreFull`` → 503 (distinct message: the KV buckets reached
-``job.kv.max_bytes``), ``NoLiveWorker`` → 404, ``JobTimeout`` → 504. They derive from ``osapi.errors.OsapiError`` so the CLI's
+``job.kv.max_bytes``), ``NoLiveWorker`` → 404, ``JobTimeout`` → 504,
+``IdempotencyConflict`` → 422, ``IdempotencyInProgress`` → 409 (``idempotency.py``). They derive from ``osapi.errors.OsapiError`` so the CLI's
 error funnel prints them as one line with exit status 1.
 
 ``RetryableError`` is different: a provider raises it when trying the same job
@@ -67,6 +68,14 @@ class NoLiveWorker(JobTimeout):
     clients retry and queue another job each time). The job stays queued for a host
     that may still come; ``job_id`` names it.
     """
+
+
+class IdempotencyConflict(JobError):
+    """An ``Idempotency-Key`` used again with a different request. Nothing was stored."""
+
+
+class IdempotencyInProgress(JobError):
+    """The request holding this ``Idempotency-Key`` has not answered yet. Nothing was stored."""
 
 
 class RetryableError(Exception):

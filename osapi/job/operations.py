@@ -11,6 +11,14 @@ operation is one entry here and one provider function.
 Provider functions have the signature ``fn(data: dict, host: HostContext) -> dict``
 and live in ``osapi.provider.*``; they are imported only when a worker first runs
 them, so reading the table costs nothing.
+
+Dry run (README.md, "Dry run"): every modify operation can be asked to compute
+its change and apply nothing. The provider then gets ``dry_run=True`` as a keyword
+argument and answers ``{changed, dry_run: true, before, after}``; a provider
+without that parameter fails the job rather than apply it. In the stored job the
+request is the field ``dry_run: true`` of ``operation.data`` (``with_dry_run``):
+a worker older than dry run refuses the job (its validator knows no such field)
+instead of applying the change.
 """
 
 from __future__ import annotations
@@ -146,6 +154,33 @@ def _string_list(data: dict, key: str, check: Callable[[Any, str], str], limit: 
     return out
 
 
+DRY_RUN = "dry_run"
+
+
+def split_dry_run(op: "Operation", data: Any) -> tuple[Any, bool]:
+    """``data`` of a stored job without its ``dry_run`` marker, and whether it asks for a dry run.
+
+    ``dry_run`` must be ``true`` (the stored form never holds ``false``), and only a
+    modify operation has a dry run; ``InvalidData`` otherwise.
+    """
+    if not isinstance(data, dict) or DRY_RUN not in data:
+        return data, False
+    if data[DRY_RUN] is not True:
+        raise InvalidData(f"{DRY_RUN} must be true when given, got {data[DRY_RUN]!r}")
+    check_dry_run(op)
+    return {k: v for k, v in data.items() if k != DRY_RUN}, True
+
+
+def with_dry_run(data: dict, dry_run: bool) -> dict:
+    """The stored form of validated data: ``dry_run: true`` added for a dry run (``split_dry_run`` undoes it)."""
+    return {**data, DRY_RUN: True} if dry_run else data
+
+
+def check_dry_run(op: "Operation") -> None:
+    if not op.has_dry_run:
+        raise InvalidData(f"{op.type} is a query: it changes nothing, so it has no dry run")
+
+
 def dns_get_data(data: Any) -> dict:
     data = _object(data, {"interface_name"})
     if "interface_name" not in data:
@@ -257,6 +292,20 @@ HOSTNAME = {"type": "string", "format": "hostname", "maxLength": 253}
 INTERFACE = {"type": "string", "pattern": INTERFACE_RE.pattern,
              "description": "a network interface name: 1-15 of A-Z a-z 0-9 _ . : @ -, not . or .."}
 DNS_GET_DATA = {**_obj({"interface_name": INTERFACE}, ["interface_name"]), "additionalProperties": False}
+DNS_SETTINGS = _obj({"servers": _STRS, "search_domains": _STRS}, ["servers", "search_domains"])
+DRY_RUN_SCHEMA = {"type": "boolean", "default": False,
+                  "description": "true: compute the change and apply nothing; each host answers "
+                                 "`{changed, dry_run: true, before, after}` and its files stay byte-identical"}
+DNS_UPDATE_RESULT = _obj(
+    {
+        "changed": {"type": "boolean", "description": "true: the settings were changed (in a dry run: "
+                                                      "they would be)"},
+        "dry_run": {"type": "boolean", "const": True, "description": "dry runs only: nothing was applied"},
+        "before": {**DNS_SETTINGS, "description": "dry runs only: the host's settings now"},
+        "after": {**DNS_SETTINGS, "description": "dry runs only: the settings the update would leave"},
+    },
+    ["changed"],
+)
 DNS_UPDATE_DATA = {
     **_obj(
         {
@@ -458,6 +507,11 @@ class Operation:
     cli: Cli | None = None  # None: only through client job add/run
     view: Table | str = ""  # str: a view function of osapi.cli.client_format; "": generic
 
+    @property
+    def has_dry_run(self) -> bool:
+        """Every modify operation has a dry run (its provider takes ``dry_run``); a query has none."""
+        return self.kind == MODIFY
+
     def check(self, data: Any) -> dict:
         """Validated, normalised data, or ``InvalidData``."""
         return self.validate(data)
@@ -466,8 +520,18 @@ class Operation:
         module, _, name = self.provider.partition(":")
         return getattr(importlib.import_module(module), name)
 
-    def run(self, data: dict, host: HostContext) -> dict:
-        return self.function()(data, host)
+    def run(self, data: dict, host: HostContext, dry_run: bool = False) -> dict:
+        """The provider's answer for validated ``data``; with ``dry_run`` it computes the change and applies nothing."""
+        fn = self.function()
+        if not dry_run:
+            return fn(data, host)
+        check_dry_run(self)
+        import inspect
+
+        if "dry_run" not in inspect.signature(fn).parameters:
+            # never run a provider that would not know it must not write
+            raise InvalidData(f"{self.type} has no dry run in this osapi (its provider {self.provider} takes none)")
+        return fn(data, host, dry_run=True)
 
 
 def _system(name: str, provider: str, summary: str, result: dict, view: Table | str, epilog: str = "",
@@ -525,7 +589,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("network.dns.get", QUERY, "osapi.provider.dns:get", dns_get_data,
                   "name servers and search domains of an interface",
                   data_schema=DNS_GET_DATA,
-                  result_schema=_obj({"servers": _STRS, "search_domains": _STRS}, ["servers", "search_domains"]),
+                  result_schema=DNS_SETTINGS,
                   rest=Rest("GET", "/network/dns/{interface_name}"),
                   cli=Cli(("network", "dns"), "get", (INTERFACE_FLAG,),
                           help="show the name servers and search domains of an interface"),
@@ -534,7 +598,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("network.dns.update", MODIFY, "osapi.provider.dns:update", dns_update_data,
                   "set the name servers and/or search domains of an interface",
                   data_schema=DNS_UPDATE_DATA,
-                  result_schema=_obj({"changed": {"type": "boolean"}}, ["changed"]),
+                  result_schema=DNS_UPDATE_RESULT,
                   rest=Rest("PUT", "/network/dns", scope="write", status=202, reports_status=True),
                   cli=Cli(("network", "dns"), "update", (
                       INTERFACE_FLAG,

@@ -2,7 +2,8 @@
 
 Everything comes from ``job.*`` and ``audit.*`` (the objects are listed in
 docs/jobs.md, Storage layout): the stream ``JOBS``, the KV buckets for jobs,
-responses and the worker registry, the DLQ stream that captures the server's
+responses, the worker registry and the ``Idempotency-Key``s of ``POST /jobs``
+(``idempotency.py``), the DLQ stream that captures the server's
 max-deliveries advisories, the ``AUDIT`` stream, and the durable pull consumers
 (``consumer_configs``: ``-any``, ``-host-<host>``, ``-dlq``).
 
@@ -44,6 +45,7 @@ class Names:
     jobs_bucket: str
     responses_bucket: str
     registry_bucket: str
+    idempotency_bucket: str
     consumer: str
 
     @classmethod
@@ -56,6 +58,7 @@ class Names:
             jobs_bucket=job.kv_bucket,
             responses_bucket=job.kv_response_bucket,
             registry_bucket=f"{job.kv_bucket}-workers",
+            idempotency_bucket=f"{job.kv_bucket}-idempotency",
             consumer=job.consumer_name,
         )
 
@@ -323,6 +326,8 @@ def wanted_streams(cfg) -> list[Wanted]:
         Wanted("bucket", names.registry_bucket,
                _kv_stream_config(names.registry_bucket, REGISTRY_MAX_AGE, kv.max_bytes, kv.storage, kv.replicas),
                {k: v for k, v in kv_keys.items() if k != "max_age"}),  # its max_age is osapi's own
+        Wanted("bucket", names.idempotency_bucket,
+               _kv_stream_config(names.idempotency_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
         Wanted("stream", AUDIT_STREAM, audit_stream, {"max_age": "audit.max_age", "replicas": "audit.replicas"}),
     ]
 
@@ -334,7 +339,7 @@ def _kv_handle(js, bucket: str, info):
 
 
 async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None = None) -> dict:
-    """Streams, buckets and the shared consumers. Returns the three KV handles by role.
+    """Streams, buckets and the shared consumers. Returns the KV handles by role.
 
     Missing streams and buckets are created; existing ones are never changed
     (differences are warned about: ``osapi job setup`` changes them).
@@ -346,7 +351,8 @@ async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None 
     for wanted in wanted_streams(cfg):
         infos[wanted.kind, wanted.name] = await ensure_stream(js, wanted, warned)
     kv = {role: _kv_handle(js, bucket, infos["bucket", bucket]) for role, bucket in (
-        ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket))}
+        ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket),
+        ("idempotency", names.idempotency_bucket))}
     await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
     await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv

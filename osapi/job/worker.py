@@ -10,7 +10,8 @@ consumer) plus the dead-letter loop (``_dlq_loop``, ``deadletter.py``) until its
 stop event is set, then drains within the grace period. ``_handle`` is one
 delivery: skip a failed submission, look at a redelivery (``_redelivered``,
 ``_hold``), expire a late synchronous job, else ``_run``: record the start, run
-the provider in a thread pool (``_execute``), write the result and the final
+the provider in a thread pool (``_execute``; a ``dry_run`` marker in the data runs it with
+``dry_run=True``: ``operations.split_dry_run``), write the result and the final
 event, ack. ``Slots`` (``max_jobs``) bounds the jobs a process runs at once.
 ``exit_code`` is 1 when NATS closed the connection for good (the supervisor
 restarts the worker).
@@ -610,12 +611,13 @@ class Worker:
         operation = job.get("operation") or {}
         try:
             op = operations.get(operation.get("type"))
-            data = op.check(operation.get("data"))
+            data, dry_run = operations.split_dry_run(op, operation.get("data"))
+            data = op.check(data)
         except operations.InvalidData as exc:
             return "failed", None, f"{exc} (this worker runs osapi {__version__})"
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.pool, op.run, data, self.context)
+            result = await loop.run_in_executor(self.pool, op.run, data, self.context, dry_run)
         except RetryableError as exc:
             return "retry", None, str(exc) or type(exc).__name__
         except InvalidJob as exc:

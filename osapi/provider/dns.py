@@ -12,6 +12,11 @@ factory that picks this host's variant.
   (``osapi.provider.platform.resolved_manages_host``), else ``resolv_conf``;
   decided on every job, so installing or removing resolved needs no restart.
 
+Dry run (``dry_run=True``, README.md "Dry run"): both variants read the current
+settings and answer ``{changed, dry_run: true, before, after}`` with the servers
+and search domains before and after, and write nothing: no file is opened for
+writing, no ``resolvectl`` set command runs.
+
 Both check, before anything is read or written, that the interface exists on
 this host. Servers and search domains were already checked by the operations
 table (IP addresses with a sane zone id, valid hostnames); both variants check
@@ -53,6 +58,16 @@ def get(data: dict, host) -> dict:
     return provider_for(host).get(interface)
 
 
-def update(data: dict, host) -> dict:
+def update(data: dict, host, dry_run: bool = False) -> dict:
     interface = platform.check_interface(data["interface_name"])
-    return provider_for(host).update(interface, data.get("servers"), data.get("search_domains"))
+    return provider_for(host).update(interface, data.get("servers"), data.get("search_domains"), dry_run=dry_run)
+
+
+def dry_run_result(before: tuple[list[str], list[str]], after: tuple[list[str], list[str]]) -> dict:
+    """The answer of a dry run: ``(servers, search_domains)`` now and as the update would leave them."""
+    return {
+        "changed": before != after,
+        "dry_run": True,
+        "before": {"servers": list(before[0]), "search_domains": list(before[1])},
+        "after": {"servers": list(after[0]), "search_domains": list(after[1])},
+    }

@@ -40,6 +40,10 @@ the directory needs no extra lock file; readers are not blocked.
 
 glibc reads at most 3 name servers (MAXNS); asking for more is refused rather
 than silently ignored.
+
+A dry run reads the file (without the lock: it writes nothing) and answers what
+glibc reads now and would read from the rewritten text; the file is not opened
+for writing, so its bytes and mtime stay as they were.
 """
 
 from __future__ import annotations
@@ -270,22 +274,34 @@ class ResolvConfProvider:
         servers, domains = parse(self._read())
         return {"servers": servers, "search_domains": domains}
 
-    def update(self, interface: str, servers: list[str] | None, domains: list[str] | None) -> dict:
+    def update(self, interface: str, servers: list[str] | None, domains: list[str] | None,
+               dry_run: bool = False) -> dict:
         servers, domains = check_values(servers, domains)
         if servers is not None and len(servers) > MAXNS:
             raise ProviderError(
                 f"{self.path} can hold at most {MAXNS} name servers (glibc reads no more); "
                 f"got {len(servers)}: {', '.join(servers)}"
             )
+        if dry_run:
+            from osapi.provider.dns import dry_run_result
+
+            text = self._read()
+            before = parse(text)
+            after = parse(render(text, servers, domains)) if self._differs(before, servers, domains) else before
+            return dry_run_result(before, after)
         with _directory_lock(self.path):
             return self._update_locked(servers, domains)
 
+    @staticmethod
+    def _differs(old: tuple[list[str], list[str]], servers: list[str] | None, domains: list[str] | None) -> bool:
+        """Whether the asked values differ from ``old`` (``(servers, domains)`` as read)."""
+        want_servers = old[0] if servers is None else servers
+        want_domains = old[1] if domains is None else [d.rstrip(".") for d in domains]
+        return (want_servers, want_domains) != old
+
     def _update_locked(self, servers: list[str] | None, domains: list[str] | None) -> dict:
         text = self._read()
-        old_servers, old_domains = parse(text)
-        want_servers = old_servers if servers is None else servers
-        want_domains = old_domains if domains is None else [d.rstrip(".") for d in domains]
-        if (want_servers, want_domains) == (old_servers, old_domains):
+        if not self._differs(parse(text), servers, domains):
             return {"changed": False}
         new_text = render(text, servers, domains)
         try:

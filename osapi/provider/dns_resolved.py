@@ -13,6 +13,9 @@ that resolved took them. Nothing is run when resolved already has the asked
 values. Like ``resolvectl`` itself, the change lives until resolved or the
 network manager (systemd-networkd, NetworkManager) reconfigures the link: make
 it permanent in that manager's configuration.
+
+A dry run runs only the two reads and answers the values before and after;
+no set command runs.
 """
 
 from __future__ import annotations
@@ -94,10 +97,17 @@ class ResolvedProvider:
         servers, search, _routing = self._read(interface)
         return {"servers": servers, "search_domains": search}
 
-    def update(self, interface: str, servers: list[str] | None, domains: list[str] | None) -> dict:
+    def update(self, interface: str, servers: list[str] | None, domains: list[str] | None,
+               dry_run: bool = False) -> dict:
         check_word(interface, "interface_name")  # every value becomes a resolvectl argument
         servers, domains = check_values(servers, domains)
         old_servers, old_search, routing = self._read(interface)
+        if dry_run:
+            from osapi.provider.dns import dry_run_result
+
+            after = (old_servers if servers is None else servers,
+                     old_search if domains is None else [d.rstrip(".") for d in domains])
+            return dry_run_result((old_servers, old_search), after)
         changed = False
         if servers is not None and servers != old_servers:
             _run(["dns", interface, *(servers or [""])])

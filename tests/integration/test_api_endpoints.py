@@ -197,6 +197,57 @@ def test_dns_update_broadcast_and_failure_per_host(stack):
     assert stack.resolv["api-w2"].read_text() == before
 
 
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino, sorted(p.name for p in path.parent.iterdir())
+
+
+def test_dns_dry_run_through_put_leaves_every_file_byte_identical(stack):
+    http = stack.http(WRITE)
+    current = {h: http.get(f"/api/v1/network/dns/lo?target_hostname={h}").json["results"][0] for h in HOSTS}
+    files = {h: _file_state(p) for h, p in stack.resolv.items()}
+    put = http.request("PUT", "/api/v1/network/dns?target_hostname=_all",
+                       {"interface_name": "lo", "servers": ["198.51.100.77"], "dry_run": True})
+    body = _ok(stack, "PUT", "/api/v1/network/dns", put, 202)
+    assert {r["hostname"] for r in body["results"]} == HOSTS
+    for item in body["results"]:
+        was = {k: current[item["hostname"]][k] for k in ("servers", "search_domains")}
+        assert item == {"hostname": item["hostname"], "status": "ok", "changed": True, "dry_run": True,
+                        "before": was, "after": {**was, "servers": ["198.51.100.77"]}}
+    assert {h: _file_state(p) for h, p in stack.resolv.items()} == files  # bytes, mtime, inode, no temp file
+    job = http.get(f"/api/v1/jobs/{body['job_id']}").json
+    assert job["operation"]["data"]["dry_run"] is True  # the stored job says it was a dry run
+
+    # dry_run: false is an ordinary update
+    off = http.request("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+                       {"interface_name": "lo", "servers": current["api-w1"]["servers"], "dry_run": False})
+    assert _ok(stack, "PUT", "/api/v1/network/dns", off, 202)["results"] == [
+        {"hostname": "api-w1", "status": "ok", "changed": False}]
+
+
+def test_dns_dry_run_through_post_jobs_leaves_the_file_byte_identical(stack):
+    http = stack.http(WRITE)
+    files = {h: _file_state(p) for h, p in stack.resolv.items()}
+    created = http.request("POST", "/api/v1/jobs", {
+        "operation": {"type": "network.dns.update", "data": {"interface_name": "lo", "search_domains": []}},
+        "target_hostname": "api-w2", "dry_run": True})
+    job_id = _ok(stack, "POST", "/api/v1/jobs", created, 201)["job_id"]
+
+    def done():
+        job = http.get(f"/api/v1/jobs/{job_id}").json
+        return job if job["status"] in ("completed", "failed") else None
+
+    job = wait_for(done, timeout=20, what="dry-run job finished")
+    _ok(stack, "GET", "/api/v1/jobs/{job_id}", http.get(f"/api/v1/jobs/{job_id}"))
+    assert job["status"] == "completed", job
+    assert job["operation"] == {"type": "network.dns.update",
+                                "data": {"interface_name": "lo", "search_domains": [], "dry_run": True}}
+    result = job["responses"]["api-w2"]["data"]
+    assert result["dry_run"] is True and result["after"]["search_domains"] == []
+    assert result["changed"] is (result["before"]["search_domains"] != [])
+    assert {h: _file_state(p) for h, p in stack.resolv.items()} == files
+
+
 def test_ping_loopback(stack):
     resp = stack.http(WRITE).request("POST", "/api/v1/network/ping?target_hostname=api-w1",
                                      {"address": "127.0.0.1", "count": 1})
@@ -253,6 +304,93 @@ def test_job_lifecycle(stack):
     assert job_id in gone.json["details"]
     _ok(stack, "DELETE", "/api/v1/jobs/{job_id}", http.request("DELETE", f"/api/v1/jobs/{job_id}"), 404)
     assert _total(stack) == before
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+def _keys_stored(stack) -> int:
+    """Entries of the idempotency bucket, read through a NATS monitoring-free route: its stream info."""
+    import asyncio
+
+    from osapi import config
+    from osapi.job.connection import close, connect
+
+    cfg = config.load(None, stack.api.env)
+
+    async def count() -> int:
+        nc = await connect(cfg, "test-keys")
+        try:
+            info = await nc.jetstream().stream_info(f"KV_{cfg.job.kv_bucket}-idempotency")
+            return info.state.messages
+        finally:
+            await close(nc)
+
+    return asyncio.run(count())
+
+
+HOSTNAME_JOB = {"operation": {"type": "system.hostname.get", "data": {}}, "target_hostname": "api-w1"}
+
+
+def test_the_same_idempotency_key_twice_gives_one_job_on_every_api_process(stack):
+    key = "retry-after-timeout-1"
+    before = _total(stack)
+    first = stack.http(WRITE).request("POST", "/api/v1/jobs", HOSTNAME_JOB, headers={"Idempotency-Key": key})
+    created = _ok(stack, "POST", "/api/v1/jobs", first, 201)
+    assert first.header("idempotent-replayed") is None
+    stored = _keys_stored(stack)
+    # the same request, written differently (defaults given, other key order), to this API and to another one
+    same = {"target_hostname": "api-w1", "operation": {"data": {}, "type": "system.hostname.get"}}
+    for api in (stack.api, stack.fast):
+        again = api.http(WRITE).request("POST", "/api/v1/jobs", same, headers={"Idempotency-Key": key})
+        assert _ok(stack, "POST", "/api/v1/jobs", again, 200) == created
+        assert again.header("idempotent-replayed") == "true"
+        assert again.header("location") == f"/api/v1/jobs/{created['job_id']}"
+    assert _total(stack) == before + 1 and _keys_stored(stack) == stored  # one job; a replay stores nothing
+
+    # the same key with another request: 422, nothing stored
+    other = stack.http(WRITE).request("POST", "/api/v1/jobs", {**HOSTNAME_JOB, "target_hostname": "api-w2"},
+                                      headers={"Idempotency-Key": key})
+    err = _ok(stack, "POST", "/api/v1/jobs", other, 422)
+    assert "different request body" in err["details"]
+    # another token subject has its own keys
+    mine = stack.http(ADMIN).request("POST", "/api/v1/jobs", HOSTNAME_JOB, headers={"Idempotency-Key": key})
+    assert _ok(stack, "POST", "/api/v1/jobs", mine, 201)["job_id"] != created["job_id"]
+    assert _total(stack) == before + 2
+
+
+def _post_with_key(stack, key: bytes) -> bytes:
+    """POST /jobs with the raw header bytes ``key`` (http.client would refuse some of them)."""
+    body = json.dumps(HOSTNAME_JOB).encode()
+    raw = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode()
+           + b"\r\nIdempotency-Key: " + key + b"\r\nContent-Type: application/json\r\n"
+           + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    with socket.create_connection(("127.0.0.1", stack.api.port), timeout=10) as sock:
+        sock.sendall(raw)
+        return _read_all(sock)
+
+
+@pytest.mark.parametrize("key", [b"", b" ", b"x" * 201, "caf\u00e9".encode("latin-1"), "caf\u00e9".encode(),
+                                 b"a\tb", b"*"])
+def test_a_bad_idempotency_key_is_400_and_stores_nothing(stack, key):
+    before, stored = _total(stack), _keys_stored(stack)
+    head, _, payload = _post_with_key(stack, key).partition(b"\r\n\r\n")
+    if key == b"*":  # a wildcard is an ordinary character of a key: it never reaches a subject
+        assert head.startswith(b"HTTP/1.1 201"), head
+        assert _total(stack) == before + 1
+        return
+    assert head.startswith(b"HTTP/1.1 400"), head
+    body = json.loads(payload)
+    assert body["error"] == "invalid header Idempotency-Key" and "\n" not in body["details"], body
+    assert _total(stack) == before and _keys_stored(stack) == stored
+
+
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\nb", b"a\rb", b"a\x7fb", b"\xff\xfe"])
+def test_control_bytes_in_an_idempotency_key_never_make_a_job(stack, value):
+    before, stored = _total(stack), _keys_stored(stack)
+    answer = _post_with_key(stack, value)
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:300]  # Waitress or the API: no job
+    assert _total(stack) == before and _keys_stored(stack) == stored
 
 
 def test_unknown_job_is_404(stack):
@@ -337,6 +475,21 @@ BAD_REQUESTS = [
     ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo"}).encode(), "/api/v1/network/dns"),
     ("PUT", "/api/v1/network/dns", json.dumps({"interface_name": "lo", "servers": ["999.1.1.1"]}).encode(),
      "/api/v1/network/dns"),
+    # dry run: a boolean, and only for a modify operation
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"}, "dry_run": True}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "system.load.get"}, "dry_run": False}).encode(),
+     "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "network.dns.update", "data": {
+        "interface_name": "lo", "servers": ["192.0.2.9"]}}, "dry_run": "yes"}).encode(), "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs", json.dumps({"operation": {"type": "network.dns.update", "data": {
+        "interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": True}}}).encode(), "/api/v1/jobs"),
+    ("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+     json.dumps({"interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": "true"}).encode(), "/api/v1/network/dns"),
+    ("PUT", "/api/v1/network/dns?target_hostname=api-w1",
+     json.dumps({"interface_name": "lo", "servers": ["192.0.2.9"], "dry_run": None}).encode(), "/api/v1/network/dns"),
+    ("POST", "/api/v1/network/ping?target_hostname=api-w1",
+     json.dumps({"address": "127.0.0.1", "dry_run": True}).encode(), "/api/v1/network/ping"),
     ("GET", "/api/v1/system/hostname?target_hostname=label:", None, "/api/v1/system/hostname"),
     ("GET", "/api/v1/system/hostname?target_hostname=*", None, "/api/v1/system/hostname"),
     ("GET", "/api/v1/system/hostname?target_hostname=jobs.>", None, "/api/v1/system/hostname"),
@@ -532,7 +685,7 @@ def test_cors(stack):
         "Access-Control-Request-Headers": "Authorization, Content-Type"})
     assert pre.status == 204
     assert pre.header("access-control-allow-methods") == "GET, OPTIONS, POST"
-    assert pre.header("access-control-allow-headers") == "Authorization, Content-Type"
+    assert pre.header("access-control-allow-headers") == "Authorization, Content-Type, Idempotency-Key"
     assert pre.header("access-control-allow-origin") == "https://ui.example"
     no_cors = stack.fast.http(READ).get("/api/v1/version", headers={"Origin": "https://ui.example"})
     assert no_cors.header("access-control-allow-origin") is None  # empty allow_origins

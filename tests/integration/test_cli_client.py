@@ -312,6 +312,88 @@ def test_dns_update_to_many_or_unknown_hosts_without_tty_or_yes_is_refused_and_n
     assert stack.alpha_resolv.read_text() == before_file
 
 
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino
+
+
+def test_dns_update_dry_run_asks_nothing_shows_before_and_after_and_changes_nothing(osapi, stack):
+    stack.alpha_resolv.write_text(RESOLV)
+    before = _file_state(stack.alpha_resolv)
+    # _all without a TTY and without --yes: a dry run changes nothing, so it is not refused
+    res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.66",
+                "-T", "_all", "--dry-run")
+    assert "refusing" not in res.stderr
+    assert res.stdout.startswith("job ") and "dry run: nothing was changed" in res.stdout
+    rows = {r[0]: r for r in table_rows(res.stdout, "HOSTNAME")}
+    assert rows[ALPHA][1:] == ["ok", "yes", "search_domains: example.test; servers: 192.0.2.1",
+                               "search_domains: example.test; servers: 192.0.2.66"]
+    assert rows[BETA][1] == "failed"  # its resolv.conf is a directory: the dry run's read fails there too
+    assert res.status == 1
+    assert _file_state(stack.alpha_resolv) == before
+    js = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.66",
+               "-T", ALPHA, "--dry-run", "--json")
+    assert js.status == 0, js.stderr
+    assert json.loads(js.stdout)["results"][0]["after"]["servers"] == ["192.0.2.66"]
+    assert _file_state(stack.alpha_resolv) == before
+
+
+@pytest.mark.parametrize("command", ["add", "run"])
+def test_job_add_and_run_dry_run(osapi, stack, command):
+    stack.alpha_resolv.write_text(RESOLV)
+    before = _file_state(stack.alpha_resolv)
+    path = write_op(stack, "dns-dry.json", {"type": "network.dns.update",
+                                            "data": {"interface_name": "lo", "search_domains": ["dry.test"]}})
+    res = osapi("client", "job", command, "--json-file", path, "-T", ALPHA, "--dry-run", "--json")
+    assert res.status == 0, res.stderr
+    job_id = json.loads(res.stdout).get("job_id") or json.loads(res.stdout)["id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = stack.http("GET", f"/api/v1/jobs/{job_id}")[1]
+        if job["status"] == "completed":
+            break
+        time.sleep(0.1)
+    assert job["operation"]["data"]["dry_run"] is True
+    assert job["responses"][ALPHA]["data"]["after"] == {"servers": ["192.0.2.1"], "search_domains": ["dry.test"]}
+    assert _file_state(stack.alpha_resolv) == before
+    if command == "run":
+        human = osapi("client", "job", "run", "--json-file", path, "-T", ALPHA, "--dry-run", "-p", "0.1")
+        assert human.status == 0 and "dry run: nothing was changed" in human.stdout
+        assert table_rows(human.stdout, "HOSTNAME")[0][:3] == [ALPHA, "ok", "yes"]
+        assert _file_state(stack.alpha_resolv) == before
+
+
+def test_job_add_with_an_idempotency_key_twice_submits_one_job(osapi, stack):
+    path = write_op(stack, "idem.json", {"type": "system.hostname.get", "data": {}})
+    before = stack.total_jobs()
+    first = osapi("client", "job", "add", "--json-file", path, "-T", ALPHA, "--idempotency-key", "cli-key-1", "-j")
+    again = osapi("client", "job", "add", "--json-file", path, "-T", ALPHA, "--idempotency-key", "cli-key-1", "-j")
+    assert first.status == 0 and again.status == 0, first.stderr + again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert stack.total_jobs() == before + 1
+    other = write_op(stack, "idem-other.json", {"type": "system.load.get", "data": {}})
+    res = osapi("client", "job", "add", "--json-file", other, "-T", ALPHA, "--idempotency-key", "cli-key-1")
+    assert res.status == 1 and "(HTTP 422)" in res.stderr
+    assert stack.total_jobs() == before + 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "caf\u00e9", "a\nb", " a"])
+def test_job_add_with_a_bad_idempotency_key_is_a_usage_error(osapi, stack, key):
+    path = write_op(stack, "idem-bad.json", {"type": "system.hostname.get", "data": {}})
+    before = stack.total_jobs()
+    res = osapi("client", "job", "add", "--json-file", path, "--idempotency-key", key)
+    assert res.status == 2 and "--idempotency-key" in res.stderr and res.stdout == ""
+    assert stack.total_jobs() == before
+
+
+def test_job_add_dry_run_of_a_query_is_refused_and_stores_nothing(osapi, stack):
+    before = stack.total_jobs()
+    path = write_op(stack, "query-dry.json", {"type": "system.hostname.get", "data": {}})
+    res = osapi("client", "job", "add", "--json-file", path, "--dry-run")
+    assert res.status == 1 and "(HTTP 400)" in res.stderr and "has no dry run" in res.stderr
+    assert stack.total_jobs() == before
+
+
 def test_dns_update_to_a_label_with_yes_changes_the_matching_host(osapi, stack):
     res = osapi("client", "network", "dns", "update", "--interface-name", "lo", "--servers", "192.0.2.7",
                 "-T", "group:web.dev", "--yes")

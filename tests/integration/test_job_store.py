@@ -313,3 +313,115 @@ def test_a_recreated_job_store_is_listed_again(bridge):
     stats = bridge.call(client.stats())
     assert stats["total_jobs"] == 2 and stats["status_counts"]["submitted"] == 2
     assert stats == bridge.call(fresh_client(bridge).stats())
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+def _once(bridge, client, key: str, operation: dict = HOSTNAME, target: str = "w1", dry_run: bool = False,
+          subject: str = "tester"):
+    from osapi.job import idempotency
+
+    digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run})
+    return bridge.call(client.create_once(operation, target, dry_run, idempotency.slot(subject, key), digest))
+
+
+def _entries(bridge) -> int:
+    info = bridge.call(bridge.store.js.stream_info(bridge.store.stream_of("idempotency")))
+    return info.state.messages
+
+
+def test_the_same_key_and_request_twice_make_one_job_across_api_processes(bridge):
+    before = bridge.call(bridge.store.count_jobs())
+    first, replayed = _once(bridge, bridge.client, "key-1")
+    assert not replayed and first["status"] == "submitted"
+    stored = _entries(bridge)
+    for client in (bridge.client, fresh_client(bridge)):  # this API process and another one
+        again, replayed = _once(bridge, client, "key-1")
+        assert replayed and again == first
+    assert bridge.call(bridge.store.count_jobs()) == before + 1
+    assert _entries(bridge) == stored  # a replay stores nothing
+    # the key belongs to its token subject: another subject's same key is another request
+    other, replayed = _once(bridge, bridge.client, "key-1", subject="someone-else")
+    assert not replayed and other["job_id"] != first["job_id"]
+
+
+def test_the_same_key_with_another_request_is_a_conflict_and_stores_nothing(bridge):
+    from osapi.job.errors import IdempotencyConflict
+
+    _once(bridge, bridge.client, "key-2")
+    before, stored = bridge.call(bridge.store.count_jobs()), _entries(bridge)
+    for change in ({"target": "w2"}, {"operation": {"type": "system.load.get", "data": {}}}):
+        with pytest.raises(IdempotencyConflict, match="different request body"):
+            _once(bridge, bridge.client, "key-2", **change)
+    assert bridge.call(bridge.store.count_jobs()) == before and _entries(bridge) == stored
+
+
+def test_concurrent_requests_with_one_key_make_one_job(bridge):
+    from osapi.job import idempotency
+
+    before = bridge.call(bridge.store.count_jobs())
+    digest = idempotency.body_hash({"operation": HOSTNAME, "target_hostname": "w1", "dry_run": False})
+    name = idempotency.slot("tester", "key-3")
+    clients = [bridge.client] + [fresh_client(bridge) for _ in range(4)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(c.create_once(HOSTNAME, "w1", False, name, digest) for c in clients))
+
+    answers = bridge.call(all_at_once())
+    assert len({a["job_id"] for a, _ in answers}) == 1
+    assert sorted(replayed for _, replayed in answers) == [False, True, True, True, True]
+    assert bridge.call(bridge.store.count_jobs()) == before + 1
+
+
+def test_a_failed_submission_frees_its_key_for_the_retry(bridge):
+    from osapi.job import idempotency
+    from osapi.job.errors import NatsUnavailable
+
+    client = bridge.client
+    digest = idempotency.body_hash({"operation": HOSTNAME, "target_hostname": "w1", "dry_run": False})
+    name = idempotency.slot("tester", "key-4")
+
+    async def failing() -> dict:
+        raise NatsUnavailable("the submission failed (test)")
+
+    with pytest.raises(NatsUnavailable):
+        bridge.call(client.idempotency.once(name, digest, "0" * 32, failing, client._submitted))
+    bridge.call(client.settle(10))
+    before = bridge.call(bridge.store.count_jobs())
+    answer, replayed = _once(bridge, client, "key-4")  # the retry: a new job, not "in progress"
+    assert not replayed and bridge.call(bridge.store.count_jobs()) == before + 1
+
+
+def test_a_pending_key_waits_then_is_in_progress_and_a_stale_one_is_taken_over(bridge, monkeypatch):
+    import time
+
+    from osapi.job import idempotency
+    from osapi.job.errors import IdempotencyInProgress
+    from osapi.job.ids import new_job_id
+
+    monkeypatch.setattr(idempotency, "WAIT", 0.3)
+    digest = idempotency.body_hash({"operation": HOSTNAME, "target_hostname": "w1", "dry_run": False})
+    kv = bridge.store.kv("idempotency")
+
+    def pending(key: str, job_id: str, age: float) -> None:
+        record = {"state": "pending", "body": digest, "job_id": job_id, "since_ns": time.time_ns() - int(age * 1e9)}
+        bridge.call(kv.put(idempotency.slot("tester", key), json.dumps(record).encode()))
+
+    before = bridge.call(bridge.store.count_jobs())
+    pending("key-5", new_job_id(), 0)  # another request is submitting right now
+    with pytest.raises(IdempotencyInProgress, match="still submitting"):
+        _once(bridge, bridge.client, "key-5")
+    assert bridge.call(bridge.store.count_jobs()) == before
+
+    # its request died before it stored a job: the next request claims the key and submits
+    pending("key-6", new_job_id(), idempotency.STALE + 1)
+    answer, replayed = _once(bridge, bridge.client, "key-6")
+    assert not replayed and bridge.call(bridge.store.count_jobs()) == before + 1
+
+    # its request died after storing its job: that job is the answer, no second one
+    first = bridge.call(bridge.client.create(HOSTNAME, "w1"))
+    pending("key-7", first["job_id"], idempotency.STALE + 1)
+    answer, replayed = _once(bridge, bridge.client, "key-7")
+    assert replayed and answer == first
+    assert bridge.call(bridge.store.count_jobs()) == before + 2

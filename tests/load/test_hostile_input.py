@@ -70,7 +70,16 @@ def test_every_operation_survives_generated_input_and_matches_the_document(stack
         pytest.skip(f"worker cannot be isolated from the network: {stack.why_not}")
     resolv_before = stack.resolv_conf.read_text()
     etc_resolv_before = Path("/etc/resolv.conf").read_bytes() if Path("/etc/resolv.conf").exists() else None
+    # The one answer to a schema-valid request that the document cannot rule out by schema:
+    # POST /jobs with an Idempotency-Key already used with another body is a 422 (README.md
+    # "Idempotency keys"); schemathesis reuses short keys across examples. Only that route.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        '[[operations]]\ninclude-operation-id = "jobs_create"\n'
+        '[operations.checks.positive_data_acceptance]\n'
+        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]\n')
     argv = _schemathesis() + [
+        "--config-file", str(config),
         "--no-color",
         "run", f"{stack.url}/api/v1/openapi.json",
         "-H", f"Authorization: Bearer {stack.token}",

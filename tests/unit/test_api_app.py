@@ -346,7 +346,7 @@ def test_preflight_allowed_and_denied(app):
     assert resp.status == 204 and resp.raw == b""
     assert resp.header("access-control-allow-origin") == "https://ui.example"
     assert resp.header("access-control-allow-methods") == "OPTIONS, PUT"
-    assert resp.header("access-control-allow-headers") == "Authorization, Content-Type"
+    assert resp.header("access-control-allow-headers") == "Authorization, Content-Type, Idempotency-Key"
     denied = wsgi_call(app, "OPTIONS", "/api/v1/network/dns", headers=dict(pre, Origin="https://evil.example"))
     assert denied.status == 204
     assert not [h for h in denied.headers if h.startswith("access-control-")]

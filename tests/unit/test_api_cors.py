@@ -29,5 +29,5 @@ def test_star_allows_any_origin_by_name():
 def test_preflight_lists_methods_and_headers():
     headers = dict(CorsPolicy(["*"]).preflight_headers("https://x.example", ["GET", "POST"]))
     assert headers["Access-Control-Allow-Methods"] == "GET, OPTIONS, POST"
-    assert headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, Idempotency-Key"
     assert headers["Access-Control-Allow-Origin"] == "https://x.example"

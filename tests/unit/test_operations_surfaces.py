@@ -41,10 +41,16 @@ def run(op_type: str, data: dict | None = None) -> dict:
 
 @pytest.mark.parametrize("op_type", list(OPERATIONS))
 def test_every_entry_binds_to_a_provider_function(op_type):
-    """The worker -> provider binding: every entry's ``module:function`` resolves to fn(data, host)."""
-    fn = OPERATIONS[op_type].function()
+    """The worker -> provider binding: every entry's ``module:function`` resolves to fn(data, host),
+    and a modify operation's to fn(data, host, dry_run=False): every modify operation has a dry run."""
+    op = OPERATIONS[op_type]
+    fn = op.function()
     assert callable(fn)
-    assert len(inspect.signature(fn).parameters) == 2, op_type
+    params = inspect.signature(fn).parameters
+    if op.kind == operations.MODIFY:
+        assert list(params) == ["data", "host", "dry_run"] and params["dry_run"].default is False, op_type
+    else:
+        assert len(params) == 2, op_type
 
 
 def test_routes_cli_commands_and_views_come_from_the_entries():
@@ -257,3 +263,35 @@ def test_table_of_interfaces_and_users():
     assert lines[3].split() == ["h", "lo", "up", "00:00:00:00:00:00", "65536", "127.0.0.1/8,", "::1/128"]
     users = fmt.view_for("system.users.get")([{"hostname": "h", "users": []}])
     assert users.splitlines()[2].split() == ["h", "(no", "users)"]
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def test_stored_dry_run_marker_is_split_off_only_for_modify_operations():
+    update = operations.get("network.dns.update")
+    data = {"interface_name": "lo", "servers": ["192.0.2.1"]}
+    stored = operations.with_dry_run(data, True)
+    assert stored == {**data, "dry_run": True} and operations.with_dry_run(data, False) == data
+    assert operations.split_dry_run(update, stored) == (data, True)
+    assert operations.split_dry_run(update, data) == (data, False)
+    assert operations.split_dry_run(update, None) == (None, False)
+    for bad in (False, "true", 1, None):
+        with pytest.raises(InvalidData, match="dry_run must be true"):
+            operations.split_dry_run(update, {**data, "dry_run": bad})
+    with pytest.raises(InvalidData, match="is a query"):
+        operations.split_dry_run(operations.get("network.dns.get"), {"interface_name": "lo", "dry_run": True})
+    # the operation's own validator never takes the marker: a worker older than dry run refuses such a job
+    with pytest.raises(InvalidData, match="unknown field dry_run"):
+        update.check(stored)
+
+
+def test_a_query_or_a_provider_without_dry_run_never_runs_in_a_dry_run():
+    with pytest.raises(InvalidData, match="is a query"):
+        operations.get("system.hostname.get").run({}, HOST, dry_run=True)
+    from osapi.job import testhooks
+
+    record = testhooks.OPERATIONS["test.record"]  # a modify operation whose provider takes no dry_run
+    assert record.kind == operations.MODIFY
+    with pytest.raises(InvalidData, match="has no dry run"):
+        record.run({}, HOST, dry_run=True)

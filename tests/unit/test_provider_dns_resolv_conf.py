@@ -368,3 +368,71 @@ def test_concurrent_updates_of_servers_and_domains_both_land(conf):
     assert not errors, errors
     assert leftovers(conf.parent) == []
     assert "# between servers" in conf.read_text()
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def dry_run(path, **data) -> dict:
+    op = operations.get("network.dns.update")
+    result = op.run(op.check({"interface_name": "lo", **data}), host_for(path), dry_run=True)
+    return check_result("network.dns.update", result)
+
+
+def snapshot(path) -> tuple:
+    st = os.stat(path)
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino, sorted(os.listdir(path.parent))
+
+
+@pytest.mark.parametrize("data, after", [
+    ({"servers": ["198.51.100.7"]},
+     {"servers": ["198.51.100.7"], "search_domains": ["a.example", "b.example"]}),
+    ({"search_domains": []}, {"servers": ["192.0.2.1", "2001:db8::53"], "search_domains": []}),
+    ({"servers": ["192.0.2.1", "2001:db8::53"], "search_domains": ["c.example."]},
+     {"servers": ["192.0.2.1", "2001:db8::53"], "search_domains": ["c.example"]}),
+])
+def test_dry_run_reports_before_and_after_and_leaves_the_file_byte_identical(conf, data, after):
+    os.utime(conf, ns=(1_000_000_000, 1_000_000_000))  # an mtime a rewrite could not keep by chance
+    before = snapshot(conf)
+    result = dry_run(conf, **data)
+    assert result == {"changed": True, "dry_run": True, "after": after,
+                      "before": {"servers": ["192.0.2.1", "2001:db8::53"], "search_domains": ["a.example", "b.example"]}}
+    assert snapshot(conf) == before  # same bytes, same mtime, same inode, no temp file left
+    # what the dry run announced is what the real update then does
+    assert update(conf, **data) == {"changed": True}
+    assert get(conf) == after
+
+
+def test_dry_run_of_a_no_op_is_unchanged(conf):
+    before = snapshot(conf)
+    result = dry_run(conf, servers=["192.0.2.1", "2001:db8::53"])
+    assert result["changed"] is False and result["before"] == result["after"]
+    assert snapshot(conf) == before
+
+
+def test_dry_run_is_refused_like_the_update_and_writes_nothing(conf):
+    before = snapshot(conf)
+    with pytest.raises(ProviderError, match="at most 3 name servers"):
+        dry_run(conf, servers=["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"])
+    assert snapshot(conf) == before
+
+
+def test_dry_run_of_a_missing_file_creates_nothing(tmp_path):
+    path = tmp_path / "resolv.conf"
+    assert dry_run(path, servers=["192.0.2.9"])["after"] == {"servers": ["192.0.2.9"], "search_domains": []}
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_dry_run_in_a_read_only_directory_succeeds(tmp_path):
+    # a dry run needs no write access: not even the lock (the update's flock) is taken
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "resolv.conf"
+    path.write_text(SAMPLE)
+    directory.chmod(0o555)
+    path.chmod(0o444)
+    try:
+        assert dry_run(path, servers=["192.0.2.9"])["changed"] is True
+        assert path.read_text() == SAMPLE
+    finally:
+        directory.chmod(0o755)

@@ -256,3 +256,31 @@ def test_auto_end_to_end_through_the_stand_in(tmp_path, resolvectl, resolved_run
         "changed": True}
     assert resolvectl.writes() == [["domain", "lo", "auto.example"]]
     assert (resolved_run_dir / "stub-resolv.conf").read_text() == "nameserver 127.0.0.53\noptions edns0 trust-ad\n"
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def dry_run(data: dict) -> dict:
+    op = operations.get("network.dns.update")
+    return check_result("network.dns.update", op.run(op.check(data), resolved_host(), dry_run=True))
+
+
+def test_dry_run_only_reads_and_reports_before_and_after(resolvectl):
+    resolvectl.set("lo", dns=["192.0.2.1"], domain=["keep.example", "~corp.example"])
+    assert dry_run({"interface_name": "lo", "servers": ["198.51.100.1"], "search_domains": ["new.example"]}) == {
+        "changed": True, "dry_run": True,
+        "before": {"servers": ["192.0.2.1"], "search_domains": ["keep.example"]},
+        "after": {"servers": ["198.51.100.1"], "search_domains": ["new.example"]},
+    }
+    assert resolvectl.writes() == []  # no set command, only the two reads
+    assert resolvectl.calls() == [["dns", "lo"], ["domain", "lo"]]
+    assert run("network.dns.get", {"interface_name": "lo"}) == {
+        "servers": ["192.0.2.1"], "search_domains": ["keep.example"]}
+
+
+def test_dry_run_of_a_no_op_says_unchanged(resolvectl):
+    resolvectl.set("lo", dns=["192.0.2.1"], domain=["keep.example"])
+    result = dry_run({"interface_name": "lo", "servers": ["192.0.2.1"]})
+    assert result["changed"] is False and result["before"] == result["after"]
+    assert resolvectl.writes() == []
