@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from osapi.api import events as event_stream
 from osapi.api import schemas
 from osapi.api.errors import bad_request
 from osapi.api.health import remember_job_stats
@@ -100,6 +101,17 @@ def workers(call: Call) -> Reply:
 
 _err = schemas.error_responses
 
+EVENTS_DESCRIPTION = (
+    "A `text/event-stream`: first the job's stored events, then each new one as it is stored. Each "
+    "event has `id:` (its stream sequence, for `Last-Event-ID`), `event:` (`submitted`, `acknowledged`, "
+    "`started`, `completed` or `failed`) and `data:` (one line of JSON: `{timestamp, hostname, error?}`; "
+    "for `submitted` the hostname is the target). When the job reaches a final status (completed, failed, "
+    "partial_failure) comes `event: end` with the job (as `GET /jobs/{job_id}` returns it) as `data`, and "
+    f"the stream closes. While nothing happens a comment line (`: idle`) comes every "
+    f"{event_stream.IDLE_COMMENT:g} s. A stream also closes when the job is deleted. At most "
+    f"{event_stream.MAX_EVENT_STREAMS} streams are open at once."
+)
+
 
 def routes() -> list[Route]:
     return [
@@ -134,6 +146,18 @@ def routes() -> list[Route]:
         Route("GET", "/jobs/{job_id}", get, "one job with its responses and timeline", TAG, "read",
               responses={200: Response("the job", schemas.ref("Job")), **_err(400, 401, 403, 404, 503)},
               operation_id="jobs_get"),
+        Route("GET", "/jobs/{job_id}/events", event_stream.handler(_job_id), "follow a job's events (server-sent "
+              "events)", TAG, "read",
+              headers=(event_stream.LAST_EVENT_ID,),
+              responses={200: Response("the job's events as they are stored, then `end` (see the description)",
+                                       {"type": "string"}, event_stream.MEDIA_TYPE),
+                         **_err(401, 403, 404),
+                         400: Response("an invalid job id or Last-Event-ID header", schemas.ref("Error")),
+                         503: Response(f"NATS is not reachable, or {event_stream.MAX_EVENT_STREAMS} event streams "
+                                       "are already open (`too many event streams open`, with a `Retry-After` "
+                                       "header)", schemas.ref("Error"))},
+              description=EVENTS_DESCRIPTION,
+              operation_id="jobs_events"),
         Route("DELETE", "/jobs/{job_id}", delete, "delete a job, its events and responses", TAG, "write",
               responses={204: Response("deleted"), **_err(400, 401, 403, 404, 503)},
               operation_id="jobs_delete"),

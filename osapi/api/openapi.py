@@ -95,6 +95,7 @@ def _operation(route: Route) -> dict:
         op["x-required-scope"] = route.scope
         op["description"] = (op.get("description", "") + f" Needs the `{route.scope}` scope.").strip()
     params = [_path_param(name) for name in route.path_params] + [_query_param(p) for p in route.query]
+    params += [_header_param(p) for p in route.headers]
     if params:
         op["parameters"] = params
     if route.body is not None:
@@ -140,13 +141,18 @@ def _query_param(param: Param) -> dict:
             "schema": copy.deepcopy(param.schema), "description": param.description}
 
 
+def _header_param(param: Param) -> dict:
+    return {"name": param.name, "in": "header", "required": False,
+            "schema": copy.deepcopy(param.schema), "description": param.description}
+
+
 def _response(code: int, resp: Response) -> dict:
     out: dict = {"description": resp.description}
     if code == 401:
         out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
                                                "description": "Bearer challenge with the reason"}}
     if resp.schema is not None:
-        out["content"] = {"application/json": {"schema": copy.deepcopy(resp.schema)}}
+        out["content"] = {resp.media_type: {"schema": copy.deepcopy(resp.schema)}}
     return out
 
 

@@ -59,6 +59,7 @@ class Param:
 class Response:
     description: str
     schema: dict | None = None  # None: no body
+    media_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Route:
     scope: str | None  # None: no token needed
     prefix: str = API_PREFIX
     query: tuple[Param, ...] = ()
+    headers: tuple[Param, ...] = ()  # request headers the handler reads (validated like query parameters)
     body: dict | None = None  # JSON schema of the request body
     body_description: str = ""
     responses: dict[int, Response] = field(default_factory=dict)
@@ -113,6 +115,10 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-able, or None for no body
     headers: dict[str, str] = field(default_factory=dict)
+    # a streamed body instead (``body`` unused): an iterable of bytes with a ``close()``, sent as
+    # it comes with this content type (``events.py``)
+    stream: Any = None
+    media_type: str = ""
 
 
 # ---------------------------------------------------------------- parsers
@@ -182,6 +188,7 @@ class Call:
         self.services = services
         self.given: frozenset[str] = frozenset()  # query parameters the client gave
         self.query = self._parse_query()
+        self.headers = self._parse_headers()
         self._body: Any = _UNREAD
 
     # -- query
@@ -212,6 +219,21 @@ class Call:
         self.given = frozenset(values)
         for param in self.route.query:
             values.setdefault(param.name, param.default)
+        return values
+
+    # -- headers
+
+    def _parse_headers(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for param in self.route.headers:
+            text = self.environ.get("HTTP_" + param.name.upper().replace("-", "_"))
+            if text is None:
+                values[param.name] = param.default
+                continue
+            try:
+                values[param.name] = param.parse(text)
+            except InvalidValue as exc:
+                raise bad_request(f"invalid header {param.name}", exc.details(param.name)) from None
         return values
 
     # -- body
