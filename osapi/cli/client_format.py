@@ -493,3 +493,20 @@ def workers(body: dict, now: float | None = None) -> str:
              ago(w.get("last_seen"), now), w.get("processes", "-")]
             for w in sorted(items, key=lambda w: str(w.get("hostname")))]
     return table(["HOSTNAME", "LABELS", "VERSION", "STARTED", "LAST SEEN", "PROCESSES"], rows)
+
+
+def _printable(value: Any) -> str:
+    """One line with no control characters (text from the API may carry terminal escapes)."""
+    return "".join(c if c.isprintable() else " " for c in str(value))
+
+
+def progress_line(event: str, data: dict) -> str:
+    """One event of a job's stream (``GET /jobs/{id}/events``) as ``client job run`` shows it."""
+    host = _printable(data.get("hostname") or "-")
+    stamp = _printable(local_time(data.get("timestamp")))
+    if event == "submitted":
+        return f"{stamp}  submitted to {host}"
+    line = f"{stamp}  {host}: {_printable(event)}"
+    if data.get("error"):
+        line += f": {_printable(data['error'])}"
+    return line
