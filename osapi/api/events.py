@@ -44,6 +44,22 @@ LAST_EVENT_ID_RULE = ("the `id:` of an event this stream sent (a stream sequence
                       "(0: from the start). Anything else is a 400.")
 
 
+EVENT_NAMES = ("submitted", "acknowledged", "started", "completed", "failed", "end")
+EVENT_SCHEMA = {
+    "type": "object",
+    "description": "one event of the stream, by its fields",
+    "properties": {
+        "id": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN,
+               "description": "the event's stream sequence; `end` repeats the id of the last event"},
+        "event": {"type": "string", "enum": list(EVENT_NAMES)},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "one line of JSON: `{timestamp, hostname, error?}`; for `end` the job"},
+        "retry": {"type": "integer", "description": "sent once, first: reconnect after this many ms"},
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 def parse_last_event_id(text: str) -> int:
     if not re.fullmatch(LAST_EVENT_ID_PATTERN, text):
         raise InvalidValue(f"must be an event id this stream sent (digits, no leading zero, at most 18), "

@@ -1,4 +1,4 @@
-"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, delete, statistics.
+"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, follow (events.py), delete, statistics.
 
 POST /jobs checks the operation type, its data and the target before anything
 reaches NATS, so a refused request (400) never leaves a job behind.
@@ -149,8 +149,9 @@ def routes() -> list[Route]:
         Route("GET", "/jobs/{job_id}/events", event_stream.handler(_job_id), "follow a job's events (server-sent "
               "events)", TAG, "read",
               headers=(event_stream.LAST_EVENT_ID,),
-              responses={200: Response("the job's events as they are stored, then `end` (see the description)",
-                                       {"type": "string"}, event_stream.MEDIA_TYPE),
+              responses={200: Response("the job's events as they are stored, then `end` (see the description); "
+                                       "the schema is that of one event", event_stream.EVENT_SCHEMA,
+                                       event_stream.MEDIA_TYPE),
                          **_err(401, 403, 404),
                          400: Response("an invalid job id or Last-Event-ID header", schemas.ref("Error")),
                          503: Response(f"NATS is not reachable, or {event_stream.MAX_EVENT_STREAMS} event streams "
