@@ -72,6 +72,7 @@ BENCHMARKS = {
     "broadcast": "bench.broadcast",
     "scale": "bench.scale",
     "hung": "bench.hung",
+    "events": "bench.events",
     "startup": "bench.startup",
     "footprint": "bench.footprint",
 }

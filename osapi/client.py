@@ -28,6 +28,7 @@ API_PREFIX = "/api/v1"
 # default) plus a broadcast's collection; this only guards against a hung server.
 DEFAULT_TIMEOUT = 120.0
 TOKEN_ENV = "OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN"
+EVENTS_READ_TIMEOUT = 30.0  # seconds an event stream may stay silent (the API comments every 5 s while idle)
 MAX_BODY_IN_MESSAGE = 200
 
 
@@ -159,6 +160,34 @@ class ApiClient:
 
     def job_delete(self, job_id: str) -> None:
         return self.request("DELETE", f"/jobs/{_segment(job_id)}")
+
+    def job_events(self, job_id: str, read_timeout: float = EVENTS_READ_TIMEOUT):
+        """``GET /jobs/{id}/events``: yields ``(event, data)`` as each arrives, the last one ``end``.
+
+        ``ApiError`` when the stream cannot be opened, is not an event stream, or
+        stays silent for ``read_timeout`` seconds (the API sends a comment every few).
+        """
+        target = self.endpoint(f"/jobs/{_segment(job_id)}/events")
+        headers = {"Accept": "text/event-stream", "User-Agent": "osapi-cli"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=read_timeout)
+        try:
+            try:
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+                if response.status != 200:
+                    data, text = _json_or_text(response.read())
+                    raise self._error("GET", f"/jobs/{job_id}/events", response.status, response.reason, data, text)
+                if not (response.getheader("Content-Type") or "").startswith("text/event-stream"):
+                    raise ApiError(f"the server at {self.url} did not answer GET {target} with an event stream")
+                yield from parse_event_stream(response)
+            except (OSError, http.client.HTTPException) as exc:
+                raise ApiError(f"the event stream of job {job_id} from {self.url} broke off: "
+                               f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
+        finally:
+            conn.close()
 
     def job_stats(self) -> dict:
         return self.get("/jobs/status")
@@ -307,6 +336,39 @@ class ApiClient:
             f"use a token with {roles.get(scope, 'a suitable')} role",
             403, data,
         )
+
+
+def parse_event_stream(lines):
+    """``(event, data)`` for each event of a ``text/event-stream`` read line by line (bytes).
+
+    Comment lines are skipped; ``data`` is the decoded JSON of the ``data:`` lines
+    (``ValueError`` when it is not JSON). Ends after ``end`` or at the end of the input.
+    """
+    event, data = None, []
+    for raw in iter(lines.readline, b""):
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line:
+            if event is not None or data:
+                name = event or "message"
+                yield name, json.loads("\n".join(data)) if data else None
+                if name == "end":
+                    return
+            event, data = None, []
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+
+
+def _json_or_text(raw: bytes) -> tuple[Any, str]:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text), text
+    except ValueError:
+        return None, text
 
 
 def join_error(error: Any, details: Any) -> str:

@@ -66,6 +66,7 @@ class Services:
         self.bridge = bridge
         self.settings = Settings.from_config(cfg)
         self.wait_slots = WaitSlots()  # synchronous calls waiting for workers (domain.py)
+        self.event_streams = _stream_slots()  # open event streams (events.py)
         self.started = time.monotonic()
         self.last_job_stats: tuple[int, dict] | None = None  # (time ns, counts): /health/status when NATS is away
         from osapi.api.metrics import Registry
@@ -80,6 +81,12 @@ class Services:
 
             self._document = openapi.build(self._routes)
         return self._document
+
+
+def _stream_slots() -> WaitSlots:
+    from osapi.api.events import stream_slots
+
+    return stream_slots()
 
 
 def _json_bytes(body: Any) -> bytes:
@@ -209,6 +216,8 @@ class Api:
                     environ[audit.ROLES_KEY] = list(claims.roles)
                     self.auth.require(claims, route.scope)
                 reply = route.handler(Call(route, environ, path_args, claims, self.services))
+                if reply.stream is not None:
+                    return self._streamed(reply)
                 return self._response(reply.status, reply.body, reply.headers)
             except Exception as exc:  # every failure becomes an envelope, here
                 err = self._to_api_error(exc, route)
@@ -238,6 +247,13 @@ class Api:
             return bottle.HTTPResponse(body=body, status=status, headers=out_headers)
         out_headers["Content-Type"] = JSON_TYPE
         return bottle.HTTPResponse(body=_json_bytes(body), status=status, headers=out_headers)
+
+    @staticmethod
+    def _streamed(reply) -> bottle.HTTPResponse:
+        """A body sent chunk by chunk as the handler's iterable yields it (no Content-Length:
+        Waitress sends each chunk at once, chunked)."""
+        headers = {"Cache-Control": "no-store", **reply.headers, "Content-Type": reply.media_type}
+        return bottle.HTTPResponse(body=reply.stream, status=reply.status, headers=headers)
 
     def _error_response(self, err: ApiError) -> bottle.HTTPResponse:
         return self._response(err.status, err.body(), err.headers)

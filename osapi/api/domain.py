@@ -27,10 +27,14 @@ import contextlib
 import copy
 import re
 import threading
+from dataclasses import dataclass
+from typing import Callable
+
 from osapi.api import audit, schemas
 from osapi.api.errors import ApiError, bad_request
-from osapi.api.jobs import dry_run_field
-from osapi.api.routing import TARGET_PARAM, Call, Param, Reply, Response, Route, int_param, parse_choice
+from osapi.api.routing import (
+    TARGET_PARAM, Call, Param, Reply, Response, Route, dry_run_field, int_param, parse_choice,
+)
 from osapi.job import operations
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
@@ -39,25 +43,49 @@ RETRY_AFTER = 5  # seconds, the Retry-After of a call refused because MAX_SYNC_W
 
 
 class WaitSlots:
-    """At most ``limit`` synchronous calls waiting for workers at once; one more is a 503 at once."""
+    """At most ``limit`` requests holding a thread at once; one more is refused at once (503).
 
-    def __init__(self, limit: int = MAX_SYNC_WAITS):
+    ``refusal(limit)`` is that 503 (default: synchronous calls waiting for workers).
+    ``slot()`` holds one for a block; ``take()`` returns the release of one held
+    beyond a block (an event stream releases it when it ends).
+    """
+
+    def __init__(self, limit: int = MAX_SYNC_WAITS, refusal=None):
         self.limit = limit
         self._free = threading.BoundedSemaphore(limit) if limit > 0 else None
+        self._refusal = refusal or _too_many_waits
+
+    def take(self):
+        """Hold a slot (503 when none is free); the returned callable releases it, once."""
+        if self._free is None or not self._free.acquire(blocking=False):
+            raise self._refusal(self.limit)
+        held = [True]
+        lock = threading.Lock()
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._free.release()
+
+        return release
 
     @contextlib.contextmanager
     def slot(self):
-        if self._free is None or not self._free.acquire(blocking=False):
-            raise ApiError(
-                503, "too many synchronous calls waiting",
-                f"{self.limit} synchronous calls are already waiting for workers; retry after "
-                f"{RETRY_AFTER}s, or submit the job with POST /api/v1/jobs and read GET /api/v1/jobs/{{job_id}}",
-                headers={"Retry-After": str(RETRY_AFTER)},
-            )
+        release = self.take()
         try:
             yield
         finally:
-            self._free.release()
+            release()
+
+
+def _too_many_waits(limit: int) -> ApiError:
+    return ApiError(
+        503, "too many synchronous calls waiting",
+        f"{limit} synchronous calls are already waiting for workers; retry after "
+        f"{RETRY_AFTER}s, or submit the job with POST /api/v1/jobs and read GET /api/v1/jobs/{{job_id}}",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
 
 
 def mark_ok(item: dict) -> dict:

@@ -1,4 +1,4 @@
-"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, delete, statistics.
+"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, follow (events.py), delete, statistics.
 
 POST /jobs checks the operation type, its data and the target before anything
 reaches NATS, so a refused request (400) never leaves a job behind. Its
@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 
 from osapi.api import audit, schemas
+from osapi.api import events as event_stream
 from osapi.api.errors import bad_request
 from osapi.api.health import remember_job_stats
 from osapi.api.routing import (
     API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
-    int_param, parse_choice, parse_target,
+    dry_run_field, int_param, parse_choice, parse_target,
 )
 from osapi.job import idempotency, operations
 
@@ -108,20 +109,6 @@ IDEMPOTENCY_KEY = Param(
 )
 
 
-def dry_run_field(body: dict, op: operations.Operation) -> bool:
-    """The body's ``dry_run`` (a boolean; given at all only for a modify operation), or 400."""
-    if "dry_run" not in body:
-        return False
-    value = body["dry_run"]
-    if not isinstance(value, bool):
-        raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
-    try:
-        operations.check_dry_run(op)
-    except operations.InvalidData as exc:
-        raise bad_request("invalid field dry_run", f"{exc}; leave dry_run out") from None
-    return value
-
-
 def list_jobs(call: Call) -> Reply:
     q = call.query
     page = call.services.bridge.call(
@@ -152,6 +139,17 @@ def workers(call: Call) -> Reply:
 
 
 _err = schemas.error_responses
+
+EVENTS_DESCRIPTION = (
+    "A `text/event-stream`: first the job's stored events, then each new one as it is stored. Each "
+    "event has `id:` (its stream sequence, for `Last-Event-ID`), `event:` (`submitted`, `acknowledged`, "
+    "`started`, `completed` or `failed`) and `data:` (one line of JSON: `{timestamp, hostname, error?}`; "
+    "for `submitted` the hostname is the target). When the job reaches a final status (completed, failed, "
+    "partial_failure) comes `event: end` with the job (as `GET /jobs/{job_id}` returns it) as `data`, and "
+    f"the stream closes. While nothing happens a comment line (`: idle`) comes every "
+    f"{event_stream.IDLE_COMMENT:g} s. A stream also closes when the job is deleted. At most "
+    f"{event_stream.MAX_EVENT_STREAMS} streams are open at once."
+)
 
 
 def routes() -> list[Route]:
@@ -204,6 +202,19 @@ def routes() -> list[Route]:
         Route("GET", "/jobs/{job_id}", get, "one job with its responses and timeline", TAG, "read",
               responses={200: Response("the job", schemas.ref("Job")), **_err(400, 401, 403, 404, 503)},
               operation_id="jobs_get"),
+        Route("GET", "/jobs/{job_id}/events", event_stream.handler(_job_id), "follow a job's events (server-sent "
+              "events)", TAG, "read",
+              headers=(event_stream.LAST_EVENT_ID,),
+              responses={200: Response("the job's events as they are stored, then `end` (see the description); "
+                                       "the schema is that of one event", event_stream.EVENT_SCHEMA,
+                                       event_stream.MEDIA_TYPE),
+                         **_err(401, 403, 404),
+                         400: Response("an invalid job id or Last-Event-ID header", schemas.ref("Error")),
+                         503: Response(f"NATS is not reachable, or {event_stream.MAX_EVENT_STREAMS} event streams "
+                                       "are already open (`too many event streams open`, with a `Retry-After` "
+                                       "header)", schemas.ref("Error"))},
+              description=EVENTS_DESCRIPTION,
+              operation_id="jobs_events"),
         Route("DELETE", "/jobs/{job_id}", delete, "delete a job, its events and responses", TAG, "write",
               responses={204: Response("deleted"), **_err(400, 401, 403, 404, 503)},
               operation_id="jobs_delete"),

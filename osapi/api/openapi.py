@@ -154,7 +154,7 @@ def _response(code: int, resp: Response) -> dict:
     if resp.headers:
         out["headers"] = copy.deepcopy(resp.headers)
     if resp.schema is not None:
-        out["content"] = {resp.content_type: {"schema": copy.deepcopy(resp.schema)}}
+        out["content"] = {resp.media_type: {"schema": copy.deepcopy(resp.schema)}}
     return out
 
 

@@ -59,7 +59,7 @@ class Param:
 class Response:
     description: str
     schema: dict | None = None  # None: no body
-    content_type: str = "application/json"
+    media_type: str = "application/json"
     headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
 
 
@@ -73,7 +73,7 @@ class Route:
     scope: str | None  # None: no token needed
     prefix: str = API_PREFIX
     query: tuple[Param, ...] = ()
-    headers: tuple[Param, ...] = ()  # optional request headers, parsed like query parameters
+    headers: tuple[Param, ...] = ()  # request headers the handler reads (validated like query parameters)
     body: dict | None = None  # JSON schema of the request body
     body_description: str = ""
     responses: dict[int, Response] = field(default_factory=dict)
@@ -116,6 +116,10 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-able, or None for no body
     headers: dict[str, str] = field(default_factory=dict)
+    # a streamed body instead (``body`` unused): an iterable of bytes with a ``close()``, sent as
+    # it comes with this content type (``events.py``)
+    stream: Any = None
+    media_type: str = ""
 
 
 # ---------------------------------------------------------------- parsers
@@ -185,7 +189,7 @@ class Call:
         self.services = services
         self.given: frozenset[str] = frozenset()  # query parameters the client gave
         self.query = self._parse_query()
-        self.headers = self._parse_headers()  # the declared headers the client gave, parsed
+        self.headers = self._parse_headers()  # the declared headers, parsed (absent: the default)
         self._body: Any = _UNREAD
 
     # -- query
@@ -218,11 +222,14 @@ class Call:
             values.setdefault(param.name, param.default)
         return values
 
+    # -- headers
+
     def _parse_headers(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for param in self.route.headers:
             text = self.environ.get("HTTP_" + param.name.upper().replace("-", "_"))
             if text is None:
+                values[param.name] = param.default
                 continue
             try:
                 values[param.name] = param.parse(text)
@@ -345,3 +352,19 @@ def check_fields(body: dict, allowed: set[str], where: str = "request body") -> 
     if unknown:
         raise bad_request(f"unknown field {unknown[0]} in the {where}",
                           f"allowed fields: {', '.join(sorted(allowed)) or 'none'}")
+
+
+def dry_run_field(body: dict, op) -> bool:
+    """The body's ``dry_run`` (a boolean; given at all only for a modify operation), or 400."""
+    if "dry_run" not in body:
+        return False
+    value = body["dry_run"]
+    if not isinstance(value, bool):
+        raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
+    from osapi.job import operations
+
+    try:
+        operations.check_dry_run(op)
+    except operations.InvalidData as exc:
+        raise bad_request("invalid field dry_run", f"{exc}; leave dry_run out") from None
+    return value

@@ -19,6 +19,7 @@ import time
 
 from osapi import logs
 from osapi.api.domain import MAX_SYNC_WAITS
+from osapi.api.events import MAX_EVENT_STREAMS
 from osapi.api.errors import envelope
 from osapi.api.routing import MAX_BODY
 from osapi.errors import ConfigError
@@ -35,11 +36,20 @@ access_log = logging.getLogger("osapi.api.access")
 # still answer. An idle thread costs about 16 KiB of RSS (measured: 8 -> 272
 # threads, +4.8 MiB); a smaller threading.stack_size would only save address
 # space, not memory, so the default stack stays. bench/hung.py measures it.
+# An event stream (GET /jobs/{id}/events) holds a thread for as long as it is
+# open: MAX_EVENT_STREAMS more threads are theirs (one more stream is a 503 with
+# Retry-After, events.py), so streams starve neither synchronous calls nor the
+# spare threads. bench/events.py measures /health with 200 streams open.
 SPARE_THREADS = 8  # for everything that does not wait for workers
-THREADS = MAX_SYNC_WAITS + SPARE_THREADS
+THREADS = MAX_SYNC_WAITS + MAX_EVENT_STREAMS + SPARE_THREADS
 # Open connections Waitress accepts (its default, 100, would leave a probe in the
-# listen backlog once 100 calls wait); well under the usual 1024 open files.
-CONNECTION_LIMIT = 2 * THREADS
+# listen backlog once 100 calls wait): every thread busy plus as many idle
+# keep-alive connections as calls may wait; under the usual 1024 open files.
+CONNECTION_LIMIT = THREADS + MAX_SYNC_WAITS
+# Waitress reads one request ahead on a busy connection, so it notices at once
+# when a client closes it: a long request (an event stream) then ends promptly
+# instead of at its next write (environ["waitress.client_disconnected"]).
+REQUEST_LOOKAHEAD = 1
 CHANNEL_TIMEOUT = 120  # seconds an idle connection stays open
 SHUTDOWN_GRACE = 5.0  # seconds running requests get to finish after SIGTERM
 LOOP_TIMEOUT = 0.25  # seconds per poll round; bounds how late a stop signal is noticed
@@ -110,6 +120,7 @@ class ApiServer:
                 ident="osapi",
                 max_request_body_size=MAX_BODY + 1,  # waitress refuses at >= this size
                 channel_timeout=CHANNEL_TIMEOUT,
+                channel_request_lookahead=REQUEST_LOOKAHEAD,
                 clear_untrusted_proxy_headers=True,
             )
         except OSError as exc:

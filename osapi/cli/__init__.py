@@ -54,6 +54,10 @@ class Environment:
     def stdout_isatty(self) -> bool:
         return bool(getattr(self.stdout, "isatty", lambda: False)())
 
+    @property
+    def stderr_isatty(self) -> bool:
+        return bool(getattr(self.stderr, "isatty", lambda: False)())
+
 
 class Context:
     """Handed to every command: parsed args, the environment, lazily loaded config."""

@@ -538,3 +538,15 @@ def audit_list(body: dict) -> str:
                      number(item.get("duration_ms"), "{:.1f}"), item.get("job_id") or ""])
     text = table(["TIME", "SUBJECT", "SOURCE", "METHOD", "PATH", "STATUS", "MS", "JOB"], rows)
     return text + f"\n\n{len(items)} of {total} entries"
+
+
+def progress_line(event: str, data: dict) -> str:
+    """One event of a job's stream (``GET /jobs/{id}/events``) as ``client job run`` shows it."""
+    host = printable(data.get("hostname") or "-")
+    stamp = printable(local_time(data.get("timestamp")))
+    if event == "submitted":
+        return f"{stamp}  submitted to {host}"
+    line = f"{stamp}  {host}: {printable(event)}"
+    if data.get("error"):
+        line += f": {printable(data['error'])}"
+    return line

@@ -33,7 +33,10 @@ DRY_RUN_HELP = "compute the change on each host and apply nothing (modify operat
 RUN_HELP = """\
 Submits the job and checks GET /jobs/{id} at once, then after 50 ms, doubling
 the wait up to --poll-interval, until the job is completed, failed or
-partial_failure, and prints each host's result. Durations take a unit (500ms,
+partial_failure, and prints each host's result. When stderr is a terminal
+(and without --json) it follows the job's event stream (GET /jobs/{id}/events)
+instead and shows each host's progress on stderr as it happens, one line per
+event; if the stream fails it checks GET /jobs/{id} as above. Durations take a unit (500ms,
 30s, 5m, 1h) or are a plain number of seconds.
 When no live worker matches the target (GET /jobs/workers: a hostname, or a
 label such as group:web that matches group=web, web.dev, ...), it says so at
@@ -220,14 +223,17 @@ def run_cmd(ctx: Context) -> None:
         raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")
     deadline = time.monotonic() + timeout
     warn_if_no_live_worker(ctx, client, target, job_id, timeout)
+    job = None
+    if ctx.env.stderr_isatty and not ctx.json:
+        job = follow_events(ctx, client, job_id, deadline)
     delays = poll_delays(interval)
-    while True:
+    while job is None or job.get("status") not in FINAL:
         job = client.job_get(job_id)
-        status = job.get("status")
         remaining = deadline - time.monotonic()
-        if status in FINAL or remaining <= 0:
+        if job.get("status") in FINAL or remaining <= 0:
             break
         time.sleep(min(next(delays), remaining))
+    status = job.get("status")
 
     results = fmt.job_results(job)
     ctx.emit(job, lambda j: f"job {job_id}: {status}\n\n" + fmt.results_view(fmt.job_type(j), results))
@@ -243,6 +249,29 @@ def run_cmd(ctx: Context) -> None:
             detail = f": {job.get('error')}"
         raise OperationError(f"job {job_id} {status.replace('_', ' ')}{detail}", hint)
     check_failed(results)
+
+
+def follow_events(ctx: Context, client, job_id: str, deadline: float) -> dict | None:
+    """Show each host's progress on stderr from the job's event stream; the job at its end.
+
+    None when the stream fails or the deadline passes first: the caller then polls.
+    """
+    from osapi.cli import client_format as fmt
+    from osapi.client import ApiError
+
+    err = ctx.env.stderr
+    try:
+        for event, data in client.job_events(job_id):
+            if event == "end":
+                return data if isinstance(data, dict) and data.get("status") in FINAL else None
+            if isinstance(data, dict):
+                err.write(fmt.progress_line(event, data) + "\n")
+                err.flush()
+            if time.monotonic() >= deadline:
+                return None
+    except (ApiError, ValueError):
+        return None
+    return None
 
 
 def warn_if_no_live_worker(ctx: Context, client, target: str, job_id: str, timeout: float) -> None:

@@ -377,6 +377,18 @@ class JobClient:
             "dlq_count": dlq,
         }
 
+    async def watch(self, job_id: str, after: int, emit):
+        """Follow a job's events after stream sequence ``after``: a started ``watch.JobWatch``.
+
+        ``emit`` gets each event, then the end (see ``osapi/job/watch.py``); ``JobNotFound``
+        when there is no such job. Stop it with ``await watch.stop()``.
+        """
+        from osapi.job.watch import JobWatch
+
+        self._check_id(job_id)
+        async with self._nats("follow the job's events"):
+            return await JobWatch(self, job_id, after, emit).start()
+
     async def store_full(self) -> str | None:
         """Why the job store is full (``Store.full``), or None: for ``/health/status``."""
         async with self._nats("read the job store's size"):

@@ -15,6 +15,7 @@ subprocesses where the exit status is the point.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -619,6 +620,34 @@ def test_job_run_success_prints_each_hosts_result(osapi, stack):
     assert [r[0] for r in table_rows(res.stdout, "HOSTNAME")] == [ALPHA, BETA]
     js = osapi("client", "job", "run", "--json-file", path, "-T", ALPHA, "-p", "100ms", "-t", "1m", "--json")
     assert js.status == 0 and json.loads(js.stdout)["status"] == "completed"
+
+
+class TtyStderr(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_job_run_on_a_terminal_shows_each_hosts_progress_from_the_event_stream(stack):
+    from osapi.cli import Environment, main
+
+    path = write_op(stack, "os-live.json", {"type": "system.os.get", "data": {}})
+    environ = dict(os.environ, OSAPI_API_CLIENT_URL=stack.url, **{TOKEN_ENV: stack.admin})
+    out, err = io.StringIO(), TtyStderr()
+    status = main(["client", "job", "run", "--json-file", path, "-T", "_all"],
+                  Environment(stdin=io.StringIO(""), stdout=out, stderr=err, environ=environ))
+    assert status == 0, err.getvalue()
+    lines = err.getvalue().splitlines()
+    assert lines[0].endswith("  submitted to _all"), lines
+    for host in (ALPHA, BETA):
+        steps = [line.split(f"  {host}: ", 1)[1] for line in lines if f"  {host}: " in line]
+        assert steps == ["acknowledged", "started", "completed"], lines
+    assert out.getvalue().startswith("job ") and ": completed\n" in out.getvalue()
+    assert [r[0] for r in table_rows(out.getvalue(), "HOSTNAME")] == [ALPHA, BETA]
+    # with --json the stream is not read: stderr stays quiet, stdout is the job
+    out, err = io.StringIO(), TtyStderr()
+    status = main(["client", "job", "run", "--json-file", path, "-T", ALPHA, "--json"],
+                  Environment(stdin=io.StringIO(""), stdout=out, stderr=err, environ=environ))
+    assert status == 0 and err.getvalue() == "" and json.loads(out.getvalue())["status"] == "completed"
 
 
 def test_job_run_failed_and_partial_failure_exit_1(osapi, stack):
