@@ -82,6 +82,8 @@ def from_exception(exc: BaseException) -> ApiError | None:
         return ApiError(400, "invalid job", str(exc))
     if isinstance(exc, job_errors.JobNotFound):
         return ApiError(404, "job not found", str(exc))
+    if isinstance(exc, job_errors.NothingToRetry):
+        return ApiError(409, "no host to retry", str(exc))
     if isinstance(exc, job_errors.JobStoreFull):
         return ApiError(503, "job store full (job.kv.max_bytes)", str(exc))
     if isinstance(exc, job_errors.NatsUnavailable):

@@ -74,6 +74,7 @@ class Route:
     query: tuple[Param, ...] = ()
     body: dict | None = None  # JSON schema of the request body
     body_description: str = ""
+    body_required: bool = True  # False: an empty body means the defaults
     responses: dict[int, Response] = field(default_factory=dict)
     description: str = ""
     operation_id: str = ""
