@@ -224,7 +224,7 @@ def test_jwt_attack_set_is_refused_with_401_on_every_protected_route(stack):
     from osapi.api.app import all_routes
 
     # every route that needs a token: domain, job and health/status (no count hard-coded)
-    assert {(m, re.sub(r"/[0-9a-f-]{36}$", "/{job_id}", p).replace("/dns/lo", "/dns/{interface_name}"))
+    assert {(m, re.sub(r"/[0-9a-f-]{36}(?=/|$)", "/{job_id}", p).replace("/dns/lo", "/dns/{interface_name}"))
             for m, p in routes} == {(r.method, r.full_path) for r in all_routes() if r.scope is not None}, routes
     attacks = attack_tokens()
     jobs_before = _job_count(stack)
