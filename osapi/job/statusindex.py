@@ -27,7 +27,7 @@ event for a host, its first ``completed``) or when it depends on the time: a
 broadcast still waiting for an expected host before the silence limit of
 ``status.py``. Final statuses are therefore cached, and never go stale: the
 one way a final status changes -- a late answer from a broadcast host that
-was counted as failed (silent past the limit, or marked "no answer" by a
+was counted as ``no_response`` (silent past the limit, or marked so by a
 synchronous call) -- is a new event, which changes that job's state and its
 status is computed again on the next call.
 
@@ -135,7 +135,7 @@ class StatusIndex:
         waiting = (summary is None  # unreadable now: do not keep what was computed without it
                    or (summary.broadcast and summary.expected and summary.answer_by_ns is not None
                        and now < summary.answer_by_ns and any(h not in job.last for h in summary.expected)))
-        job.status_version = -1 if waiting else job.version  # a waiting broadcast turns failed with time
+        job.status_version = -1 if waiting else job.version  # a waiting broadcast's silent hosts turn no_response
         return status
 
     # ------------------------------------------------------------ reading what changed
