@@ -154,6 +154,9 @@ class ApiClient:
     def job_get(self, job_id: str) -> dict:
         return self.get(f"/jobs/{_segment(job_id)}")
 
+    def job_retry(self, job_id: str, only: list[str] | None = None) -> dict:
+        return self.request("POST", f"/jobs/{_segment(job_id)}/retry", None, {} if only is None else {"only": only})
+
     def job_list(self, status: str | None = None, limit: int | None = None, offset: int | None = None) -> dict:
         query = {"status": status, "limit": limit, "offset": offset}
         return self.get("/jobs", {k: v for k, v in query.items() if v is not None})

@@ -2,7 +2,8 @@
 
 Every failure a user can cause ends as one of these; ``osapi.cli.main`` turns it
 into one line on stderr and the exit status below (README "Commands"):
-0 success, 1 the operation failed, 2 usage or configuration error.
+0 success, 1 the operation failed, 2 usage or configuration error, 3 no host
+failed but some did not answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ class ExitStatus(enum.IntEnum):
     SUCCESS = 0
     ERROR = 1          # the operation failed: API error, job failed, timeout, invalid token
     USAGE = 2          # bad command line or configuration
+    NO_RESPONSE = 3    # no host failed, but some did not answer
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -47,3 +49,9 @@ class OperationError(OsapiError):
     """The operation was understood but failed."""
 
     exit_status = ExitStatus.ERROR
+
+
+class NoResponseError(OsapiError):
+    """No host failed, but some hosts the job was meant for did not answer."""
+
+    exit_status = ExitStatus.NO_RESPONSE

@@ -89,8 +89,8 @@ def _too_many_waits(limit: int) -> ApiError:
 
 
 def mark_ok(item: dict) -> dict:
-    """Modify endpoints report ``status: ok|failed`` per host."""
-    if item.get("status") != "failed":
+    """Modify endpoints report ``status: ok|failed|no_response`` per host."""
+    if item.get("status") not in ("failed", "no_response"):
         item = {"hostname": item.get("hostname"), "status": "ok", **{k: v for k, v in item.items() if k != "hostname"}}
     return item
 

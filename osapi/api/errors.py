@@ -89,6 +89,8 @@ def from_exception(exc: BaseException) -> ApiError | None:
     if isinstance(exc, job_errors.IdempotencyInProgress):
         return ApiError(409, "request with this Idempotency-Key in progress", str(exc),
                         headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER)})
+    if isinstance(exc, job_errors.NothingToRetry):
+        return ApiError(409, "no host to retry", str(exc))
     if isinstance(exc, job_errors.JobStoreFull):
         return ApiError(503, "job store full (job.kv.max_bytes)", str(exc))
     if isinstance(exc, job_errors.NatsUnavailable):

@@ -1,4 +1,4 @@
-"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, follow (events.py), delete, statistics.
+"""``/api/v1/jobs*``: the job queue itself -- submit, list, read, follow (events.py), delete, retry, statistics.
 
 POST /jobs checks the operation type, its data and the target before anything
 reaches NATS, so a refused request (400) never leaves a job behind. Its
@@ -128,6 +128,27 @@ def delete(call: Call) -> Reply:
     return Reply(204, None)
 
 
+def retry(call: Call) -> Reply:
+    """A new job for the hosts of a job that failed, did not answer or were skipped (README: retry)."""
+    job_id = _job_id(call)
+    body = call.body()
+    body = {} if body is None else call.body_object()
+    check_fields(body, {"only"})
+    only = body.get("only")
+    if "only" in body:
+        if not isinstance(only, list) or not only:
+            allowed = ", ".join(schemas.RETRYABLE)
+            raise bad_request("invalid field only", f"only must be a non-empty array of {allowed}, got {json_type(only)}")
+        for state in only:
+            if state not in schemas.RETRYABLE:
+                shown = state if isinstance(state, str) else json_type(state)
+                raise bad_request("invalid field only",
+                                  f"{str(shown)[:80]!r} is not a state to retry; use {', '.join(schemas.RETRYABLE)}")
+    answer = call.services.bridge.call(lambda client: client.retry(job_id, only), QUEUE_TIMEOUT)
+    audit.note(call.environ, job_id=answer.get("job_id"))
+    return Reply(201, answer, {"Location": f"{API_PREFIX}/jobs/{answer.get('job_id')}"})
+
+
 def status(call: Call) -> Reply:
     counts = call.services.bridge.call(lambda client: client.stats(), QUEUE_TIMEOUT)
     remember_job_stats(call, counts)
@@ -215,6 +236,17 @@ def routes() -> list[Route]:
                                        "header)", schemas.ref("Error"))},
               description=EVENTS_DESCRIPTION,
               operation_id="jobs_events"),
+        Route("POST", "/jobs/{job_id}/retry", retry, "run a job again on its failed, silent or skipped hosts", TAG,
+              "write", body=schemas.RETRY_REQUEST, body_required=False,
+              body_description="which host states to retry; an empty body retries all three",
+              responses={201: Response("the new job, sent to exactly those hosts", schemas.RETRY_CREATED),
+                         **_err(400, 401, 403, 404, 409, 413, 503)},
+              description="A new job with the same operation and data, sent to exactly the hosts of the job "
+                          "whose state (`hosts`) is one of `only` (default `failed`, `no_response`, "
+                          "`skipped`). It keeps the job's `target_hostname`, names it in `retry_of`, expects "
+                          "exactly those hosts (`hosts`, `summary`) and is announced to each of them on its "
+                          "own host subject, so no other host runs it. 409 when no host is in those states.",
+              operation_id="jobs_retry"),
         Route("DELETE", "/jobs/{job_id}", delete, "delete a job, its events and responses", TAG, "write",
               responses={204: Response("deleted"), **_err(400, 401, 403, 404, 503)},
               operation_id="jobs_delete"),

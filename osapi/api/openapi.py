@@ -29,9 +29,12 @@ executed by the workers on the target hosts.
 * Errors: every 4xx/5xx body is `{"error", "details", "code"}`, including unknown paths (404)
   and wrong methods (405, with an `Allow` header).
 * Synchronous domain endpoints answer `{job_id, results}`, one item per responding worker;
-  a worker that failed appears as `{hostname, status: "failed", error}`. No live worker
-  matches the target: 404 with the `job_id` (the job stays queued). Matching workers that did
-  not answer within `api.server.job_timeout`: 504. NATS unreachable: 503.
+  a worker that failed appears as `{hostname, status: "failed", error}`, a host the worker
+  registry listed that did not answer as `{hostname, status: "no_response", error}`. No live
+  worker matches the target: 404 with the `job_id` (the job stays queued). Matching workers
+  that did not answer within `api.server.job_timeout`: 504. NATS unreachable: 503.
+* Every job view has each host's outcome (`hosts`, `summary`); `POST /jobs/{job_id}/retry`
+  runs a job again on its failed, silent or skipped hosts only.
 * Targets (`target_hostname`): `_any`, `_all`, `key:value` (label prefix match) or a hostname.
   On PUT/POST domain endpoints it may also be a body field.
 * Input: query parameters a route does not declare are refused (400); the body is parsed as
@@ -100,7 +103,7 @@ def _operation(route: Route) -> dict:
         op["parameters"] = params
     if route.body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": route.body_required,
             "description": route.body_description or "a JSON object",
             "content": {"application/json": {"schema": copy.deepcopy(route.body)}},
         }

@@ -76,6 +76,7 @@ class Route:
     headers: tuple[Param, ...] = ()  # request headers the handler reads (validated like query parameters)
     body: dict | None = None  # JSON schema of the request body
     body_description: str = ""
+    body_required: bool = True  # False: an empty body means the defaults
     responses: dict[int, Response] = field(default_factory=dict)
     description: str = ""
     operation_id: str = ""

@@ -60,11 +60,18 @@ ERROR = obj(
 FAILED_ITEM = obj(
     {
         "hostname": STR,
-        "status": {"type": "string", "const": "failed"},
+        "status": {"type": "string", "enum": ["failed", "no_response"],
+                   "description": "failed: the host ran the job and it failed; no_response: a host the worker "
+                                  "registry listed for the target did not answer within api.server.job_timeout "
+                                  "(or left the registry before answering)"},
         "error": STR,
     },
     ["hostname", "status", "error"],
 )
+FAILED_ITEM["description"] = "a host that failed or did not answer"
+
+HOST_STATES = ("pending", "running", "ok", "failed", "no_response", "skipped")
+OUTCOME_COUNTS = ("targeted", "ok", "failed", "no_response", "skipped", "pending")
 
 JOB = obj(
     {
@@ -77,6 +84,28 @@ JOB = obj(
         "hostname": {"type": ["string", "null"], "description": "the (first) host that answered"},
         "result": {"description": "the (first) host's result data, or null"},
         "error": {"type": ["string", "null"]},
+        "hosts": {
+            "type": "object",
+            "description": "every host's outcome. A broadcast (`_all`, a label): the hosts the worker registry "
+                           "listed for the target at submission, and any other host that took the job; a "
+                           "one-host job (`_any`, a hostname): the host that took it, or the target while "
+                           "nobody has. `no_response`: an expected host with no event at all "
+                           "`api.server.job_timeout` after submission (the bound of the API process that "
+                           "accepted the job, stored with it), or one a synchronous call stopped waiting for; "
+                           "a host that answers later decides its own state again. A job whose submission "
+                           "failed reaches no host: `{}`",
+            "additionalProperties": obj(
+                {"state": {"type": "string", "enum": list(HOST_STATES)},
+                 "batch": {"type": "integer", "minimum": 1, "description": "rollouts only: the host's batch"}},
+                ["state"],
+            ),
+        },
+        "summary": {
+            **obj({name: {"type": "integer", "minimum": 0} for name in OUTCOME_COUNTS}),
+            "description": "hosts per state: `targeted` is the number of hosts in `hosts`; `pending` counts "
+                           "the `pending` and `running` ones",
+        },
+        "retry_of": {**JOB_ID, "description": "a retry only: the job it retries (POST /jobs/{job_id}/retry)"},
         "responses": {
             "type": "object",
             "additionalProperties": obj(
@@ -99,7 +128,7 @@ JOB = obj(
     },
     [
         "id", "status", "created", "updated_at", "target_hostname", "operation",
-        "hostname", "result", "error", "responses", "worker_states", "timeline",
+        "hostname", "result", "error", "hosts", "summary", "responses", "worker_states", "timeline",
     ],
 )
 
@@ -149,6 +178,23 @@ def job_request() -> dict:
                        "dry_run",
     }
 
+
+RETRYABLE = ("failed", "no_response", "skipped")
+RETRY_REQUEST = obj(
+    {"only": {"type": "array", "minItems": 1,
+              "items": {"type": "string", "enum": list(RETRYABLE)},
+              "description": "the host states to retry; default all three"}},
+    [],
+    additional=False,
+)
+RETRY_CREATED = obj(
+    {
+        "job_id": {**JOB_ID, "description": "the new job"},
+        "retry_of": {**JOB_ID, "description": "the job retried"},
+        "hosts": {"type": "array", "items": STR, "minItems": 1,
+                  "description": "the hosts the new job is sent to, sorted"},
+    }
+)
 
 COUNTS = {"type": "object", "additionalProperties": INT}
 QUEUE_STATS = obj(
@@ -241,6 +287,7 @@ ERROR_DESCRIPTIONS = {
     401: "no token, or an invalid one (see the WWW-Authenticate header and details)",
     403: "the token lacks the scope this endpoint needs",
     404: "no such job",
+    409: "no host of the job is in a state that `only` names",
     413: "the body is larger than 1 MiB",
     503: "NATS is not reachable",
     504: "no worker answered within api.server.job_timeout",

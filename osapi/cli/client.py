@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from osapi.cli import Context, add_parser
-from osapi.errors import ExitStatus, OperationError, UsageError
+from osapi.errors import ExitStatus, NoResponseError, OperationError, UsageError
 
 TARGET_HELP = (
     "which workers run it: _any (one worker, the default), _all (every worker), "
@@ -29,9 +29,11 @@ Exit status: 0 success; 1 the operation failed (API unreachable or an API
 error, token rejected); 2 usage or configuration error."""
 # domain commands (system, network) answer per host: a failed host is an exit 1 of its own
 HOSTS_EXIT_HELP = """\
-Exit status: 0 success; 1 the operation failed (API unreachable or an API
-error, token rejected, or any targeted host failed -- the table is still
-printed, failed hosts with their error); 2 usage or configuration error."""
+Exit status: 0 every host ok; 1 the operation failed (API unreachable or an
+API error, token rejected, or any targeted host failed -- the table is still
+printed, failed hosts with their error); 2 usage or configuration error; 3 no
+host failed but some did not answer (no_response: listed by the worker
+registry, silent for api.server.job_timeout)."""
 
 
 def register(subparsers) -> None:
@@ -187,13 +189,18 @@ def show_results(ctx: Context, body: Any, op_type: str) -> None:
     from osapi.cli import client_format as fmt
 
     ctx.emit(body, lambda b: fmt.domain_answer(b, op_type))
-    check_failed(fmt.domain_results(body))
+    check_failed(fmt.domain_results(body), body.get("job_id") if isinstance(body, dict) else None)
 
 
-def check_failed(results: list[dict]) -> None:
-    from osapi.cli import client_format as fmt
-
-    failed = fmt.failed_hosts(results)
+def check_failed(results: list[dict], job_id: Any = None) -> None:
+    """Exit 1 when any host failed, else 3 when some did not answer (README: exit statuses)."""
+    failed = [item for item in results if item.get("status") == "failed"]
+    silent = [item for item in results if item.get("status") == "no_response"]
     if failed:
         names = ", ".join(sorted(str(item.get("hostname")) for item in failed))
-        raise OperationError(f"{len(failed)} of {len(results)} hosts failed: {names}")
+        also = f"; {len(silent)} did not answer" if silent else ""
+        raise OperationError(f"{len(failed)} of {len(results)} hosts failed: {names}{also}")
+    if silent:
+        names = ", ".join(sorted(str(item.get("hostname")) for item in silent))
+        raise NoResponseError(f"{len(silent)} of {len(results)} hosts did not answer: {names}",
+                              f"retry them with `osapi client job retry --job-id {job_id or 'ID'}`")

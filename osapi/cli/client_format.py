@@ -127,8 +127,12 @@ def compact(value: Any) -> str:
 # ---------------------------------------------------------------- per-host results
 
 
+NOT_OK = ("failed", "no_response")  # a host item that carries an error instead of a result
+
+
 def is_failed(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("status") == "failed"
+    """A host that failed or did not answer: its row shows the error."""
+    return isinstance(item, dict) and item.get("status") in NOT_OK
 
 
 def failed_hosts(results: Sequence[dict]) -> list[dict]:
@@ -154,7 +158,7 @@ def host_table(results: Sequence[dict], columns: Sequence[Column], status: bool 
     for item in sorted(results, key=_host):
         lead = [_host(item)]
         if is_failed(item):
-            lead += ["failed"] if status else []
+            lead += [item.get("status")] if status else []
             rows.append([*lead, *("" for _ in columns), item.get("error") or "failed"])
         else:
             lead += [item.get("status") or "ok"] if status else []
@@ -405,7 +409,9 @@ def job_results(job: dict) -> list[dict]:
     out = []
     for host, response in sorted((responses or {}).items()) if isinstance(responses, dict) else []:
         response = response if isinstance(response, dict) else {}
-        if response.get("status") == "failed" or (response.get("error") and not response.get("data")):
+        if response.get("status") == "no_response":
+            out.append({"hostname": host, "status": "no_response", "error": response.get("error") or "no answer"})
+        elif response.get("status") == "failed" or (response.get("error") and not response.get("data")):
             out.append({"hostname": host, "status": "failed", "error": response.get("error") or "failed"})
         else:
             data = response.get("data")
@@ -436,6 +442,11 @@ def job_detail(job: dict) -> str:
     ]
     if job.get("hostname"):
         pairs.append(("hostname", job.get("hostname")))
+    if job.get("retry_of"):
+        pairs.append(("retry of", job.get("retry_of")))
+    outcome = outcome_line(job.get("summary"))
+    if outcome:
+        pairs.append(("hosts", outcome))
     if job.get("error"):
         pairs.append(("error", job.get("error")))
     parts = [key_values(pairs)]
@@ -455,6 +466,15 @@ def job_detail(job: dict) -> str:
                 for e in timeline if isinstance(e, dict)]
         parts.append("timeline:\n" + table(["TIME", "EVENT", "HOSTNAME"], rows))
     return "\n\n".join(parts)
+
+
+def outcome_line(summary: Any) -> str:
+    """``3 targeted: 1 ok, 1 failed, 1 no_response`` (the states with hosts in them)."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("targeted"), int):
+        return ""
+    states = ("ok", "failed", "no_response", "skipped", "pending")
+    counts = ", ".join(f"{summary[s]} {s}" for s in states if isinstance(summary.get(s), int) and summary[s])
+    return f"{summary['targeted']} targeted" + (f": {counts}" if counts else "")
 
 
 def _duration(value: Any) -> str:
@@ -490,6 +510,15 @@ def job_created(body: dict) -> str:
         ("status", body.get("status")),
         ("revision", body.get("revision")),
         ("submitted", local_time(body.get("timestamp"))),
+    ])
+
+
+def job_retried(body: dict) -> str:
+    hosts = body.get("hosts") if isinstance(body.get("hosts"), list) else []
+    return key_values([
+        ("job id", body.get("job_id")),
+        ("retry of", body.get("retry_of")),
+        ("hosts", ", ".join(printable(h) for h in hosts)),
     ])
 
 

@@ -9,7 +9,7 @@ from osapi.cli import Context
 from osapi.cli.client import (
     EXIT_HELP, add_target, api, check_failed, check_target, command, duration_arg, group, int_range,
 )
-from osapi.errors import OperationError, UsageError
+from osapi.errors import NoResponseError, OperationError, UsageError
 
 FINAL = ("completed", "failed", "partial_failure")
 STATUSES = ("submitted", "processing", "completed", "failed", "partial_failure")
@@ -43,12 +43,25 @@ label such as group:web that matches group=web, web.dev, ...), it says so at
 once on stderr and keeps waiting: the job stays queued for a worker that
 registers later.
 With --json it prints the job as the last GET /jobs/{id} returned it.
+A broadcast waits for every host the worker registry listed for the target;
+one silent for api.server.job_timeout after submission is no_response.
 
-Exit status: 0 the job completed; 1 the job failed, partially failed or did
-not finish within --timeout (the message says which; the job keeps running on
-the workers), or the API was unreachable, answered an error or rejected the
-token; 2 usage or configuration error.
+Exit status: 0 the job completed (every host ok); 1 a host failed, the job
+did not finish within --timeout (the message says which; the job keeps
+running on the workers), or the API was unreachable, answered an error or
+rejected the token; 2 usage or configuration error; 3 no host failed but some
+did not answer (retry them with `osapi client job retry --job-id ID`).
 """
+
+RETRY_HELP = """\
+Submits a new job with the same operation and data, sent to exactly the hosts
+of the job whose state (see `job get`) is one of --only: failed, no_response
+(listed by the worker registry but silent for api.server.job_timeout) or
+skipped. Prints the new job's id and its hosts; follow it with
+`osapi client job get --job-id NEW`. When no host is in those states the API
+answers 409 and nothing is submitted.
+"""
+RETRYABLE = ("failed", "no_response", "skipped")
 
 STATUS_HELP = """\
 On a terminal the view refreshes every --poll-interval-seconds until Ctrl-C
@@ -77,6 +90,12 @@ def register(client) -> None:
     lst.add_argument("--limit", type=int_range(1, MAX_LIST_LIMIT), default=10, metavar="N",
                      help=f"jobs per page, 1-{MAX_LIST_LIMIT} (default: 10)")
     lst.add_argument("--offset", type=int_range(0), default=0, metavar="N", help="jobs to skip (default: 0)")
+
+    retry = command(job, "retry", "run a job again on its failed, silent or skipped hosts only", retry_cmd,
+                    epilog=RETRY_HELP + "\n" + EXIT_HELP)
+    retry.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
+    retry.add_argument("--only", type=retry_states, metavar="STATES",
+                       help=f"comma-separated host states to retry: {', '.join(RETRYABLE)} (default: all three)")
 
     delete = command(job, "delete", "delete a job, its events and its results", delete_cmd,
                      epilog="The API answers 204 with no body, so with --json nothing is printed.\n\n" + EXIT_HELP)
@@ -204,6 +223,24 @@ def list_cmd(ctx: Context) -> None:
     ctx.emit(body, lambda b: fmt.job_list(b, args.offset))
 
 
+def retry_states(value: str) -> list[str]:
+    """An argparse type: ``failed,no_response`` → ``["failed", "no_response"]`` (each a retryable state)."""
+    import argparse
+
+    states = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [s for s in states if s not in RETRYABLE]
+    if not states or bad:
+        shown = bad[0] if bad else value
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a host state to retry; use {', '.join(RETRYABLE)}")
+    return list(dict.fromkeys(states))
+
+
+def retry_cmd(ctx: Context) -> None:
+    from osapi.cli import client_format as fmt
+
+    ctx.emit(api(ctx).job_retry(ctx.args.job_id, ctx.args.only), fmt.job_retried)
+
+
 def delete_cmd(ctx: Context) -> None:
     api(ctx).job_delete(ctx.args.job_id)  # 204: no body, so --json prints nothing
     if not ctx.json:
@@ -241,6 +278,7 @@ def run_cmd(ctx: Context) -> None:
     if status not in FINAL:
         raise OperationError(f"job {job_id} did not finish within {timeout:g}s (status: {status})", hint)
     if status in ("failed", "partial_failure"):
+        raise_if_only_silent(job)
         failed = fmt.failed_hosts(results)
         detail = ""
         if failed:
@@ -248,7 +286,19 @@ def run_cmd(ctx: Context) -> None:
         elif job.get("error"):
             detail = f": {job.get('error')}"
         raise OperationError(f"job {job_id} {status.replace('_', ' ')}{detail}", hint)
-    check_failed(results)
+    check_failed(results, job_id)
+
+
+def raise_if_only_silent(job: dict) -> None:
+    """Exit 3 (``NoResponseError``) when no host of a finished job failed but some did not answer."""
+    summary = job.get("summary") if isinstance(job.get("summary"), dict) else {}
+    if summary.get("failed") != 0 or not summary.get("no_response"):
+        return
+    hosts = job.get("hosts") if isinstance(job.get("hosts"), dict) else {}
+    silent = sorted(h for h, s in hosts.items() if isinstance(s, dict) and s.get("state") == "no_response")
+    raise NoResponseError(
+        f"job {job.get('id')}: {len(silent)} of {summary.get('targeted')} hosts did not answer: {', '.join(silent)}",
+        f"retry them with `osapi client job retry --job-id {job.get('id')}`")
 
 
 def follow_events(ctx: Context, client, job_id: str, deadline: float) -> dict | None:

@@ -10,7 +10,7 @@ anything is stored; NATS failures become ``NatsUnavailable``.
   ``status.SUBMISSION_HOST`` by ``_abandon`` (docs/jobs.md, Failed submissions).
 * ``run`` waits for the hosts' answers and decides when a broadcast is complete,
   when no live worker matches (``NoLiveWorker``) and when to give up
-  (``JobTimeout``); jobs it stores expire (docs/jobs.md, Synchronous calls and
+  (``JobTimeout``); an expected host that did not answer gets ``no_response``; jobs it stores expire (docs/jobs.md, Synchronous calls and
   completion of broadcasts; Expiry of synchronous jobs).
 * ``list`` and ``stats`` read pages from subject listings and every job's status
   from ``statusindex.StatusIndex`` (docs/jobs.md, Storage layout).
@@ -28,18 +28,20 @@ from typing import Any
 from osapi.job import operations
 from osapi.job import status as st
 from osapi.job.errors import (
-    InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, is_store_full,
+    InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, NothingToRetry,
+    is_store_full,
 )
 from osapi.job.idempotency import Keys
 from osapi.job.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
 from osapi.job.statusindex import StatusIndex
 from osapi.job.store import Store, _gather_bounded
-from osapi.job.subjects import Target, parse_target, subject_for
+from osapi.job.subjects import Target, host_target, parse_target, subject_for
 
 log = logging.getLogger("osapi.job.client")
 
 MAX_LIMIT = 1000
+RETRYABLE = (st.FAILED, st.NO_RESPONSE, st.SKIPPED)  # the host states a retry may name
 RECONNECT_CHECK = 2.0  # while waiting: how often to look whether the connection was re-established
 ABANDON_PAUSE = (0.5, 30.0)  # a failed submission's cleanup: first and longest pause between attempts
 
@@ -126,7 +128,7 @@ class JobClient:
 
     async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                                expected: set[str] | None = None, expires_after: float | None = None,
-                               answer: str = "503") -> dict:
+                               answer: str = "503", retry_of: str | None = None) -> dict:
         """``_submit`` run to its end even if the caller is cancelled (the API gave up on the request).
 
         A submission cancelled half-way would leave a job stored but never
@@ -134,7 +136,8 @@ class JobClient:
         (``answer``: what the API answered then) and abandons the job.
         """
         gone = asyncio.Event()
-        task = asyncio.ensure_future(self._submit(job_id, op, data, target, expected, expires_after, gone, answer))
+        task = asyncio.ensure_future(self._submit(job_id, op, data, target, expected, expires_after, gone, answer,
+                                                  retry_of))
         task.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(task)
@@ -144,13 +147,19 @@ class JobClient:
 
     async def _submit(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                       expected: set[str] | None = None, expires_after: float | None = None,
-                      gone: asyncio.Event | None = None, answer: str = "503") -> dict:
+                      gone: asyncio.Event | None = None, answer: str = "503", retry_of: str | None = None) -> dict:
         """Store the job and its ``submitted`` event, then publish it; on failure ``_abandon`` it.
 
         A broadcast keeps the hosts the registry lists for its target
         (``expected_hosts``): its status stays ``processing`` until each of them
         has answered (or is silent past the bound of ``status.py``), even when a
         fast host answers before a slow one picked it up.
+
+        A retry (``retry_of``) is sent to exactly the hosts in ``expected``: it
+        is a broadcast whose expected hosts are those, keeps the original
+        target as ``target_hostname`` (what was asked) and is announced once per
+        host on that host's subject (``jobs.<kind>.host.<h>``), which only that
+        host's consumer receives.
         """
         if target.broadcast and expected is None:
             expected = await self._expected_hosts(target)
@@ -160,13 +169,21 @@ class JobClient:
             "created": st.rfc3339(nanos),
             "created_ns": nanos,
             "target_hostname": target.text,
-            "broadcast": target.broadcast,
+            "broadcast": target.broadcast or retry_of is not None,
             "operation": {"type": op.type, "data": data},
             "kind": op.kind,
             "subject": subject_for(op.kind, target, self.store.names.prefix),
         }
-        if target.broadcast:
+        subjects = [job["subject"]]
+        if retry_of is not None:
+            job["retry_of"] = retry_of
+            subjects = [subject_for(op.kind, host_target(h), self.store.names.prefix) for h in sorted(expected or ())]
+            job["subject"] = subjects[0]
+            job["subjects"] = subjects
+        if job["broadcast"]:
             job["expected_hosts"] = sorted(expected or ())
+            # an expected host silent this long is no_response: the bound travels with the job (status.py)
+            job["answer_by_ns"] = nanos + int(float(self.cfg.api.server.job_timeout) * 1e9)
         if expires_after is not None:
             expires = nanos + int(expires_after * 1e9)
             job["expires_at"], job["expires_at_ns"] = st.rfc3339(expires), expires
@@ -177,7 +194,7 @@ class JobClient:
                                      self.store.add_event(job_id, st.SUBMITTED, st.target_token(target.text)))
             if gone is not None and gone.is_set():
                 raise _CallerGone()
-            await self.store.publish_job(job["subject"], job_id)
+            await _all(*(self.store.publish_job(s, job_id, len(subjects) > 1) for s in subjects))
             if gone is not None and gone.is_set():
                 raise _CallerGone()
         except BaseException as exc:
@@ -308,6 +325,39 @@ class JobClient:
         if await self.store.responses(job_id, [st.SUBMISSION_HOST]):
             return None  # its submission failed: the job never runs
         return answer_of(job, entry.revision)
+
+    async def retry(self, job_id: str, only: Any = None) -> dict:
+        """A new job with the same operation and data for exactly the hosts of ``job_id`` in the
+        states ``only`` names (default: ``RETRYABLE``): ``{job_id, retry_of, hosts}``.
+
+        ``JobNotFound`` for an unknown job, ``NothingToRetry`` when no host is in those states.
+        """
+        self._check_id(job_id)
+        states = self._retry_states(only)
+        async with self._nats("retry the job"):
+            self.store.forget(job_id)  # another process may have deleted it
+            view = await self.store.view(job_id)
+            if view is None:
+                raise JobNotFound(f"no job {job_id}: never submitted, deleted, or expired (job.kv.ttl)")
+            hosts = sorted(h for h, s in view["hosts"].items() if s.get("state") in states)
+            if not hosts:
+                found = ", ".join(f"{h}: {s.get('state')}" for h, s in view["hosts"].items()) or "none"
+                raise NothingToRetry(f"no host of job {job_id} is {' or '.join(sorted(states))} (hosts: {found})")
+            op, data, target = self.prepare(view["operation"], view["target_hostname"])
+            new_id = new_job_id()
+            await self._submit_shielded(new_id, op, data, target, set(hosts), retry_of=job_id)
+        return {"job_id": new_id, "retry_of": job_id, "hosts": hosts}
+
+    @staticmethod
+    def _retry_states(only: Any) -> set[str]:
+        if only is None:
+            return set(RETRYABLE)
+        if not isinstance(only, (list, tuple)) or not only:
+            raise InvalidJob(f"only must be a non-empty list of {', '.join(RETRYABLE)}, got {only!r}")
+        bad = [s for s in only if s not in RETRYABLE]
+        if bad:
+            raise InvalidJob(f"only: {bad[0]!r} is not a state to retry; use {', '.join(RETRYABLE)}")
+        return set(only)
 
     @staticmethod
     def _check_id(job_id: Any) -> str:
@@ -549,7 +599,7 @@ class JobClient:
         return answers, unanswered, matched is not False
 
     async def _mark_unanswered(self, job_id: str, unanswered: dict[str, str]) -> dict[str, dict]:
-        """A ``failed`` response and event for each expected host that did not answer (best effort).
+        """A ``no_response`` response and event for each expected host that did not answer (best effort).
 
         The response is only created if the host has none: one that answered
         at the last moment keeps its answer, and that answer is returned.
@@ -560,13 +610,13 @@ class JobClient:
         finished = st.rfc3339(time.time_ns())
 
         def record(host: str) -> dict:
-            return {"status": "failed", "data": None, "error": unanswered[host], "hostname": host,
+            return {"status": st.NO_RESPONSE, "data": None, "error": unanswered[host], "hostname": host,
                     "finished": finished, "reason": "no-answer"}
 
         async def mark(host: str) -> dict:
             if not await store.create_response(job_id, host, record(host)):
                 return await store.response(job_id, host) or record(host)
-            await store.add_event(job_id, st.FAILED, host, error=unanswered[host], reason="no-answer")
+            await store.add_event(job_id, st.NO_RESPONSE, host, error=unanswered[host], reason="no-answer")
             return record(host)
 
         try:
@@ -602,4 +652,6 @@ def _result(hostname: str, record: dict) -> dict:
     if record.get("status") == "ok":
         data = record.get("data")
         return {"hostname": hostname, **(data if isinstance(data, dict) else {"result": data})}
+    if record.get("status") == st.NO_RESPONSE:
+        return {"hostname": hostname, "status": st.NO_RESPONSE, "error": record.get("error") or "no answer"}
     return {"hostname": hostname, "status": "failed", "error": record.get("error") or "failed"}

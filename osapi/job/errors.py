@@ -41,6 +41,10 @@ class JobNotFound(JobError):
     """No job with that id (never existed, deleted, or expired after ``job.kv.ttl``)."""
 
 
+class NothingToRetry(JobError):
+    """A retry found no host of the job in the states it names; nothing was submitted (API 409)."""
+
+
 class NatsUnavailable(JobError):
     """NATS cannot be reached or does not answer; the message names the URL."""
 

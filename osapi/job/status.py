@@ -7,8 +7,12 @@ so listing keys is enough to know a job's status without reading values.
 
 One-host targets (``_any``, a hostname) are ``completed`` once any delivery
 completed; broadcasts (``_all``, labels) combine each host's newest event, and
-an expected host silent past ``silence_limit`` counts as failed. A ``failed``
-event in the host slot ``SUBMISSION_HOST`` makes the job ``failed`` at once.
+an expected host with no event once ``answer_by_ns`` (stored at submission) has
+passed is ``no_response``. A ``failed`` event in the host slot
+``SUBMISSION_HOST`` makes the job ``failed`` at once. Every host's outcome
+(``host_states``: pending, running, ok, failed, no_response, skipped) and the
+``summary`` are part of the view; ``no_response`` and ``skipped`` count as not
+ok, and the job's ``status`` keeps its five values.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ import datetime as dt
 from typing import Any, Iterable, Mapping, NamedTuple
 
 SUBMITTED, ACKNOWLEDGED, STARTED, COMPLETED, FAILED = "submitted", "acknowledged", "started", "completed", "failed"
-EVENTS = (SUBMITTED, ACKNOWLEDGED, STARTED, COMPLETED, FAILED)
+NO_RESPONSE, SKIPPED = "no_response", "skipped"
+EVENTS = (SUBMITTED, ACKNOWLEDGED, STARTED, COMPLETED, FAILED, NO_RESPONSE, SKIPPED)
 ACTIVE = frozenset({ACKNOWLEDGED, STARTED})
-TERMINAL = frozenset({COMPLETED, FAILED})
+TERMINAL = frozenset({COMPLETED, FAILED})  # the host ran the job to its end (its response is written first)
+NOT_OK = frozenset({FAILED, NO_RESPONSE, SKIPPED})  # a host's final event that is not a success
+FINAL = TERMINAL | NOT_OK
+PENDING, RUNNING, OK = "pending", "running", "ok"
+HOST_STATES = (PENDING, RUNNING, OK, FAILED, NO_RESPONSE, SKIPPED)
+_STATE_OF = {ACKNOWLEDGED: RUNNING, STARTED: RUNNING, COMPLETED: OK, FAILED: FAILED, NO_RESPONSE: NO_RESPONSE,
+             SKIPPED: SKIPPED}
 PROCESSING, PARTIAL_FAILURE = "processing", "partial_failure"
 SUBMISSION_HOST = "_submission"  # the host slot of a failed submission's ``failed`` event (no worker has it)
 STATUSES = (SUBMITTED, PROCESSING, COMPLETED, FAILED, PARTIAL_FAILURE)
@@ -80,12 +91,13 @@ class Summary(NamedTuple):
     op_type: str | None
     broadcast: bool
     expected: tuple[str, ...]
-    answer_by_ns: int | None  # an expected host with no event after this counts as failed
+    answer_by_ns: int | None  # an expected host with no event after this is no_response
     created_ns: int | None = None
 
 
 def summarize(job: Mapping[str, Any], silence_limit: float | None = None) -> Summary:
-    """A ``Summary`` of a job body; ``silence_limit`` (seconds) bounds the wait for expected hosts."""
+    """A ``Summary`` of a job body; ``silence_limit`` (seconds) bounds the wait for expected hosts of
+    jobs stored without ``answer_by_ns``."""
     broadcast = job.get("broadcast")
     if not isinstance(broadcast, bool):  # stored before the flag existed
         broadcast = target_is_broadcast(job.get("target_hostname"))
@@ -93,9 +105,11 @@ def summarize(job: Mapping[str, Any], silence_limit: float | None = None) -> Sum
     expected = tuple(expected_hosts(job)) if broadcast else ()
     created = job.get("created_ns")
     created = created if isinstance(created, int) else None
-    answer_by = None
-    if expected and created is not None and silence_limit is not None:
-        answer_by = created + int(silence_limit * 1e9)
+    answer_by = job.get("answer_by_ns") if expected else None
+    if not isinstance(answer_by, int) or isinstance(answer_by, bool):
+        answer_by = None
+        if expected and created is not None and silence_limit is not None:
+            answer_by = created + int(silence_limit * 1e9)
     return Summary(op_type if isinstance(op_type, str) else None, broadcast, expected, answer_by, created)
 
 
@@ -130,7 +144,7 @@ def last_per_host(events: Iterable[Event]) -> dict[str, Event]:
 
 
 def silent_hosts(job: Summary | None, last: Mapping[str, Event], now_ns: int | None) -> list[str]:
-    """Expected hosts with no event at all once ``job.answer_by_ns`` has passed (they count as failed)."""
+    """Expected hosts with no event at all once ``job.answer_by_ns`` has passed: ``no_response``."""
     if job is None or not job.expected or job.answer_by_ns is None or now_ns is None or now_ns < job.answer_by_ns:
         return []
     return [h for h in job.expected if h not in last]
@@ -157,12 +171,12 @@ def compute_status(events: Iterable[Event], job: Summary | None = None, now_ns: 
         if any(e.event == COMPLETED for e in worker_events):
             return COMPLETED
         newest = max(worker_events, key=lambda e: e.sort_key)
-        return FAILED if newest.event == FAILED else PROCESSING
+        return FAILED if newest.event in NOT_OK else PROCESSING
     last = last_per_host(worker_events)
     silent = silent_hosts(job, last, now_ns)
     if not worker_events and not silent:
         return SUBMITTED
-    states = {e.event for e in last.values()} | ({FAILED} if silent else set())
+    states = {FAILED if e.event in NOT_OK else e.event for e in last.values()} | ({FAILED} if silent else set())
     waiting = job is not None and any(h not in last for h in job.expected) and not silent
     if states & ACTIVE or waiting:
         return PROCESSING
@@ -202,15 +216,70 @@ def silence_error(job: Summary) -> str:
     return f"no answer within {limit:g}s of submission: the host did not pick the job up (down, or no worker running)"
 
 
+def host_states(summary: Summary, events: list[Event], last: Mapping[str, Event],
+                silent: Iterable[str]) -> dict[str, str]:
+    """Every host's outcome (``HOST_STATES``), by hostname.
+
+    A broadcast: the hosts expected at submission and every host that took the
+    job. A one-host job (``_any``, a hostname): the host whose run decides it,
+    or the target, ``pending``, while nobody took it. A job whose submission
+    failed reaches no host: ``{}``.
+    """
+    if abandoned(events):
+        return {}
+    if not summary.broadcast:
+        decider = _decider(events, last)
+        if decider is None:
+            target = submitted_token(events)
+            return {target_from_token(target) if target else "_any": PENDING}
+        return {decider.host: OK if decider.event == COMPLETED else _STATE_OF.get(last[decider.host].event, PENDING)}
+    states = {host: _STATE_OF.get(event.event, PENDING) for host, event in last.items()}
+    for host in silent:
+        states[host] = NO_RESPONSE
+    for host in summary.expected:
+        states.setdefault(host, PENDING)
+    return dict(sorted(states.items()))
+
+
+def outcome_summary(states: Mapping[str, str]) -> dict[str, int]:
+    """``{targeted, ok, failed, no_response, skipped, pending}``; ``pending`` counts running hosts too."""
+    counts = {"targeted": len(states), OK: 0, FAILED: 0, NO_RESPONSE: 0, SKIPPED: 0, PENDING: 0}
+    for state in states.values():
+        counts[PENDING if state == RUNNING else state] += 1
+    return counts
+
+
+def _decider(events: list[Event], last: Mapping[str, Event]) -> Event | None:
+    """A one-host job's deciding event: its (newest) ``completed``, else the newest worker event."""
+    done = [e for e in events if e.event == COMPLETED]
+    if done:
+        return done[-1]
+    return max(last.values(), key=lambda e: e.sort_key) if last else None
+
+
+def _not_ok_error(states: Mapping[str, str], worker_states: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """``1 of 3 hosts failed, 1 did not answer: h1: …; h2: …`` (capped at ``MAX_ERROR_SUMMARY``)."""
+    bad = [h for h, s in states.items() if s in (FAILED, NO_RESPONSE, SKIPPED)]
+    counts = outcome_summary(states)
+    words = [(FAILED, "failed"), (NO_RESPONSE, "did not answer"), (SKIPPED, "skipped")]
+    parts = [f"{counts[state]} {word}" for state, word in words if counts[state]]
+    if not parts:
+        return None
+    parts[0] = parts[0].replace(" ", f" of {len(states)} hosts ", 1)
+    detail = "; ".join(f"{h}: {(worker_states.get(h) or {}).get('error') or states[h]}" for h in bad)
+    return f"{', '.join(parts)}: {detail}"[:MAX_ERROR_SUMMARY]
+
+
 def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]],
              now_ns: int | None = None, silence_limit: float | None = None) -> dict:
-    """The job object (docs/api.md, Envelopes) from its parts (``now_ns``/``silence_limit``: see ``compute_status``)."""
+    """The job object (docs/api.md, Envelopes) from its parts, with every host's outcome (``hosts``,
+    ``summary``); ``now_ns``/``silence_limit``: see ``compute_status`` and ``summarize``."""
     events = sorted(events, key=lambda e: e.sort_key)
     summary = _unless_abandoned(summarize(job, silence_limit), events)
     status = compute_status(events, summary, now_ns)
     last = last_per_host(events)
     silent = silent_hosts(summary, last, now_ns)
-    single = not summary.broadcast
+    states = host_states(summary, events, last, silent)
     shown = {
         host: {"status": r.get("status"), "data": r.get("data"), "error": r.get("error")}
         for host, r in sorted(responses.items())
@@ -218,33 +287,29 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
     worker_states = {
         host: {
             "status": event.event,
-            "error": (shown.get(host) or {}).get("error") if event.event == FAILED else None,
+            "error": (shown.get(host) or {}).get("error") if event.event in NOT_OK else None,
             "duration": _duration(events, host),
         }
         for host, event in sorted(last.items())
     }
-    for host in silent:  # listed when submitted, silent past the bound: failed
-        worker_states[host] = {"status": FAILED, "error": silence_error(summary), "duration": None}
+    for host in silent:  # listed when submitted, silent past the bound: no_response
+        worker_states[host] = {"status": NO_RESPONSE, "error": silence_error(summary), "duration": None}
     for host in summary.expected:  # listed when submitted, not heard from yet
         worker_states.setdefault(host, {"status": SUBMITTED, "error": None, "duration": None})
     worker_states = dict(sorted(worker_states.items()))
     hostname = result = error = None
-    if single and last:
-        done = [e for e in events if e.event == COMPLETED]
-        decider = done[-1] if done else max(last.values(), key=lambda e: e.sort_key)
-        hostname = decider.host
+    if not summary.broadcast and last:
+        hostname = _decider(events, last).host
         response = shown.get(hostname) or {}
         result = response.get("data")
         error = response.get("error") if status == FAILED else None
-    elif status == FAILED and SUBMISSION_HOST in shown:
-        error = shown[SUBMISSION_HOST].get("error")
+    elif status == FAILED and abandoned(events):
+        error = (shown.get(SUBMISSION_HOST) or {}).get("error") or "submission failed"
     elif status in (FAILED, PARTIAL_FAILURE):
-        failed = sorted([h for h, e in last.items() if e.event == FAILED] + silent)
-        detail = "; ".join(f"{h}: {worker_states[h]['error'] or 'failed'}" for h in failed)
-        error = f"{len(failed)} of {len(last) + len(silent)} hosts failed: {detail}"[:MAX_ERROR_SUMMARY]
+        error = _not_ok_error(states, worker_states)
     created_ns = job.get("created_ns")
     updated_ns = max([e.nanos for e in events] + ([created_ns] if created_ns else []), default=None)
-    return {
+    view = {
         "id": job["id"],
         "status": status,
         "created": job.get("created"),
@@ -254,6 +319,8 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         "hostname": hostname,
         "result": result,
         "error": error,
+        "hosts": {host: {"state": state} for host, state in states.items()},
+        "summary": outcome_summary(states),
         "responses": shown,
         "worker_states": worker_states,
         "timeline": [
@@ -265,3 +332,6 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
             for e in events
         ],
     }
+    if isinstance(job.get("retry_of"), str):
+        view["retry_of"] = job["retry_of"]
+    return view

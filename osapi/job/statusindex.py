@@ -107,7 +107,7 @@ class StatusIndex:
         waiting = (summary is None  # unreadable now: do not keep what was computed without it
                    or (summary.broadcast and summary.expected and summary.answer_by_ns is not None
                        and now < summary.answer_by_ns and any(h not in job.last for h in summary.expected)))
-        job.status_version = -1 if waiting else job.version  # a waiting broadcast turns failed with time
+        job.status_version = -1 if waiting else job.version  # a waiting broadcast's silent hosts turn no_response
         return status
 
     # ------------------------------------------------------------ reading what changed

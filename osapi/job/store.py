@@ -62,9 +62,9 @@ class Store:
         self._warned: set = set()  # stream settings already warned about (setup.warn_differences)
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._summaries: dict[str, st.Summary] = {}
-        consumer = cfg.job.consumer
-        # an expected host silent this long after submission counts as failed (status.py)
-        self.silence_limit = float(consumer.ack_wait) * int(consumer.max_deliver)
+        # an expected host silent this long after submission is no_response (status.py), for jobs
+        # stored without their own bound (``answer_by_ns``)
+        self.silence_limit = float(cfg.api.server.job_timeout)
 
     # ------------------------------------------------------------ setup and handles
 
@@ -337,8 +337,11 @@ class Store:
         self._cache.pop(job_id, None)
         self._summaries.pop(job_id, None)
 
-    async def publish_job(self, subject: str, job_id: str) -> int:
-        ack = await self.js.publish(subject, job_id.encode(), headers={"Nats-Msg-Id": job_id})
+    async def publish_job(self, subject: str, job_id: str, per_subject: bool = False) -> int:
+        """Announce a job (deduplicated by id; ``per_subject``: by id and subject, for a job sent to
+        several host subjects)."""
+        msg_id = f"{job_id}:{subject}" if per_subject else job_id
+        ack = await self.js.publish(subject, job_id.encode(), headers={"Nats-Msg-Id": msg_id})
         return ack.seq
 
     # ------------------------------------------------------------ events
@@ -451,9 +454,9 @@ class Store:
     async def views(self, ids: list[str]) -> dict[str, dict]:
         """Job objects (docs/api.md, Envelopes) for ``ids``; missing jobs are left out."""
         jobs, events = await asyncio.gather(self.get_jobs(ids), self.events_of(ids))
-        # hosts with a terminal event have written their response first: fetch exactly those
+        # hosts with a final event have written their response first: fetch exactly those
         wanted = [(i, h) for i in ids if i in jobs
-                  for h, e in st.last_per_host(events.get(i, ())).items() if e.event in st.TERMINAL]
+                  for h, e in st.last_per_host(events.get(i, ())).items() if e.event in st.FINAL]
         responses = await self.responses_of(wanted)
         now = time.time_ns()
         return {i: st.job_view(jobs[i], events.get(i, []), responses.get(i, {}), now, self.silence_limit)

@@ -89,6 +89,15 @@ class Target:
         return self.text
 
 
+def host_target(hostname: Any) -> Target:
+    """The one-host target of a worker hostname; ``InvalidJob`` for anything that is not one
+    (``_any``, a label, a wildcard: never a subject other than ``host.<hostname>``)."""
+    target = parse_target(hostname)
+    if target.kind != "host":
+        raise InvalidJob(f"{hostname!r} is not a hostname")
+    return target
+
+
 def parse_target(target: Any) -> Target:
     """A ``Target``, or ``InvalidJob`` naming the bad value and what is allowed."""
     if target is None:

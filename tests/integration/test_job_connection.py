@@ -290,16 +290,17 @@ def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tm
         result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 2.0, 0.3))
         elapsed = time.monotonic() - started
         bridge.call(sub.unsubscribe())
-        # "silent" is live in the registry: it was waited for, then reported (and stored) as failed
+        # "silent" is live in the registry: it was waited for, then reported (and stored) as no_response
         assert result["results"] == [
             {"hostname": "ghost"},
-            {"hostname": "silent", "status": "failed", "error": "no answer within 2s"},
+            {"hostname": "silent", "status": "no_response", "error": "no answer within 2s"},
         ]
         assert elapsed >= 1.9
         job = bridge.call(bridge.client.get(result["job_id"]))
         assert job["status"] == "failed"  # only "silent" has events: the stand-in writes none
-        assert job["worker_states"]["silent"]["status"] == "failed"
-        assert job["responses"]["silent"] == {"status": "failed", "data": None, "error": "no answer within 2s"}
+        assert job["worker_states"]["silent"]["status"] == "no_response"
+        assert job["hosts"] == {"silent": {"state": "no_response"}}
+        assert job["responses"]["silent"] == {"status": "no_response", "data": None, "error": "no answer within 2s"}
         # once it leaves the registry, the quiet period ends the wait
         bridge.call(bridge.client.registry.remove("silent.1"))
         sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))

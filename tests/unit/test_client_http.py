@@ -763,3 +763,76 @@ def test_live_workers_for_uses_the_job_systems_target_rules():
     assert live_workers_for(registry, "_all") == ["web1", "Db1", "bare", "odd"]
     for body in ({}, {"workers": None}, [], None, {"workers": "x"}):
         assert live_workers_for(body, "_any") == []
+
+
+# ---------------------------------------------------------------- every host's outcome, retry (§10.3, §10.4)
+
+
+@pytest.mark.parametrize("results, status, message", [
+    ([{"hostname": "a", "status": "ok", "changed": True},
+      {"hostname": "c", "status": "no_response", "error": "no answer within 30s"}], 3,
+     "1 of 2 hosts did not answer: c (retry them with `osapi client job retry --job-id j`)"),
+    ([{"hostname": "b", "status": "failed", "error": "boom"},
+      {"hostname": "c", "status": "no_response", "error": "no answer within 30s"}], 1,
+     "1 of 2 hosts failed: b; 1 did not answer"),
+    ([{"hostname": "a", "status": "ok", "changed": False}], 0, ""),
+])
+def test_domain_command_exits_3_when_the_only_problem_is_silent_hosts(run, stub, results, status, message):
+    stub.json("PUT", "/network/dns", {"job_id": "j", "results": results}, 202)
+    res = run("client", "network", "dns", "update", "--interface-name", "eth0", "--servers", "1.1.1.1",
+              "-T", "_all", "--yes")
+    assert res.status == status, res.stderr
+    assert message in res.stderr
+    if any(r["status"] == "no_response" for r in results):
+        row = [line for line in res.stdout.splitlines() if line.startswith("c ")][0]
+        assert row.split(None, 2) == ["c", "no_response", "no answer within 30s"]
+
+
+def _finished_job(hosts: dict, status: str) -> dict:
+    counts = {"targeted": len(hosts), "ok": 0, "failed": 0, "no_response": 0, "skipped": 0, "pending": 0}
+    for state in hosts.values():
+        counts[state] += 1
+    responses = {h: {"status": "ok" if s == "ok" else s, "data": {"1min": 0.5} if s == "ok" else None,
+                     "error": None if s == "ok" else "x"} for h, s in hosts.items() if s != "pending"}
+    return {"id": "j", "status": status, "operation": {"type": "system.load.get", "data": {}},
+            "hosts": {h: {"state": s} for h, s in hosts.items()}, "summary": counts, "responses": responses,
+            "error": "some hosts not ok"}
+
+
+@pytest.mark.parametrize("hosts, status, rc, message", [
+    ({"a": "ok", "c": "no_response"}, "partial_failure", 3, "job j: 1 of 2 hosts did not answer: c"),
+    ({"c": "no_response"}, "failed", 3, "job j: 1 of 1 hosts did not answer: c"),
+    ({"a": "failed", "c": "no_response"}, "failed", 1, "job j failed"),
+    ({"a": "ok", "b": "ok"}, "completed", 0, ""),
+])
+def test_job_run_exit_status_follows_the_hosts(run, stub, hosts, status, rc, message):
+    created = {"job_id": "j", "status": "submitted", "revision": 1, "timestamp": "2024-01-01T00:00:00Z"}
+    stub.json("POST", "/jobs", created, 201)
+    stub.json("GET", "/jobs/j", _finished_job(hosts, status))
+    res = run("client", "job", "run", "--json-file", "-", "-T", "_all", stdin='{"type": "system.load.get"}')
+    assert res.status == rc, res.stderr
+    assert message in res.stderr
+
+
+def test_job_retry_sends_only_and_prints_the_new_job(run, stub):
+    stub.json("POST", "/jobs/j/retry", {"job_id": "n", "retry_of": "j", "hosts": ["b", "c"]}, 201)
+    res = run("client", "job", "retry", "--job-id", "j", "--only", "failed, no_response,failed")
+    assert res.status == 0, res.stderr
+    assert stub.sent("POST")[-1]["body"] == {"only": ["failed", "no_response"]}
+    assert "job id:" in res.stdout and "n" in res.stdout and "b, c" in res.stdout
+    res = run("client", "job", "retry", "--job-id", "j", "-j")
+    assert stub.sent("POST")[-1]["body"] == {} and json.loads(res.stdout)["hosts"] == ["b", "c"]
+
+
+@pytest.mark.parametrize("only", ["ok", "", "failed,pending", "failed\nok"])
+def test_job_retry_refuses_other_states_and_sends_nothing(run, stub, only):
+    res = run("client", "job", "retry", "--job-id", "j", "--only", only)
+    assert res.status == 2 and "is not a host state to retry" in res.stderr
+    assert stub.sent() == []
+
+
+def test_job_retry_409_is_exit_1_with_the_reason(run, stub):
+    stub.json("POST", "/jobs/j/retry", {"error": "no host to retry", "details": "no host of job j is failed",
+                                         "code": 409}, 409)
+    res = run("client", "job", "retry", "--job-id", "j")
+    assert res.status == 1 and "no host of job j is failed (HTTP 409)" in res.stderr

@@ -39,7 +39,15 @@ def test_domain_commands_say_a_failed_host_exits_1(cli, capsys, argv):
 def test_job_run_has_its_own_exit_status_paragraph_only(cli, capsys):
     text = help_text(cli, capsys, "client", "job", "run")
     assert text.count("Exit status") == 1 and PLAIN not in text and HOSTS not in text
-    assert "Exit status: 0 the job completed; 1 the job failed, partially failed or did not finish within" in text
+    assert "Exit status: 0 the job completed (every host ok); 1 a host failed, the job did not finish within" in text
+    assert "3 no host failed but some did not answer" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["client", "system", "hostname"], ["client", "network", "dns", "update"], ["client", "network", "ping"],
+])
+def test_domain_commands_say_silent_hosts_exit_3(cli, capsys, argv):
+    assert "3 no host failed but some did not answer" in help_text(cli, capsys, *argv)
 
 
 def test_job_id_and_poll_interval_are_explained(cli, capsys):
