@@ -185,7 +185,7 @@ class ApiClient:
                     raise self._error("GET", f"/jobs/{job_id}/events", response.status, response.reason, data, text)
                 if not (response.getheader("Content-Type") or "").startswith("text/event-stream"):
                     raise ApiError(f"the server at {self.url} did not answer GET {target} with an event stream")
-                yield from parse_event_stream(response)
+                yield from parse_event_stream(response, keepalive=True)
             except (OSError, http.client.HTTPException) as exc:
                 raise ApiError(f"the event stream of job {job_id} from {self.url} broke off: "
                                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
@@ -341,15 +341,20 @@ class ApiClient:
         )
 
 
-def parse_event_stream(lines):
+def parse_event_stream(lines, keepalive: bool = False):
     """``(event, data)`` for each event of a ``text/event-stream`` read line by line (bytes).
 
-    Comment lines are skipped; ``data`` is the decoded JSON of the ``data:`` lines
-    (``ValueError`` when it is not JSON). Ends after ``end`` or at the end of the input.
+    Comment lines are skipped (``keepalive``: each one yields ``(None, None)``, so a reader
+    can look at its clock while the stream is idle); ``data`` is the decoded JSON of the
+    ``data:`` lines (``ValueError`` when it is not JSON). Ends after ``end`` or at the end
+    of the input.
     """
     event, data = None, []
     for raw in iter(lines.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if keepalive and line.startswith(":"):
+            yield None, None
+            continue
         if not line:
             if event is not None or data:
                 name = event or "message"

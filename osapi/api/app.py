@@ -136,7 +136,7 @@ class Api:
             metrics = self.services.metrics
             metrics.request(environ.get("REQUEST_METHOD", ""), environ.get(ROUTE_KEY, UNMATCHED), status, seconds)
             noted = environ.get(audit.NOTE_KEY) or {}
-            if noted.get("job_id") and noted.get("operation"):
+            if noted.get("job_id") and noted.get("operation") and not environ.get(audit.REPLAYED_KEY):
                 metrics.submitted(noted["operation"])
             if audit.audited(environ.get(audit.RAW_PATH_KEY, "")):
                 self._identify(environ)

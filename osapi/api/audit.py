@@ -57,6 +57,9 @@ def audited(path: str) -> bool:
     return path == "/api/v1" or path.startswith("/api/v1/") or path == "/health/status"
 
 
+REPLAYED_KEY = "osapi.replayed"  # an Idempotency-Key replay: no job was submitted (not counted as one)
+
+
 def note(environ: dict, **fields: Any) -> None:
     """A handler adds ``job_id``, ``operation``, ``target`` or ``dry_run`` to this request's entry."""
     environ.setdefault(NOTE_KEY, {}).update({k: v for k, v in fields.items() if v is not None})

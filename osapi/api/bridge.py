@@ -187,7 +187,8 @@ class NatsBridge:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            if not future.cancel() and future.done():
+                return future.result()  # it finished just as the wait ran out: its answer stands
             raise on_timeout or unavailable(
                 f"NATS at {', '.join(self.urls)} did not answer within {timeout:g}s"
             ) from None

@@ -44,7 +44,7 @@ LAST_EVENT_ID_RULE = ("the `id:` of an event this stream sent (a stream sequence
                       "(0: from the start). Anything else is a 400.")
 
 
-EVENT_NAMES = ("submitted", "acknowledged", "started", "completed", "failed", "end")
+EVENT_NAMES = ("submitted", "acknowledged", "started", "completed", "failed", "no_response", "skipped", "end")
 EVENT_SCHEMA = {
     "type": "object",
     "description": "one event of the stream, by its fields",

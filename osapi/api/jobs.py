@@ -85,6 +85,7 @@ def create(call: Call) -> Reply:
     audit.note(call.environ, job_id=job.get("job_id"))
     headers = {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"}
     if replayed:
+        call.environ[audit.REPLAYED_KEY] = True
         return Reply(200, job, {**headers, idempotency.REPLAYED_HEADER: "true"})
     return Reply(201, job, headers)
 

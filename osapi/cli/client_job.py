@@ -311,10 +311,10 @@ def follow_events(ctx: Context, client, job_id: str, deadline: float) -> dict | 
 
     err = ctx.env.stderr
     try:
-        for event, data in client.job_events(job_id):
+        for event, data in client.job_events(job_id):  # (None, None): an idle comment, a look at the clock
             if event == "end":
                 return data if isinstance(data, dict) and data.get("status") in FINAL else None
-            if isinstance(data, dict):
+            if event is not None and isinstance(data, dict):
                 err.write(fmt.progress_line(event, data) + "\n")
                 err.flush()
             if time.monotonic() >= deadline:

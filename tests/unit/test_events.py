@@ -73,3 +73,33 @@ def test_progress_lines_never_carry_control_characters():
     line = progress_line("failed", {"hostname": "h\x1b[2J1", "timestamp": "x\x07", "error": "no\nway"})
     assert line.isprintable() and line.endswith("h\\x1b[2J1: failed: no\\nway")
     assert progress_line("submitted", {"hostname": "_all", "timestamp": None}) == "  submitted to _all"
+
+
+def test_keepalive_comments_let_the_reader_look_at_its_clock():
+    wire = b": idle\n\n: idle\n\nid: 1\nevent: started\ndata: {}\n\n"
+    assert list(parse_event_stream(io.BytesIO(wire), keepalive=True)) == [
+        (None, None), (None, None), ("started", {})]
+
+
+def test_job_run_following_an_idle_stream_gives_up_at_its_deadline():
+    """A job that never ends (a host that never answers) must not hold `job run` past -t."""
+    import itertools
+    import time
+
+    from osapi.cli import Environment
+    from osapi.cli.client_job import follow_events
+
+    class Idle:
+        sent = 0
+
+        def job_events(self, job_id):
+            for _ in itertools.repeat(None, 10_000):  # bounded: an idle stream, a comment each time
+                time.sleep(0.001)
+                self.sent += 1
+                yield None, None
+
+    ctx = type("Ctx", (), {"env": Environment(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())})()
+    idle = Idle()
+    assert follow_events(ctx, idle, "j1", time.monotonic() + 0.05) is None
+    assert idle.sent < 10_000  # it stopped reading at its deadline, not at the end of the stream
+    assert ctx.env.stderr.getvalue() == ""  # comments print nothing
