@@ -34,13 +34,18 @@ error, token rejected, or any targeted host failed -- the table is still
 printed, failed hosts with their error); 2 usage or configuration error."""
 
 
+NAME = "client"
+HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
+
+
 def register(subparsers) -> None:
+    """``client`` and its command groups, each built only when the command line chooses it."""
     from osapi.cli import client_audit, client_job, client_ops
 
-    client = group(subparsers, "client", "talk to the osapi REST API: query and change hosts, manage jobs")
+    client = group(subparsers, NAME, HELP)
     client_ops.register(client)
-    client_job.register(client)
-    client_audit.register(client)
+    for module in (client_job, client_audit):
+        client.defer(module.NAME, module.HELP, module.register)
 
 
 # ---------------------------------------------------------------- parser helpers
@@ -69,7 +74,9 @@ def command(subparsers, name: str, help: str, func, epilog: str = EXIT_HELP, **k
     parser = add_parser(subparsers, name, help, epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     add_url(parser)
-    parser.set_defaults(func=lambda ctx: _json_errors(ctx, func))
+    # _logs=False: a client command prints its answer and logs nothing, so without -d (or
+    # debug: true) main() does not set logging up (importing logging costs its start)
+    parser.set_defaults(func=lambda ctx: _json_errors(ctx, func), _logs=False)
     return parser
 
 

@@ -159,3 +159,65 @@ def test_osapi_file_that_is_a_directory_or_dev_null(cli, tmp_path):
     assert r.status == 2 and "is a directory" in r.stderr
     r = cli("-f", "/dev/null", "token", "generate", "-r", "read", "-u", "x", env=ENV)
     assert r.status == 0, r.stderr  # an empty file runs on the defaults
+
+
+# ---------------------------------------------------------------- the parser tree is built along the command line
+
+
+def _tree(parser, path=()):
+    """(path, parser) of every parser built so far, depth first."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action._name_parser_map.items():
+                if child is not None:
+                    yield from _tree(child, path + (name,))
+
+
+def test_a_command_builds_only_the_parsers_on_its_path():
+    from osapi.cli import build_parser
+
+    parser = build_parser()
+    parser.parse_known_args(["client", "system", "hostname", "-T", "_all"])
+    assert [path for path, _ in _tree(parser)] == [
+        (), ("client",), ("client", "system"), ("client", "system", "hostname")]
+
+
+def test_every_help_and_usage_error_is_that_of_the_fully_built_tree(cli, capsys):
+    """Deferred subcommands list the same help and accept the same names as built ones, in the same order."""
+    from osapi.cli import SubParsers, build_parser
+
+    full = build_parser()
+    for action in full._actions:
+        if isinstance(action, SubParsers):
+            action.build_all()
+    tree = list(_tree(full))
+    assert len(tree) > 40 and ("client", "network", "dns", "update") in dict(tree)
+    for path, parser in tree:
+        capsys.readouterr()
+        r = cli(*path, "--help")  # argparse prints help on sys.stdout
+        assert (r.status, capsys.readouterr().out) == (0, parser.format_help()), path
+        names = [a for a in parser._actions if isinstance(a, SubParsers)]
+        if names:
+            r = cli(*path, "nosuchcommand")
+            choices = ", ".join(repr(name) for name in names[0].choices)
+            assert r.status == 2 and f"invalid choice: 'nosuchcommand' (choose from {choices})" in r.stderr, path
+
+
+def test_a_client_command_sets_up_no_logging_without_debug(tmp_path):
+    """Logging (and its imports) is only for -d: a client command prints its answer or one error line."""
+    code = ("import sys; from osapi.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, 'logging' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+    env["OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN"] = "tok"
+    argv = ["client", "system", "hostname", "--url", "http://127.0.0.1:9"]  # discard port: refused
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=60)
+    assert p.stdout.split() == ["1", "False"], p.stderr
+    assert p.stderr.startswith("osapi: error: cannot reach the osapi API at http://127.0.0.1:9")
+    p = subprocess.run([sys.executable, "-c", code, "-d", *argv], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=60)
+    assert p.stdout.split() == ["1", "True"]
+    assert "DEBUG osapi.cli: configuration from built-in defaults" in p.stderr
