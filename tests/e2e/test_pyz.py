@@ -299,6 +299,19 @@ def test_other_cpython_versions(runner, python, tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "True {'a': 1} True", result.stderr
 
 
+def test_the_boot_module_is_shipped_with_its_bytecode(pyz):
+    """zipimport would compile _osapi_boot.py at every start: its .pyc, checked against the source by hash
+    (PEP 552), is in the archive for the CPython version that built it."""
+    import importlib.util
+
+    with zipfile.ZipFile(pyz) as zf:
+        source, pyc = zf.read("_osapi_boot.py"), zf.read("_osapi_boot.pyc")
+    assert source == (REPO / "osapi" / "pyzboot.py").read_bytes()
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b11  # hash-based, checked against the source
+    assert pyc[8:16] == importlib.util.source_hash(source)
+
+
 def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
     again = tmp_path / "again.pyz"
     result = subprocess.run([sys.executable, str(source_snapshot / "build_pyz.py"), "-o", str(again)],
@@ -312,7 +325,8 @@ def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
         stamps = {info.date_time for info in zf.infolist()}
     assert stamps == {(1980, 1, 1, 0, 0, 0)}
     assert "site-packages/bin/nats-server" in names
-    assert not [n for n in names if n.endswith(".pyc") or "/tests/" in n or n.endswith("/RECORD")]
+    assert not [n for n in names if (n.endswith(".pyc") and n != "_osapi_boot.pyc") or "/tests/" in n
+                or n.endswith("/RECORD")]
     assert not [n for n in names if n.endswith(".so") and ".abi3." not in n]
     bad = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "--source", "nope"],
                          capture_output=True, text=True, timeout=60)
