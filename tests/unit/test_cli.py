@@ -206,18 +206,50 @@ def test_every_help_and_usage_error_is_that_of_the_fully_built_tree(cli, capsys)
             assert r.status == 2 and f"invalid choice: 'nosuchcommand' (choose from {choices})" in r.stderr, path
 
 
-def test_a_client_command_sets_up_no_logging_without_debug(tmp_path):
-    """Logging (and its imports) is only for -d: a client command prints its answer or one error line."""
+def _client_probe(tmp_path, *argv: str) -> tuple[list[str], str]:
+    """Run ``osapi <argv>`` in a fresh interpreter: (exit status, then whether each of logging and ssl
+    was imported), and its stderr."""
     code = ("import sys; from osapi.cli import main; rc = main(sys.argv[1:]); "
-            "print(rc, 'logging' in sys.modules)")
+            "print(rc, 'logging' in sys.modules, 'ssl' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
     env["OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN"] = "tok"
-    argv = ["client", "system", "hostname", "--url", "http://127.0.0.1:9"]  # discard port: refused
     p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, env=env,
                        timeout=60)
-    assert p.stdout.split() == ["1", "False"], p.stderr
-    assert p.stderr.startswith("osapi: error: cannot reach the osapi API at http://127.0.0.1:9")
-    p = subprocess.run([sys.executable, "-c", code, "-d", *argv], capture_output=True, text=True, cwd=tmp_path,
-                       env=env, timeout=60)
-    assert p.stdout.split() == ["1", "True"]
-    assert "DEBUG osapi.cli: configuration from built-in defaults" in p.stderr
+    return p.stdout.split(), p.stderr
+
+
+def test_a_client_command_sets_up_no_logging_without_debug(tmp_path):
+    """Logging (and its imports) is only for -d: a client command prints its answer or one error line."""
+    argv = ["client", "system", "hostname", "--url", "http://127.0.0.1:9"]  # discard port: refused
+    out, err = _client_probe(tmp_path, *argv)
+    assert out[:2] == ["1", "False"], err
+    assert err.startswith("osapi: error: cannot reach the osapi API at http://127.0.0.1:9: connection refused")
+    out, err = _client_probe(tmp_path, "-d", *argv)
+    assert out[:2] == ["1", "True"]
+    assert "DEBUG osapi.cli: configuration from built-in defaults" in err
+
+
+@pytest.mark.parametrize("where", ["--url", "osapi.yaml"])
+def test_a_client_command_loads_ssl_only_for_an_https_url(tmp_path, where):
+    for url, ssl in (("http://127.0.0.1:9", "False"), ("https://127.0.0.1:9", "True")):
+        argv = ["client", "system", "hostname", "--url", url]
+        if where != "--url":
+            (tmp_path / "osapi.yaml").write_text(f"api:\n  client:\n    url: {url}\n")
+            argv = argv[:-2]
+        out, err = _client_probe(tmp_path, *argv)
+        assert out == ["1", "False", ssl], err
+        assert err.startswith(f"osapi: error: cannot reach the osapi API at {url}: connection refused"), err
+
+
+def test_an_https_url_after_an_http_one_in_the_same_process(tmp_path):
+    """http.client imported without ssl for an http:// URL is imported again, with it, for an https:// one."""
+    code = ("import sys; from osapi.cli import main\n"
+            "for url in sys.argv[1:]:\n"
+            "    print(main(['client', 'system', 'hostname', '--url', url]))\n"
+            "import http.client; print(hasattr(http.client, 'HTTPSConnection'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+    env["OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN"] = "tok"
+    p = subprocess.run([sys.executable, "-c", code, "http://127.0.0.1:9", "https://127.0.0.1:9"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=60)
+    assert p.stdout.split() == ["1", "1", "True"], p.stderr
+    assert p.stderr.count("connection refused") == 2 and "internal error" not in p.stderr
