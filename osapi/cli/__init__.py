@@ -106,6 +106,11 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", SubParsers)
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse's asks shutil for the width, and argparse makes one for every argument
+        # it adds (to check its metavar): shutil's imports would cost each command's start
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, f"see `{self.prog} --help`")
 
@@ -113,6 +118,20 @@ class ArgumentParser(argparse.ArgumentParser):
         if message:
             self._print_message(message, sys.stderr)
         raise _Exit(status)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` (``$COLUMNS``, else stdout's terminal, else 80), without shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 class SubParsers(argparse._SubParsersAction):

@@ -253,3 +253,17 @@ def test_an_https_url_after_an_http_one_in_the_same_process(tmp_path):
                        text=True, cwd=tmp_path, env=env, timeout=60)
     assert p.stdout.split() == ["1", "1", "True"], p.stderr
     assert p.stderr.count("connection refused") == 2 and "internal error" not in p.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "", "abc", "0", "-3", "7", "100", "250"])
+def test_help_is_as_wide_as_shutil_says(monkeypatch, columns):
+    """The parser measures the terminal without importing shutil, the same way."""
+    import shutil
+
+    from osapi.cli import terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_columns() == shutil.get_terminal_size().columns
