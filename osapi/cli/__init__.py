@@ -17,7 +17,6 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TextIO
 
 from osapi import __version__
@@ -33,14 +32,15 @@ COMMAND_MODULES = (
     "osapi.cli.tokens",
 )
 
-@dataclass
 class Environment:
-    """What a command may touch of the outside world."""
+    """What a command may touch of the outside world (default: this process's)."""
 
-    stdin: TextIO = field(default_factory=lambda: sys.stdin)
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 environ: Mapping[str, str] | None = None):
+        self.stdin = sys.stdin if stdin is None else stdin
+        self.stdout = sys.stdout if stdout is None else stdout
+        self.stderr = sys.stderr if stderr is None else stderr
+        self.environ = os.environ if environ is None else environ
 
     @property
     def stdin_isatty(self) -> bool:
