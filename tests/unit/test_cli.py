@@ -267,3 +267,17 @@ def test_help_is_as_wide_as_shutil_says(monkeypatch, columns):
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert terminal_columns() == shutil.get_terminal_size().columns
+
+
+def test_a_client_command_imports_only_what_it_needs(tmp_path):
+    """What the client's start would pay for without using it (osapi.pyz: bench/startup.py)."""
+    code = ("import sys; from osapi.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, *sorted(m for m in %r if m in sys.modules))"
+            % (("logging", "dataclasses", "inspect", "shutil", "ssl", "zipfile", "tempfile"),))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
+    env["OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN"] = "tok"
+    for argv in (["client", "system", "hostname"], ["client", "system", "load", "-T", "_all"],
+                 ["client", "network", "dns", "get", "--interface-name", "eth0", "-T", "group:web"]):
+        p = subprocess.run([sys.executable, "-c", code, *argv, "--url", "http://127.0.0.1:9"], capture_output=True,
+                           text=True, cwd=tmp_path, env=env, timeout=60)
+        assert p.stdout.split() == ["1"], (argv, p.stdout, p.stderr)
