@@ -20,9 +20,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from osapi.errors import ConfigError
 
@@ -82,8 +81,7 @@ def is_label_value(value: str) -> bool:
     return bool(value) and all(LABEL_SEGMENT_RE.fullmatch(seg) for seg in value.split("."))
 
 
-@dataclass(frozen=True)
-class Type:
+class Type(NamedTuple):
     """How one key is checked and converted.
 
     ``kind`` is what the file must hold (for messages and for parsing the

@@ -69,9 +69,7 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import time
-import zipfile
 
 # The absolute path of the running archive; ``osapi.supervise`` runs children from it.
 ARCHIVE: str | None = None
@@ -84,11 +82,15 @@ IN_USE_FD: int | None = None  # the shared lock on this build's .inuse file, hel
 
 def candidates(environ=None) -> list[str]:
     """Cache roots to try, in order (without ``$SHIV_ROOT``, which is never second-guessed)."""
+    return list(_candidates(environ))
+
+
+def _candidates(environ=None):
+    """``candidates()`` one at a time: the temp dir (``tempfile``'s imports cost a start) only when reached."""
     environ = os.environ if environ is None else environ
-    out = []
     xdg = environ.get("XDG_CACHE_HOME", "")
     if xdg and os.path.isabs(xdg):
-        out.append(os.path.join(xdg, CACHE_DIR_NAME))
+        yield os.path.join(xdg, CACHE_DIR_NAME)
     home = environ.get("HOME", "")
     if not home:
         try:
@@ -98,9 +100,10 @@ def candidates(environ=None) -> list[str]:
         except (ImportError, KeyError):
             home = ""
     if home and os.path.isabs(home):
-        out.append(os.path.join(home, ".cache", CACHE_DIR_NAME))
-    out.append(os.path.join(tempfile.gettempdir(), f"{CACHE_DIR_NAME}-{os.geteuid()}"))
-    return out
+        yield os.path.join(home, ".cache", CACHE_DIR_NAME)
+    import tempfile
+
+    yield os.path.join(tempfile.gettempdir(), f"{CACHE_DIR_NAME}-{os.geteuid()}")
 
 
 def problem(root: str, unpacked_name: str | None = None) -> str | None:
@@ -141,12 +144,24 @@ def environment(archive: str) -> dict | None:
     """The archive's ``environment.json`` (shiv's build settings), read once per process; None if unreadable."""
     if archive not in _ENVIRONMENTS:
         try:
-            with zipfile.ZipFile(archive) as zf:
-                env = json.loads(zf.read("environment.json").decode())
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            env = json.loads(_read_member(archive, "environment.json").decode())
+        except (OSError, ImportError, ValueError):  # zipimport.ZipImportError is an ImportError
             env = None
         _ENVIRONMENTS[archive] = env if isinstance(env, dict) else None
     return _ENVIRONMENTS[archive]
+
+
+def _read_member(archive: str, name: str) -> bytes:
+    """One file of the archive, read with ``zipimport`` (not ``zipfile``: its imports cost a CLI start
+    about a tenth), through the importer that loaded this module when that is the archive's: the
+    archive's directory is read already."""
+    import zipimport
+
+    loader = globals().get("__loader__")
+    if not (isinstance(loader, zipimport.zipimporter)
+            and os.path.realpath(loader.archive) == os.path.realpath(archive)):
+        loader = zipimport.zipimporter(archive)
+    return loader.get_data(name)
 
 
 def unpacked_name(archive: str) -> str | None:
@@ -161,7 +176,7 @@ def choose_root(archive: str, environ=None) -> tuple[str | None, list[str]]:
     """The cache root to use and, when there is none, why each candidate was refused."""
     name = unpacked_name(archive)
     refused = []
-    for root in candidates(environ):
+    for root in _candidates(environ):
         why = problem(root, name)
         if why is None:
             return root, refused
@@ -237,7 +252,6 @@ def mark_in_use(root: str, name: str, wait: float = IN_USE_WAIT) -> int | None:
 def remove_unused_builds(root: str, name: str, now: float | None = None) -> list[str]:
     """Remove the other builds of this archive that are old and not running; the names removed."""
     import fcntl
-    import shutil
 
     base, _, _ = name.rpartition("_")
     pattern = re.compile(re.escape(base) + r"_[0-9a-f]{64}")
@@ -247,6 +261,8 @@ def remove_unused_builds(root: str, name: str, now: float | None = None) -> list
     for entry in sorted(os.listdir(root)):
         half_done = interrupted.fullmatch(entry)
         if half_done and not _running(int(half_done.group(1))):  # a remover that died half-way
+            import shutil  # here: a start that removes nothing does not pay for its imports
+
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
             continue
         if entry == name or not pattern.fullmatch(entry):
@@ -271,6 +287,8 @@ def remove_unused_builds(root: str, name: str, now: float | None = None) -> list
                 continue
             doomed = os.path.join(root, f".{entry}.removing-{os.getpid()}")
             os.rename(directory, doomed)
+            import shutil
+
             shutil.rmtree(doomed, ignore_errors=True)
             for leftover in (os.path.join(root, f".{entry}_lock"), marker):
                 try:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TextIO
 
 from osapi import __version__
@@ -34,17 +32,15 @@ COMMAND_MODULES = (
     "osapi.cli.tokens",
 )
 
-log = logging.getLogger("osapi.cli")
-
-
-@dataclass
 class Environment:
-    """What a command may touch of the outside world."""
+    """What a command may touch of the outside world (default: this process's)."""
 
-    stdin: TextIO = field(default_factory=lambda: sys.stdin)
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 environ: Mapping[str, str] | None = None):
+        self.stdin = sys.stdin if stdin is None else stdin
+        self.stdout = sys.stdout if stdout is None else stdout
+        self.stderr = sys.stderr if stderr is None else stderr
+        self.environ = os.environ if environ is None else environ
 
     @property
     def stdin_isatty(self) -> bool:
@@ -78,7 +74,10 @@ class Context:
 
                 self.args.debug = True  # `debug: true` in the file means the same as -d
                 logs.setup(debug=True, json_lines=self.json, stream=self.env.stderr)
-            log.debug("configuration from %s", self._config.source)
+            if self.args.debug:
+                import logging
+
+                logging.getLogger("osapi.cli").debug("configuration from %s", self._config.source)
         return self._config
 
     @property
@@ -102,7 +101,19 @@ class Context:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ``UsageError`` instead of exiting, so main() owns exits."""
+    """argparse that raises ``UsageError`` instead of exiting, so main() owns exits.
+
+    Its subcommands are ``SubParsers``: they may be deferred.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", SubParsers)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse's asks shutil for the width, and argparse makes one for every argument
+        # it adds (to check its metavar): shutil's imports would cost each command's start
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, f"see `{self.prog} --help`")
@@ -111,6 +122,75 @@ class ArgumentParser(argparse.ArgumentParser):
         if message:
             self._print_message(message, sys.stderr)
         raise _Exit(status)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` (``$COLUMNS``, else stdout's terminal, else 80), without shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class SubParsers(argparse._SubParsersAction):
+    """argparse's subcommands, some of which are built only when the command line chooses them.
+
+    ``defer(name, help, build)`` lists ``name`` with ``help`` (all a parent's ``--help``
+    shows of it) and calls ``build(self)`` -- which adds ``name`` with ``add_parser``
+    as usual -- when ``name`` is chosen. Building the whole tree (about 50 parsers)
+    would cost ``osapi client system hostname`` more than its HTTP call; this way it
+    builds the four on its path. ``build_all`` builds every deferred one (tests).
+    The one place that relies on argparse's internals (``_SubParsersAction``,
+    ``_name_parser_map``, ``_choices_actions``); tests/unit/test_cli.py compares every
+    ``--help`` with that of the fully built tree.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deferred: dict[str, Callable[[SubParsers], object]] = {}
+
+    def defer(self, name: str, help: str, build: Callable[[SubParsers], object]) -> None:
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help))
+        self._name_parser_map[name] = None  # a valid choice (for argparse's check); built in __call__
+        self._deferred[name] = build
+
+    def build(self, name: str) -> None:
+        """Build ``name`` if it is deferred; its place in the listing and the choices is kept."""
+        build = self._deferred.pop(name, None)
+        if build is None:
+            return
+        names, listed = list(self._name_parser_map), len(self._choices_actions)
+        del self._name_parser_map[name]
+        build(self)
+        if name not in self._name_parser_map:
+            raise RuntimeError(f"building subcommand {name!r} did not add it")
+        parsers = dict(self._name_parser_map)
+        self._name_parser_map.clear()  # the same dict is argparse's ``choices``: keep the order
+        self._name_parser_map.update((n, parsers.pop(n)) for n in names)
+        self._name_parser_map.update(parsers)
+        if len(self._choices_actions) > listed:  # the real listing replaces the deferred one
+            real = self._choices_actions.pop()
+            index = next(i for i, a in enumerate(self._choices_actions) if a.dest == name)
+            self._choices_actions[index] = real
+
+    def build_all(self) -> None:
+        """Build every subcommand, and theirs, all the way down."""
+        for name in list(self._deferred):
+            self.build(name)
+        for parser in self._name_parser_map.values():
+            for action in parser._actions:
+                if isinstance(action, SubParsers):
+                    action.build_all()
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Exit(Exception):
@@ -172,8 +252,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.set_defaults(func=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for module_name in COMMAND_MODULES:  # each built only when chosen: see SubParsers
+        module = importlib.import_module(module_name)
+        subparsers.defer(module.NAME, module.HELP, module.register)
     return parser
 
 
@@ -195,11 +276,11 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "-d" in argv or "--debug" in argv
     try:
+        if _wants_version(argv):  # before or after any subcommand, whatever else is missing
+            env.stdout.write(f"osapi {__version__}\n")
+            return ExitStatus.SUCCESS
         parser = build_parser()
         try:
-            if _wants_version(argv):  # before or after any subcommand, whatever else is missing
-                env.stdout.write(f"osapi {__version__}\n")
-                return ExitStatus.SUCCESS
             args, extra = parser.parse_known_args(argv)
             if extra:
                 prog = getattr(args, "_prog", parser.prog)
@@ -211,10 +292,11 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         if args.func is None:
             env.stderr.write(parser.format_help())
             return ExitStatus.USAGE
-        from osapi import logs
-
         ctx = Context(args, env)
-        logs.setup(debug=args.debug, json_lines=args.json, stream=env.stderr)
+        if args.debug or getattr(args, "_logs", True):  # client commands: only with -d
+            from osapi import logs
+
+            logs.setup(debug=args.debug, json_lines=args.json, stream=env.stderr)
         status = args.func(ctx)
         return ExitStatus.SUCCESS if status is None else int(status)
     except OsapiError as exc:

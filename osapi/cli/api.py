@@ -5,8 +5,12 @@ from __future__ import annotations
 from osapi.cli import Context, add_group, add_parser
 
 
+NAME = "api"
+HELP = "the REST API server"
+
+
 def register(subparsers) -> None:
-    api = add_group(subparsers, "api", "the REST API server")
+    api = add_group(subparsers, NAME, HELP)
     server = add_group(api, "server", "run the REST API server")
     start = add_parser(
         server, "start",

@@ -36,13 +36,18 @@ host failed but some did not answer (no_response: listed by the worker
 registry, silent for api.server.job_timeout)."""
 
 
+NAME = "client"
+HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
+
+
 def register(subparsers) -> None:
+    """``client`` and its command groups, each built only when the command line chooses it."""
     from osapi.cli import client_audit, client_job, client_ops
 
-    client = group(subparsers, "client", "talk to the osapi REST API: query and change hosts, manage jobs")
+    client = group(subparsers, NAME, HELP)
     client_ops.register(client)
-    client_job.register(client)
-    client_audit.register(client)
+    for module in (client_job, client_audit):
+        client.defer(module.NAME, module.HELP, module.register)
 
 
 # ---------------------------------------------------------------- parser helpers
@@ -71,7 +76,9 @@ def command(subparsers, name: str, help: str, func, epilog: str = EXIT_HELP, **k
     parser = add_parser(subparsers, name, help, epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     add_url(parser)
-    parser.set_defaults(func=lambda ctx: _json_errors(ctx, func))
+    # _logs=False: a client command prints its answer and logs nothing, so without -d (or
+    # debug: true) main() does not set logging up (importing logging costs its start)
+    parser.set_defaults(func=lambda ctx: _json_errors(ctx, func), _logs=False)
     return parser
 
 
@@ -83,12 +90,12 @@ def _json_errors(ctx: Context, func) -> Any:
     still goes to stderr (the funnel in ``osapi.cli.main``) with the same exit
     status. No answer (connection refused, not HTTP): nothing on stdout.
     """
-    from osapi.client import ApiError
-
     try:
         return func(ctx)
-    except ApiError as exc:
-        if ctx.json and exc.status is not None and exc.body is not None:
+    except OperationError as exc:  # osapi.client is imported by ``api()``, not before (see _http_only)
+        from osapi.client import ApiError
+
+        if isinstance(exc, ApiError) and ctx.json and exc.status is not None and exc.body is not None:
             ctx.print_json(exc.body)
         raise
 
@@ -166,10 +173,11 @@ def duration_arg(value: str) -> float:
 
 def api(ctx: Context):
     """An ``ApiClient`` for ``--url`` (else ``api.client.url``) with the resolved token."""
-    from osapi.client import ApiClient, check_url, resolve_token
-
     cfg = ctx.config
     url = getattr(ctx.args, "url", None)
+    _http_only(cfg.api.client.url if url is None else url)
+    from osapi.client import ApiClient, check_url, resolve_token
+
     if url is not None:
         try:
             check_url(url)
@@ -179,6 +187,35 @@ def api(ctx: Context):
         url = cfg.api.client.url
     token, source = resolve_token(cfg, ctx.env.environ)
     return ApiClient(url, token, token_source=source)
+
+
+def _http_only(url: str) -> None:
+    """For a plain http:// API, import ``http.client`` (used by ``osapi.client``) without ``ssl``.
+
+    http.client imports ssl -- which loads libssl: about a tenth of the start of a
+    client command -- only to define HTTPSConnection, and goes without it when ssl
+    cannot be imported. So for an http:// URL it is imported here with ssl hidden
+    (a None entry in ``sys.modules`` makes ``import ssl`` fail), then ssl is
+    importable again. A process that imported either already keeps what it has;
+    an https:// URL imports both as usual (and, in a process that imported
+    http.client here before, imports it again: tests run many commands in one).
+    """
+    import sys
+
+    module = sys.modules.get("http.client")
+    if url.strip().lower().startswith("https:"):
+        if module is not None and not hasattr(module, "HTTPSConnection"):
+            import importlib
+
+            importlib.reload(module)
+        return
+    if module is not None or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import http.client  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
 
 
 # ---------------------------------------------------------------- output

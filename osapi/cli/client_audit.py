@@ -40,8 +40,12 @@ def since_arg(value: str) -> str:
     return value
 
 
+NAME = "audit"
+HELP = "the audit log: one entry per API request (admin scope)"
+
+
 def register(client) -> None:
-    audit = group(client, "audit", "the audit log: one entry per API request (admin scope)")
+    audit = group(client, NAME, HELP)
     lst = command(audit, "list", "list audit entries, newest first", list_cmd, epilog=LIST_EPILOG)
     lst.add_argument("--since", type=since_arg, metavar="T", help=SINCE_HELP)
     lst.add_argument("--subject", metavar="S", help="only requests made with a token of this subject")

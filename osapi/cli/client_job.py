@@ -70,8 +70,12 @@ snapshot and exits.
 """
 
 
+NAME = "job"
+HELP = "submit and inspect jobs, queue status, workers"
+
+
 def register(client) -> None:
-    job = group(client, "job", "submit and inspect jobs, queue status, workers")
+    job = group(client, NAME, HELP)
 
     add = command(job, "add", "submit a job; prints its id and status", add_cmd,
                   epilog=JOB_FILE_HELP + "\n" + EXIT_HELP)

@@ -30,25 +30,37 @@ DRY_RUN_HELP = "compute the change on each host and apply nothing: prints each h
 
 
 def register(client) -> None:
+    """The operations' groups and commands under ``client``, each built when chosen (``SubParsers.defer``)."""
+    add_children(client, ())
+
+
+def add_children(subparsers, path: tuple[str, ...]) -> None:
+    """The commands and groups under the group ``path``, in the order of the operations table."""
+    from osapi.job.operations import OPERATIONS
+
+    children: dict[str, Any] = {}
+    for op in OPERATIONS.values():
+        if op.cli is None or op.cli.group[: len(path)] != path:
+            continue
+        if op.cli.group == path:
+            children[op.cli.name] = (op.cli.help or op.summary, lambda sp, op=op: add_command(sp, op))
+        elif op.cli.group[len(path)] not in children:
+            sub = op.cli.group[: len(path) + 1]
+            children[sub[-1]] = (group_help(sub), lambda sp, sub=sub: add_group(sp, sub))
+    for name, (help, build) in children.items():
+        subparsers.defer(name, help, build)
+
+
+def group_help(path: tuple[str, ...]) -> str:
     from osapi.job.operations import CLI_GROUPS, OPERATIONS
 
-    ops = [op for op in OPERATIONS.values() if op.cli is not None]
-    groups: dict[tuple[str, ...], Any] = {}
+    names = [op.cli.name for op in OPERATIONS.values() if op.cli is not None and op.cli.group == path]
+    names += [p[-1] for p in CLI_GROUPS if p[:-1] == path and len(p) == len(path) + 1]
+    return CLI_GROUPS[path].format(commands=", ".join(names))
 
-    def group_of(path: tuple[str, ...]):
-        if path not in groups:
-            parent = groups_parent(path)
-            names = [op.cli.name for op in ops if op.cli.group == path]
-            names += [p[-1] for p in CLI_GROUPS if p[:-1] == path and len(p) == len(path) + 1]
-            help = CLI_GROUPS[path].format(commands=", ".join(names))
-            groups[path] = group(parent, path[-1], help, epilog=HOSTS_EXIT_HELP)
-        return groups[path]
 
-    def groups_parent(path: tuple[str, ...]):
-        return client if len(path) == 1 else group_of(path[:-1])
-
-    for op in ops:
-        add_command(group_of(op.cli.group), op)
+def add_group(subparsers, path: tuple[str, ...]) -> None:
+    add_children(group(subparsers, path[-1], group_help(path), epilog=HOSTS_EXIT_HELP), path)
 
 
 def add_command(subparsers, op) -> None:

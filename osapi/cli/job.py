@@ -34,8 +34,12 @@ or configuration error, or --apply refused without a terminal and without --yes.
 """
 
 
+NAME = "job"
+HELP = "job-system processes (the worker) and the streams' settings"
+
+
 def register(subparsers) -> None:
-    job = add_group(subparsers, "job", "job-system processes (the worker) and the streams' settings")
+    job = add_group(subparsers, NAME, HELP)
     setup = add_parser(job, "setup", "show how the streams and buckets in NATS differ from job.*; --apply changes them",
                        epilog=SETUP_HELP)
     setup.add_argument("--apply", action="store_true",

@@ -5,8 +5,12 @@ from __future__ import annotations
 from osapi.cli import Context, add_group, add_parser
 
 
+NAME = "nats"
+HELP = "the NATS JetStream server the jobs travel through"
+
+
 def register(subparsers) -> None:
-    nats = add_group(subparsers, "nats", "the NATS JetStream server the jobs travel through")
+    nats = add_group(subparsers, NAME, HELP)
     server = add_group(nats, "server", "run nats-server")
     start = add_parser(
         server, "start",

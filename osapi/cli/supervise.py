@@ -34,12 +34,12 @@ or the program failed to change state; 2 unknown program name.
 """
 
 
+NAME = "supervise"
+HELP = "run nats-server, the REST API and the workers under supervisord (foreground)"
+
+
 def register(subparsers) -> None:
-    sup = add_parser(
-        subparsers, "supervise",
-        "run nats-server, the REST API and the workers under supervisord (foreground)",
-        epilog=EPILOG,
-    )
+    sup = add_parser(subparsers, NAME, HELP, epilog=EPILOG)
     sup.add_argument("--workers", type=int, metavar="N",
                      help="worker processes (1-64; default: supervise.workers)")
     sup.set_defaults(func=run)

@@ -8,8 +8,12 @@ from osapi.cli import Context, add_group, add_parser
 from osapi.errors import OperationError, UsageError
 
 
+NAME = "token"
+HELP = "generate and validate API tokens (JWT, HS256)"
+
+
 def register(subparsers) -> None:
-    tokens = add_group(subparsers, "token", "generate and validate API tokens (JWT, HS256)")
+    tokens = add_group(subparsers, NAME, HELP)
 
     gen = add_parser(tokens, "generate", "print a signed token")
     gen.add_argument("-r", "--roles", required=True, metavar="R[,R]",

@@ -26,8 +26,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from osapi.config import is_hostname
 
@@ -50,8 +49,7 @@ class InvalidData(ValueError):
     """The operation's data is wrong; the message names the field."""
 
 
-@dataclass(frozen=True)
-class HostContext:
+class HostContext(NamedTuple):
     """What a provider may know about the worker that runs it."""
 
     hostname: str
@@ -263,6 +261,7 @@ def _obj(props: dict, required: list[str] | None = None) -> dict:
 
 
 EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
+NO_SCHEMA: dict = {}  # an operation that declares no result schema
 
 # Input schemas as strict as the validators above, so the OpenAPI document tells
 # clients (and fuzzers) exactly what is accepted.
@@ -408,8 +407,7 @@ USER = _obj({"name": _STR, "uid": _INT, "gid": _INT, "home": _STR, "shell": _STR
 # osapi.cli.client_format the table. Only data lives here: no provider, no bottle.
 
 
-@dataclass(frozen=True)
-class Rest:
+class Rest(NamedTuple):
     """``method path`` under /api/v1. ``{name}`` path segments and ``query`` names are data
     fields; PUT and POST take the rest of the data as the JSON body."""
 
@@ -421,8 +419,7 @@ class Rest:
     reports_status: bool = False  # each ok result says status: ok (modify endpoints)
 
 
-@dataclass(frozen=True)
-class Flag:
+class Flag(NamedTuple):
     """A CLI flag setting the data field ``field``; ``kind`` str, int or list (comma-separated).
     Choices come from the field's ``enum`` in the data schema."""
 
@@ -434,8 +431,7 @@ class Flag:
     kind: str = "str"
 
 
-@dataclass(frozen=True)
-class Cli:
+class Cli(NamedTuple):
     """``osapi client <group…> <name>``; ``confirm`` (modify operations): the action asked
     about before changing more than one host, formatted with the data (adds ``--yes``)."""
 
@@ -448,8 +444,7 @@ class Cli:
     one_of: tuple[str, ...] = ()  # data fields of which at least one flag must be given
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     """A table column: ``field`` of the row's item through ``format`` (a formatter of
     osapi.cli.client_format: bytes, number, percent, join, labels, yesno, time), or, for a
     list of objects, each item through the ``each`` format string, joined by ", "."""
@@ -460,8 +455,7 @@ class Column:
     each: str = ""
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(NamedTuple):
     """One row per host, or with ``rows`` one row per item of that list field of a host's result."""
 
     columns: tuple[Column, ...]
@@ -494,15 +488,14 @@ CPU_SAMPLE = "0.1s"  # osapi.provider.processes.CPU_SAMPLE_SECONDS, for --help
 # ---------------------------------------------------------------- the table
 
 
-@dataclass(frozen=True)
-class Operation:
+class Operation(NamedTuple):
     type: str
     kind: str  # QUERY | MODIFY
     provider: str  # "module:function"
     validate: Callable[[Any], dict]
     summary: str
-    data_schema: dict = field(default_factory=lambda: dict(EMPTY))
-    result_schema: dict = field(default_factory=dict)
+    data_schema: dict = EMPTY  # schemas are shared and never changed in place: readers copy them
+    result_schema: dict = NO_SCHEMA
     rest: Rest | None = None  # None: only through POST /jobs
     cli: Cli | None = None  # None: only through client job add/run
     view: Table | str = ""  # str: a view function of osapi.cli.client_format; "": generic

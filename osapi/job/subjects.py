@@ -22,8 +22,7 @@ prefix follows ``job.stream_subjects`` (``jobs.>`` → ``jobs``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from osapi.config import NAME_RE
 from osapi.job.errors import InvalidJob
@@ -50,8 +49,7 @@ _TARGET_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """A parsed, valid target. ``kind`` is ``any``, ``all``, ``host`` or ``label``."""
 
     kind: str

@@ -124,15 +124,20 @@ def test_a_start_that_finds_the_build_unpacked_skips_shivs_bootstrap(runner, tmp
     home = tmp_path / "home"
     home.mkdir()
 
+    imported: set[str] = set()
+
     def start(*args: str, **env: str) -> tuple[str, str]:
         result = subprocess.run([str(runner.python), "-X", "importtime", str(runner.pyz), *args],
                                 env=runner.env(HOME=str(home), **env), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        imported.clear()
+        imported.update(line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line)
         return result.stdout, "_bootstrap" in imported
 
     assert start("--version") == (f"osapi {__version__}\n", True)  # unpacks
     assert start("--version") == (f"osapi {__version__}\n", False)
+    # nor what only unpacking or removing old builds needs
+    assert not {"zipfile", "tempfile", "shutil", "logging", "dataclasses"} & imported
     assert start("token", "--help")[1] is False
     out, shiv = start("-c", "import osapi.cli; print('interpreter')", SHIV_INTERPRETER="1")
     assert (out, shiv) == ("interpreter\n", True)
@@ -299,6 +304,19 @@ def test_other_cpython_versions(runner, python, tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "True {'a': 1} True", result.stderr
 
 
+def test_the_boot_module_is_shipped_with_its_bytecode(pyz):
+    """zipimport would compile _osapi_boot.py at every start: its .pyc, checked against the source by hash
+    (PEP 552), is in the archive for the CPython version that built it."""
+    import importlib.util
+
+    with zipfile.ZipFile(pyz) as zf:
+        source, pyc = zf.read("_osapi_boot.py"), zf.read("_osapi_boot.pyc")
+    assert source == (REPO / "osapi" / "pyzboot.py").read_bytes()
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b11  # hash-based, checked against the source
+    assert pyc[8:16] == importlib.util.source_hash(source)
+
+
 def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
     again = tmp_path / "again.pyz"
     result = subprocess.run([sys.executable, str(source_snapshot / "build_pyz.py"), "-o", str(again)],
@@ -312,7 +330,8 @@ def test_build_is_reproducible(pyz, source_snapshot, tmp_path):
         stamps = {info.date_time for info in zf.infolist()}
     assert stamps == {(1980, 1, 1, 0, 0, 0)}
     assert "site-packages/bin/nats-server" in names
-    assert not [n for n in names if n.endswith(".pyc") or "/tests/" in n or n.endswith("/RECORD")]
+    assert not [n for n in names if (n.endswith(".pyc") and n != "_osapi_boot.pyc") or "/tests/" in n
+                or n.endswith("/RECORD")]
     assert not [n for n in names if n.endswith(".so") and ".abi3." not in n]
     bad = subprocess.run([sys.executable, str(REPO / "build_pyz.py"), "--source", "nope"],
                          capture_output=True, text=True, timeout=60)
