@@ -59,7 +59,8 @@ of the job whose state (see `job get`) is one of --only: failed, no_response
 (listed by the worker registry but silent for api.server.job_timeout) or
 skipped. Prints the new job's id and its hosts; follow it with
 `osapi client job get --job-id NEW`. When no host is in those states the API
-answers 409 and nothing is submitted.
+answers 409 and nothing is submitted. A no_response host still has the
+original job queued: if it comes back it runs both (a change twice).
 """
 RETRYABLE = ("failed", "no_response", "skipped")
 
