@@ -85,6 +85,12 @@ def test_mixed_requests_make_exactly_one_entry_each(stack):
         ("GET", "/health/status", None, reader, 200),
         ("GET", "/api/v1/version", None, None, 200),
     ]
+    # entries are stored after their answer, in order: once a marker is stored, the entries of
+    # earlier requests (earlier tests) are too, and none of them can fall after `since`
+    marker = f"/api/v1/marker-{tag}"
+    before = _since()
+    assert http.get(marker).status == 404
+    wait_for(lambda: any(e["path"] == marker for e in _entries(api, before)), 20, what="the marker's entry")
     since = _since()
     answers = []
     for method, path, body, token, status in sent:

@@ -95,8 +95,8 @@ def test_a_job_whose_submission_failed_after_its_notification_landed_is_not_run(
     store = stack.bridge.store
     original = store.publish_job
 
-    async def publish_then_lose_the_ack(subject, job_id):
-        await original(subject, job_id)
+    async def publish_then_lose_the_ack(subject, job_id, *args, **kwargs):
+        await original(subject, job_id, *args, **kwargs)
         raise nats.errors.TimeoutError()
 
     store.publish_job = publish_then_lose_the_ack
