@@ -169,6 +169,7 @@ def job_request() -> dict:
         }
         if op.has_dry_run:
             props["dry_run"] = copy.deepcopy(operations.DRY_RUN_SCHEMA)
+        props["rollout"] = rollout_request()
         return obj(props, ["operation"], additional=False)
 
     return {
@@ -177,6 +178,33 @@ def job_request() -> dict:
         "description": "an operation type of the table with its data, the target and, for a modify operation, "
                        "dry_run",
     }
+
+
+def rollout_request() -> dict:
+    """``rollout`` of ``POST /jobs``: as strict as ``osapi.job.rollout.check``."""
+    from osapi.job import rollout
+
+    return obj(
+        {
+            "batch": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": rollout.MAX_COUNT},
+                                {"type": "string", "pattern": rollout.BATCH_PERCENT}],
+                      "description": "hosts per batch: a number, or a percentage of the targeted hosts "
+                                     "(`\"25%\"`, rounded up, at least 1)"},
+            "max_failures": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": rollout.MAX_COUNT},
+                                       {"type": "string", "pattern": rollout.FAILURES_PERCENT}],
+                             "default": 0,
+                             "description": "failed + no_response hosts tolerated; one more and no further "
+                                            "batch starts (the remaining hosts are `skipped`): a number or a "
+                                            "percentage of the targeted hosts"},
+            "pause": {"type": "string", "pattern": rollout.PAUSE_PATTERN, "maxLength": 40, "default": "0s",
+                      "description": "waited between batches: a duration such as `0s`, `30s`, `5m`"},
+        },
+        ["batch"],
+        additional=False,
+    ) | {"description": "a multi-host target only (`_all`, a label; a one-host target is a 400): send the job "
+                        "batch by batch to the hosts the worker registry lists at submission, in hostname "
+                        "order; a batch starts when every host of the previous one has a final outcome (a host "
+                        "silent for `api.server.job_timeout` is `no_response`) and `pause` has passed"}
 
 
 RETRYABLE = ("failed", "no_response", "skipped")
