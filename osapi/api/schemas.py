@@ -91,7 +91,8 @@ JOB = obj(
                            "one-host job (`_any`, a hostname): the host that took it, or the target while "
                            "nobody has. `no_response`: an expected host with no event at all "
                            "`api.server.job_timeout` after submission (the bound of the API process that "
-                           "accepted the job, stored with it), or one a synchronous call stopped waiting for; "
+                           "accepted the job, stored with it; in a rollout, after its batch was sent), or one a "
+                           "synchronous call stopped waiting for; "
                            "a host that answers later decides its own state again. A job whose submission "
                            "failed reaches no host: `{}`",
             "additionalProperties": obj(
@@ -175,8 +176,8 @@ def job_request() -> dict:
     return {
         "type": "object",
         "oneOf": [branch(op) for op in operations.OPERATIONS.values()],
-        "description": "an operation type of the table with its data, the target and, for a modify operation, "
-                       "dry_run",
+        "description": "an operation type of the table with its data, the target, for a modify operation "
+                       "dry_run, and a rollout for a multi-host target",
     }
 
 

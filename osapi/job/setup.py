@@ -2,8 +2,8 @@
 
 Everything comes from ``job.*`` and ``audit.*`` (the objects are listed in
 docs/jobs.md, Storage layout): the stream ``JOBS``, the KV buckets for jobs,
-responses, the worker registry and the ``Idempotency-Key``s of ``POST /jobs``
-(``idempotency.py``), the DLQ stream that captures the server's
+responses, the worker registry, the ``Idempotency-Key``s of ``POST /jobs``
+(``idempotency.py``) and the rollouts being driven (``rollout.py``), the DLQ stream that captures the server's
 max-deliveries advisories, the ``AUDIT`` stream, and the durable pull consumers
 (``consumer_configs``: ``-any``, ``-host-<host>``, ``-dlq``).
 
