@@ -13,7 +13,7 @@ import copy
 
 from osapi.api.errors import REASONS
 from osapi.job.ids import JOB_ID_PATTERN
-from osapi.job.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
+from osapi.job.subjects import BROADCAST_TARGET_PATTERN, MAX_TARGET_LENGTH, TARGET_PATTERN
 
 REF = "#/components/schemas/"
 
@@ -163,19 +163,24 @@ def job_request() -> dict:
     """
     from osapi.job import operations
 
-    def branch(op) -> dict:
+    def branch(op, rollout: bool) -> dict:
         props = {
             "operation": _operation_request(op),
             "target_hostname": {**TARGET, "default": "_any", "description": TARGET_DESCRIPTION},
         }
         if op.has_dry_run:
             props["dry_run"] = copy.deepcopy(operations.DRY_RUN_SCHEMA)
+        if not rollout:
+            return obj(props, ["operation"], additional=False)
+        # a rollout: a multi-host target, given explicitly (the default _any is one host)
+        props["target_hostname"] = {**TARGET, "pattern": BROADCAST_TARGET_PATTERN,
+                                    "description": "a multi-host target: `_all` or `key:value`"}
         props["rollout"] = rollout_request()
-        return obj(props, ["operation"], additional=False)
+        return obj(props, ["operation", "target_hostname", "rollout"], additional=False)
 
     return {
         "type": "object",
-        "oneOf": [branch(op) for op in operations.OPERATIONS.values()],
+        "oneOf": [branch(op, rollout) for op in operations.OPERATIONS.values() for rollout in (False, True)],
         "description": "an operation type of the table with its data, the target, for a modify operation "
                        "dry_run, and a rollout for a multi-host target",
     }
