@@ -202,7 +202,7 @@ def rollout_request() -> dict:
                              "description": "failed + no_response hosts tolerated; one more and no further "
                                             "batch starts (the remaining hosts are `skipped`): a number or a "
                                             "percentage of the targeted hosts"},
-            "pause": {"type": "string", "pattern": rollout.PAUSE_PATTERN, "maxLength": 40, "default": "0s",
+            "pause": {"type": "string", "pattern": rollout.PAUSE_PATTERN, "default": "0s",
                       "description": "waited between batches: a duration such as `0s`, `30s`, `5m`"},
         },
         ["batch"],

@@ -61,6 +61,8 @@ PAUSE_PATTERN = r"^(0|([0-9]{1,6}(\.[0-9]{1,3})?(ms|s|m|h|d)){1,4})$"
 
 
 def _count(field: str, value: Any, minimum: int, percent: str) -> int | str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a whole number may be written 3.0, as everywhere in the API
     if isinstance(value, int) and not isinstance(value, bool):
         if not minimum <= value <= MAX_COUNT:
             raise InvalidJob(f"rollout.{field} must be an integer from {minimum} to {MAX_COUNT} or a percentage "

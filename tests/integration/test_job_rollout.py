@@ -191,6 +191,11 @@ def test_a_percentage_batch_and_a_percentage_of_failures(stack):
     # 50% of 4 = 2 per batch; 25% of 4 = 1 failure tolerated: ro-b fails, the second batch runs
     job_id = stack.submit({"operation": dns("192.0.2.63"), "target_hostname": "group:web",
                            "rollout": {"batch": "50%", "max_failures": "25%", "pause": "0s"}})
+    # a whole number may be written 2.0, as everywhere in the API
+    assert batches(stack.settled(stack.submit({"operation": {"type": "system.hostname.get"},
+                                               "target_hostname": "group:web",
+                                               "rollout": {"batch": 2.0, "max_failures": 0.0}}))) == \
+        {A: 1, B: 1, C: 2, D: 2}
     job = stack.settled(job_id)
     assert batches(job) == {A: 1, B: 1, C: 2, D: 2}
     assert states(job) == {A: "ok", B: "failed", C: "ok", D: "ok"}
@@ -204,6 +209,7 @@ def test_a_percentage_batch_and_a_percentage_of_failures(stack):
     ({"target_hostname": "group:web", "rollout": {"batch": "101%"}}, "rollout.batch"),
     ({"target_hostname": "group:web", "rollout": {"batch": True}}, "rollout.batch"),
     ({"target_hostname": "group:web", "rollout": {"batch": "1.5"}}, "rollout.batch"),
+    ({"target_hostname": "group:web", "rollout": {"batch": 1.5}}, "rollout.batch"),
     ({"target_hostname": "group:web", "rollout": {}}, "rollout.batch"),
     ({"target_hostname": "group:web", "rollout": None}, "rollout must be an object"),
     ({"target_hostname": "group:web", "rollout": {"batch": 1, "max_failures": -1}}, "rollout.max_failures"),
