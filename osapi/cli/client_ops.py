@@ -206,7 +206,7 @@ def usage(op) -> str:
     if op.cli.confirm:
         words.append("[--yes]")
     if op.has_dry_run:
-        words.append("[--dry-run]")
+        words += ["[--dry-run]", "[--batch N|N% [--max-failures N|N%] [--pause D] [--timeout D]]"]
     words.append("[-T TARGET]")
     return " ".join(words)
 
@@ -224,7 +224,9 @@ def command_rows() -> str:
             does += "; asks before changing more than one host (`--yes` to skip; without a TTY it refuses)"
         if op.has_dry_run:
             does += "; `--dry-run` shows each host's values before and after and changes nothing"
-        rows.append(f"| `{usage(op)}` | {does} |")
+            does += "; `--batch`: a [rollout](#rollouts), followed to its end"
+        cell = usage(op).replace("|", "\\|")  # a | inside a table cell, even in code, ends the cell
+        rows.append(f"| `{cell}` | {does} |")
     return "\n".join(rows) + "\n"
 
 
