@@ -143,11 +143,14 @@ class ApiClient:
         return self.request(method, path, {"target_hostname": target, **rest})
 
     def job_create(self, operation: dict, target: str = "_any", dry_run: bool = False,
-                   idempotency_key: str | None = None) -> dict:
-        """POST /jobs; with ``idempotency_key`` a repeat of the same request answers the first job again."""
+                   idempotency_key: str | None = None, rollout: dict | None = None) -> dict:
+        """POST /jobs; with ``idempotency_key`` a repeat of the same request answers the first job again;
+        ``rollout``: ``{batch, max_failures?, pause?}`` sends it batch by batch."""
         body: dict[str, Any] = {"operation": operation, "target_hostname": target}
         if dry_run:
             body["dry_run"] = True
+        if rollout is not None:
+            body["rollout"] = rollout
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return self.request("POST", "/jobs", None, body, headers=headers)
 

@@ -14,8 +14,9 @@ If NATS closes the connection for good (nats-py does on some server errors, e.g.
 a rotated token), the bridge drops its client and connects again as at start.
 URLs are kept redacted (``redact_url``): no token in logs, 503s or /health.
 
-The bridge also runs the audit log's publisher (``audit.AuditWriter``) on its
-loop, and hands ``run_observer`` (the metrics) to each ``JobClient`` it makes.
+The bridge also runs the audit log's publisher (``audit.AuditWriter``) and the
+rollout driver (``osapi.job.rollout.RolloutDriver``: the rollouts whose lease
+it holds or takes over) on its loop, and hands ``run_observer`` (the metrics) to each ``JobClient`` it makes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class NatsBridge:
         self._thread = threading.Thread(target=self._run_loop, name="nats-bridge", daemon=True)
         self._connector: concurrent.futures.Future | None = None
         self._reconnector: asyncio.Future | None = None  # after NATS closed the connection (on the loop)
+        self._rollouts: asyncio.Future | None = None  # the rollout driver (osapi/job/rollout.py) on the loop
         self.nc = None
         self.client = None  # osapi.job.client.JobClient once set up
         self.last_error: str | None = "not connected yet"
@@ -88,6 +90,7 @@ class NatsBridge:
                 self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
                 self._setup_lock = asyncio.Lock()
                 self.client = client
+                self._drive_rollouts(client)
                 self.last_error = None
                 log.info("connected to NATS at %s", ", ".join(self.urls),
                          extra={"fields": {"attempts": attempt}})
@@ -105,6 +108,16 @@ class NatsBridge:
                         ", ".join(self.urls), self.last_error, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_MAX)
+
+    def _drive_rollouts(self, client) -> None:
+        """Run a ``rollout.RolloutDriver`` for ``client`` (the one of the previous client stops)."""
+        from osapi.job.rollout import RolloutDriver
+
+        if self._rollouts is not None:
+            self._rollouts.cancel()
+        driver = RolloutDriver(client.store, self.cfg)
+        client.rollout_driver = driver
+        self._rollouts = asyncio.ensure_future(driver.run())
 
     async def _closed(self) -> None:
         """NATS closed the connection for good (nats-py does on some server errors): connect anew."""
@@ -127,6 +140,8 @@ class NatsBridge:
 
             if self._reconnector is not None:
                 self._reconnector.cancel()
+            if self._rollouts is not None:
+                self._rollouts.cancel()
             self.audit.cancel()
             if self.connected:
                 await self.audit.flush(timeout)  # the entries of the last requests

@@ -3,7 +3,8 @@
 POST /jobs checks the operation type, its data and the target before anything
 reaches NATS, so a refused request (400) never leaves a job behind. Its
 ``dry_run: true`` (modify operations only) makes every host compute the change
-and apply nothing (README.md "Dry run"). An ``Idempotency-Key`` header makes a
+and apply nothing (README.md "Dry run"); ``rollout`` sends a multi-host job batch
+by batch (``osapi.job.rollout``, README.md "Rollouts"). An ``Idempotency-Key`` header makes a
 retried request answer the first job again instead of creating a second one
 (``osapi.job.idempotency``, README.md "Idempotency keys").
 """
@@ -21,6 +22,9 @@ from osapi.api.routing import (
     dry_run_field, int_param, parse_choice, parse_target,
 )
 from osapi.job import idempotency, operations
+from osapi.job.client import JobClient
+from osapi.job.errors import InvalidJob
+from osapi.job.subjects import parse_target as parse_job_target
 
 TAG = "jobs"
 QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503
@@ -38,7 +42,7 @@ def _job_id(call: Call) -> str:
 
 def create(call: Call) -> Reply:
     body = call.body_object()
-    check_fields(body, {"operation", "target_hostname", "dry_run"})
+    check_fields(body, {"operation", "target_hostname", "dry_run", "rollout"})
     operation = body.get("operation")
     if operation is None:
         raise bad_request("missing field operation", 'operation is required: {"type": …, "data": {…}}')
@@ -69,18 +73,29 @@ def create(call: Call) -> Reply:
     except InvalidValue as exc:
         raise bad_request("invalid field target_hostname", exc.details("target_hostname")) from None
 
+    rollout = None
+    if "rollout" in body:
+        if not isinstance(body["rollout"], dict):
+            raise bad_request("invalid field rollout", "rollout must be an object {batch, max_failures, pause}, "
+                                                       f"got {json_type(body['rollout'])}")
+        try:
+            rollout = JobClient.check_rollout(body["rollout"], parse_job_target(target))
+        except InvalidJob as exc:
+            raise bad_request("invalid field rollout", str(exc)) from None
+
     audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
     operation = {"type": op.type, "data": data}
     key = call.headers.get(idempotency.HEADER)
     replayed = False
     if key is None:
-        job = call.services.bridge.call(lambda client: client.create(operation, target, dry_run), QUEUE_TIMEOUT)
+        job = call.services.bridge.call(lambda client: client.create(operation, target, dry_run, rollout), QUEUE_TIMEOUT)
     else:
         # the same request = the same validated operation, data, target and dry_run
-        digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run})
+        digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run,
+                                        **({"rollout": rollout} if rollout is not None else {})})
         slot = idempotency.slot(call.subject, key)
         job, replayed = call.services.bridge.call(
-            lambda client: client.create_once(operation, target, dry_run, slot, digest), QUEUE_TIMEOUT
+            lambda client: client.create_once(operation, target, dry_run, slot, digest, rollout), QUEUE_TIMEOUT
         )
     audit.note(call.environ, job_id=job.get("job_id"))
     headers = {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"}

@@ -13,7 +13,7 @@ import copy
 
 from osapi.api.errors import REASONS
 from osapi.job.ids import JOB_ID_PATTERN
-from osapi.job.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
+from osapi.job.subjects import BROADCAST_TARGET_PATTERN, MAX_TARGET_LENGTH, TARGET_PATTERN
 
 REF = "#/components/schemas/"
 
@@ -91,7 +91,8 @@ JOB = obj(
                            "one-host job (`_any`, a hostname): the host that took it, or the target while "
                            "nobody has. `no_response`: an expected host with no event at all "
                            "`api.server.job_timeout` after submission (the bound of the API process that "
-                           "accepted the job, stored with it), or one a synchronous call stopped waiting for; "
+                           "accepted the job, stored with it; in a rollout, after its batch was sent), or one a "
+                           "synchronous call stopped waiting for; "
                            "a host that answers later decides its own state again. A job whose submission "
                            "failed reaches no host: `{}`",
             "additionalProperties": obj(
@@ -162,21 +163,54 @@ def job_request() -> dict:
     """
     from osapi.job import operations
 
-    def branch(op) -> dict:
+    def branch(op, rollout: bool) -> dict:
         props = {
             "operation": _operation_request(op),
             "target_hostname": {**TARGET, "default": "_any", "description": TARGET_DESCRIPTION},
         }
         if op.has_dry_run:
             props["dry_run"] = copy.deepcopy(operations.DRY_RUN_SCHEMA)
-        return obj(props, ["operation"], additional=False)
+        if not rollout:
+            return obj(props, ["operation"], additional=False)
+        # a rollout: a multi-host target, given explicitly (the default _any is one host)
+        props["target_hostname"] = {**TARGET, "pattern": BROADCAST_TARGET_PATTERN,
+                                    "description": "a multi-host target: `_all` or `key:value`"}
+        props["rollout"] = rollout_request()
+        return obj(props, ["operation", "target_hostname", "rollout"], additional=False)
 
     return {
         "type": "object",
-        "oneOf": [branch(op) for op in operations.OPERATIONS.values()],
-        "description": "an operation type of the table with its data, the target and, for a modify operation, "
-                       "dry_run",
+        "oneOf": [branch(op, rollout) for op in operations.OPERATIONS.values() for rollout in (False, True)],
+        "description": "an operation type of the table with its data, the target, for a modify operation "
+                       "dry_run, and a rollout for a multi-host target",
     }
+
+
+def rollout_request() -> dict:
+    """``rollout`` of ``POST /jobs``: as strict as ``osapi.job.rollout.check``."""
+    from osapi.job import rollout
+
+    return obj(
+        {
+            "batch": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": rollout.MAX_COUNT},
+                                {"type": "string", "pattern": rollout.BATCH_PERCENT}],
+                      "description": "hosts per batch: a number, or a percentage of the targeted hosts "
+                                     "(`\"25%\"`, rounded up, at least 1)"},
+            "max_failures": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": rollout.MAX_COUNT},
+                                       {"type": "string", "pattern": rollout.FAILURES_PERCENT}],
+                             "default": 0,
+                             "description": "failed + no_response hosts tolerated; one more and no further "
+                                            "batch starts (the remaining hosts are `skipped`): a number or a "
+                                            "percentage of the targeted hosts"},
+            "pause": {"type": "string", "pattern": rollout.PAUSE_PATTERN, "default": "0s",
+                      "description": "waited between batches: a duration such as `0s`, `30s`, `5m`"},
+        },
+        ["batch"],
+        additional=False,
+    ) | {"description": "a multi-host target only (`_all`, a label; a one-host target is a 400): send the job "
+                        "batch by batch to the hosts the worker registry lists at submission, in hostname "
+                        "order; a batch starts when every host of the previous one has a final outcome (a host "
+                        "silent for `api.server.job_timeout` is `no_response`) and `pause` has passed"}
 
 
 RETRYABLE = ("failed", "no_response", "skipped")

@@ -105,6 +105,59 @@ def add_target(parser: argparse.ArgumentParser, default: str | None = "_any") ->
                         type=target_arg, default=default, help=TARGET_HELP)
 
 
+ROLLOUT_HELP = """\
+Rollout (a multi-host target only: _all or key:value): --batch sends the job
+to N hosts (or N% of them, rounded up) at a time, in hostname order, among
+the hosts the worker registry lists at submission; the next batch starts when
+every host of the previous one has finished (a host silent for
+api.server.job_timeout is no_response) and --pause has passed. When more than
+--max-failures hosts (N or N% of the targeted hosts; default 0) failed or did
+not answer, no further batch starts and the remaining hosts are skipped.
+"""
+
+
+def add_rollout(parser: argparse.ArgumentParser) -> None:
+    """``--batch``, ``--max-failures`` and ``--pause`` (``rollout_of`` makes the request's ``rollout``)."""
+    parser.add_argument("--batch", type=rollout_arg("batch"), metavar="N|N%",
+                        help="roll out in batches of N hosts or N%% of them (see Rollout below)")
+    parser.add_argument("--max-failures", type=rollout_arg("max_failures"), metavar="N|N%",
+                        help="with --batch: failed or silent hosts tolerated before the rollout stops (default: 0)")
+    parser.add_argument("--pause", type=rollout_arg("pause"), metavar="DURATION",
+                        help="with --batch: wait this long between batches, e.g. 30s or 5m (default: 0s)")
+
+
+def rollout_arg(field: str):
+    """An argparse type for one rollout field, checked as the API checks it (``osapi.job.rollout``)."""
+
+    def parse(value: str):
+        from osapi.job.errors import InvalidJob
+        from osapi.job.rollout import check
+
+        text = value.strip()
+        candidate: Any = int(text) if field != "pause" and text.isdigit() else text
+        try:
+            check({"batch": 1, field: candidate})
+        except InvalidJob as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(" must ", 1)[-1].join(("must ", ""))) from None
+        return candidate
+
+    return parse
+
+
+def rollout_of(args) -> dict | None:
+    """The ``rollout`` of a request from ``--batch``/``--max-failures``/``--pause``; None without ``--batch``."""
+    if getattr(args, "batch", None) is None:
+        if getattr(args, "max_failures", None) is not None or getattr(args, "pause", None) is not None:
+            raise UsageError("--max-failures and --pause need --batch")
+        return None
+    rollout: dict[str, Any] = {"batch": args.batch}
+    if args.max_failures is not None:
+        rollout["max_failures"] = args.max_failures
+    if args.pause is not None:
+        rollout["pause"] = args.pause
+    return rollout
+
+
 # ---------------------------------------------------------------- argument types (bad values: exit 2, nothing sent)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from osapi.cli import Context
 from osapi.cli.client import (
-    EXIT_HELP, add_target, api, check_failed, check_target, command, duration_arg, group, int_range,
+    EXIT_HELP, ROLLOUT_HELP, add_rollout, add_target, api, check_failed, check_target, command, duration_arg,
+    group, int_range, rollout_of,
 )
 from osapi.errors import NoResponseError, OperationError, UsageError
 
@@ -79,10 +81,11 @@ def register(client) -> None:
     job = group(client, NAME, HELP)
 
     add = command(job, "add", "submit a job; prints its id and status", add_cmd,
-                  epilog=JOB_FILE_HELP + "\n" + EXIT_HELP)
+                  epilog=JOB_FILE_HELP + "\n" + ROLLOUT_HELP + "\n" + EXIT_HELP)
     add.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(add, default=None)
     add.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    add_rollout(add)
     add.add_argument("--idempotency-key", metavar="KEY", type=idempotency_key,
                      help="send this Idempotency-Key: running the same command again with the same key and "
                           "file answers the first job instead of submitting another (1-200 printable ASCII)")
@@ -107,10 +110,11 @@ def register(client) -> None:
     delete.add_argument("--job-id", required=True, metavar="ID", help=JOB_ID_HELP)
 
     run = command(job, "run", "submit a job, wait for it and print each host's result", run_cmd,
-                  epilog=JOB_FILE_HELP + "\n" + RUN_HELP)
+                  epilog=JOB_FILE_HELP + "\n" + ROLLOUT_HELP + "\n" + RUN_HELP)
     run.add_argument("--json-file", required=True, metavar="F", help="the operation as JSON ('-': stdin)")
     add_target(run, default=None)
     run.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    add_rollout(run)
     run.add_argument("-t", "--timeout", type=duration_arg, default=60.0, metavar="DURATION",
                      help="give up waiting after this long, e.g. 90s or 5m (default: 60s)")
     run.add_argument("-p", "--poll-interval", type=duration_arg, default=2.0, metavar="DURATION",
@@ -211,7 +215,9 @@ def add_cmd(ctx: Context) -> None:
     from osapi.cli import client_format as fmt
 
     operation, target = read_job_file(ctx)
-    ctx.emit(api(ctx).job_create(operation, target, ctx.args.dry_run, ctx.args.idempotency_key), fmt.job_created)
+    rollout = rollout_of(ctx.args)
+    ctx.emit(api(ctx).job_create(operation, target, ctx.args.dry_run, ctx.args.idempotency_key, rollout),
+             fmt.job_created)
 
 
 def get_cmd(ctx: Context) -> None:
@@ -256,10 +262,18 @@ def run_cmd(ctx: Context) -> None:
     from osapi.cli import client_format as fmt
 
     args = ctx.args
-    timeout, interval = args.timeout, args.poll_interval
     operation, target = read_job_file(ctx)
+    rollout = rollout_of(args)
     client = api(ctx)
-    created = client.job_create(operation, target, args.dry_run)
+    created = client.job_create(operation, target, args.dry_run, rollout=rollout)
+    wait_job(ctx, client, created, target, args.timeout, args.poll_interval)
+
+
+def wait_job(ctx: Context, client, created: Any, target: str, timeout: float, interval: float) -> None:
+    """Follow a job ``POST /jobs`` answered (``created``) to its end; print each host's result; exit status
+    as ``job run`` documents it."""
+    from osapi.cli import client_format as fmt
+
     job_id = created.get("job_id") if isinstance(created, dict) else None
     if not job_id:
         raise OperationError(f"the API accepted the job but sent no job_id: {created!r}")

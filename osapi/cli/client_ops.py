@@ -16,7 +16,10 @@ import re
 from typing import Any
 
 from osapi.cli import Context
-from osapi.cli.client import HOSTS_EXIT_HELP, add_target, api, command, group, show_results
+from osapi.cli.client import duration_arg
+from osapi.cli.client import (
+    HOSTS_EXIT_HELP, ROLLOUT_HELP, add_rollout, add_target, api, command, group, rollout_of, show_results,
+)
 from osapi.errors import OperationError, UsageError
 
 CONFIRM_HELP = """\
@@ -25,6 +28,11 @@ asks first. A hostname target never asks. _all and key:value always ask. _any
 asks unless exactly one worker host is registered (then _any can only be that
 host). Without a terminal on stdin the command refuses (exit 2) and sends
 nothing, unless --yes is given. --dry-run never asks: it changes nothing.
+"""
+ROLLOUT_TIMEOUT, ROLLOUT_POLL = 600.0, 2.0
+ROLLOUT_WAIT_HELP = """\
+With --batch the change is submitted as a job (POST /jobs with a rollout) and
+followed to its end, as `osapi client job run` does (at most --timeout).
 """
 DRY_RUN_HELP = "compute the change on each host and apply nothing: prints each host's values before and after"
 
@@ -65,7 +73,9 @@ def add_group(subparsers, path: tuple[str, ...]) -> None:
 
 def add_command(subparsers, op) -> None:
     cli = op.cli
-    epilog = "\n".join(part for part in (cli.epilog, CONFIRM_HELP if cli.confirm else "", HOSTS_EXIT_HELP) if part)
+    rollout_help = ROLLOUT_HELP + ROLLOUT_WAIT_HELP if op.has_dry_run else ""
+    epilog = "\n".join(part for part in (cli.epilog, CONFIRM_HELP if cli.confirm else "", rollout_help,
+                                          HOSTS_EXIT_HELP) if part)
     parser = command(subparsers, cli.name, cli.help or op.summary, lambda ctx, t=op.type: run(ctx, t), epilog=epilog)
     properties = op.data_schema.get("properties", {})
     for flag in cli.flags:
@@ -81,6 +91,10 @@ def add_command(subparsers, op) -> None:
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     if op.has_dry_run:
         parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+        add_rollout(parser)
+        parser.add_argument("--timeout", type=duration_arg, default=ROLLOUT_TIMEOUT, metavar="DURATION",
+                            help="with --batch: give up waiting for the rollout after this long "
+                                 f"(default: {ROLLOUT_TIMEOUT:g}s)")
     add_target(parser)
 
 
@@ -98,10 +112,17 @@ def run(ctx: Context, op_type: str) -> None:
         names = [_flag_name(op, name) for name in op.cli.one_of]
         raise UsageError(f"at least one of {' or '.join(names)} is required")
     checked(op, data)
+    rollout = rollout_of(args) if op.has_dry_run else None
     client = api(ctx)
     dry_run = op.has_dry_run and args.dry_run
     if op.cli.confirm and not args.yes and not dry_run:  # a dry run changes nothing: nothing to confirm
         confirm(ctx, client, args.target, op.cli.confirm.format(**data))
+    if rollout is not None:  # POST /jobs with the rollout, followed like `job run`
+        from osapi.cli.client_job import wait_job
+
+        created = client.job_create({"type": op.type, "data": data}, args.target, dry_run, rollout=rollout)
+        wait_job(ctx, client, created, args.target, args.timeout, ROLLOUT_POLL)
+        return
     body = client.operation(op.rest.method, op.rest.path, {**data, "dry_run": True} if dry_run else data,
                             args.target)
     show_results(ctx, body, op.type)
@@ -197,7 +218,7 @@ def usage(op) -> str:
     if op.cli.confirm:
         words.append("[--yes]")
     if op.has_dry_run:
-        words.append("[--dry-run]")
+        words += ["[--dry-run]", "[--batch N|N% [--max-failures N|N%] [--pause D] [--timeout D]]"]
     words.append("[-T TARGET]")
     return " ".join(words)
 
@@ -215,7 +236,9 @@ def command_rows() -> str:
             does += "; asks before changing more than one host (`--yes` to skip; without a TTY it refuses)"
         if op.has_dry_run:
             does += "; `--dry-run` shows each host's values before and after and changes nothing"
-        rows.append(f"| `{usage(op)}` | {does} |")
+            does += "; `--batch`: a [rollout](#rollouts), followed to its end"
+        cell = usage(op).replace("|", "\\|")  # a | inside a table cell, even in code, ends the cell
+        rows.append(f"| `{cell}` | {does} |")
     return "\n".join(rows) + "\n"
 
 

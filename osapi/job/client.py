@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from osapi.job import operations
+from osapi.job import rollout as rollouts
 from osapi.job import status as st
 from osapi.job.errors import (
     InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, NothingToRetry,
@@ -50,6 +51,7 @@ class JobClient:
     SYNC_EXPIRY_MARGIN = 30.0  # a synchronous job expires this long after its caller's timeout
     # observer.run_done(op_type, seconds or None, no_response_hosts) after each run() that stored its job
     observer = None
+    rollout_driver = None  # the API's rollout.RolloutDriver, woken when a rollout is submitted
 
     def __init__(self, nc, cfg):
         self.nc = nc
@@ -128,7 +130,8 @@ class JobClient:
 
     async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                                expected: set[str] | None = None, expires_after: float | None = None,
-                               answer: str = "503", retry_of: str | None = None) -> dict:
+                               answer: str = "503", retry_of: str | None = None,
+                               rollout: dict | None = None) -> dict:
         """``_submit`` run to its end even if the caller is cancelled (the API gave up on the request).
 
         A submission cancelled half-way would leave a job stored but never
@@ -137,7 +140,7 @@ class JobClient:
         """
         gone = asyncio.Event()
         task = asyncio.ensure_future(self._submit(job_id, op, data, target, expected, expires_after, gone, answer,
-                                                  retry_of))
+                                                  retry_of, rollout))
         task.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(task)
@@ -147,7 +150,8 @@ class JobClient:
 
     async def _submit(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                       expected: set[str] | None = None, expires_after: float | None = None,
-                      gone: asyncio.Event | None = None, answer: str = "503", retry_of: str | None = None) -> dict:
+                      gone: asyncio.Event | None = None, answer: str = "503", retry_of: str | None = None,
+                      rollout: dict | None = None) -> dict:
         """Store the job and its ``submitted`` event, then publish it; on failure ``_abandon`` it.
 
         A broadcast keeps the hosts the registry lists for its target
@@ -160,6 +164,12 @@ class JobClient:
         target as ``target_hostname`` (what was asked) and is announced once per
         host on that host's subject (``jobs.<kind>.host.<h>``), which only that
         host's consumer receives.
+
+        A rollout (``rollout``, checked by ``rollout.check``) stores its plan
+        (``rollout.plan``: the expected hosts in batches) with the job and is
+        not announced here: its entry in the rollouts bucket hands it to the
+        drivers (``osapi/job/rollout.py``), which announce batch after batch.
+        Its hosts are judged silent per batch by the driver, not by ``answer_by_ns``.
         """
         if target.broadcast and expected is None:
             expected = await self._expected_hosts(target)
@@ -180,10 +190,14 @@ class JobClient:
             subjects = [subject_for(op.kind, host_target(h), self.store.names.prefix) for h in sorted(expected or ())]
             job["subject"] = subjects[0]
             job["subjects"] = subjects
+        if rollout is not None:
+            job["rollout"] = rollouts.plan(rollout, sorted(expected or ()))
+            subjects = []
         if job["broadcast"]:
             job["expected_hosts"] = sorted(expected or ())
             # an expected host silent this long is no_response: the bound travels with the job (status.py)
-            job["answer_by_ns"] = nanos + int(float(self.cfg.api.server.job_timeout) * 1e9)
+            if rollout is None:
+                job["answer_by_ns"] = nanos + int(float(self.cfg.api.server.job_timeout) * 1e9)
         if expires_after is not None:
             expires = nanos + int(expires_after * 1e9)
             job["expires_at"], job["expires_at_ns"] = st.rfc3339(expires), expires
@@ -195,6 +209,10 @@ class JobClient:
             if gone is not None and gone.is_set():
                 raise _CallerGone()
             await _all(*(self.store.publish_job(s, job_id, len(subjects) > 1) for s in subjects))
+            if rollout is not None:
+                await rollouts.start(self.store, job_id)
+                if self.rollout_driver is not None:
+                    self.rollout_driver.wake()
             if gone is not None and gone.is_set():
                 raise _CallerGone()
         except BaseException as exc:
@@ -271,17 +289,31 @@ class JobClient:
 
     # ------------------------------------------------------------ the interface
 
-    async def create(self, operation: dict, target: str = "_any", dry_run: bool = False) -> dict:
+    async def create(self, operation: dict, target: str = "_any", dry_run: bool = False,
+                     rollout: Any = None) -> dict:
         """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``.
 
         ``dry_run``: a modify operation computes its change on each host and applies nothing.
+        ``rollout``: ``{batch, max_failures?, pause?}`` for a multi-host target: sent batch by batch
+        (``osapi/job/rollout.py``).
         """
         op, data, parsed = self.prepare(operation, target, dry_run)
+        rollout = self.check_rollout(rollout, parsed)
         async with self._nats("submit the job"):
-            return await self._submit_shielded(new_job_id(), op, data, parsed)
+            return await self._submit_shielded(new_job_id(), op, data, parsed, rollout=rollout)
+
+    @staticmethod
+    def check_rollout(rollout: Any, target: Target) -> dict | None:
+        """The checked ``rollout`` (``rollout.check``) or None; ``InvalidJob`` for a one-host target."""
+        if rollout is None:
+            return None
+        checked = rollouts.check(rollout)
+        if not target.broadcast:
+            raise InvalidJob(f"rollout needs a multi-host target (_all or a label key:value), got {target.text!r}")
+        return checked
 
     async def create_once(self, operation: dict, target: str, dry_run: bool, key_slot: str,
-                          request_hash: str) -> tuple[dict, bool]:
+                          request_hash: str, rollout: Any = None) -> tuple[dict, bool]:
         """``create`` under an idempotency key (``idempotency.py``): ``(answer, replayed)``.
 
         ``key_slot``: ``idempotency.slot()`` of the key; ``request_hash``: ``idempotency.body_hash()``
@@ -289,11 +321,12 @@ class JobClient:
         with the same request gets the first answer back (``replayed``) and stores nothing.
         """
         op, data, parsed = self.prepare(operation, target, dry_run)
+        rollout = self.check_rollout(rollout, parsed)
         job_id = new_job_id()
 
         async def submit() -> dict:
             gone = asyncio.Event()
-            task = asyncio.ensure_future(self._submit(job_id, op, data, parsed, gone=gone))
+            task = asyncio.ensure_future(self._submit(job_id, op, data, parsed, gone=gone, rollout=rollout))
             task.add_done_callback(_retrieve)
             try:
                 return await asyncio.shield(task)

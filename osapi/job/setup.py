@@ -2,8 +2,8 @@
 
 Everything comes from ``job.*`` and ``audit.*`` (the objects are listed in
 docs/jobs.md, Storage layout): the stream ``JOBS``, the KV buckets for jobs,
-responses, the worker registry and the ``Idempotency-Key``s of ``POST /jobs``
-(``idempotency.py``), the DLQ stream that captures the server's
+responses, the worker registry, the ``Idempotency-Key``s of ``POST /jobs``
+(``idempotency.py``) and the rollouts being driven (``rollout.py``), the DLQ stream that captures the server's
 max-deliveries advisories, the ``AUDIT`` stream, and the durable pull consumers
 (``consumer_configs``: ``-any``, ``-host-<host>``, ``-dlq``).
 
@@ -47,6 +47,7 @@ class Names:
     registry_bucket: str
     idempotency_bucket: str
     consumer: str
+    rollouts_bucket: str = ""  # the rollouts being driven (rollout.py): one entry per active rollout
 
     @classmethod
     def from_config(cls, cfg) -> "Names":
@@ -60,6 +61,7 @@ class Names:
             registry_bucket=f"{job.kv_bucket}-workers",
             idempotency_bucket=f"{job.kv_bucket}-idempotency",
             consumer=job.consumer_name,
+            rollouts_bucket=f"{job.kv_bucket}-rollouts",
         )
 
     @staticmethod
@@ -328,6 +330,8 @@ def wanted_streams(cfg) -> list[Wanted]:
                {k: v for k, v in kv_keys.items() if k != "max_age"}),  # its max_age is osapi's own
         Wanted("bucket", names.idempotency_bucket,
                _kv_stream_config(names.idempotency_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
+        Wanted("bucket", names.rollouts_bucket,
+               _kv_stream_config(names.rollouts_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
         Wanted("stream", AUDIT_STREAM, audit_stream, {"max_age": "audit.max_age", "replicas": "audit.replicas"}),
     ]
 
@@ -352,7 +356,7 @@ async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None 
         infos[wanted.kind, wanted.name] = await ensure_stream(js, wanted, warned)
     kv = {role: _kv_handle(js, bucket, infos["bucket", bucket]) for role, bucket in (
         ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket),
-        ("idempotency", names.idempotency_bucket))}
+        ("idempotency", names.idempotency_bucket), ("rollouts", names.rollouts_bucket))}
     await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
     await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv

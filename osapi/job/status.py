@@ -106,7 +106,9 @@ def summarize(job: Mapping[str, Any], silence_limit: float | None = None) -> Sum
     created = job.get("created_ns")
     created = created if isinstance(created, int) else None
     answer_by = job.get("answer_by_ns") if expected else None
-    if not isinstance(answer_by, int) or isinstance(answer_by, bool):
+    if isinstance(job.get("rollout"), dict):
+        answer_by = None  # a rollout's silent hosts are marked no_response by its driver, batch by batch
+    elif not isinstance(answer_by, int) or isinstance(answer_by, bool):
         answer_by = None
         if expected and created is not None and silence_limit is not None:
             answer_by = created + int(silence_limit * 1e9)
@@ -270,6 +272,15 @@ def _not_ok_error(states: Mapping[str, str], worker_states: Mapping[str, Mapping
     return f"{', '.join(parts)}: {detail}"[:MAX_ERROR_SUMMARY]
 
 
+def _hosts(job: Mapping[str, Any], states: Mapping[str, str]) -> dict:
+    """``hosts``: each host's state and, in a rollout, its batch (from 1)."""
+    from osapi.job.rollout import batch_of
+
+    batches = batch_of(job) if isinstance(job.get("rollout"), dict) else {}
+    return {host: {"state": state, **({"batch": batches[host]} if host in batches else {})}
+            for host, state in states.items()}
+
+
 def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping[str, Mapping[str, Any]],
              now_ns: int | None = None, silence_limit: float | None = None) -> dict:
     """The job object (docs/api.md, Envelopes) from its parts, with every host's outcome (``hosts``,
@@ -319,7 +330,7 @@ def job_view(job: Mapping[str, Any], events: Iterable[Event], responses: Mapping
         "hostname": hostname,
         "result": result,
         "error": error,
-        "hosts": {host: {"state": state} for host, state in states.items()},
+        "hosts": _hosts(job, states),
         "summary": outcome_summary(states),
         "responses": shown,
         "worker_states": worker_states,

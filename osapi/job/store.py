@@ -77,7 +77,7 @@ class Store:
         self._kv = await ensure_all(self.js, self.cfg, update_consumers=update_consumers, warned=self._warned)
 
     def kv(self, role: str):
-        """The KV handle for ``jobs``, ``responses``, ``registry`` or ``idempotency`` (made without a round trip)."""
+        """The KV handle for ``jobs``, ``responses``, ``registry``, ``idempotency`` or ``rollouts`` (made without a round trip)."""
         handle = self._kv.get(role)
         if handle is None:
             bucket = {
@@ -85,6 +85,7 @@ class Store:
                 "responses": self.names.responses_bucket,
                 "registry": self.names.registry_bucket,
                 "idempotency": self.names.idempotency_bucket,
+                "rollouts": self.names.rollouts_bucket,
             }[role]
             handle = natsadapter.kv_handle(self.js, bucket, Names.kv_stream(bucket), direct=True)
             self._kv[role] = handle

@@ -41,6 +41,8 @@ _FIRST_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"  # a leadi
 TARGET_PATTERN = (
     rf"^(?:{ANY}|{ALL}|{_SEGMENT}:{_SEGMENT}(?:\.{_SEGMENT})*|{_FIRST_HOST_LABEL}(?:\.{_HOST_LABEL})*)$"
 )
+# the targets that reach several hosts (``Target.broadcast``): what a rollout needs
+BROADCAST_TARGET_PATTERN = rf"^(?:{ALL}|{_SEGMENT}:{_SEGMENT}(?:\.{_SEGMENT})*)$"
 _TARGET_RE = re.compile(TARGET_PATTERN.replace("$", r"\Z"))
 
 _TARGET_HELP = (

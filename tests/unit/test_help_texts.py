@@ -80,3 +80,18 @@ def test_server_side_commands_state_their_exit_status(cli, capsys, argv, exit_te
 def test_supervise_help_names_every_secret_and_both_worker_name_forms(cli, capsys):
     assert "nats.token, supervisor.password: mode 0600" in help_text(cli, capsys, "supervise")
     assert "worker-N (or worker:worker-N) for one worker" in help_text(cli, capsys, "supervise", "restart")
+
+
+@pytest.mark.parametrize("argv", [
+    ["client", "job", "add"], ["client", "job", "run"], ["client", "network", "dns", "update"],
+])
+def test_rollout_flags_and_their_rules_are_explained(cli, capsys, argv):
+    text = help_text(cli, capsys, *argv)
+    for flag in ("--batch N|N%", "--max-failures N|N%", "--pause DURATION", "--dry-run"):
+        assert flag in text
+    assert "Rollout (a multi-host target only: _all or key:value)" in text
+    assert "no further batch starts and the remaining hosts are skipped" in text
+
+
+def test_query_commands_have_no_rollout_flags(cli, capsys):
+    assert "--batch" not in help_text(cli, capsys, "client", "system", "hostname")
