@@ -127,7 +127,15 @@ class Keys:
                     continue  # given up meanwhile: claim it again
                 record, revision = found
                 if record.get("state") == "done":
-                    return record.get("answer") or {}, True
+                    answer = record.get("answer") or {}
+                    if await existing(str(answer.get("job_id"))) is not None:
+                        return answer, True
+                    # its job was deleted since: the key is free again, this request submits anew
+                    try:
+                        revision = await self.kv.update(name, _dumps(pending), last=revision)
+                    except jse.KeyWrongLastSequenceError:
+                        continue
+                    return await self._submit(name, revision, digest, submit), False
                 # pending past STALE: its request is gone
                 answer = await existing(str(record.get("job_id")))
                 if answer is not None:

@@ -346,6 +346,18 @@ def test_the_same_key_and_request_twice_make_one_job_across_api_processes(bridge
     assert not replayed and other["job_id"] != first["job_id"]
 
 
+def test_a_key_whose_job_was_deleted_submits_anew(bridge):
+    """A replay never names a job that is gone: after DELETE, the same key and body make a new job."""
+    first, replayed = _once(bridge, bridge.client, "key-deleted")
+    assert not replayed
+    bridge.call(bridge.client.delete(first["job_id"]))
+    second, replayed = _once(bridge, bridge.client, "key-deleted")
+    assert not replayed and second["job_id"] != first["job_id"]
+    assert bridge.call(bridge.client.get(second["job_id"]))["id"] == second["job_id"]
+    again, replayed = _once(bridge, fresh_client(bridge), "key-deleted")
+    assert replayed and again == second  # and that one is replayed as usual
+
+
 def test_the_same_key_with_another_request_is_a_conflict_and_stores_nothing(bridge):
     from osapi.job.errors import IdempotencyConflict
 
