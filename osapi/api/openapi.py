@@ -36,7 +36,8 @@ executed by the workers on the target hosts.
 * Every job view has each host's outcome (`hosts`, `summary`); `POST /jobs/{job_id}/retry`
   runs a job again on its failed, silent or skipped hosts only.
 * Targets (`target_hostname`): `_any`, `_all`, `key:value` (label prefix match) or a hostname.
-  It is always a query parameter (a body field of that name is refused), given exactly (no trimming).
+  Domain endpoints take it as a query parameter only (a body field of that name is refused);
+  `POST /jobs` takes it in its body. It is taken exactly as given (no trimming).
 * Input: query parameters a route does not declare are refused (400); the body is parsed as
   JSON whatever its Content-Type; bodies over 1 MiB are refused (413).
 """
