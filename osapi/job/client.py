@@ -470,6 +470,7 @@ class JobClient:
 
         self._check_id(job_id)
         async with self._nats("follow the job's events"):
+            self.store.forget(job_id)  # deleted meanwhile (here or by another process): not from the cache
             return await JobWatch(self, job_id, after, emit).start()
 
     async def store_full(self) -> str | None:

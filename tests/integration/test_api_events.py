@@ -308,3 +308,22 @@ def test_a_deleted_job_ends_its_stream(stack):
         assert all(b.get("event") != "end" for b in blocks)
     finally:
         stream.close()
+
+
+def test_a_job_deleted_by_another_api_process_is_a_404_here(stack, tmp_path):
+    """This API process read the job (and keeps its body cached); another one deletes it:
+    its event stream is then a 404 here, not a stream of a job that is gone."""
+    job_id = _submit(stack, {"type": "system.hostname.get", "data": {}}, "nobody-here")
+    http = Http(stack.port, token=ADMIN)
+    assert http.get(f"/api/v1/jobs/{job_id}").status == 200  # read here: its body is cached here
+    other = ApiProcess(tmp_path / "other-api", stack.env).start()
+    try:
+        other.wait_ready()
+        assert Http(other.port, token=ADMIN).request("DELETE", f"/api/v1/jobs/{job_id}").status == 204
+    finally:
+        stop_all([other])
+    stream = Stream(stack.port, job_id)
+    try:
+        assert stream.status == 404, stream.status
+    finally:
+        stream.close()
