@@ -317,6 +317,19 @@ class Appliance:
                 pass
         return sorted(set(pids))
 
+    def api_rss(self) -> int | None:
+        """RSS of the API process (its threads' stacks included), in bytes; None when it is not found."""
+        import psutil
+
+        for pid in self.pids():
+            try:
+                proc = psutil.Process(pid)
+                if "api server start" in " ".join(proc.cmdline()):
+                    return proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return None
+
     def request(self, method: str, path: str, body=None, token: str | None = "default", timeout: float = 30.0):
         """One HTTP call: (status, decoded JSON or text)."""
         data = json.dumps(body).encode() if body is not None else None

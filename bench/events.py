@@ -139,19 +139,6 @@ async def _open_streams(port: int, token: str, count: int, probes: int, rss) -> 
     return {"ready": ready, "health": health, "other": other, "rss_open": rss_open}
 
 
-def _api_rss(app) -> int | None:
-    import psutil
-
-    for pid in app.pids():
-        try:
-            proc = psutil.Process(pid)
-            if "api server start" in " ".join(proc.cmdline()):
-                return proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return None
-
-
 def run(ctx) -> Section:
     section = Section("events", TITLE)
     rounds = ctx.count(50, 5)
@@ -161,8 +148,8 @@ def run(ctx) -> Section:
         app.add_workers(list(HOSTS[1:]))
         app.wait_workers(set(HOSTS), 60)
         latencies, replayed, ends = asyncio.run(_latency(app.api_port, app.token, rounds))
-        rss_idle = _api_rss(app)
-        got = asyncio.run(_open_streams(app.api_port, app.token, count, probes, lambda: _api_rss(app)))
+        rss_idle = app.api_rss()
+        got = asyncio.run(_open_streams(app.api_port, app.token, count, probes, app.api_rss))
     if latencies:
         p50, p99 = ms(percentile(latencies, 50)), ms(percentile(latencies, 99))
         section.add("event latency, stored -> client, p50", p50, "ms")

@@ -53,20 +53,6 @@ async def _total_jobs(port: int, token: str) -> int | None:
         await conn.close()
 
 
-def _api_rss(app) -> int | None:
-    """RSS of the API process (its threads' stacks included), in bytes."""
-    import psutil
-
-    for pid in app.pids():
-        try:
-            proc = psutil.Process(pid)
-            if "api server start" in " ".join(proc.cmdline()):
-                return proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return None
-
-
 async def _measure(port: int, token: str, waiting: int, probes: int, rss) -> dict:
     before = await _total_jobs(port, token) or 0
     started = time.monotonic()
@@ -116,10 +102,10 @@ def run(ctx) -> Section:
         status, _ = app.request("GET", f"/api/v1/system/hostname?target_hostname={HUNG}")
         if status != 200:
             raise RuntimeError(f"{HUNG} did not answer before it was stopped: HTTP {status}")
-        rss_idle = _api_rss(app)
+        rss_idle = app.api_rss()
         os.kill(stopped.pid, signal.SIGSTOP)
         try:
-            got = asyncio.run(_measure(app.api_port, app.token, waiting, probes, lambda: _api_rss(app)))
+            got = asyncio.run(_measure(app.api_port, app.token, waiting, probes, app.api_rss))
         finally:
             os.kill(stopped.pid, signal.SIGCONT)
     health_ok = [s for status, s in got["health"] if status == 200]
