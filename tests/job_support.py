@@ -4,7 +4,8 @@
 ``NatsServer`` with distinct ``OSAPI_JOB_WORKER_HOSTNAME`` / ``_LABELS`` and the
 test-only operations on (``OSAPITEST_HOOKS=1``, see ``osapi/job/testhooks.py``).
 ``Bridge`` runs a ``JobClient`` on its own event loop thread (as the API does),
-so synchronous tests call ``bridge.call(client.run(...))``; ``with_test_operations()``
+so synchronous tests call ``bridge.call(client.run(job_request(...), ...))``
+(``job_request``: a job from plain values, through ``JobClient.prepare``); ``with_test_operations()``
 registers the test-only operations in the test process itself. Every process
 is stopped by pid; every wait is bounded.
 """
@@ -39,6 +40,13 @@ def with_test_operations():
     finally:
         if not was:
             operations.disable_test_operations()
+
+
+def job_request(op_type, data=None, target="_any", dry_run: bool = False):
+    """The ``JobRequest`` that ``JobClient.create``/``run`` take, parsed from plain values (``JobClient.prepare``)."""
+    from osapi.job.client import JobClient
+
+    return JobClient.prepare({"type": op_type, "data": data if data is not None else {}}, target, dry_run)
 
 
 def base_env(server: NatsServer, state_dir: Path, extra: dict | None = None) -> dict[str, str]:

@@ -36,6 +36,7 @@ from osapi.api.routing import (
     TARGET_PARAM, Call, Param, Reply, Response, Route, dry_run_field, int_param, parse_choice,
 )
 from osapi.job import operations
+from osapi.job.client import JobRequest
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself
 MAX_SYNC_WAITS = 256  # synchronous calls waiting for workers at once; see server.py THREADS
@@ -162,7 +163,7 @@ def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
     data: dict = dict(call.path)
     dry_run = False
     data.update({name: call.query[name] for name in op.rest.query if name in call.given})
-    target = call.query["target_hostname"]
+    target = call.query["target_hostname"]  # a Target, parsed once by TARGET_PARAM
     if has_body:
         body = dict(call.body_object())
         if "target_hostname" in body:
@@ -180,17 +181,17 @@ def _run(call: Call, op: operations.Operation, has_body: bool) -> Reply:
     except operations.InvalidData as exc:
         raise bad_request(f"invalid data for {op.type}", str(exc)) from None
 
-    audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
+    audit.note(call.environ, operation=op.type, target=target.text, dry_run=dry_run or None)
+    request = JobRequest.of(op, data, target, dry_run)  # validated above: the client parses nothing again
     settings = call.services.settings
     with call.services.wait_slots.slot():
         result = call.services.bridge.call(
             # a job nobody picked up before its caller gave up must not run later (JobClient.run)
-            lambda client: client.run(op.type, data, target, settings.job_timeout, settings.quiet_period,
-                                      expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN,
-                                      dry_run=dry_run),
+            lambda client: client.run(request, settings.job_timeout, settings.quiet_period,
+                                      expires_after=settings.job_timeout + client.SYNC_EXPIRY_MARGIN),
             settings.job_timeout + SYNC_MARGIN,
             on_timeout=ApiError(504, "no worker answered in time",
-                                f"{op.type} on target {target!r}: the API gave up after "
+                                f"{op.type} on target {target.text!r}: the API gave up after "
                                 f"{settings.job_timeout + SYNC_MARGIN:g}s (job_timeout + {SYNC_MARGIN:g}s)"),
         )
     audit.note(call.environ, job_id=result.get("job_id"))

@@ -22,9 +22,8 @@ from osapi.api.routing import (
     dry_run_field, int_param, parse_choice, parse_target,
 )
 from osapi.job import idempotency, operations
-from osapi.job.client import JobClient
+from osapi.job.client import RETRYABLE, JobClient, JobRequest
 from osapi.job.errors import InvalidJob
-from osapi.job.subjects import parse_target as parse_job_target
 
 TAG = "jobs"
 QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503
@@ -79,23 +78,23 @@ def create(call: Call) -> Reply:
             raise bad_request("invalid field rollout", "rollout must be an object {batch, max_failures, pause}, "
                                                        f"got {json_type(body['rollout'])}")
         try:
-            rollout = JobClient.check_rollout(body["rollout"], parse_job_target(target))
+            rollout = JobClient.check_rollout(body["rollout"], target)
         except InvalidJob as exc:
             raise bad_request("invalid field rollout", str(exc)) from None
 
-    audit.note(call.environ, operation=op.type, target=target, dry_run=dry_run or None)
-    operation = {"type": op.type, "data": data}
+    audit.note(call.environ, operation=op.type, target=target.text, dry_run=dry_run or None)
+    request = JobRequest.of(op, data, target, dry_run)  # validated above: the client parses nothing again
     key = call.headers.get(idempotency.HEADER)
     replayed = False
     if key is None:
-        job = call.services.bridge.call(lambda client: client.create(operation, target, dry_run, rollout), QUEUE_TIMEOUT)
+        job = call.services.bridge.call(lambda client: client.create(request, rollout), QUEUE_TIMEOUT)
     else:
         # the same request = the same validated operation, data, target and dry_run
-        digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run,
-                                        **({"rollout": rollout} if rollout is not None else {})})
+        digest = idempotency.body_hash({"operation": {"type": op.type, "data": data}, "target_hostname": target.text,
+                                        "dry_run": dry_run, **({"rollout": rollout} if rollout is not None else {})})
         slot = idempotency.slot(call.subject, key)
         job, replayed = call.services.bridge.call(
-            lambda client: client.create_once(operation, target, dry_run, slot, digest, rollout), QUEUE_TIMEOUT
+            lambda client: client.create_once(request, slot, digest, rollout), QUEUE_TIMEOUT
         )
     audit.note(call.environ, job_id=job.get("job_id"))
     headers = {"Location": f"{API_PREFIX}/jobs/{job.get('job_id')}"}
@@ -160,7 +159,8 @@ def retry(call: Call) -> Reply:
                 shown = state if isinstance(state, str) else json_type(state)
                 raise bad_request("invalid field only",
                                   f"{str(shown)[:80]!r} is not a state to retry; use {', '.join(schemas.RETRYABLE)}")
-    answer = call.services.bridge.call(lambda client: client.retry(job_id, only), QUEUE_TIMEOUT)
+    states = RETRYABLE if only is None else only
+    answer = call.services.bridge.call(lambda client: client.retry(job_id, states), QUEUE_TIMEOUT)
     audit.note(call.environ, job_id=answer.get("job_id"))
     return Reply(201, answer, {"Location": f"{API_PREFIX}/jobs/{answer.get('job_id')}"})
 

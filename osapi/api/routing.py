@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from osapi.api import schemas
 from osapi.api.errors import ApiError, bad_request
+from osapi.job import subjects
+from osapi.job.errors import InvalidJob
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024  # bytes; larger bodies are refused with 413
@@ -153,26 +155,25 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def parse_target(text: str) -> str:
-    """A target (docs/jobs.md, Targets and subjects), checked by the job system's own parser."""
+def parse_target(text: str) -> subjects.Target:
+    """A target (docs/jobs.md, Targets and subjects), parsed by the job system's own parser.
+
+    The one parse of a target a request names: the handler passes the ``Target`` inward.
+    """
     if not text:
         raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
-    from osapi.job import errors as job_errors
-    from osapi.job import subjects
-
     try:
-        subjects.parse_target(text)
-    except job_errors.InvalidJob as exc:
+        return subjects.parse_target(text)
+    except InvalidJob as exc:
         raise InvalidValue(str(exc), whole=True) from None  # "invalid target 'x': why; what to use"
-    return text
 
 
 TARGET_PARAM = Param(
     "target_hostname",
-    {**schemas.TARGET, "default": "_any"},
+    {**schemas.TARGET, "default": subjects.ANY},
     TARGET_DESCRIPTION,
     parse_target,
-    "_any",
+    subjects.Target("any", subjects.ANY),
 )
 
 

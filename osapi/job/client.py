@@ -1,8 +1,9 @@
 """The job client: submit, inspect, list, delete, wait (docs/jobs.md).
 
 Used by the REST API on its one long-lived connection (all methods are
-coroutines on that connection's event loop). Every input is validated before
-anything is stored; NATS failures become ``NatsUnavailable``.
+coroutines on that connection's event loop). A job comes in as a ``JobRequest``,
+validated once where it entered (the API's handlers, or ``JobClient.prepare`` for
+plain values) before anything is stored; NATS failures become ``NatsUnavailable``.
 
 * ``create`` (``POST /jobs``) and ``run`` (the synchronous endpoints) store a job
   through ``_submit``: body and ``submitted`` event together, then the
@@ -23,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable, NamedTuple
 
 from osapi.job import operations
 from osapi.job import rollout as rollouts
@@ -45,6 +46,24 @@ MAX_LIMIT = 1000
 RETRYABLE = (st.FAILED, st.NO_RESPONSE, st.SKIPPED)  # the host states a retry may name
 RECONNECT_CHECK = 2.0  # while waiting: how often to look whether the connection was re-established
 ABANDON_PAUSE = (0.5, 30.0)  # a failed submission's cleanup: first and longest pause between attempts
+
+
+class JobRequest(NamedTuple):
+    """A validated job, what ``create``, ``create_once`` and ``run`` take: nothing is parsed again inward.
+
+    ``data`` is in its stored form (``dry_run: true`` inside for a dry run).
+    ``JobClient.prepare`` makes one from plain values; an edge that validated
+    the parts itself (the REST API's handlers) puts them together with ``of``.
+    """
+
+    op: operations.Operation
+    data: dict
+    target: Target
+
+    @classmethod
+    def of(cls, op: operations.Operation, data: dict, target: Target, dry_run: bool = False) -> "JobRequest":
+        """From parts already validated: ``op.check``-ed data, a parsed target, a dry run the operation has."""
+        return cls(op, operations.with_dry_run(data, dry_run), target)
 
 
 class JobClient:
@@ -97,10 +116,11 @@ class JobClient:
             await self.store.setup(update_consumers=False)
 
     @staticmethod
-    def prepare(operation: Any, target: Any = "_any",
-                dry_run: bool = False) -> tuple[operations.Operation, dict, Target]:
-        """Validate an operation and a target; ``InvalidJob`` names the bad field.
+    def prepare(operation: Any, target: Any = "_any", dry_run: bool = False) -> JobRequest:
+        """The one parse of a job given as plain values: a ``JobRequest``, or ``InvalidJob`` naming the bad field.
 
+        For a caller holding JSON-like values (a stored job being retried, tests, bench);
+        the REST API validates at its own edge and builds ``JobRequest.of`` instead.
         The data comes back in its stored form: with ``dry_run: true`` for a dry run
         (``dry_run``, or an ``operation.data`` of a stored dry-run job), see
         ``operations.split_dry_run``; a query with a dry run is ``InvalidJob``.
@@ -126,7 +146,7 @@ class JobClient:
                 operations.check_dry_run(op)
             except operations.InvalidData as exc:
                 raise InvalidJob(f"dry_run: {exc}") from None
-        return op, operations.with_dry_run(data, dry_run or stored_dry_run), parse_target(target)
+        return JobRequest.of(op, data, parse_target(target), dry_run or stored_dry_run)
 
     async def _submit_shielded(self, job_id: str, op: operations.Operation, data: dict, target: Target,
                                expected: set[str] | None = None, expires_after: float | None = None,
@@ -289,22 +309,19 @@ class JobClient:
 
     # ------------------------------------------------------------ the interface
 
-    async def create(self, operation: dict, target: str = "_any", dry_run: bool = False,
-                     rollout: Any = None) -> dict:
+    async def create(self, job: JobRequest, rollout: dict | None = None) -> dict:
         """Store and publish a job: ``{job_id, status: "submitted", revision, timestamp}``.
 
-        ``dry_run``: a modify operation computes its change on each host and applies nothing.
-        ``rollout``: ``{batch, max_failures?, pause?}`` for a multi-host target: sent batch by batch
-        (``osapi/job/rollout.py``).
+        ``job``: see ``JobRequest`` (a dry run is in its data). ``rollout``: ``check_rollout``'s
+        answer for a multi-host target: sent batch by batch (``osapi/job/rollout.py``).
         """
-        op, data, parsed = self.prepare(operation, target, dry_run)
-        rollout = self.check_rollout(rollout, parsed)
         async with self._nats("submit the job"):
-            return await self._submit_shielded(new_job_id(), op, data, parsed, rollout=rollout)
+            return await self._submit_shielded(new_job_id(), *job, rollout=rollout)
 
     @staticmethod
     def check_rollout(rollout: Any, target: Target) -> dict | None:
-        """The checked ``rollout`` (``rollout.check``) or None; ``InvalidJob`` for a one-host target."""
+        """The one check of a ``rollout`` (``{batch, max_failures?, pause?}``, ``rollout.check``): the
+        checked object, or None for none; ``InvalidJob`` for a one-host target."""
         if rollout is None:
             return None
         checked = rollouts.check(rollout)
@@ -312,21 +329,19 @@ class JobClient:
             raise InvalidJob(f"rollout needs a multi-host target (_all or a label key:value), got {target.text!r}")
         return checked
 
-    async def create_once(self, operation: dict, target: str, dry_run: bool, key_slot: str,
-                          request_hash: str, rollout: Any = None) -> tuple[dict, bool]:
+    async def create_once(self, job: JobRequest, key_slot: str, request_hash: str,
+                          rollout: dict | None = None) -> tuple[dict, bool]:
         """``create`` under an idempotency key (``idempotency.py``): ``(answer, replayed)``.
 
         ``key_slot``: ``idempotency.slot()`` of the key; ``request_hash``: ``idempotency.body_hash()``
         of the validated request. The first request with the key submits its job; a later one
         with the same request gets the first answer back (``replayed``) and stores nothing.
         """
-        op, data, parsed = self.prepare(operation, target, dry_run)
-        rollout = self.check_rollout(rollout, parsed)
         job_id = new_job_id()
 
         async def submit() -> dict:
             gone = asyncio.Event()
-            task = asyncio.ensure_future(self._submit(job_id, op, data, parsed, gone=gone, rollout=rollout))
+            task = asyncio.ensure_future(self._submit(job_id, *job, gone=gone, rollout=rollout))
             task.add_done_callback(_retrieve)
             try:
                 return await asyncio.shield(task)
@@ -359,14 +374,15 @@ class JobClient:
             return None  # its submission failed: the job never runs
         return answer_of(job, entry.revision)
 
-    async def retry(self, job_id: str, only: Any = None) -> dict:
-        """A new job with the same operation and data for exactly the hosts of ``job_id`` in the
-        states ``only`` names (default: ``RETRYABLE``): ``{job_id, retry_of, hosts}``.
+    async def retry(self, job_id: str, states: Iterable[str] = RETRYABLE) -> dict:
+        """A new job with the same operation and data for exactly the hosts of ``job_id`` in
+        ``states`` (some of ``RETRYABLE``, checked by the caller): ``{job_id, retry_of, hosts}``.
 
         ``JobNotFound`` for an unknown job, ``NothingToRetry`` when no host is in those states.
+        The stored job is parsed once here (``prepare``): it is this call's input.
         """
         self._check_id(job_id)
-        states = self._retry_states(only)
+        states = set(states)
         async with self._nats("retry the job"):
             self.store.forget(job_id)  # another process may have deleted it
             view = await self.store.view(job_id)
@@ -376,21 +392,10 @@ class JobClient:
             if not hosts:
                 found = ", ".join(f"{h}: {s.get('state')}" for h, s in view["hosts"].items()) or "none"
                 raise NothingToRetry(f"no host of job {job_id} is {' or '.join(sorted(states))} (hosts: {found})")
-            op, data, target = self.prepare(view["operation"], view["target_hostname"])
+            job = self.prepare(view["operation"], view["target_hostname"])
             new_id = new_job_id()
-            await self._submit_shielded(new_id, op, data, target, set(hosts), retry_of=job_id)
+            await self._submit_shielded(new_id, *job, set(hosts), retry_of=job_id)
         return {"job_id": new_id, "retry_of": job_id, "hosts": hosts}
-
-    @staticmethod
-    def _retry_states(only: Any) -> set[str]:
-        if only is None:
-            return set(RETRYABLE)
-        if not isinstance(only, (list, tuple)) or not only:
-            raise InvalidJob(f"only must be a non-empty list of {', '.join(RETRYABLE)}, got {only!r}")
-        bad = [s for s in only if s not in RETRYABLE]
-        if bad:
-            raise InvalidJob(f"only: {bad[0]!r} is not a state to retry; use {', '.join(RETRYABLE)}")
-        return set(only)
 
     @staticmethod
     def _check_id(job_id: Any) -> str:
@@ -482,15 +487,15 @@ class JobClient:
         async with self._nats("read the worker registry"):
             return await self.registry.workers()
 
-    async def run(self, op_type: str, data: dict, target: str, timeout: float, quiet_period: float,
-                  expires_after: float | None = None, dry_run: bool = False) -> dict:
+    async def run(self, job: JobRequest, timeout: float, quiet_period: float,
+                  expires_after: float | None = None) -> dict:
         """Submit and wait: ``{job_id, results: [...]}``; ``JobTimeout`` if nobody answered.
 
-        ``expires_after``: seconds after which a worker that has not picked the
-        job up yet fails it instead of running it (docs/jobs.md, Expiry of synchronous jobs).
-        ``dry_run``: see ``create``.
+        ``job``: see ``JobRequest``. ``expires_after``: seconds after which a worker that has
+        not picked the job up yet fails it instead of running it (docs/jobs.md, Expiry of
+        synchronous jobs).
         """
-        op, data, parsed = self.prepare({"type": op_type, "data": data}, target, dry_run)
+        op, data, parsed = job
         job_id = new_job_id()
         async with self._nats("run the job"):
             prefix = self.store.subject_of("responses", f"{job_id}.")

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from harness import NatsServer, free_port, stop_process
-from job_support import Bridge, base_env, wait_for
+from job_support import Bridge, base_env, job_request, wait_for
 
 from osapi import config
 from osapi.job.errors import JobTimeout, NatsUnavailable
@@ -142,7 +142,7 @@ def test_requests_fail_with_nats_unavailable_when_the_server_is_gone(tmp_path):
             bridge.call(bridge.client.list())
         assert server.url in str(info.value)
         with pytest.raises(NatsUnavailable):
-            bridge.call(bridge.client.run("system.hostname.get", {}, "_any", 5, 1))
+            bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "_any"), 5, 1))
     finally:
         bridge.close()
         server.stop()
@@ -164,7 +164,7 @@ def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
         server.start()
         bridge = Bridge(base_env(server, tmp_path / "state"))
         bridge.wait_workers(["early"])
-        result = bridge.call(bridge.client.run("system.hostname.get", {}, "early", 20, 5))
+        result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "early"), 20, 5))
         assert result["results"][0]["hostname"] == "early"
     finally:
         if bridge is not None:
@@ -258,7 +258,7 @@ def test_run_times_out_when_no_worker_answers(nats_server, tmp_path):
     try:
         started = time.monotonic()
         with pytest.raises(JobTimeout) as info:
-            bridge.call(bridge.client.run("system.hostname.get", {}, "_any", 1.0, 1.0))
+            bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "_any"), 1.0, 1.0))
         assert 0.9 <= time.monotonic() - started < 10
         job = bridge.call(bridge.client.get(info.value.job_id))
         assert job["status"] == "submitted" and "1s" in str(info.value)
@@ -271,7 +271,7 @@ def test_broadcast_with_an_empty_registry_ends_after_the_quiet_period(nats_serve
     try:
         sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
         started = time.monotonic()
-        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 20.0, 0.5))
+        result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "_all"), 20.0, 0.5))
         elapsed = time.monotonic() - started
         bridge.call(sub.unsubscribe())
         assert result["results"] == [{"hostname": "ghost"}]
@@ -287,7 +287,7 @@ def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tm
         bridge.call(bridge.client.registry.beat("silent.1", entry, 30))
         sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
         started = time.monotonic()
-        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 2.0, 0.3))
+        result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "_all"), 2.0, 0.3))
         elapsed = time.monotonic() - started
         bridge.call(sub.unsubscribe())
         # "silent" is live in the registry: it was waited for, then reported (and stored) as no_response
@@ -305,7 +305,7 @@ def test_broadcast_waits_for_a_registered_host_until_the_timeout(nats_server, tm
         bridge.call(bridge.client.registry.remove("silent.1"))
         sub = bridge.call(_answer_as(bridge, "ghost", "jobs.query._all"))
         started = time.monotonic()
-        result = bridge.call(bridge.client.run("system.hostname.get", {}, "_all", 20.0, 0.3))
+        result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "_all"), 20.0, 0.3))
         bridge.call(sub.unsubscribe())
         assert result["results"] == [{"hostname": "ghost"}] and time.monotonic() - started < 10
     finally:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
+from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
 from osapi.job.errors import NatsUnavailable
 
@@ -54,7 +54,7 @@ def _stack(tmp_path_factory):
 
 
 def create(stack, op_type, data, target):
-    return stack.bridge.call(stack.client.create({"type": op_type, "data": data}, target))["job_id"]
+    return stack.bridge.call(stack.client.create(job_request(op_type, data, target)))["job_id"]
 
 
 def live_hostnames(stack) -> list[str]:
@@ -138,11 +138,11 @@ def test_restarted_host_processes_jobs_sent_while_it_was_down(stack):
 
 
 def test_new_host_does_not_replay_history(stack):
-    old = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    old = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in old["results"]) == ["a1", "a2", "b1"]
     fresh = stack.fleet.add("fresh", "role=new")
     stack.bridge.wait_workers(["a1", "a2", "b1", "fresh"])
-    new = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    new = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in new["results"]) == ["a1", "a2", "b1", "fresh"]
     history = stack.bridge.call(stack.client.list(limit=1000))["items"]
     replayed = [j["id"] for j in history if j["id"] != new["job_id"] and "fresh" in j["worker_states"]]
@@ -179,7 +179,7 @@ def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
     stack.hosts["a2"].kill()
     # submitted at once, while the registry still lists a2 (its entry lives 3 s)
     pending = create(stack, "system.hostname.get", {}, "_all")
-    waited = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 0.5))
+    waited = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 0.5))
     expected = stack.bridge.call(stack.bridge.store.get_job(pending))["expected_hosts"]
     if "a2" in stack.bridge.call(stack.bridge.store.get_job(waited["job_id"]))["expected_hosts"]:
         # a synchronous broadcast reports (and stores) the host that went silent as no_response
@@ -198,7 +198,7 @@ def test_silent_worker_drops_out_and_broadcasts_stop_waiting_for_it(stack):
 
     wait_for(lambda: "a2" not in live_hostnames(stack), 15, what="a2 expiring from the registry")
     started = time.monotonic()
-    result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    result = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in result["results"]) == ["a1", "b1"]
     assert time.monotonic() - started < 10
     if "a2" in expected:  # … then it is no_response, not processing forever
@@ -272,5 +272,5 @@ def test_workers_survive_a_nats_restart_without_losing_jobs(stack):
     wait_for(lambda: status(job_id) == "completed", 40, interval=0.2, what="the running job completing")
     wait_for(lambda: status(queued) == "completed", 40, interval=0.2, what="the queued job completing")
     assert all(w.alive() for w in stack.hosts.values()), stack.fleet.logs()
-    result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "_all", 20, 20))
+    result = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in result["results"]) == ["a1", "a2", "b1"]

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
+from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
 from osapi.job.errors import NoLiveWorker
 
@@ -52,7 +52,7 @@ def live_hostnames(stack) -> list[str]:
 
 
 def test_a_job_cut_off_by_the_sigterm_grace_goes_to_the_other_process_at_once(stack):
-    job_id = stack.bridge.call(stack.client.create({"type": "test.sleep", "data": {"seconds": 20}}, "pair"))["job_id"]
+    job_id = stack.bridge.call(stack.client.create(job_request("test.sleep", {"seconds": 20}, "pair")))["job_id"]
     wait_for(lambda: stack.bridge.started_hosts(job_id) == ["pair"], 15, what="the job started")
     (pid,) = stack.bridge.instance_pids(job_id)
     runner, other = stack.pair if stack.pair[0].pid == pid else list(reversed(stack.pair))
@@ -70,11 +70,11 @@ def test_a_synchronous_job_picked_up_after_it_expired_is_not_run(stack):
     wait_for(lambda: "late" not in live_hostnames(stack), 10, what="late leaving the registry")
     started = time.monotonic()
     with pytest.raises(NoLiveWorker) as info:  # nobody live for "late": a fast 404
-        stack.bridge.call(stack.client.run("system.hostname.get", {}, "late", 20, 1, expires_after=1))
+        stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "late"), 20, 1, expires_after=1))
     assert time.monotonic() - started < 10
     assert "'late' names no registered worker host or label" in str(info.value)
     expired = info.value.job_id
-    queued = stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "late"))["job_id"]
+    queued = stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "late")))["job_id"]
     expires_ns = stack.bridge.call(stack.bridge.store.get_job(expired))["expires_at_ns"]
     wait_for(lambda: time.time_ns() > expires_ns, 10, what="the expiry passing")
     stack.late = stack.fleet.add("late")  # the host comes back and finds both jobs in its durable
@@ -102,13 +102,13 @@ def test_a_job_whose_submission_failed_after_its_notification_landed_is_not_run(
     store.publish_job = publish_then_lose_the_ack
     try:
         with pytest.raises(NatsUnavailable):
-            stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "late"))
+            stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "late")))
     finally:
         store.publish_job = original
     (refused,) = [j["id"] for j in stack.bridge.call(stack.client.list(limit=1))["items"]]
     job = stack.bridge.wait_status(refused, "failed", timeout=20)
     assert job["error"].startswith("submission failed: NATS at ") and "the caller was answered 503" in job["error"]
-    queued = stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "late"))["job_id"]
+    queued = stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "late")))["job_id"]
     stack.late = stack.fleet.add("late")  # finds both notifications in its durable, in order
     assert stack.bridge.wait_status(queued, "completed", timeout=20)["result"]["hostname"] == "late"
     job = stack.bridge.call(stack.client.get(refused))
@@ -130,7 +130,7 @@ def test_an_idle_pull_does_not_hold_the_only_slot(stack, tmp_path):
     try:
         wait_for(lambda: "solo" in live_hostnames(stack), 15, what="solo in the registry")
         for _ in range(3):  # each would wait for a 10 s idle pull if that pull held the slot
-            result = stack.bridge.call(stack.client.run("system.hostname.get", {}, "solo", 5, 5))
+            result = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "solo"), 5, 5))
             assert result["results"][0]["hostname"] == "solo"
     finally:
         stack.bridge.loop.call_soon_threadsafe(stop.set)

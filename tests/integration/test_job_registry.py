@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from job_support import Bridge, Fleet, base_env, wait_for
+from job_support import Bridge, Fleet, base_env, job_request, wait_for
 
 from osapi import __version__
 from osapi.job.errors import JobTimeout, NoLiveWorker
@@ -72,7 +72,7 @@ def test_entries_past_their_ttl_are_ignored_and_removed(stack):
     assert set(written) <= keys()  # still stored: the server keeps them
 
     # broadcast expectations: the first reader leaves them out ...
-    result = bridge.call(bridge.client.run("system.hostname.get", {}, "group:web", 20, 20))
+    result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "group:web"), 20, 20))
     assert [r["hostname"] for r in result["results"]] == ["live"], result
     assert bridge.call(store.get_job(result["job_id"]))["expected_hosts"] == ["live"]
     # ... and removes them from the bucket (best effort, done by that read)
@@ -88,7 +88,7 @@ def test_entries_past_their_ttl_are_ignored_and_removed(stack):
     bridge.call(write())
     wait_for(lambda: bridge.call(raw_stale()) == set(written), 15, what="the written entries' TTL passing")
     with pytest.raises(JobTimeout) as info:
-        bridge.call(bridge.client.run("system.hostname.get", {}, "ghost", 20, 0.5))
+        bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "ghost"), 20, 0.5))
     assert isinstance(info.value, NoLiveWorker)  # the API's 404
     assert "'ghost' names no registered worker host or label" in str(info.value)
     assert not set(written) & keys()

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
+from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
 from osapi import __version__
+from osapi.job.client import JobClient
 from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,7 +57,7 @@ def _stack(tmp_path_factory):
 
 
 def run(stack, op_type, data, target, timeout=SLOW, quiet=SLOW):
-    return stack.bridge.call(stack.client.run(op_type, data, target, timeout, quiet))
+    return stack.bridge.call(stack.client.run(job_request(op_type, data, target), timeout, quiet))
 
 
 def hosts_of(result) -> list[str]:
@@ -189,8 +190,7 @@ def test_failed_broadcast_and_partial_failure(stack):
 
 
 def test_submitted_processing_completed(stack):
-    created = stack.bridge.call(stack.client.create({"type": "test.sleep", "data": {"seconds": 1.5}},
-                                                    "w3.example.com"))
+    created = stack.bridge.call(stack.client.create(job_request("test.sleep", {"seconds": 1.5}, "w3.example.com")))
     assert created["status"] == "submitted" and created["revision"] > 0
     job_id = created["job_id"]
     assert stack.bridge.call(stack.client.get(job_id))["status"] in ("submitted", "processing")
@@ -205,7 +205,7 @@ def test_submitted_processing_completed(stack):
 
 
 def test_two_processes_of_one_host_run_each_job_once(stack):
-    ids = [stack.bridge.call(stack.client.create({"type": "test.sleep", "data": {"seconds": 0.2}}, target))["job_id"]
+    ids = [stack.bridge.call(stack.client.create(job_request("test.sleep", {"seconds": 0.2}, target)))["job_id"]
            for target in ["twin"] * 8 + ["_all"] * 4]
     for job_id in ids:
         stack.bridge.wait_status(job_id, "completed", timeout=30)
@@ -278,7 +278,7 @@ BAD_TARGETS = ["", "   ", "group:", ":web", "group:web..dev", "group:web.", "gr 
 def test_bad_operation_is_refused_before_anything_is_stored(stack, operation, message):
     before = _stored(stack)
     with pytest.raises(InvalidJob) as info:
-        stack.bridge.call(stack.client.create(operation, "_all"))
+        stack.bridge.call(stack.client.create(JobClient.prepare(operation, "_all")))
     assert message in str(info.value)
     if isinstance(operation, dict) and "type" in operation and set(operation) <= {"type", "data"}:
         with pytest.raises(InvalidJob):
@@ -290,7 +290,7 @@ def test_bad_operation_is_refused_before_anything_is_stored(stack, operation, me
 def test_bad_target_is_refused_before_anything_is_stored(stack, target):
     before = _stored(stack)
     with pytest.raises(InvalidJob) as info:
-        stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, target))
+        stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, target)))
     assert "target" in str(info.value)
     with pytest.raises(InvalidJob):
         run(stack, "system.hostname.get", {}, target, timeout=2, quiet=1)
@@ -298,7 +298,7 @@ def test_bad_target_is_refused_before_anything_is_stored(stack, target):
 
 
 def test_list_newest_first_with_filters_and_stats(stack):
-    ids = [stack.bridge.call(stack.client.create({"type": "system.hostname.get", "data": {}}, "w1"))["job_id"]
+    ids = [stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "w1")))["job_id"]
            for _ in range(3)]
     for job_id in ids:
         stack.bridge.wait_status(job_id, "completed")
@@ -372,7 +372,7 @@ def test_batch_reads_agree_with_one_read_per_job(stack):
     store = stack.bridge.store
 
     async def submit_many():
-        return await asyncio.gather(*(stack.client.create({"type": "system.hostname.get", "data": {}}, "w3.example.com")
+        return await asyncio.gather(*(stack.client.create(job_request("system.hostname.get", {}, "w3.example.com"))
                                       for _ in range(300)))
 
     mine = [c["job_id"] for c in stack.bridge.call(submit_many())]

@@ -13,7 +13,7 @@ import json
 import pytest
 from api_support import ApiProcess, WorkerProcess, clean_env
 from cluster_support import NatsCluster
-from job_support import Bridge, base_env, wait_for
+from job_support import Bridge, base_env, job_request, wait_for
 
 from osapi.cli import Environment, main
 
@@ -179,7 +179,7 @@ def test_default_processes_keep_a_clusters_three_replicas_until_job_setup_applie
         api.wait_ready(timeout=30)
         wait_for(lambda: "jobs-worker-host-w1" in str(bridge.call(bridge.store.js.consumers_info("JOBS"))),
                  30, what=f"the worker's host consumer\n{worker.log()}")
-        result = bridge.call(bridge.client.run("system.hostname.get", {}, "w1", 20.0, 1.0))
+        result = bridge.call(bridge.client.run(job_request("system.hostname.get", {}, "w1"), 20.0, 1.0))
         assert result["results"][0]["hostname"] == "w1"
 
         assert {n: c.num_replicas for n, c in stream_configs(bridge).items()} == {n: 3 for n in STREAMS}

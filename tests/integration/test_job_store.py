@@ -49,7 +49,7 @@ def fresh_client(bridge) -> JobClient:
 
 def create_many(bridge, count: int, target: str = "w1") -> list[str]:
     async def create():
-        return await asyncio.gather(*(bridge.client.create(HOSTNAME, target) for _ in range(count)))
+        return await asyncio.gather(*(bridge.client.create(JobClient.prepare(HOSTNAME, target)) for _ in range(count)))
 
     return [c["job_id"] for c in bridge.call(create())]
 
@@ -92,7 +92,7 @@ def test_a_cancelled_submission_is_marked_failed_and_not_published(bridge):
 
         store.add_event = slow_add_event
         try:
-            task = asyncio.ensure_future(bridge.client.create(HOSTNAME, "w1"))
+            task = asyncio.ensure_future(bridge.client.create(JobClient.prepare(HOSTNAME, "w1")))
             await asyncio.wait_for(entered.wait(), 10)  # the job body is stored; its event is next
             task.cancel()
             await asyncio.sleep(0.05)
@@ -123,7 +123,7 @@ def test_a_full_job_store_is_its_own_error_and_leaves_no_half_job(nats_server, t
         error = None
         for _ in range(500):
             try:
-                bridge.call(bridge.client.create(HOSTNAME, "w1"))
+                bridge.call(bridge.client.create(JobClient.prepare(HOSTNAME, "w1")))
             except JobStoreFull as exc:
                 error = exc
                 break
@@ -195,7 +195,7 @@ def test_the_registry_is_read_in_one_request(bridge):
 
 def test_dead_letters_of_consumers_osapi_does_not_own_are_ignored(bridge):
     store = bridge.store
-    job_id = bridge.call(bridge.client.create(HOSTNAME, "_all"))["job_id"]
+    job_id = bridge.call(bridge.client.create(JobClient.prepare(HOSTNAME, "_all")))["job_id"]
     seq = bridge.call(store.js.get_last_msg(store.names.stream, "jobs.query._all")).seq
 
     def advisory(consumer: str) -> bytes:
@@ -323,7 +323,8 @@ def _once(bridge, client, key: str, operation: dict = HOSTNAME, target: str = "w
     from osapi.job import idempotency
 
     digest = idempotency.body_hash({"operation": operation, "target_hostname": target, "dry_run": dry_run})
-    return bridge.call(client.create_once(operation, target, dry_run, idempotency.slot(subject, key), digest))
+    return bridge.call(client.create_once(JobClient.prepare(operation, target, dry_run), idempotency.slot(subject, key),
+                                          digest))
 
 
 def _entries(bridge) -> int:
@@ -378,7 +379,8 @@ def test_concurrent_requests_with_one_key_make_one_job(bridge):
     clients = [bridge.client] + [fresh_client(bridge) for _ in range(4)]
 
     async def all_at_once():
-        return await asyncio.gather(*(c.create_once(HOSTNAME, "w1", False, name, digest) for c in clients))
+        request = JobClient.prepare(HOSTNAME, "w1")
+        return await asyncio.gather(*(c.create_once(request, name, digest) for c in clients))
 
     answers = bridge.call(all_at_once())
     assert len({a["job_id"] for a, _ in answers}) == 1
@@ -432,7 +434,7 @@ def test_a_pending_key_waits_then_is_in_progress_and_a_stale_one_is_taken_over(b
     assert not replayed and bridge.call(bridge.store.count_jobs()) == before + 1
 
     # its request died after storing its job: that job is the answer, no second one
-    first = bridge.call(bridge.client.create(HOSTNAME, "w1"))
+    first = bridge.call(bridge.client.create(JobClient.prepare(HOSTNAME, "w1")))
     pending("key-7", first["job_id"], idempotency.STALE + 1)
     answer, replayed = _once(bridge, bridge.client, "key-7")
     assert replayed and answer == first

@@ -12,7 +12,7 @@ import pytest
 
 from api_support import ApiProcess, clean_env, make_token
 from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
+from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
 from osapi.job.errors import JobStoreFull, is_store_full
 
@@ -36,7 +36,7 @@ def fill(bridge) -> list[str]:
     ids = []
     for _ in range(500):
         try:
-            ids.append(bridge.call(bridge.client.create({"type": "system.hostname.get", "data": {}}, "nobody"))["job_id"])
+            ids.append(bridge.call(bridge.client.create(job_request("system.hostname.get", {}, "nobody")))["job_id"])
         except JobStoreFull:
             break
     else:
@@ -70,7 +70,7 @@ def test_a_full_store_does_not_run_a_queued_modify_job_and_fails_it_with_the_tru
             http = api.http(make_token(["admin"]))
             api.wait_ready()
             assert http.get("/health/status").json["status"] == "ok"
-            victim = bridge.call(bridge.client.create({"type": "test.record", "data": {"tag": "victim"}}, "_any"))
+            victim = bridge.call(bridge.client.create(job_request("test.record", {"tag": "victim"}, "_any")))
             job_id = victim["job_id"]
             fillers = fill(bridge)
 
@@ -99,7 +99,7 @@ def test_a_full_store_does_not_run_a_queued_modify_job_and_fails_it_with_the_tru
             assert not runs.exists()
             wait_for(lambda: http.get("/health/status").json["status"] == "ok", 10, what="health ok again")
             # and the worker runs jobs again
-            again = bridge.call(bridge.client.create({"type": "test.record", "data": {"tag": "after"}}, "_any"))
+            again = bridge.call(bridge.client.create(job_request("test.record", {"tag": "after"}, "_any")))
             bridge.wait_status(again["job_id"], "completed", timeout=30)
             assert runs.read_text() == "after\n"
             assert "Traceback" not in worker.log()

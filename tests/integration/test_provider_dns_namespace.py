@@ -108,7 +108,8 @@ async def _drive_worker(nats_server, hostname, proc, log_path):
             await asyncio.sleep(0.1)
 
         async def run(op_type, data):
-            answer = await client.run(op_type, data, target=hostname, timeout=30, quiet_period=3)
+            answer = await client.run(JobClient.prepare({"type": op_type, "data": data}, hostname), timeout=30,
+                                      quiet_period=3)
             assert len(answer["results"]) == 1, answer
             return answer["results"][0]
 
