@@ -316,7 +316,7 @@ class JobClient:
         answer for a multi-host target: sent batch by batch (``osapi/job/rollout.py``).
         """
         async with self._nats("submit the job"):
-            return await self._submit_shielded(new_job_id(), *job, rollout=rollout)
+            return await self._submit_shielded(new_job_id(), job.op, job.data, job.target, rollout=rollout)
 
     @staticmethod
     def check_rollout(rollout: Any, target: Target) -> dict | None:
@@ -341,7 +341,7 @@ class JobClient:
 
         async def submit() -> dict:
             gone = asyncio.Event()
-            task = asyncio.ensure_future(self._submit(job_id, *job, gone=gone, rollout=rollout))
+            task = asyncio.ensure_future(self._submit(job_id, job.op, job.data, job.target, gone=gone, rollout=rollout))
             task.add_done_callback(_retrieve)
             try:
                 return await asyncio.shield(task)
@@ -394,7 +394,7 @@ class JobClient:
                 raise NothingToRetry(f"no host of job {job_id} is {' or '.join(sorted(states))} (hosts: {found})")
             job = self.prepare(view["operation"], view["target_hostname"])
             new_id = new_job_id()
-            await self._submit_shielded(new_id, *job, set(hosts), retry_of=job_id)
+            await self._submit_shielded(new_id, job.op, job.data, job.target, set(hosts), retry_of=job_id)
         return {"job_id": new_id, "retry_of": job_id, "hosts": hosts}
 
     @staticmethod
