@@ -166,6 +166,32 @@ def _nats_url(value: str) -> str | None:
     return f"must be a nats:// URL such as nats://127.0.0.1:4222, got {redact_url(value)!r}"
 
 
+def _file_path(value: str) -> str | None:
+    """A path that goes into nats-server's configuration: no control characters (newline, NUL)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"must be a file path without control characters (newline, NUL, ...), got {value!r}"
+    return None
+
+
+PEM_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"
+PEM_CERT_END = "-----END CERTIFICATE-----"
+
+
+def _tls_ca(value: str) -> str | None:
+    """``nats.tls.ca``: PEM text of certificates, or the path of a file holding them."""
+    text = value.strip()
+    if "-----BEGIN" in text:
+        if (text.startswith(PEM_CERT_BEGIN) and text.endswith(PEM_CERT_END) and "\0" not in text
+                and "PRIVATE KEY" not in text):
+            return None
+        return "must be the PEM text of CA certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) or a file path"
+    problem = _file_path(value)
+    if problem:
+        return "must be the PEM text of CA certificates or a file path without control characters, " \
+            f"got {value[:80]!r}"
+    return None
+
+
 def _secret(min_len: int = 0) -> Type:
     def validate(value: str) -> str | None:
         if value and len(value) < min_len:
@@ -245,6 +271,7 @@ SPEC: dict[str, tuple[Any, Type, str]] = {
     "api.server.metrics.public": (False, BOOL, "true: GET /metrics needs no token; false: it needs the read scope"),
     "nats.url": ("", _str_or_list(_nats_url), "what API and workers connect to; empty: derived from nats.server; a list for a cluster"),
     "nats.token": ("", _str(), "client auth token; empty: <state_dir>/secrets/nats.token if it exists"),
+    "nats.tls.ca": ("", _str(_tls_ca), "CA the clients verify nats-server against: PEM text or a file; empty: <state_dir>/secrets/ca.pem if it exists"),
     "nats.server.host": ("127.0.0.1", _str(_listen_host), "address nats-server listens on"),
     "nats.server.port": (4222, PORT, "port nats-server listens on"),
     "nats.server.store_dir": ("", _str(), "JetStream storage; empty: <state_dir>/nats"),
@@ -254,6 +281,10 @@ SPEC: dict[str, tuple[Any, Type, str]] = {
     "nats.server.cluster.host": ("127.0.0.1", _str(_listen_host), "address for cluster routes"),
     "nats.server.cluster.port": (6222, PORT, "port for cluster routes"),
     "nats.server.cluster.routes": ([], _list(_str(_nats_url)), "other cluster members, e.g. nats://10.0.0.2:6222"),
+    "nats.server.tls.enabled": (False, BOOL, "true: nats-server requires TLS from clients and routes"),
+    "nats.server.tls.cert_file": ("", _str(_file_path), "server certificate (PEM); empty: a CA and a certificate generated into <state_dir>/secrets/"),
+    "nats.server.tls.key_file": ("", _str(_file_path), "private key of cert_file; set both or neither"),
+    "nats.server.tls.ca_file": ("", _str(_file_path), "with cert_file: the CA routes verify each other against; empty: the system's CAs"),
     "job.stream_name": ("JOBS", _str(_name), "JetStream stream carrying job notifications"),
     "job.stream_subjects": ("jobs.>", _str(_nonempty), "subjects of that stream"),
     "job.kv_bucket": ("job-queue", _str(_name), "KV bucket of jobs and their status events"),

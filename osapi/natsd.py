@@ -9,6 +9,9 @@ the way the appliance does.
 ``exec_server`` is ``osapi nats server start``: it locks the JetStream store,
 checks that the port can be bound, writes ``<state_dir>/nats-server.conf`` (mode
 0600, it holds the token) from ``nats.server.*`` and then execs the binary.
+With ``nats.server.tls.enabled`` the configuration requires TLS from clients
+and routes (``tls_block``); the certificates are ``nats.server.tls.*`` or
+generated once by ``osapi.tls`` (README "TLS").
 
 One store, one server: two nats-servers on the same ``store_dir`` both restore
 (and rewrite) every stream before the second one fails on its port. So the
@@ -34,6 +37,7 @@ from osapi.errors import ConfigError
 
 LOG_SIZE_LIMIT = 10 * 1024 * 1024  # bytes: nats-server rotates its own log file here ...
 LOG_MAX_NUM = 5  # ... and keeps this many rotated files (as supervise does for the other logs)
+TLS_TIMEOUT = 5  # seconds for a TLS handshake (nats-server's default, 0.5 s, is short on a busy host)
 
 
 def _quote(value: str) -> str:
@@ -54,11 +58,14 @@ def render_config(
     server_name: str | None = None,
     max_payload: int = 8 * 1024 * 1024,
     log_file: str | os.PathLike | None = None,
+    tls=None,
 ) -> str:
     """The text of a nats-server configuration file.
 
     ``log_file``: nats-server writes its log there itself, rotated at
     ``LOG_SIZE_LIMIT`` with ``LOG_MAX_NUM`` old files kept, instead of to stderr.
+    ``tls``: an ``osapi.tls.ServerFiles``; TLS is then required from clients and
+    routes (see ``tls_block``).
     """
     lines = [
         f"host: {_quote(host)}",
@@ -78,6 +85,8 @@ def render_config(
         f"  store_dir: {_quote(str(store_dir))}",
         "}",
     ]
+    if tls:
+        lines += tls_block(tls, verify=False)
     if token:
         lines += ["authorization {", f"  token: {_quote(token)}", "}"]
     if cluster_name:
@@ -89,13 +98,34 @@ def render_config(
         ]
         if routes:
             lines.append("  routes: [" + ", ".join(_quote(r) for r in routes) + "]")
+        if tls:
+            lines += tls_block(tls, verify=True, indent="  ")
         lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def tls_block(files, *, verify: bool, indent: str = "") -> list[str]:
+    """A ``tls {}`` block: at the top level for clients (``verify: false``, no client
+    certificate asked), inside ``cluster {}`` for routes (``verify: true``: each node
+    presents its certificate and checks the other's against ``ca_file``).
+
+    With a ``tls`` block nats-server refuses a client that does not speak TLS;
+    ``allow_non_tls`` is never written.
+    """
+    lines = [f"{indent}tls {{",
+             f"{indent}  cert_file: {_quote(str(files.cert_file))}",
+             f"{indent}  key_file: {_quote(str(files.key_file))}"]
+    if files.ca_file:
+        lines.append(f"{indent}  ca_file: {_quote(str(files.ca_file))}")
+    lines += [f"{indent}  verify: {'true' if verify else 'false'}",
+              f"{indent}  timeout: {TLS_TIMEOUT}",
+              f"{indent}}}"]
+    return lines
+
+
 def render_from_config(
     cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None,
-    log_file: str | os.PathLike | None = None,
+    log_file: str | os.PathLike | None = None, tls=None,
 ) -> str:
     """``render_config`` from ``nats.server.*``."""
     server = cfg.nats.server
@@ -110,6 +140,7 @@ def render_from_config(
         cluster_port=server.cluster.port,
         routes=list(server.cluster.routes),
         server_name=server_name,
+        tls=tls,
     )
 
 
@@ -322,19 +353,24 @@ def server_token(cfg, *, require_auth: bool = False) -> str | None:
 def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike | None = None) -> tuple[Path, bool]:
     """Render the configuration from ``nats.server.*`` into the state dir.
 
+    With ``nats.server.tls.enabled`` the ``tls`` blocks name ``nats.server.tls.*``
+    files or the ones ``osapi.tls`` generates into ``<state_dir>/secrets/``.
     Returns the file and whether token auth is on. The token is
     ``nats.server.auth.token``, else ``<state_dir>/secrets/nats.token``; with
     neither, ``require_auth`` makes it a ``ConfigError`` (``osapi supervise``
     always asks for it), otherwise the server runs without auth.
     """
+    from osapi import tls
+
     token = server_token(cfg, require_auth=require_auth)
     path = config_path(cfg)
     store = make_dirs(cfg)
+    files = tls.server_files(cfg)  # with generated certificates: made once, or reused
     # JetStream in a cluster needs a stable name per server
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
     from osapi.supervise import write_private
 
-    write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file))
+    write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file, tls=files))
     return path, bool(token)
 
 
@@ -360,9 +396,12 @@ def exec_server(cfg, *, require_auth: bool = False, log_file: str | None = None,
     import logging
 
     log = log or logging.getLogger("osapi.natsd")
+    from osapi import tls
+
     binary = find_binary(cfg.nats.server.binary)
     server = cfg.nats.server
     server_token(cfg, require_auth=require_auth)
+    tls.check(cfg)
     store = make_dirs(cfg)
     lock = lock_store(store)
     check_port(server.host, server.port, "nats.server")

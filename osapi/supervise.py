@@ -10,7 +10,9 @@ the state directory and the ownership rules for secrets -- is docs/appliance.md.
 * ``bootstrap`` (and ``preflight``) check the whole state dir first
   (``check_state``: the rule of ``config.check_state_dir``, also for every entry
   of ``STATE_ENTRIES``), refuse another user's files with exit 2, tighten our own
-  state dir and ``secrets/`` to 0700, and create the secrets the programs need.
+  state dir and ``secrets/`` to 0700, and create the secrets the programs need
+  (with ``nats.server.tls.enabled`` and no certificate files: the CA and the
+  server certificate, ``osapi.tls.ensure_generated``).
 * ``create_secret`` writes a secret once, mode 0600, to a temporary file
   published with ``link()`` (fails when the name exists): two starts at once
   agree on one value, no reader sees half a file, nothing is overwritten.
@@ -194,6 +196,10 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
     create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
     if "nats" in programs:
         create_secret(paths.secret("nats.token"), _random_secret)
+        from osapi import tls
+
+        if tls.generated(cfg):
+            tls.ensure_generated(cfg)  # the CA once, the server certificate when missing or stale
     if "api" in programs:
         if not cfg.api.server.security.signing_key:
             create_secret(paths.secret("signing_key"), _random_secret)
@@ -396,8 +402,11 @@ def preflight(cfg, paths: Layout, programs: list[str]) -> None:
             "see `osapi supervise status`",
         )
     if "nats" in programs:
+        from osapi import tls
+
         natsd.find_binary(cfg.nats.server.binary)
         natsd.check_store_free(natsd.store_dir(cfg))
+        tls.check(cfg)  # certificate files, or the openssl command that makes them
     checks = []
     if "nats" in programs:
         checks.append(("nats.server", cfg.nats.server.host, cfg.nats.server.port))

@@ -56,6 +56,7 @@ PACKAGE = "osapi"
 SHEBANG = b"#!/usr/bin/python3\n"
 MAINTAINER = "osapi maintainers <maintainers@osapi.invalid>"
 PYTHON_DEPENDS = "python3 (>= 3.10)"
+RECOMMENDS = "openssl"  # generates the CA of NATS TLS (nats.server.tls.enabled without cert_file)
 NATS_SERVER_MEMBER = "site-packages/bin/nats-server"
 
 # ELF e_machine (and class, for the 32/64-bit twins) -> Debian architecture
@@ -259,6 +260,7 @@ def control(version: str, arch: str, size_kib: int) -> str:
         ("Maintainer", MAINTAINER),
         ("Installed-Size", str(size_kib)),
         ("Depends", PYTHON_DEPENDS),
+        ("Recommends", RECOMMENDS),
         ("Section", "admin"),
         ("Priority", "optional"),
         ("Description", DESCRIPTION.rstrip("\n")),

@@ -54,10 +54,29 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0, sig: int = signa
     return proc.returncode
 
 
-class NatsServer:
-    """One real nats-server with JetStream and token auth in its own temp dir."""
+def generate_tls(state_dir: Path):
+    """A CA and a server certificate for 127.0.0.1 made by ``osapi.tls`` (as supervise does) in ``state_dir``."""
+    from osapi import config, tls
 
-    def __init__(self, workdir: Path, port: int | None = None, token: str | None = None):
+    cfg = config.load(None, {"OSAPI_SUPERVISE_STATE_DIR": str(state_dir), "OSAPI_NATS_SERVER_TLS_ENABLED": "true"})
+    return tls.ensure_generated(cfg)
+
+
+def tls_context(ca_file: str | Path):
+    """The client side of ``generate_tls``: an ``ssl.SSLContext`` trusting that CA only."""
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+class NatsServer:
+    """One real nats-server with JetStream and token auth in its own temp dir.
+
+    ``tls=True``: TLS required from clients, with a CA generated in ``workdir/tls``;
+    ``env()`` then points clients at that CA (``OSAPI_NATS_TLS_CA``).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, token: str | None = None, tls: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -67,6 +86,7 @@ class NatsServer:
         self.conf = self.workdir / "nats.conf"
         self.log = self.workdir / "nats.log"
         self.proc: subprocess.Popen | None = None
+        self.tls = generate_tls(self.workdir / "tls") if tls else None
 
     @property
     def url(self) -> str:
@@ -74,7 +94,8 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> "NatsServer":
         self.conf.write_text(
-            natsd.render_config(host=self.host, port=self.port, store_dir=self.store_dir, token=self.token)
+            natsd.render_config(host=self.host, port=self.port, store_dir=self.store_dir, token=self.token,
+                                tls=self.tls)
         )
         binary = natsd.find_binary()
         with open(self.log, "ab") as log:
@@ -91,7 +112,10 @@ class NatsServer:
 
     def env(self) -> dict[str, str]:
         """OSAPI_* variables that point an osapi process at this server."""
-        return {"OSAPI_NATS_URL": self.url, "OSAPI_NATS_TOKEN": self.token}
+        env = {"OSAPI_NATS_URL": self.url, "OSAPI_NATS_TOKEN": self.token}
+        if self.tls:
+            env["OSAPI_NATS_TLS_CA"] = self.tls.ca_file
+        return env
 
 
 def python() -> str:

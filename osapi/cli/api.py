@@ -27,5 +27,8 @@ def start_server(ctx: Context) -> int:
 
     exit_with_supervisor()  # under supervise: never outlive a killed supervisord
     config.nats_token(ctx.config)  # a state-dir token another user could have written: exit 2 now
+    from osapi.job.connection import tls_context
+
+    tls_context(ctx.config)  # nats.tls.ca that is no readable CA: exit 2 now, not 503s forever
     ApiServer(ctx.config).serve()
     return 0

@@ -80,6 +80,9 @@ def start_worker(ctx: Context) -> int:
         raise UsageError(f"--heartbeat must be at least 1s, got {ctx.args.heartbeat!r}")
     cfg = ctx.config
     config.nats_token(cfg)  # a state-dir token another user could have written: exit 2 before starting
+    from osapi.job.connection import tls_context
+
+    tls_context(cfg)  # nats.tls.ca that is no readable CA: exit 2 before starting
     worker = Worker(cfg, heartbeat=durations["heartbeat"], grace=durations["grace"])
     log = logging.getLogger("osapi.job.worker")
 

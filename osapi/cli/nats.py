@@ -15,14 +15,16 @@ def register(subparsers) -> None:
     start = add_parser(
         server, "start",
         "run nats-server with JetStream in the foreground: renders <state_dir>/nats-server.conf "
-        "from nats.server.* (host, port, store_dir, auth token, cluster), then becomes nats-server "
+        "from nats.server.* (host, port, store_dir, auth token, cluster, tls), then becomes nats-server "
         "(signals go to it, its exit status is ours)",
         epilog="Binary: nats.server.binary, else the nats-server bundled in osapi.pyz, else PATH. "
         "Token: nats.server.auth.token, else <state_dir>/secrets/nats.token; with neither the "
         "server runs without authentication (a warning says so) unless --require-auth is given. "
         "One server per JetStream store: the store is locked (<store_dir>/.osapi-nats.lock, held by "
         "nats-server until it exits); a start on a store another server holds, or on a port in use, "
-        "is refused with exit status 2 before anything is written.",
+        "is refused with exit status 2 before anything is written. TLS (nats.server.tls.enabled): "
+        "required from clients and routes, with nats.server.tls.cert_file/key_file/ca_file or a CA and "
+        "certificate generated once into <state_dir>/secrets/ (needs the openssl command).",
     )
     start.add_argument("--require-auth", action="store_true",
                        help="refuse to start without a token (osapi supervise passes this)")

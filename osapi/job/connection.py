@@ -7,7 +7,9 @@ its message prefers an authorization error over the socket reset the server
 sends after it. ``on_closed`` tells the owner that nats-py closed the
 connection for good (never called for its own ``close``/``drain``). URLs are
 shown with ``redact_url`` everywhere: a token in ``nats.url`` never leaves the
-process.
+process. ``tls_context`` is the ``ssl.SSLContext`` that verifies a TLS server
+against ``nats.tls.ca`` (README "TLS"); nats-py switches to TLS when the
+server's INFO requires it, for ``nats://`` and ``tls://`` URLs alike.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
     )
     if token:
         options["token"] = token
+    tls = tls_context(cfg)
+    if tls is not None:
+        options["tls"] = tls
     try:
         nc = await asyncio.wait_for(nats.connect(**options), first_timeout)
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
@@ -114,6 +119,29 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
     connected.set()
     log.debug("connected to NATS at %s as %s", describe(cfg), name)
     return nc
+
+
+def tls_context(cfg):
+    """An ``ssl.SSLContext`` trusting only the CA of ``nats.tls.ca`` (else
+    ``<state_dir>/secrets/ca.pem``), checking the server's name or address;
+    None when there is no such CA (a ``tls://`` URL then uses the system's CAs).
+    ``ConfigError`` (exit 2) when the CA cannot be read or is no certificate."""
+    from osapi import tls
+    from osapi.errors import ConfigError
+
+    found = tls.client_ca(cfg)
+    if found is None:
+        return None
+    import ssl  # here only: a process without a CA never loads it
+
+    text, source = found
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=text)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{source} is not a usable CA certificate: {exc}",
+                          "set nats.tls.ca to the PEM text of the CA nats-server's certificate is signed by") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 _CLOSING_ATTR = "_osapi_closing"
@@ -159,4 +187,6 @@ def _explain(exc: BaseException) -> str:
 def _hint(exc: BaseException) -> str:
     if _is_auth(exc):
         return "check nats.token (or <state_dir>/secrets/nats.token) against the server's token"
+    if type(exc).__name__.startswith("SSL") or "certificate" in str(exc).lower():
+        return "check that nats.tls.ca (or <state_dir>/secrets/ca.pem) is the CA of the server's certificate"
     return "is nats-server running? check nats.url, or start it with `osapi nats server start`"

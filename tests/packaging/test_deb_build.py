@@ -49,12 +49,13 @@ def test_file_name_and_control_fields(deb):
     assert deb.version == osapi.__version__
     assert deb.path.name == f"osapi_{osapi.__version__}_{deb.arch}.deb"
     fields = {name: dpkg_deb("-f", str(deb.path), name).strip() for name in (
-        "Package", "Version", "Architecture", "Maintainer", "Depends", "Section", "Priority",
+        "Package", "Version", "Architecture", "Maintainer", "Depends", "Recommends", "Section", "Priority",
         "Installed-Size", "Description")}
     assert fields["Package"] == "osapi"
     assert fields["Version"] == osapi.__version__
     assert fields["Architecture"] == deb.arch != "all"
     assert fields["Depends"] == "python3 (>= 3.10)"
+    assert fields["Recommends"] == "openssl"
     assert re.fullmatch(r".+ <[^@\s]+@[^@\s]+>", fields["Maintainer"])
     assert fields["Section"] == "admin" and fields["Priority"] == "optional"
     assert fields["Description"].startswith("REST API for Linux hosts")

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 BASICS = ("bash", "env", "id", "dirname", "true", "cat")  # what the scripts themselves run
-TOOLS = {"ip": "iproute2", "unshare": "util-linux", "lintian": "lintian", "debootstrap": "debootstrap",
+TOOLS = {"ip": "iproute2", "unshare": "util-linux", "openssl": "openssl", "lintian": "lintian", "debootstrap": "debootstrap",
          "systemd-analyze": "systemd", "man": "man-db"}
 
 FAKE = """#!/bin/bash
@@ -84,7 +84,7 @@ def test_as_root_scripts_test_installs_what_is_missing_then_sets_up_and_runs_pyt
     if os.geteuid() != 0:
         pytest.skip("the root branch needs root")
     fake(fake_repo, "apt-get", "exit 0")
-    have(fake_repo, "ip", "unshare", "debootstrap", "systemd-analyze")
+    have(fake_repo, "ip", "unshare", "openssl", "debootstrap", "systemd-analyze")
     proc, log = run(fake_repo, "scripts/test", "tests/unit/test_config.py", "-q")
     assert proc.returncode == 0, proc.stderr
     assert log[:2] == ["apt-get uid=0 update -qq", "apt-get uid=0 install -y -qq lintian man-db"]
@@ -111,7 +111,7 @@ def test_not_root_without_sudo_names_the_packages_in_one_line_and_goes_on(fake_r
     fake(fake_repo, "apt-get", "exit 0")
     if sudo:
         fake(fake_repo, "sudo", sudo)
-    have(fake_repo, "ip", "unshare", "systemd-analyze", "man")
+    have(fake_repo, "ip", "unshare", "openssl", "systemd-analyze", "man")
     proc, log = run(fake_repo, "scripts/test", "tests/unit", as_nobody=True)
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("scripts/test:")] == [
