@@ -120,7 +120,7 @@ def test_an_idle_pull_does_not_hold_the_only_slot(stack, tmp_path):
     """max_jobs=1 and a 10 s pull: a host job must not wait for the idle ``_any`` pull to give the slot back."""
     from osapi import config
     from osapi.job.connection import close
-    from osapi.job.worker import Worker
+    from osapi.worker.worker import Worker
 
     cfg = config.load(None, base_env(stack.server, tmp_path / "state", {
         **ENV, "OSAPI_JOB_WORKER_MAX_JOBS": "1", "OSAPI_JOB_WORKER_HOSTNAME": "solo"}))

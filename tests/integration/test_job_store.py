@@ -16,7 +16,7 @@ import pytest
 
 from job_support import Bridge, base_env, wait_for
 
-from osapi.job import deadletter
+from osapi.worker import deadletter
 from osapi.job import status as st
 from osapi.job.client import JobClient
 from osapi.job.errors import JobStoreFull
