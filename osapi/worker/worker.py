@@ -1,16 +1,8 @@
-"""The worker (``osapi job worker start``): takes jobs from JetStream and runs them
-through the operations table. docs/jobs.md, "Workers and delivery", tells what
-it does; this package is cut along its seams, and ``Worker`` puts them together:
+"""``Worker``: one worker process's jobs (the package's text names the seams it puts together).
 
-``worker.py``      ``Worker``: connect (retried: ``osapi.retry``), set up, start the
-                   loops below, stop and drain within the grace period
-``consumer.py``    the two pull loops (``_any`` and this host's consumer), ``Slots``
-``execution.py``   one delivery: read the job, run the provider, report, ack or nak
-``redelivery.py``  a redelivery: finished already, held while a live instance runs it, or run
-``deadletter.py``  max-deliveries advisories -> ``failed`` jobs, and the loop that reads them
-``heartbeat.py``   the worker's entry in the registry
-``common.py``      the log and small helpers they share
-
+``serve`` connects (retried: ``osapi.retry``), sets up the streams and this
+host's consumer, starts the pull loops, the dead-letter loop and the heartbeat,
+and at stop hands back what it cannot finish within the grace period.
 ``exit_code`` is 1 when NATS closed the connection for good (the supervisor
 restarts the worker).
 """
