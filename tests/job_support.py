@@ -30,7 +30,7 @@ HOOKS_ENV = {"OSAPITEST_HOOKS": "1"}
 @contextlib.contextmanager
 def with_test_operations():
     """The test-only operations (test.sleep, …) known to this process while the block runs."""
-    from osapi.job import operations
+    from osapi.domain import operations
 
     was = operations.are_test_operations_enabled()
     operations.enable_test_operations()

@@ -85,7 +85,7 @@ def request_path(environ: dict) -> str:
 
 
 def entry(environ: dict, status: int | str, duration_s: float, now_ns: int | None = None) -> dict:
-    from osapi.job.ids import new_job_id
+    from osapi.domain.ids import new_job_id
     from osapi.job.status import rfc3339
 
     subject = environ.get("osapi.subject")

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable
 from osapi import config as configuration
 from osapi.api.errors import ApiError, unavailable
 from osapi.job.connection import redact_url
-from osapi.job.errors import NatsUnavailable
+from osapi.domain.errors import NatsUnavailable
 from osapi.retry import Backoff, GaveUp, retry, sampled
 
 log = logging.getLogger("osapi.api.nats")

@@ -129,7 +129,7 @@ def _responses(route: Route) -> dict[int, Response]:
 
 
 def _path_param(name: str) -> dict:
-    from osapi.job import operations
+    from osapi.domain import operations
 
     known = {
         "job_id": (schemas.JOB_ID, "the job's id (a lower-case UUID)"),

@@ -157,8 +157,8 @@ def parse_target(text: str) -> str:
     """A target (docs/jobs.md, Targets and subjects), checked by the job system's own parser."""
     if not text:
         raise InvalidValue("must not be empty (use _any, _all, key:value or a hostname)")
-    from osapi.job import errors as job_errors
-    from osapi.job import subjects
+    from osapi.domain import errors as job_errors
+    from osapi.domain import subjects
 
     try:
         subjects.parse_target(text)
@@ -362,7 +362,7 @@ def dry_run_field(body: dict, op) -> bool:
     value = body["dry_run"]
     if not isinstance(value, bool):
         raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
-    from osapi.job import operations
+    from osapi.domain import operations
 
     try:
         operations.check_dry_run(op)

@@ -130,7 +130,7 @@ def rollout_arg(field: str):
     """An argparse type for one rollout field, checked as the API checks it (``osapi.job.rollout``)."""
 
     def parse(value: str):
-        from osapi.job.errors import InvalidJob
+        from osapi.domain.errors import InvalidJob
         from osapi.job.rollout import check
 
         text = value.strip()
@@ -164,13 +164,13 @@ def rollout_of(args) -> dict | None:
 def check_target(value: str) -> str:
     """``value`` unchanged if it is a target (docs/jobs.md, Targets and subjects), else ``ValueError`` saying why.
 
-    ``osapi.job.subjects`` is the one definition of the target syntax; it imports only
-    ``osapi.config`` and ``osapi.job.operations`` (no nats), so the client start stays light.
+    ``osapi.domain.subjects`` is the one definition of the target syntax; it imports only
+    ``osapi.config`` and ``osapi.domain.operations`` (no nats), so the client start stays light.
     """
     if value == "_any":  # the default of every -T (argparse checks it too): valid, no need to load the grammar
         return value
-    from osapi.job.errors import InvalidJob
-    from osapi.job.subjects import parse_target
+    from osapi.domain.errors import InvalidJob
+    from osapi.domain.subjects import parse_target
 
     try:
         parse_target(value)

@@ -17,7 +17,7 @@ import logging
 from typing import Awaitable, Callable
 
 from osapi import config
-from osapi.job.errors import NatsUnavailable
+from osapi.domain.errors import NatsUnavailable
 
 log = logging.getLogger("osapi.job.connection")
 

@@ -36,7 +36,7 @@ import re
 import time
 from typing import Awaitable, Callable
 
-from osapi.job.errors import IdempotencyConflict, IdempotencyInProgress
+from osapi.domain.errors import IdempotencyConflict, IdempotencyInProgress
 from osapi.retry import Backoff, GaveUp, retry
 
 log = logging.getLogger("osapi.job.idempotency")

@@ -42,8 +42,8 @@ import uuid
 from typing import Any
 
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob
-from osapi.job.subjects import host_target, subject_for
+from osapi.domain.errors import InvalidJob
+from osapi.domain.subjects import host_target, subject_for
 
 log = logging.getLogger("osapi.job.rollout")
 

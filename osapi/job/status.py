@@ -74,8 +74,8 @@ def target_from_token(token: str) -> str:
 
 def target_is_broadcast(target: Any) -> bool:
     """The one rule (``subjects.Target.broadcast``); an unreadable target counts as a broadcast."""
-    from osapi.job.errors import InvalidJob
-    from osapi.job.subjects import parse_target
+    from osapi.domain.errors import InvalidJob
+    from osapi.domain.subjects import parse_target
 
     if not isinstance(target, str):
         return True

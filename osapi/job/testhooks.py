@@ -5,7 +5,7 @@ retries, without touching the production table (``operations.OPERATIONS``): the
 OpenAPI document, the REST routes and the CLI never see them. Test code
 registers them in its own process; the worker processes the tests start get
 them with ``OSAPITEST_HOOKS=1`` in their environment, read once when
-``osapi.job.operations`` is imported (and logged as a warning at start). Without
+``osapi.domain.operations`` is imported (and logged as a warning at start). Without
 either (every real deployment) ``operations.get("test.sleep")`` is an unknown
 operation like any other. The variable deliberately does not start with
 ``OSAPI_``: configuration refuses unknown ``OSAPI_*`` variables.
@@ -27,8 +27,8 @@ import re
 import time
 from typing import Any
 
-from osapi.job.errors import RetryableError
-from osapi.job.operations import MODIFY, QUERY, InvalidData, Operation, _object
+from osapi.domain.errors import RetryableError
+from osapi.domain.operations import MODIFY, QUERY, InvalidData, Operation, _object
 
 RUNS_ENV = "OSAPITEST_RUNS"
 TAG = re.compile(r"[a-z0-9-]{1,32}")

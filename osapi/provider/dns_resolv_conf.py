@@ -56,7 +56,7 @@ import os
 import stat
 import tempfile
 
-from osapi.job.operations import check_hostname, check_ip
+from osapi.domain.operations import check_hostname, check_ip
 from osapi.provider import ProviderError, checked_word
 
 MAXNS = 3

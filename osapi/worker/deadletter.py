@@ -14,8 +14,8 @@ import json
 import logging
 
 from osapi.job import status as st
-from osapi.job.errors import is_store_full
-from osapi.job.ids import is_job_id
+from osapi.domain.errors import is_store_full
+from osapi.domain.ids import is_job_id
 from osapi.job.setup import dlq_consumer_config, ensure_consumer
 from osapi.job.store import Store
 from osapi.retry import Backoff, pause, sampled

@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from osapi import __version__
-from osapi.job import operations
+from osapi.domain import operations
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob, RetryableError, is_store_full
-from osapi.job.ids import is_job_id
+from osapi.domain.errors import InvalidJob, RetryableError, is_store_full
+from osapi.domain.ids import is_job_id
 from osapi.worker.common import describe as _describe, log, now as _now, quiet as _quiet
 from osapi.worker.redelivery import BUSY, DONE, RUN
 

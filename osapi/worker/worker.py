@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from osapi.config import is_hostname
 from osapi.errors import ConfigError
-from osapi.job import operations
+from osapi.domain import operations
 from osapi.job.registry import DEFAULT_INTERVAL, Registry
 from osapi.job.setup import Names, ensure_consumer, host_consumer_config
 from osapi.job.store import Store
@@ -147,7 +147,7 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
 
     async def _connect(self, stop: asyncio.Event):
         from osapi.job.connection import connect
-        from osapi.job.errors import NatsUnavailable
+        from osapi.domain.errors import NatsUnavailable
 
         async def closed() -> None:
             if not stop.is_set():

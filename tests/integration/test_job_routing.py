@@ -19,7 +19,7 @@ from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
 
 from osapi import __version__
-from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
+from osapi.domain.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
 
 pytestmark = pytest.mark.timeout(120)
 
