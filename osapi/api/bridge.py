@@ -28,8 +28,8 @@ import threading
 from typing import Any, Awaitable, Callable
 
 from osapi import config as configuration
+from osapi.config import redact_url
 from osapi.api.errors import ApiError, unavailable
-from osapi.job.connection import redact_url
 from osapi.domain.errors import NatsUnavailable
 from osapi.retry import Backoff, GaveUp, retry, sampled
 

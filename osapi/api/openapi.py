@@ -45,7 +45,7 @@ executed by the workers on the target hosts.
 
 def build(routes: list[Route] | None = None) -> dict:
     if routes is None:
-        from osapi.api.app import all_routes
+        from osapi.api.routes import all_routes
 
         routes = all_routes()
     paths: dict = {}

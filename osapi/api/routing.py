@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from osapi.api import schemas
+from osapi.api.schemas import Response
 from osapi.api.errors import ApiError, bad_request
 
 API_PREFIX = "/api/v1"
@@ -53,14 +54,6 @@ class Param:
     description: str
     parse: Callable[[str], Any] = str
     default: Any = None
-
-
-@dataclass(frozen=True)
-class Response:
-    description: str
-    schema: dict | None = None  # None: no body
-    media_type: str = "application/json"
-    headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,25 @@ validate real responses against them with ``jsonschema``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 from osapi.api.errors import REASONS
 from osapi.domain.ids import JOB_ID_PATTERN
 from osapi.domain.subjects import BROADCAST_TARGET_PATTERN, MAX_TARGET_LENGTH, TARGET_PATTERN
 
 REF = "#/components/schemas/"
+
+
+
+@dataclass(frozen=True)
+class Response:
+    """One response of a route, as the OpenAPI document shows it."""
+
+    description: str
+    schema: dict | None = None  # None: no body
+    media_type: str = "application/json"
+    headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
+
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
@@ -329,8 +342,6 @@ ERROR_DESCRIPTIONS = {
 
 
 def error_responses(*codes: int) -> dict:
-    from osapi.api.routing import Response
-
     return {code: Response(ERROR_DESCRIPTIONS.get(code, REASONS.get(code, "error")), ref("Error")) for code in codes}
 
 

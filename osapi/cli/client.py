@@ -2,7 +2,8 @@
 
 The commands of the operations (``client system …``, ``client network …``) are
 generated from the operations table by ``client_ops``; ``client job …`` lives in
-``client_job``. This module registers them and holds what they share: the
+``client_job``, ``client audit …`` in ``client_audit``; ``client_group``
+registers them. This module holds what they share: the
 ``--url`` and ``-T/--target`` options, building an ``osapi.client.ApiClient``
 from the configuration, and printing per-host results with the exit status an
 operator scripting this expects.
@@ -34,20 +35,6 @@ API error, token rejected, or any targeted host failed -- the table is still
 printed, failed hosts with their error); 2 usage or configuration error; 3 no
 host failed but some did not answer (no_response: listed by the worker
 registry, silent for api.server.job_timeout)."""
-
-
-NAME = "client"
-HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
-
-
-def register(subparsers) -> None:
-    """``client`` and its command groups, each built only when the command line chooses it."""
-    from osapi.cli import client_audit, client_job, client_ops
-
-    client = group(subparsers, NAME, HELP)
-    client_ops.register(client)
-    for module in (client_job, client_audit):
-        client.defer(module.NAME, module.HELP, module.register)
 
 
 # ---------------------------------------------------------------- parser helpers

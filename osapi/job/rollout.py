@@ -120,16 +120,6 @@ def plan(rollout: dict, hosts: list[str]) -> dict:
             "batches": [hosts[i:i + size] for i in range(0, len(hosts), size)]}
 
 
-def batch_of(job: dict) -> dict[str, int]:
-    """Each host's batch number (from 1) in a rollout job; ``{}`` for any other job."""
-    rollout = job.get("rollout")
-    batches = rollout.get("batches") if isinstance(rollout, dict) else None
-    if not isinstance(batches, list):
-        return {}
-    return {h: n for n, hosts in enumerate(batches, 1) if isinstance(hosts, list) for h in hosts
-            if isinstance(h, str)}
-
-
 async def start(store, job_id: str) -> None:
     """Hand a stored rollout job to the drivers: its entry, no batch sent yet."""
     await store.kv("rollouts").create(job_id, dumps({"job_id": job_id, "batch": 0, "sent_ns": None,

@@ -11,7 +11,7 @@ import pytest
 from harness import REPO
 
 from osapi.domain import operations
-from osapi.job import testhooks
+from tests import testhooks
 
 
 @pytest.fixture

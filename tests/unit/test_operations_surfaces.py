@@ -289,7 +289,7 @@ def test_stored_dry_run_marker_is_split_off_only_for_modify_operations():
 def test_a_query_or_a_provider_without_dry_run_never_runs_in_a_dry_run():
     with pytest.raises(InvalidData, match="is a query"):
         operations.get("system.hostname.get").run({}, HOST, dry_run=True)
-    from osapi.job import testhooks
+    from tests import testhooks
 
     record = testhooks.OPERATIONS["test.record"]  # a modify operation whose provider takes no dry_run
     assert record.kind == operations.MODIFY
