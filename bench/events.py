@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import time
 
+from bench.appliance import REPO
 from bench.httpclient import AsyncConnection
 from bench.report import Section
 from bench.stats import mib, ms, percentile
@@ -144,7 +145,14 @@ def run(ctx) -> Section:
     rounds = ctx.count(50, 5)
     count = ctx.count(200, 20)
     probes = ctx.count(200, 20)
-    with ctx.appliance("events", workers=1, hostname=HOSTS[0], extra_env={"OSAPITEST_HOOKS": "1"}) as app:
+    # test.sleep is the test stack's (tests/testhooks.py, never in osapi.pyz): a path that holds only the
+    # checkout's tests/, so that a pyz's processes still run the pyz's own osapi
+    hooks = ctx.workdir / "testhooks-path"
+    hooks.mkdir(parents=True, exist_ok=True)
+    if not (hooks / "tests").exists():
+        (hooks / "tests").symlink_to(REPO / "tests")
+    with ctx.appliance("events", workers=1, hostname=HOSTS[0],
+                       extra_env={"OSAPITEST_HOOKS": "1", "PYTHONPATH": str(hooks)}) as app:
         app.add_workers(list(HOSTS[1:]))
         app.wait_workers(set(HOSTS), 60)
         latencies, replayed, ends = asyncio.run(_latency(app.api_port, app.token, rounds))

@@ -63,11 +63,11 @@ async def _noop(_client) -> None:
 
 async def _job_stages(client, hostname: str, count: int) -> dict[str, list[float]]:
     """Stage times of submissions on the API's own client (seconds)."""
-    from osapi.job import operations
+    from osapi.domain import operations
     from osapi.job import status as st
     from osapi.job.client import JobRequest
-    from osapi.job.ids import new_job_id
-    from osapi.job.subjects import parse_target, subject_for
+    from osapi.domain.ids import new_job_id
+    from osapi.domain.subjects import parse_target, subject_for
 
     store = client.store
     out: dict[str, list[float]] = {k: [] for k in (
@@ -125,7 +125,7 @@ async def _job_stages(client, hostname: str, count: int) -> dict[str, list[float
 
 
 def _provider(count: int) -> list[float]:
-    from osapi.job import operations
+    from osapi.domain import operations
 
     op = operations.get("system.hostname.get")
     context = operations.HostContext("bench-host", {}, None)

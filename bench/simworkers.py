@@ -1,6 +1,6 @@
 """500 simulated worker hosts in one asyncio process, running osapi's own worker code.
 
-Each simulated host is a real ``osapi.job.worker.Worker`` with its own hostname
+Each simulated host is a real ``osapi.worker.worker.Worker`` with its own hostname
 and its own NATS connection, all in one process and one event loop (this file
 run as a script). Nothing is stubbed: each one sets up its host consumer, pulls
 with the real loops, heartbeats into the registry, runs the real provider
@@ -32,7 +32,7 @@ TITLE = "Scale"
 
 async def fleet(count: int) -> None:
     from osapi import config
-    from osapi.job.worker import Worker
+    from osapi.worker.worker import Worker
 
     cfg = config.load(None, os.environ)
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ def run(ctx, section) -> None:
     section.add(f"`_all` over {count} simulated hosts, p50 of {calls}", p50, "ms",
                 goal=f"exactly {count} answers", met=exact)
     section.add(f"`_all` over {count} simulated hosts, first call", ms(first), "ms")
-    section.note(f"{count} simulated hosts: real `osapi.job.worker.Worker` objects, one NATS connection "
+    section.note(f"{count} simulated hosts: real `osapi.worker.worker.Worker` objects, one NATS connection "
                  f"each, in one asyncio process ({sim_rss / 1048576:.0f} MiB RSS); all registered "
                  f"{registered:.1f} s after start")
     section.note(f"answers per call (distinct ok hosts): {answers}; HTTP statuses {statuses}")

@@ -131,7 +131,7 @@ class ApiClient:
         return self.request("POST", "/network/ping", {"target_hostname": target}, body)
 
     def operation(self, method: str, path: str, data: Mapping[str, Any], target: str = "_any") -> dict:
-        """The REST route of an operation (``osapi.job.operations.Rest``) with its ``data``.
+        """The REST route of an operation (``osapi.domain.operations.Rest``) with its ``data``.
 
         ``{name}`` segments of ``path`` take those data fields (percent-encoded); the
         rest of the data is the JSON body of PUT/POST, else query parameters.

@@ -158,11 +158,20 @@ def _http_url(value: str) -> str | None:
     return f"must be an http:// or https:// URL such as http://127.0.0.1:8080, got {value!r}"
 
 
+def redact_url(url: str) -> str:
+    """nats://user:secret@host:4222 → nats://host:4222 (credentials never reach logs or answers)."""
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    if "@" in rest:  # NATS URLs have no path: everything up to the last @ is credentials
+        rest = rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
 def _nats_url(value: str) -> str | None:
     if re.fullmatch(r"(nats|tls|ws|wss)://\S+", value):
         return None
-    from osapi.job.connection import redact_url  # never echo a token written into the URL
-
+    # never echo a token written into the URL
     return f"must be a nats:// URL such as nats://127.0.0.1:4222, got {redact_url(value)!r}"
 
 

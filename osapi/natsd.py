@@ -368,7 +368,7 @@ def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike
     files = tls.server_files(cfg)  # with generated certificates: made once, or reused
     # JetStream in a cluster needs a stable name per server
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
-    from osapi.supervise import write_private
+    from osapi.process import write_private
 
     write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file, tls=files))
     return path, bool(token)
@@ -425,7 +425,7 @@ def exec_server(cfg, *, require_auth: bool = False, log_file: str | None = None,
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    from osapi.supervise import exit_with_supervisor
+    from osapi.process import exit_with_supervisor
 
     exit_with_supervisor()
     os.set_inheritable(lock, True)  # the lock goes with the exec: nats-server holds it from now on

@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Callable
 
 from osapi.errors import ConfigError, OperationError, UsageError
+from osapi.process import SECRET_MODE, write_private
 
 log = logging.getLogger("osapi.supervise")
 
 DIR_MODE = 0o700
-SECRET_MODE = 0o600
 ADMIN_TOKEN_LIFETIME = 10 * 365 * 86400  # seconds: the host's own admin token, valid 10 years
 ADMIN_SUBJECT = "admin"
 PROGRAMS = ("nats", "api", "worker")
@@ -357,20 +357,6 @@ def render(paths: Layout, programs: list[str], workers: int, base: list[str], fl
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, SECRET_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------- run
 
 
@@ -471,30 +457,6 @@ def run(cfg, programs: list[str], workers: int, flags: list[str]) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         supervisord.main(["-n", "-c", str(paths.conf)])
     return 0
-
-
-def exit_with_supervisor(sig: int = 15) -> None:
-    """Under supervise, ask Linux to send ``sig`` to this process when supervisord dies.
-
-    supervisord stops its children itself on SIGTERM/SIGINT; this covers the case
-    where it is killed outright (SIGKILL, the OOM killer) and cannot: the child
-    then does not live on as an orphan holding its port (or, for nats-server, the
-    JetStream store). The setting survives ``exec``. A no-op outside supervise
-    (no ``SUPERVISOR_ENABLED`` in the environment) and where prctl is unavailable.
-    """
-    if not os.environ.get("SUPERVISOR_ENABLED"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        parent = os.getppid()
-        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-    except (OSError, AttributeError, ImportError):
-        pass
 
 
 # ---------------------------------------------------------------- control

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the checkout too: the test-only operations are ``tests.testhooks`` (osapi.domain.operations.TEST_HOOKS_MODULE)
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from harness import NatsServer  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 ``Fleet`` starts ``python -m osapi job worker start`` subprocesses against one
 ``NatsServer`` with distinct ``OSAPI_JOB_WORKER_HOSTNAME`` / ``_LABELS`` and the
-test-only operations on (``OSAPITEST_HOOKS=1``, see ``osapi/job/testhooks.py``).
+test-only operations on (``OSAPITEST_HOOKS=1``, see ``tests/testhooks.py``).
 ``Bridge`` runs a ``JobClient`` on its own event loop thread (as the API does),
 so synchronous tests call ``bridge.call(client.run(job_request(...), ...))``
 (``job_request``: a job from plain values, through ``JobClient.prepare``); ``with_test_operations()``
@@ -31,7 +31,7 @@ HOOKS_ENV = {"OSAPITEST_HOOKS": "1"}
 @contextlib.contextmanager
 def with_test_operations():
     """The test-only operations (test.sleep, …) known to this process while the block runs."""
-    from osapi.job import operations
+    from osapi.domain import operations
 
     was = operations.are_test_operations_enabled()
     operations.enable_test_operations()

@@ -104,7 +104,7 @@ def check_result(op_type: str, result: dict) -> dict:
     every required field and no undeclared one (optional fields: dry runs only), and the types."""
     import jsonschema
 
-    from osapi.job import operations
+    from osapi.domain import operations
 
     schema = operations.get(op_type).result_schema
     jsonschema.validate(result, schema)

@@ -31,6 +31,7 @@ from osapi.api.cors import CorsPolicy
 from osapi.api.domain import WaitSlots
 from osapi.api.errors import ApiError
 from osapi.api.metrics import UNMATCHED
+from osapi.api.routes import all_routes
 from osapi.api.routing import API_PREFIX, Call, Route
 
 log = logging.getLogger("osapi.api")
@@ -39,13 +40,6 @@ access_log = logging.getLogger("osapi.api.access")
 JSON_TYPE = "application/json"
 SUBJECT_KEY = "osapi.subject"
 ROUTE_KEY = "osapi.route"  # the matched route's pattern, for the metrics' ``route`` label
-
-
-def all_routes(cfg=None) -> list[Route]:
-    """Every route the API serves, in the order of the document (``cfg``: whether /metrics is public)."""
-    from osapi.api import domain, health, jobs, metrics
-
-    return [*domain.routes(), *jobs.routes(), *audit.routes(), *health.routes(), *metrics.routes(cfg)]
 
 
 @dataclass(frozen=True)

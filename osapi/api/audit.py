@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from osapi.job.setup import AUDIT_STREAM
+from osapi.retry import Backoff
 
 log = logging.getLogger("osapi.api.audit")
 
@@ -84,7 +85,7 @@ def request_path(environ: dict) -> str:
 
 
 def entry(environ: dict, status: int | str, duration_s: float, now_ns: int | None = None) -> dict:
-    from osapi.job.ids import new_job_id
+    from osapi.domain.ids import new_job_id
     from osapi.job.status import rfc3339
 
     subject = environ.get("osapi.subject")
@@ -172,16 +173,15 @@ class AuditWriter:
         """The publishing task (on the bridge's loop), until cancelled."""
         self._wake = asyncio.Event()
         self._wake.set()
-        pause = RETRY[0]
+        trouble = Backoff(*RETRY)
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 if await self._publish_some():
-                    pause = RETRY[0]
+                    trouble.succeeded()
                     continue
-                await asyncio.sleep(pause)  # NATS away: try again later (connect() also wakes us)
-                pause = min(pause * 2, RETRY[1])
+                await asyncio.sleep(trouble.failed())  # NATS away: try again later (connect() also wakes us)
 
     def start(self) -> None:
         """Start ``run()`` on the bridge's loop (call from the loop's thread or via the loop)."""

@@ -28,9 +28,10 @@ import threading
 from typing import Any, Awaitable, Callable
 
 from osapi import config as configuration
+from osapi.config import redact_url
 from osapi.api.errors import ApiError, unavailable
-from osapi.job.connection import redact_url
-from osapi.job.errors import NatsUnavailable
+from osapi.domain.errors import NatsUnavailable
+from osapi.retry import Backoff, GaveUp, retry, sampled
 
 log = logging.getLogger("osapi.api.nats")
 
@@ -74,40 +75,41 @@ class NatsBridge:
         self.loop.run_forever()
 
     async def _connect_forever(self) -> None:
-        pause = RETRY_MIN
         attempt = 0
-        while not self._stopping:
-            attempt += 1
-            try:
-                from osapi.job.client import JobClient
-                from osapi.job.connection import connect
 
-                if self.nc is None or self.nc.is_closed:
-                    self.nc = await connect(self.cfg, self.name, on_closed=self._closed)
-                client = JobClient(self.nc, self.cfg)
-                client.observer = self.run_observer
-                await client.setup()
-                self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
-                self._setup_lock = asyncio.Lock()
-                self.client = client
-                self._drive_rollouts(client)
-                self.last_error = None
-                log.info("connected to NATS at %s", ", ".join(self.urls),
-                         extra={"fields": {"attempts": attempt}})
-                self.audit.wake()  # entries queued while NATS was away
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep serving (503) and keep trying
-                if isinstance(exc, NatsUnavailable):
-                    self.last_error = str(exc)
-                else:
-                    self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                level = logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG
-                log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
-                        ", ".join(self.urls), self.last_error, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_MAX)
+        async def connect_once() -> None:
+            nonlocal attempt
+            attempt += 1
+            from osapi.job.client import JobClient
+            from osapi.job.connection import connect
+
+            if self.nc is None or self.nc.is_closed:
+                self.nc = await connect(self.cfg, self.name, on_closed=self._closed)
+            client = JobClient(self.nc, self.cfg)
+            client.observer = self.run_observer
+            await client.setup()
+            self._setup_at_reconnects = self.nc.stats.get("reconnects", 0)
+            self._setup_lock = asyncio.Lock()
+            self.client = client
+            self._drive_rollouts(client)
+            self.last_error = None
+            log.info("connected to NATS at %s", ", ".join(self.urls),
+                     extra={"fields": {"attempts": attempt}})
+            self.audit.wake()  # entries queued while NATS was away
+
+        def not_ready(attempt: int, exc: BaseException, pause: float) -> None:  # keep serving (503) and keep trying
+            if isinstance(exc, NatsUnavailable):
+                self.last_error = str(exc)
+            else:
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            level = logging.WARNING if sampled(attempt, 20) else logging.DEBUG
+            log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
+                    ", ".join(self.urls), self.last_error, pause)
+
+        try:
+            await retry(connect_once, Backoff(RETRY_MIN, RETRY_MAX), stop=lambda: self._stopping, notify=not_ready)
+        except GaveUp:
+            pass  # closing
 
     def _drive_rollouts(self, client) -> None:
         """Run a ``rollout.RolloutDriver`` for ``client`` (the one of the previous client stops)."""

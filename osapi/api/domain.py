@@ -4,7 +4,7 @@ Every operation that declares a REST surface (``Operation.rest``) gets a route:
 its method and path, and where its data comes from (path parameters, declared
 query parameters, and for PUT/POST the JSON body). ``routes()`` turns them into
 ordinary ``Route``s whose handler validates the data with the operation's own
-validator (``osapi.job.operations``), checks the target, submits the job and
+validator (``osapi.domain.operations``), checks the target, submits the job and
 waits for the workers with ``JobClient.run`` -- the API never runs a provider
 itself.
 
@@ -35,7 +35,7 @@ from osapi.api.errors import ApiError, bad_request
 from osapi.api.routing import (
     TARGET_PARAM, Call, Param, Reply, Response, Route, dry_run_field, int_param, parse_choice,
 )
-from osapi.job import operations
+from osapi.domain import operations
 from osapi.job.client import JobRequest
 
 SYNC_MARGIN = 10.0  # seconds the bridge waits beyond job_timeout before giving up itself

@@ -77,7 +77,7 @@ def from_exception(exc: BaseException) -> ApiError | None:
         text = str(exc) or type(exc).__name__
         return ApiError(503, "NATS is not reachable", f"{type(exc).__name__}: {text}")
     try:
-        from osapi.job import errors as job_errors
+        from osapi.domain import errors as job_errors
     except ImportError:  # pragma: no cover - the job system is part of the package
         return None
     if isinstance(exc, job_errors.InvalidJob):

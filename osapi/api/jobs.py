@@ -21,9 +21,10 @@ from osapi.api.routing import (
     API_PREFIX, Call, InvalidValue, Param, Reply, Response, Route, check_fields, json_type,
     dry_run_field, int_param, parse_choice, parse_target,
 )
-from osapi.job import idempotency, operations
+from osapi.domain import operations
+from osapi.domain.errors import InvalidJob
+from osapi.job import idempotency
 from osapi.job.client import RETRYABLE, JobClient, JobRequest
-from osapi.job.errors import InvalidJob
 
 TAG = "jobs"
 QUEUE_TIMEOUT = 15.0  # seconds a queue operation may take before the API answers 503

@@ -45,7 +45,7 @@ executed by the workers on the target hosts.
 
 def build(routes: list[Route] | None = None) -> dict:
     if routes is None:
-        from osapi.api.app import all_routes
+        from osapi.api.routes import all_routes
 
         routes = all_routes()
     paths: dict = {}
@@ -129,7 +129,7 @@ def _responses(route: Route) -> dict[int, Response]:
 
 
 def _path_param(name: str) -> dict:
-    from osapi.job import operations
+    from osapi.domain import operations
 
     known = {
         "job_id": (schemas.JOB_ID, "the job's id (a lower-case UUID)"),

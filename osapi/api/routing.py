@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from osapi.api import schemas
+from osapi.api.schemas import Response
 from osapi.api.errors import ApiError, bad_request
-from osapi.job import subjects
-from osapi.job.errors import InvalidJob
+from osapi.domain import subjects
+from osapi.domain.errors import InvalidJob
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024  # bytes; larger bodies are refused with 413
@@ -55,14 +56,6 @@ class Param:
     description: str
     parse: Callable[[str], Any] = str
     default: Any = None
-
-
-@dataclass(frozen=True)
-class Response:
-    description: str
-    schema: dict | None = None  # None: no body
-    media_type: str = "application/json"
-    headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
 
 
 @dataclass(frozen=True)
@@ -363,7 +356,7 @@ def dry_run_field(body: dict, op) -> bool:
     value = body["dry_run"]
     if not isinstance(value, bool):
         raise bad_request("invalid field dry_run", f"dry_run must be true or false, got {json_type(value)}")
-    from osapi.job import operations
+    from osapi.domain import operations
 
     try:
         operations.check_dry_run(op)

@@ -10,12 +10,25 @@ validate real responses against them with ``jsonschema``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 from osapi.api.errors import REASONS
-from osapi.job.ids import JOB_ID_PATTERN
-from osapi.job.subjects import BROADCAST_TARGET_PATTERN, MAX_TARGET_LENGTH, TARGET_PATTERN
+from osapi.domain.ids import JOB_ID_PATTERN
+from osapi.domain.subjects import BROADCAST_TARGET_PATTERN, MAX_TARGET_LENGTH, TARGET_PATTERN
 
 REF = "#/components/schemas/"
+
+
+
+@dataclass(frozen=True)
+class Response:
+    """One response of a route, as the OpenAPI document shows it."""
+
+    description: str
+    schema: dict | None = None  # None: no body
+    media_type: str = "application/json"
+    headers: dict[str, dict] = field(default_factory=dict)  # name -> OpenAPI header object
+
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
@@ -29,7 +42,7 @@ TARGET_DESCRIPTION = (
     "`key:value` (every worker whose label `key` equals `value` or starts with `value.`), "
     "anything else is a hostname"
 )
-# What the API accepts as a target: the job system's own rule (``osapi.job.subjects``).
+# What the API accepts as a target: the job system's own rule (``osapi.domain.subjects``).
 TARGET = {"type": "string", "minLength": 1, "maxLength": MAX_TARGET_LENGTH, "pattern": TARGET_PATTERN}
 JOB_ID = {"type": "string", "format": "uuid", "pattern": JOB_ID_PATTERN,
           "description": "a job id: a lower-case UUID"}
@@ -161,7 +174,7 @@ def job_request() -> dict:
     Each branch is a whole body: the operation, a target and, for a modify
     operation only, ``dry_run`` (a query with ``dry_run`` is refused).
     """
-    from osapi.job import operations
+    from osapi.domain import operations
 
     def branch(op, rollout: bool) -> dict:
         props = {
@@ -329,8 +342,6 @@ ERROR_DESCRIPTIONS = {
 
 
 def error_responses(*codes: int) -> dict:
-    from osapi.api.routing import Response
-
     return {code: Response(ERROR_DESCRIPTIONS.get(code, REASONS.get(code, "error")), ref("Error")) for code in codes}
 
 

@@ -25,7 +25,7 @@ from osapi.errors import ExitStatus, OsapiError, UsageError
 # One module per command group, in the order of `osapi --help`.
 COMMAND_MODULES = (
     "osapi.cli.supervise",
-    "osapi.cli.client",
+    "osapi.cli.client_group",
     "osapi.cli.api",
     "osapi.cli.job",
     "osapi.cli.nats",

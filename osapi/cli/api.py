@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 def start_server(ctx: Context) -> int:
     from osapi import config
     from osapi.api.server import ApiServer
-    from osapi.supervise import exit_with_supervisor
+    from osapi.process import exit_with_supervisor
 
     exit_with_supervisor()  # under supervise: never outlive a killed supervisord
     config.nats_token(ctx.config)  # a state-dir token another user could have written: exit 2 now

@@ -2,7 +2,8 @@
 
 The commands of the operations (``client system …``, ``client network …``) are
 generated from the operations table by ``client_ops``; ``client job …`` lives in
-``client_job``. This module registers them and holds what they share: the
+``client_job``, ``client audit …`` in ``client_audit``; ``client_group``
+registers them. This module holds what they share: the
 ``--url`` and ``-T/--target`` options, building an ``osapi.client.ApiClient``
 from the configuration, and printing per-host results with the exit status an
 operator scripting this expects.
@@ -34,20 +35,6 @@ API error, token rejected, or any targeted host failed -- the table is still
 printed, failed hosts with their error); 2 usage or configuration error; 3 no
 host failed but some did not answer (no_response: listed by the worker
 registry, silent for api.server.job_timeout)."""
-
-
-NAME = "client"
-HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
-
-
-def register(subparsers) -> None:
-    """``client`` and its command groups, each built only when the command line chooses it."""
-    from osapi.cli import client_audit, client_job, client_ops
-
-    client = group(subparsers, NAME, HELP)
-    client_ops.register(client)
-    for module in (client_job, client_audit):
-        client.defer(module.NAME, module.HELP, module.register)
 
 
 # ---------------------------------------------------------------- parser helpers
@@ -130,7 +117,7 @@ def rollout_arg(field: str):
     """An argparse type for one rollout field, checked as the API checks it (``osapi.job.rollout``)."""
 
     def parse(value: str):
-        from osapi.job.errors import InvalidJob
+        from osapi.domain.errors import InvalidJob
         from osapi.job.rollout import check
 
         text = value.strip()
@@ -164,13 +151,13 @@ def rollout_of(args) -> dict | None:
 def check_target(value: str) -> str:
     """``value`` unchanged if it is a target (docs/jobs.md, Targets and subjects), else ``ValueError`` saying why.
 
-    ``osapi.job.subjects`` is the one definition of the target syntax; it imports only
-    ``osapi.config`` and ``osapi.job.operations`` (no nats), so the client start stays light.
+    ``osapi.domain.subjects`` is the one definition of the target syntax; it imports only
+    ``osapi.config`` and ``osapi.domain.operations`` (no nats), so the client start stays light.
     """
     if value == "_any":  # the default of every -T (argparse checks it too): valid, no need to load the grammar
         return value
-    from osapi.job.errors import InvalidJob
-    from osapi.job.subjects import parse_target
+    from osapi.domain.errors import InvalidJob
+    from osapi.domain.subjects import parse_target
 
     try:
         parse_target(value)

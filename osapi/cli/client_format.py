@@ -5,7 +5,7 @@ bypasses all of this and prints the body itself. Byte sizes are human-readable
 (``osapi.cli.output.human_bytes``), times are local. A host that failed keeps its
 row: the data columns stay empty and an ERROR column says why.
 
-Each operation declares its table (``Operation.view`` in ``osapi.job.operations``:
+Each operation declares its table (``Operation.view`` in ``osapi.domain.operations``:
 columns, or the name of a ``view_*`` function here for tables that are more than
 columns); ``VIEWS`` maps every operation type to it, so ``osapi client system disk``
 and ``osapi client job run`` of a ``system.disk.get`` job print the same table.
@@ -283,7 +283,7 @@ def up_down(value: Any) -> str:
     return "" if value is None else ("up" if value else "down")
 
 
-# Column.format names of osapi.job.operations -> value -> cell text
+# Column.format names of osapi.domain.operations -> value -> cell text
 FORMATS: dict[str, Callable[[Any], Any]] = {
     "": lambda value: value,
     "bytes": human_bytes,
@@ -313,7 +313,7 @@ class _Blank(dict):
 
 
 def table_view(spec) -> Callable[[Sequence[dict]], str]:
-    """The view of an ``osapi.job.operations.Table``: one row per host, or per item of ``spec.rows``."""
+    """The view of an ``osapi.domain.operations.Table``: one row per host, or per item of ``spec.rows``."""
     columns = [(column.header, lambda r, c=column: _cell(c, r)) for column in spec.columns]
     if not spec.rows:
         return lambda results: host_table(results, columns, status=spec.status)
@@ -347,7 +347,7 @@ def item_rows(results: Sequence[dict], field_name: str, columns: Sequence[Column
 
 
 def _views() -> dict[str, Callable[[Sequence[dict]], str]]:
-    from osapi.job.operations import OPERATIONS
+    from osapi.domain.operations import OPERATIONS
 
     views = {}
     for op in OPERATIONS.values():

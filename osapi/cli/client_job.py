@@ -203,7 +203,7 @@ def job_target(flag: str | None, file_target, name: str) -> str:
 
 def _same_target(a: str, b: str) -> bool:
     """Whether two valid targets name the same workers (host names compare case-insensitively)."""
-    from osapi.job.subjects import parse_target
+    from osapi.domain.subjects import parse_target
 
     return parse_target(a).token == parse_target(b).token
 
@@ -366,7 +366,7 @@ def warn_if_no_live_worker(ctx: Context, client, target: str, job_id: str, timeo
 
 def live_workers_for(registry, target: str) -> list[str]:
     """The hostnames in a ``GET /jobs/workers`` body that receive ``target``'s jobs (the job system's rules)."""
-    from osapi.job.subjects import parse_target
+    from osapi.domain.subjects import parse_target
 
     parsed = parse_target(target)
     workers = registry.get("workers") if isinstance(registry, dict) else None

@@ -1,7 +1,7 @@
 """``osapi client system|network …``: one command per operation, from the operations table.
 
 Each operation that declares a CLI surface (``Operation.cli`` in
-``osapi.job.operations``) becomes ``osapi client <group…> <name>`` with its flags,
+``osapi.domain.operations``) becomes ``osapi client <group…> <name>`` with its flags,
 ``-T/--target`` and ``--url``. A command turns its flags into the operation's data,
 checks them with the operation's own validator (what the API and the worker would
 refuse is refused here first: exit 2, the flag named, nothing sent), asks before a
@@ -44,7 +44,7 @@ def register(client) -> None:
 
 def add_children(subparsers, path: tuple[str, ...]) -> None:
     """The commands and groups under the group ``path``, in the order of the operations table."""
-    from osapi.job.operations import OPERATIONS
+    from osapi.domain.operations import OPERATIONS
 
     children: dict[str, Any] = {}
     for op in OPERATIONS.values():
@@ -60,7 +60,7 @@ def add_children(subparsers, path: tuple[str, ...]) -> None:
 
 
 def group_help(path: tuple[str, ...]) -> str:
-    from osapi.job.operations import CLI_GROUPS, OPERATIONS
+    from osapi.domain.operations import CLI_GROUPS, OPERATIONS
 
     names = [op.cli.name for op in OPERATIONS.values() if op.cli is not None and op.cli.group == path]
     names += [p[-1] for p in CLI_GROUPS if p[:-1] == path and len(p) == len(path) + 1]
@@ -99,7 +99,7 @@ def add_command(subparsers, op) -> None:
 
 
 def run(ctx: Context, op_type: str) -> None:
-    from osapi.job import operations
+    from osapi.domain import operations
 
     op = operations.get(op_type)
     args = ctx.args
@@ -149,7 +149,7 @@ def checked(op, data: dict) -> dict:
     The message is the validator's, with the leading data field turned into its
     flag ("servers[1]: '1.1.1.999' is not…" -> "--servers: '1.1.1.999' is not…").
     """
-    from osapi.job.operations import InvalidData
+    from osapi.domain.operations import InvalidData
 
     try:
         return op.check(data)
@@ -225,7 +225,7 @@ def usage(op) -> str:
 
 def command_rows() -> str:
     """README's table of the operations' commands for the operations' commands (``python -m osapi.cli.client_ops``)."""
-    from osapi.job.operations import OPERATIONS
+    from osapi.domain.operations import OPERATIONS
 
     rows = ["| command | does |", "|---|---|"]
     for op in OPERATIONS.values():

@@ -65,8 +65,8 @@ def start_worker(ctx: Context) -> int:
 
     from osapi import config
     from osapi.job.connection import describe
-    from osapi.job.worker import Worker
-    from osapi.supervise import exit_with_supervisor
+    from osapi.worker.worker import Worker
+    from osapi.process import exit_with_supervisor
 
     exit_with_supervisor()  # under supervise: never outlive a killed supervisord
 

@@ -26,19 +26,19 @@ import logging
 import time
 from typing import Any, Iterable, NamedTuple
 
-from osapi.job import operations
+from osapi.domain import operations
 from osapi.job import rollout as rollouts
 from osapi.job import status as st
-from osapi.job.errors import (
+from osapi.domain.errors import (
     InvalidJob, JobError, JobNotFound, JobStoreFull, JobTimeout, NatsUnavailable, NoLiveWorker, NothingToRetry,
     is_store_full,
 )
 from osapi.job.idempotency import Keys
-from osapi.job.ids import is_job_id, new_job_id
+from osapi.domain.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
 from osapi.job.statusindex import StatusIndex
 from osapi.job.store import Store, _gather_bounded
-from osapi.job.subjects import Target, host_target, parse_target, subject_for
+from osapi.domain.subjects import Target, host_target, parse_target, subject_for
 
 log = logging.getLogger("osapi.job.client")
 

@@ -19,7 +19,8 @@ import logging
 from typing import Awaitable, Callable
 
 from osapi import config
-from osapi.job.errors import NatsUnavailable
+from osapi.config import redact_url
+from osapi.domain.errors import NatsUnavailable
 
 log = logging.getLogger("osapi.job.connection")
 
@@ -28,16 +29,6 @@ RECONNECT_WAIT = 1.0  # between attempts to the same server
 FIRST_CONNECT_TIMEOUT = 5.0
 
 Callback = Callable[[], Awaitable[None]]
-
-
-def redact_url(url: str) -> str:
-    """nats://user:secret@host:4222 → nats://host:4222 (credentials never reach logs or answers)."""
-    scheme, sep, rest = str(url).partition("://")
-    if not sep:
-        scheme, rest = "", scheme
-    if "@" in rest:  # NATS URLs have no path: everything up to the last @ is credentials
-        rest = rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 def describe(cfg) -> str:

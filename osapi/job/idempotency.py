@@ -36,7 +36,8 @@ import re
 import time
 from typing import Awaitable, Callable
 
-from osapi.job.errors import IdempotencyConflict, IdempotencyInProgress
+from osapi.domain.errors import IdempotencyConflict, IdempotencyInProgress
+from osapi.retry import Backoff, GaveUp, retry
 
 log = logging.getLogger("osapi.job.idempotency")
 
@@ -205,22 +206,17 @@ class Keys:
     async def _release(self, name: str, revision: int) -> None:
         import nats.js.errors as jse
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(60.0, float(self.store.cfg.job.kv.ttl or 0))
-        pause = RELEASE_PAUSE[0]
-        while True:
+        async def delete() -> None:
             try:
                 await self.kv.delete(name, last=revision)
-                return
             except jse.KeyWrongLastSequenceError:
                 return  # taken over meanwhile (stale): not ours any more
-            except Exception as exc:  # noqa: BLE001 - NATS still away: try again
-                if loop.time() + pause > deadline:
-                    log.error("cannot give up an %s after a failed submission (%s); it is taken over "
-                              "after %gs", HEADER, exc, STALE)
-                    return
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RELEASE_PAUSE[1])
+
+        try:  # NATS still away: try again
+            await retry(delete, Backoff(*RELEASE_PAUSE), within=max(60.0, float(self.store.cfg.job.kv.ttl or 0)))
+        except GaveUp as exc:
+            log.error("cannot give up an %s after a failed submission (%s); it is taken over "
+                      "after %gs", HEADER, exc.last, STALE)
 
     async def settle(self, timeout: float) -> None:
         if self._releases:

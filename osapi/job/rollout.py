@@ -42,8 +42,8 @@ import uuid
 from typing import Any
 
 from osapi.job import status as st
-from osapi.job.errors import InvalidJob
-from osapi.job.subjects import host_target, subject_for
+from osapi.domain.errors import InvalidJob
+from osapi.domain.subjects import host_target, subject_for
 
 log = logging.getLogger("osapi.job.rollout")
 
@@ -118,16 +118,6 @@ def plan(rollout: dict, hosts: list[str]) -> dict:
             "pause_s": pause_seconds(rollout["pause"]),
             "max_failed_hosts": _of(rollout["max_failures"], len(hosts), False),
             "batches": [hosts[i:i + size] for i in range(0, len(hosts), size)]}
-
-
-def batch_of(job: dict) -> dict[str, int]:
-    """Each host's batch number (from 1) in a rollout job; ``{}`` for any other job."""
-    rollout = job.get("rollout")
-    batches = rollout.get("batches") if isinstance(rollout, dict) else None
-    if not isinstance(batches, list):
-        return {}
-    return {h: n for n, hosts in enumerate(batches, 1) if isinstance(hosts, list) for h in hosts
-            if isinstance(h, str)}
 
 
 async def start(store, job_id: str) -> None:

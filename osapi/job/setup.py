@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from osapi.job import subjects as subj
+from osapi.domain import subjects as subj
 
 log = logging.getLogger("osapi.job.setup")
 

@@ -74,8 +74,8 @@ def target_from_token(token: str) -> str:
 
 def target_is_broadcast(target: Any) -> bool:
     """The one rule (``subjects.Target.broadcast``); an unreadable target counts as a broadcast."""
-    from osapi.job.errors import InvalidJob
-    from osapi.job.subjects import parse_target
+    from osapi.domain.errors import InvalidJob
+    from osapi.domain.subjects import parse_target
 
     if not isinstance(target, str):
         return True
@@ -272,10 +272,18 @@ def _not_ok_error(states: Mapping[str, str], worker_states: Mapping[str, Mapping
     return f"{', '.join(parts)}: {detail}"[:MAX_ERROR_SUMMARY]
 
 
+def batch_of(job: dict) -> dict[str, int]:
+    """Each host's batch number (from 1) in a rollout job; ``{}`` for any other job."""
+    rollout = job.get("rollout")
+    batches = rollout.get("batches") if isinstance(rollout, dict) else None
+    if not isinstance(batches, list):
+        return {}
+    return {h: n for n, hosts in enumerate(batches, 1) if isinstance(hosts, list) for h in hosts
+            if isinstance(h, str)}
+
+
 def _hosts(job: Mapping[str, Any], states: Mapping[str, str]) -> dict:
     """``hosts``: each host's state and, in a rollout, its batch (from 1)."""
-    from osapi.job.rollout import batch_of
-
     batches = batch_of(job) if isinstance(job.get("rollout"), dict) else {}
     return {host: {"state": state, **({"batch": batches[host]} if host in batches else {})}
             for host, state in states.items()}

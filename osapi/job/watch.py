@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from osapi.job import status as st
-from osapi.job.errors import JobNotFound
+from osapi.domain.errors import JobNotFound
 
 log = logging.getLogger("osapi.job.watch")
 

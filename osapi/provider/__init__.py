@@ -1,13 +1,13 @@
 """Providers: the functions that really read and change a host, one module per domain.
 
 Each function has the signature ``fn(data: dict, host: HostContext) -> dict`` and is
-reached through ``osapi.job.operations.OPERATIONS``. They raise ``ProviderError``
+reached through ``osapi.domain.operations.OPERATIONS``. They raise ``ProviderError``
 with a message fit for an operator when the operation cannot be done.
 """
 
 from __future__ import annotations
 
-from osapi.job.operations import InvalidData  # light: the table imports providers only when run
+from osapi.domain.operations import InvalidData  # light: the table imports providers only when run
 
 
 class ProviderError(Exception):
@@ -34,7 +34,7 @@ def check_word(value: object, what: str) -> str:
 
 
 def checked_word(check, value: object, what: str) -> str:
-    """``check(value, what)`` (a validator of ``osapi.job.operations``) on a ``check_word``;
+    """``check(value, what)`` (a validator of ``osapi.domain.operations``) on a ``check_word``;
     ``ProviderError`` when either refuses."""
     check_word(value, what)
     try:

@@ -61,13 +61,3 @@ def get(data: dict, host) -> dict:
 def update(data: dict, host, dry_run: bool = False) -> dict:
     interface = platform.check_interface(data["interface_name"])
     return provider_for(host).update(interface, data.get("servers"), data.get("search_domains"), dry_run=dry_run)
-
-
-def dry_run_result(before: tuple[list[str], list[str]], after: tuple[list[str], list[str]]) -> dict:
-    """The answer of a dry run: ``(servers, search_domains)`` now and as the update would leave them."""
-    return {
-        "changed": before != after,
-        "dry_run": True,
-        "before": {"servers": list(before[0]), "search_domains": list(before[1])},
-        "after": {"servers": list(after[0]), "search_domains": list(after[1])},
-    }

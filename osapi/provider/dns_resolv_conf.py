@@ -56,7 +56,7 @@ import os
 import stat
 import tempfile
 
-from osapi.job.operations import check_hostname, check_ip
+from osapi.domain.operations import check_hostname, check_ip
 from osapi.provider import ProviderError, checked_word
 
 MAXNS = 3
@@ -283,8 +283,6 @@ class ResolvConfProvider:
                 f"got {len(servers)}: {', '.join(servers)}"
             )
         if dry_run:
-            from osapi.provider.dns import dry_run_result
-
             text = self._read()
             before = parse(text)
             after = parse(render(text, servers, domains)) if self._differs(before, servers, domains) else before
@@ -311,3 +309,13 @@ class ResolvConfProvider:
             where = exc.filename or self.path
             raise ProviderError(f"cannot write {self.path}: {reason} ({where}); the file was left unchanged") from None
         return {"changed": True}
+
+
+def dry_run_result(before: tuple[list[str], list[str]], after: tuple[list[str], list[str]]) -> dict:
+    """The answer of a dry run: ``(servers, search_domains)`` now and as the update would leave them."""
+    return {
+        "changed": before != after,
+        "dry_run": True,
+        "before": {"servers": list(before[0]), "search_domains": list(before[1])},
+        "after": {"servers": list(after[0]), "search_domains": list(after[1])},
+    }

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 
 from osapi.provider import ProviderError, check_word
-from osapi.provider.dns_resolv_conf import check_values
+from osapi.provider.dns_resolv_conf import check_values, dry_run_result
 
 COMMAND = "resolvectl"
 TIMEOUT = 10.0
@@ -103,8 +103,6 @@ class ResolvedProvider:
         servers, domains = check_values(servers, domains)
         old_servers, old_search, routing = self._read(interface)
         if dry_run:
-            from osapi.provider.dns import dry_run_result
-
             after = (old_servers if servers is None else servers,
                      old_search if domains is None else [d.rstrip(".") for d in domains])
             return dry_run_result((old_servers, old_search), after)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 
-from osapi.job.operations import check_address
+from osapi.domain.operations import check_address
 from osapi.provider import ProviderError, checked_word
 
 INTERVAL = 0.2

@@ -105,13 +105,13 @@ def test_modules_are_compiled_when_unpacked(runner, tmp_path):
         return {p: p.stat().st_mtime_ns for p in site.rglob("*.pyc")}
 
     first = compiled()
-    for module in ("osapi/cli/__init__", "osapi/client", "osapi/job/worker", "nats/aio/client",
+    for module in ("osapi/cli/__init__", "osapi/client", "osapi/worker/worker", "nats/aio/client",
                    "waitress/server", "supervisor/supervisord", "yaml/__init__", "bottle"):
         path = site / module
         assert list((path.parent / "__pycache__").glob(f"{path.name}.*.pyc")), f"{module} not compiled"
     # a start that imports every part and may write .pyc finds nothing to write: all compiled and current
     code = ("import psutil, yaml, nats, bottle, waitress, jwt, icmplib, supervisor.supervisord\n"
-            "import osapi.api.app, osapi.job.worker, osapi.cli, osapi.client, osapi.supervise\n")
+            "import osapi.api.app, osapi.worker.worker, osapi.cli, osapi.client, osapi.supervise\n")
     result = runner.run("-c", code, env=runner.env(HOME=str(home), SHIV_INTERPRETER="1"))
     assert result.status == 0, result.stderr
     assert runner.run("--version", env=quiet).status == 0

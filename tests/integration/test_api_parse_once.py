@@ -1,7 +1,7 @@
 """A request is parsed once, at the edge: its target and its operation data, never again inward.
 
 The app runs in-process (its handlers, the ``NatsBridge`` and the ``JobClient`` on a
-real nats-server), so the target parser (``osapi.job.subjects.parse_target``), the
+real nats-server), so the target parser (``osapi.domain.subjects.parse_target``), the
 operations' validator (``Operation.check``) and the rollout check (``rollout.check``)
 can be counted during one request. No worker runs: a synchronous call to a host
 nobody serves ends in 404 after the quiet period, which is the whole trip to NATS
@@ -44,7 +44,8 @@ def app(nats_server):
 @pytest.fixture
 def counts(monkeypatch):
     """How often each parser ran since the fixture started (reset with ``counts.clear()``)."""
-    from osapi.job import operations, rollout, subjects
+    from osapi.domain import operations, subjects
+    from osapi.job import rollout
 
     seen: dict[str, int] = {}
 

@@ -24,7 +24,7 @@ from harness import NatsServer, free_port, stop_process
 from job_support import Bridge, base_env, job_request, wait_for
 
 from osapi import config
-from osapi.job.errors import JobTimeout, NatsUnavailable
+from osapi.domain.errors import JobTimeout, NatsUnavailable
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,7 @@ import pytest
 from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
-from osapi.job.errors import NatsUnavailable
+from osapi.domain.errors import NatsUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ import pytest
 from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
-from osapi.job.errors import NoLiveWorker
+from osapi.domain.errors import NoLiveWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,7 +88,7 @@ def test_a_job_whose_submission_failed_after_its_notification_landed_is_not_run(
     """The publish reached the server but its ack did not come back: the caller got an error, the job never runs."""
     import nats.errors
 
-    from osapi.job.errors import NatsUnavailable
+    from osapi.domain.errors import NatsUnavailable
 
     assert stack.late.stop() == 0
     wait_for(lambda: "late" not in live_hostnames(stack), 10, what="late leaving the registry")
@@ -120,7 +120,7 @@ def test_an_idle_pull_does_not_hold_the_only_slot(stack, tmp_path):
     """max_jobs=1 and a 10 s pull: a host job must not wait for the idle ``_any`` pull to give the slot back."""
     from osapi import config
     from osapi.job.connection import close
-    from osapi.job.worker import Worker
+    from osapi.worker.worker import Worker
 
     cfg = config.load(None, base_env(stack.server, tmp_path / "state", {
         **ENV, "OSAPI_JOB_WORKER_MAX_JOBS": "1", "OSAPI_JOB_WORKER_HOSTNAME": "solo"}))

@@ -17,7 +17,7 @@ import pytest
 from job_support import Bridge, Fleet, base_env, job_request, wait_for
 
 from osapi import __version__
-from osapi.job.errors import JobTimeout, NoLiveWorker
+from osapi.domain.errors import JobTimeout, NoLiveWorker
 from osapi.job.registry import is_stale
 
 pytestmark = pytest.mark.timeout(90)

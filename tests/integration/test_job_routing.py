@@ -19,8 +19,8 @@ from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
 from osapi import __version__
+from osapi.domain.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
 from osapi.job.client import JobClient
-from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
 
 pytestmark = pytest.mark.timeout(120)
 

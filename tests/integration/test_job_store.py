@@ -16,10 +16,10 @@ import pytest
 
 from job_support import Bridge, base_env, wait_for
 
-from osapi.job import deadletter
+from osapi.worker import deadletter
 from osapi.job import status as st
 from osapi.job.client import JobClient
-from osapi.job.errors import JobStoreFull
+from osapi.domain.errors import JobStoreFull
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -248,7 +248,7 @@ def test_the_api_creates_missing_consumers_but_only_workers_update_them(nats_ser
 
 def test_statistics_follow_every_change_and_agree_with_a_fresh_count(bridge):
     """One client's index (read incrementally) against a new client's full listing, after each kind of change."""
-    from osapi.job.ids import new_job_id
+    from osapi.domain.ids import new_job_id
 
     client, store = bridge.client, bridge.store
 
@@ -360,7 +360,7 @@ def test_a_key_whose_job_was_deleted_submits_anew(bridge):
 
 
 def test_the_same_key_with_another_request_is_a_conflict_and_stores_nothing(bridge):
-    from osapi.job.errors import IdempotencyConflict
+    from osapi.domain.errors import IdempotencyConflict
 
     _once(bridge, bridge.client, "key-2")
     before, stored = bridge.call(bridge.store.count_jobs()), _entries(bridge)
@@ -390,7 +390,7 @@ def test_concurrent_requests_with_one_key_make_one_job(bridge):
 
 def test_a_failed_submission_frees_its_key_for_the_retry(bridge):
     from osapi.job import idempotency
-    from osapi.job.errors import NatsUnavailable
+    from osapi.domain.errors import NatsUnavailable
 
     client = bridge.client
     digest = idempotency.body_hash({"operation": HOSTNAME, "target_hostname": "w1", "dry_run": False})
@@ -411,8 +411,8 @@ def test_a_pending_key_waits_then_is_in_progress_and_a_stale_one_is_taken_over(b
     import time
 
     from osapi.job import idempotency
-    from osapi.job.errors import IdempotencyInProgress
-    from osapi.job.ids import new_job_id
+    from osapi.domain.errors import IdempotencyInProgress
+    from osapi.domain.ids import new_job_id
 
     monkeypatch.setattr(idempotency, "WAIT", 0.3)
     digest = idempotency.body_hash({"operation": HOSTNAME, "target_hostname": "w1", "dry_run": False})

@@ -14,7 +14,7 @@ from api_support import ApiProcess, clean_env, make_token
 from harness import NatsServer
 from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
 
-from osapi.job.errors import JobStoreFull, is_store_full
+from osapi.domain.errors import JobStoreFull, is_store_full
 
 pytestmark = pytest.mark.timeout(180)
 

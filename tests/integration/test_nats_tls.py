@@ -25,7 +25,7 @@ from supervise_support import Supervise
 
 from osapi import config, natsd, tls
 from osapi.job.connection import close, connect
-from osapi.job.errors import NatsUnavailable
+from osapi.domain.errors import NatsUnavailable
 
 
 @pytest.fixture

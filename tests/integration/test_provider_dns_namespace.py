@@ -31,8 +31,8 @@ def test_operation_rewrites_the_bind_mounted_etc_resolv_conf_only(tmp_path):
     before = host_file_state()
     code = """
     from osapi.config import load
-    from osapi.job import operations
-    from osapi.job.operations import HostContext
+    from osapi.domain import operations
+    from osapi.domain.operations import HostContext
     config = load(environ={"OSAPI_JOB_WORKER_DNS_PROVIDER": "resolv_conf",
                            "OSAPI_JOB_WORKER_DNS_RESOLV_CONF": "/etc/resolv.conf"})
     host = HostContext(hostname="ns", labels={}, config=config)

@@ -14,7 +14,7 @@ from osapi import config
 from osapi.api import openapi
 from osapi.api.app import create_app
 from osapi.api.bridge import NatsBridge
-from osapi.job import operations
+from osapi.domain import operations
 
 COMMITTED = Path(openapi.__file__).with_name("openapi.yaml")
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from osapi.cli import client_format as fmt
-from osapi.job.operations import OPERATIONS
+from osapi.domain.operations import OPERATIONS
 
 
 @pytest.fixture

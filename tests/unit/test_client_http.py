@@ -704,7 +704,7 @@ def test_job_status_once_and_not_a_tty_print_one_snapshot(run, stub):
 FORBIDDEN = ("nats", "bottle", "waitress", "psutil", "yaml", "jwt", "icmplib", "supervisor", "asyncio")
 # The client checks targets and operation data with the job system's own definitions;
 # these modules import only osapi.config and the standard library.
-LIGHT = ("osapi.job.subjects", "osapi.job.operations", "osapi.job.errors")
+LIGHT = ("osapi.domain.subjects", "osapi.domain.operations", "osapi.domain.errors")
 PROBE = """
 import json, sys
 from osapi.cli import main

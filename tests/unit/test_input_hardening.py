@@ -19,11 +19,11 @@ from provider_support import check_result
 from osapi import config, logs
 from osapi.api import jobs as api_jobs
 from osapi.config import ConfigError, load
-from osapi.job import operations
-from osapi.job.errors import InvalidJob
-from osapi.job.ids import is_job_id, new_job_id
-from osapi.job.operations import HostContext, InvalidData
-from osapi.job.subjects import parse_target
+from osapi.domain import operations
+from osapi.domain.errors import InvalidJob
+from osapi.domain.ids import is_job_id, new_job_id
+from osapi.domain.operations import HostContext, InvalidData
+from osapi.domain.subjects import parse_target
 from osapi.provider import ProviderError
 from osapi.provider.dns_resolv_conf import ResolvConfProvider
 
@@ -354,7 +354,7 @@ def test_scoped_ipv6_pattern_and_validator_agree():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from osapi.job import operations as ops
+    from osapi.domain import operations as ops
 
     ecma = re.compile(ops.SCOPED_IPV6_PATTERN.replace("$", r"\Z"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from osapi.job.ids import created_ms, is_job_id, new_job_id
+from osapi.domain.ids import created_ms, is_job_id, new_job_id
 
 
 def test_ids_are_version_7_uuids():

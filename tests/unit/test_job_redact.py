@@ -6,7 +6,8 @@ import pytest
 
 from osapi import config
 from osapi.errors import ConfigError
-from osapi.job.connection import describe, redact_url
+from osapi.config import redact_url
+from osapi.job.connection import describe
 
 SECRET = "s3cretT0ken"
 

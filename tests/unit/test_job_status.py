@@ -269,8 +269,8 @@ def test_new_event_names_parse_and_unknown_ones_do_not():
 
 @pytest.mark.parametrize("bad", ["_any", "_all", "group:web", "web.*", "web.>", "a b", "web1\n", "", None, 3])
 def test_a_retry_subject_is_only_ever_a_host_subject(bad):
-    from osapi.job.errors import InvalidJob
-    from osapi.job.subjects import host_target, subject_for
+    from osapi.domain.errors import InvalidJob
+    from osapi.domain.subjects import host_target, subject_for
 
     with pytest.raises(InvalidJob):
         host_target(bad)

@@ -10,7 +10,8 @@ import pytest
 
 from harness import REPO
 
-from osapi.job import operations, testhooks
+from osapi.domain import operations
+from tests import testhooks
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_the_switch_is_read_at_import(value, known):
     env = {k: v for k, v in os.environ.items() if k != operations.TEST_HOOKS_ENV}
     if value is not None:
         env[operations.TEST_HOOKS_ENV] = value
-    code = ("from osapi.job import operations\n"
+    code = ("from osapi.domain import operations\n"
             "try:\n    operations.get('test.sleep'); print('known')\n"
             "except operations.InvalidData:\n    print('unknown')\n")
     out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,

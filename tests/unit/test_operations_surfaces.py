@@ -1,7 +1,7 @@
 """The operations table as the one source of every surface, and the three operations added through it.
 
 Routes, CLI commands, tables, the OpenAPI document and README's command table are
-generated from ``osapi.job.operations``; the providers are real (psutil, pwd) on this host.
+generated from ``osapi.domain.operations``; the providers are real (psutil, pwd) on this host.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from osapi.api import domain
 from osapi.api.app import all_routes
 from osapi.cli import client_format as fmt
 from osapi.cli import client_ops
-from osapi.job import operations
-from osapi.job.operations import OPERATIONS, HostContext, InvalidData
+from osapi.domain import operations
+from osapi.domain.operations import OPERATIONS, HostContext, InvalidData
 from osapi.provider import interfaces as interfaces_provider
 
 HOST = HostContext(hostname="h", labels={})
@@ -289,7 +289,7 @@ def test_stored_dry_run_marker_is_split_off_only_for_modify_operations():
 def test_a_query_or_a_provider_without_dry_run_never_runs_in_a_dry_run():
     with pytest.raises(InvalidData, match="is a query"):
         operations.get("system.hostname.get").run({}, HOST, dry_run=True)
-    from osapi.job import testhooks
+    from tests import testhooks
 
     record = testhooks.OPERATIONS["test.record"]  # a modify operation whose provider takes no dry_run
     assert record.kind == operations.MODIFY

@@ -9,8 +9,8 @@ import psutil
 import pytest
 from provider_support import check_result, needs_root, run_as_nobody, run_in_mount_namespace, unshare_reason
 
-from osapi.job import operations
-from osapi.job.operations import HostContext
+from osapi.domain import operations
+from osapi.domain.operations import HostContext
 from osapi.provider import disk
 
 Part = namedtuple("Part", "device mountpoint fstype opts")

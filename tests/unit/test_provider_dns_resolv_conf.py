@@ -10,8 +10,8 @@ import pytest
 from provider_support import check_result, needs_root, run_as_nobody, run_in_mount_namespace, unshare_reason
 
 from osapi.config import load
-from osapi.job import operations
-from osapi.job.operations import HostContext
+from osapi.domain import operations
+from osapi.domain.operations import HostContext
 from osapi.provider import ProviderError
 from osapi.provider.dns_resolv_conf import ResolvConfProvider, parse
 

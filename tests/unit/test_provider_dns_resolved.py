@@ -18,8 +18,8 @@ import pytest
 from provider_support import check_result
 
 from osapi.config import load
-from osapi.job import operations
-from osapi.job.operations import HostContext
+from osapi.domain import operations
+from osapi.domain.operations import HostContext
 from osapi.provider import ProviderError, dns, platform
 from osapi.provider.dns_resolv_conf import ResolvConfProvider
 from osapi.provider.dns_resolved import ResolvedProvider, server_address

@@ -9,8 +9,8 @@ import psutil
 import pytest
 from provider_support import check_result
 
-from osapi.job import operations
-from osapi.job.operations import HostContext
+from osapi.domain import operations
+from osapi.domain.operations import HostContext
 from osapi.provider import host as host_provider
 
 HOST = HostContext(hostname="", labels={"group": "web.dev"})

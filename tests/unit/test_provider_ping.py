@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from provider_support import check_result, ipv6_loopback_reason, run_in_net_namespace, unshare_net_reason
 
-from osapi.job import operations
-from osapi.job.operations import HostContext
+from osapi.domain import operations
+from osapi.domain.operations import HostContext
 
 HOST = HostContext(hostname="h", labels={})
 needs_netns = pytest.mark.skipif(unshare_net_reason() is not None, reason=str(unshare_net_reason()))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from osapi.job.errors import InvalidJob
-from osapi.job.subjects import (
+from osapi.domain.errors import InvalidJob
+from osapi.domain.subjects import (
     host_subjects, label_prefixes, parse_target, prefix_of, subject_for,
 )
 
@@ -51,7 +51,7 @@ def test_target_pattern_accepts_exactly_what_parse_target_accepts():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from osapi.job.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
+    from osapi.domain.subjects import MAX_TARGET_LENGTH, TARGET_PATTERN
 
     ecma = re.compile(TARGET_PATTERN.replace("$", r"\Z"))
 

@@ -25,8 +25,8 @@ import re
 from typing import Any, Mapping, NamedTuple
 
 from osapi.config import NAME_RE
-from osapi.job.errors import InvalidJob
-from osapi.job.operations import MODIFY, QUERY
+from osapi.domain.errors import InvalidJob
+from osapi.domain.operations import MODIFY, QUERY
 
 ANY = "_any"
 ALL = "_all"

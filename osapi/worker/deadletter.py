@@ -1,6 +1,6 @@
 """Dead jobs: from the server's max-deliveries advisory to a ``failed`` job.
 
-Every worker runs one loop on the shared ``<consumer_name>-dlq`` consumer, so
+Every worker runs one loop (``DeadLetters._dlq_loop``) on the shared ``<consumer_name>-dlq`` consumer, so
 each dead job is handled once: its host gets a ``failed`` response and event
 (unless it already has a final one) whose error tells the true cause (a full job
 store, a worker that died, a job never started). Advisories of consumers that
@@ -9,14 +9,20 @@ are not osapi's own job consumers are ignored. docs/jobs.md, "Dead letters".
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from osapi.job import status as st
-from osapi.job.ids import is_job_id
+from osapi.domain.errors import is_store_full
+from osapi.domain.ids import is_job_id
+from osapi.job.setup import dlq_consumer_config, ensure_consumer
 from osapi.job.store import Store
+from osapi.retry import Backoff, pause, sampled
+from osapi.worker.common import MAX_PAUSE, describe, log as worker_log, quiet
 
 log = logging.getLogger("osapi.job.deadletter")
+DLQ_RETRY = 5.0  # a dead letter that could not be recorded (a full store, NATS trouble) is tried again after this
 UNKNOWN_HOST = "_unknown"
 
 
@@ -98,3 +104,43 @@ async def _store_full_note(store: Store, job_id: str, host: str | None) -> tuple
         if isinstance(record, dict) and record.get("reason") == "store-full" and record.get("error"):
             return name, str(record["error"])
     return host or UNKNOWN_HOST, None
+
+
+class DeadLetters:
+    """The dead-letter loop of a ``Worker`` (a part of it: it reads the worker's state)."""
+
+    async def _dlq_loop(self) -> None:
+        import nats.errors
+
+        sub = None
+        trouble = Backoff.linear(0.25, MAX_PAUSE)  # failures in a row: the pause grows
+        while not self.stopping.is_set():
+            try:
+                if sub is None:
+                    await ensure_consumer(self.store.js, self.names.dlq_stream, dlq_consumer_config(self.cfg))
+                    sub = await self.store.js.pull_subscribe_bind(self.names.dlq_consumer, self.names.dlq_stream)
+                try:
+                    msgs = await self._fetch(sub)
+                except nats.errors.TimeoutError:
+                    continue
+                trouble.succeeded()
+                for msg in msgs:
+                    try:
+                        await handle(self.store, msg.data)
+                    except Exception as exc:  # noqa: BLE001 - try it again soon, not after the DLQ's ack_wait
+                        await quiet(msg.nak(delay=DLQ_RETRY))
+                        if not is_store_full(exc):
+                            raise
+                        self._note_store_full(exc)  # said once; recorded when room comes back
+                        continue
+                    await msg.ack_sync()
+                    self._store_accepts()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                wait = trouble.failed()
+                if sampled(trouble.failures, 20):
+                    worker_log.warning("dead-letter handling failed: %s; retrying", describe(exc))
+                if trouble.failures >= 3:
+                    sub = None
+                await pause(wait, self.stopping)

@@ -625,21 +625,27 @@ def get(op_type: Any) -> Operation:
 
 # ---------------------------------------------------------------- test-only operations
 #
-# ``osapi.job.testhooks`` (test.sleep, test.fail, test.retry) are known only once
-# registered: by test code in its own process (``enable_test_operations``), or
-# in a process started with ``OSAPITEST_HOOKS=1`` -- read once, when this module
-# is imported, so the worker subprocesses of the tests have them. The table
+# The test stack's operations (test.sleep, test.fail, test.retry, test.record: the
+# module ``tests.testhooks`` of the source tree, never shipped) are known only
+# once registered: by test code in its own process (``enable_test_operations``),
+# or in a process started with ``OSAPITEST_HOOKS=1`` and the source tree on
+# PYTHONPATH -- read once, when this module is imported, so the worker
+# subprocesses of the tests have them. The table
 # above, the OpenAPI document, the routes and the CLI never list them; a worker
 # or API that has them logs a warning at start (``warn_if_test_operations``).
 
 TEST_HOOKS_ENV = "OSAPITEST_HOOKS"
+TEST_HOOKS_MODULE = "tests.testhooks"  # its OPERATIONS: {type: Operation}
 _TEST_OPERATIONS: dict[str, Operation] = {}
 _warned: list[bool] = []
 
 
 def enable_test_operations() -> None:
-    from osapi.job import testhooks
-
+    try:
+        testhooks = importlib.import_module(TEST_HOOKS_MODULE)
+    except ImportError as exc:
+        raise ImportError(f"{TEST_HOOKS_ENV}=1 asks for the test-only operations of {TEST_HOOKS_MODULE}, which "
+                          f"only a source checkout has: put it on PYTHONPATH ({exc})") from None
     _TEST_OPERATIONS.update(testhooks.OPERATIONS)
 
 

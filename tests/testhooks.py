@@ -1,11 +1,13 @@
-"""Operations that exist only for tests (``operations.enable_test_operations``).
+"""Operations that exist only for tests (``operations.enable_test_operations``):
+the test stack's plugin, never part of the product (nor of ``osapi.pyz``).
 
 They let the job-system tests make a job slow, fail on chosen hosts, or ask for
 retries, without touching the production table (``operations.OPERATIONS``): the
 OpenAPI document, the REST routes and the CLI never see them. Test code
 registers them in its own process; the worker processes the tests start get
-them with ``OSAPITEST_HOOKS=1`` in their environment, read once when
-``osapi.job.operations`` is imported (and logged as a warning at start). Without
+them with ``OSAPITEST_HOOKS=1`` in their environment (and the checkout on
+``PYTHONPATH``: this module is ``tests.testhooks``), read once when
+``osapi.domain.operations`` is imported (and logged as a warning at start). Without
 either (every real deployment) ``operations.get("test.sleep")`` is an unknown
 operation like any other. The variable deliberately does not start with
 ``OSAPI_``: configuration refuses unknown ``OSAPI_*`` variables.
@@ -27,8 +29,8 @@ import re
 import time
 from typing import Any
 
-from osapi.job.errors import RetryableError
-from osapi.job.operations import MODIFY, QUERY, InvalidData, Operation, _object
+from osapi.domain.errors import RetryableError
+from osapi.domain.operations import MODIFY, QUERY, InvalidData, Operation, _object
 
 RUNS_ENV = "OSAPITEST_RUNS"
 TAG = re.compile(r"[a-z0-9-]{1,32}")
@@ -102,9 +104,9 @@ def retry(data: dict, host) -> dict:
 OPERATIONS = {
     op.type: op
     for op in (
-        Operation("test.sleep", QUERY, "osapi.job.testhooks:sleep", sleep_data, "tests only: sleep"),
-        Operation("test.fail", QUERY, "osapi.job.testhooks:fail", fail_data, "tests only: fail on hosts"),
-        Operation("test.retry", QUERY, "osapi.job.testhooks:retry", no_data, "tests only: always retry"),
-        Operation("test.record", MODIFY, "osapi.job.testhooks:record", record_data, "tests only: record a run"),
+        Operation("test.sleep", QUERY, "tests.testhooks:sleep", sleep_data, "tests only: sleep"),
+        Operation("test.fail", QUERY, "tests.testhooks:fail", fail_data, "tests only: fail on hosts"),
+        Operation("test.retry", QUERY, "tests.testhooks:retry", no_data, "tests only: always retry"),
+        Operation("test.record", MODIFY, "tests.testhooks:record", record_data, "tests only: record a run"),
     )
 }
