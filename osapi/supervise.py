@@ -31,17 +31,14 @@ import os
 import shlex
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from osapi.errors import ConfigError, OperationError, UsageError
-from osapi.process import SECRET_MODE, write_private
+from osapi.process import create_secret, make_dir, tighten_dir, write_private
 
 log = logging.getLogger("osapi.supervise")
 
-DIR_MODE = 0o700
 ADMIN_TOKEN_LIFETIME = 10 * 365 * 86400  # seconds: the host's own admin token, valid 10 years
 ADMIN_SUBJECT = "admin"
 PROGRAMS = ("nats", "api", "worker")
@@ -100,65 +97,7 @@ def layout(cfg) -> Layout:
 # ---------------------------------------------------------------- bootstrap
 
 
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create {path}: {exc.strerror or exc}",
-            "set supervise.state_dir (OSAPI_SUPERVISE_STATE_DIR) to a directory you can write",
-        ) from None
-    if not path.is_dir():
-        raise ConfigError(f"{path} is not a directory", "set supervise.state_dir to a directory")
 
-
-def create_secret(path: Path, make: Callable[[], str]) -> bool:
-    """Create ``path`` (mode 0600) holding ``make()`` unless it exists. True if this call created it.
-
-    Atomic and race-free: the value goes to a temporary file that is then
-    published with ``link()``, which fails with EEXIST when another process got
-    there first; its value is kept. An existing file is never rewritten, only
-    its mode is tightened to 0600 if it was laxer.
-    """
-    if os.path.lexists(path):
-        _tighten(path)
-        return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(make() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, SECRET_MODE)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            # a filesystem without hard links: O_EXCL still refuses to overwrite
-            with open(tmp, "rb") as src:
-                data = src.read()
-            try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-            except FileExistsError:
-                return False
-            with os.fdopen(out, "wb") as dst:
-                dst.write(data)
-        log.info("created %s", path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _tighten(path: Path) -> None:
-    try:
-        mode = path.lstat().st_mode & 0o777
-        if mode & 0o077:
-            os.chmod(path, SECRET_MODE)
-            log.warning("%s was mode %04o; set it to 0600", path, mode)
-    except OSError as exc:
-        log.warning("cannot check the mode of %s: %s", path, exc.strerror or exc)
 
 
 def _random_secret() -> str:
@@ -189,9 +128,9 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
     paths = layout(cfg)
     check_state(paths)
     for directory in (paths.state_dir, paths.secrets, paths.logs):
-        _make_dir(directory)
+        make_dir(directory)
     for directory in (paths.state_dir, paths.secrets):
-        _tighten_dir(directory)
+        tighten_dir(directory)
     check_state(paths, lax_ok=False)
     create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
     if "nats" in programs:
@@ -212,17 +151,6 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
             _check_admin_token(paths, key)
     return paths
 
-
-def _tighten_dir(path: Path) -> None:
-    """Our own directory with any group/other permission: chmod 0700, and say so."""
-    try:
-        st = path.stat()
-        mode = st.st_mode & 0o777
-        if st.st_uid == os.geteuid() and mode & 0o077:
-            os.chmod(path, DIR_MODE)
-            log.warning("%s was mode %04o; set it to 0700", path, mode)
-    except OSError as exc:
-        log.warning("cannot check the mode of %s: %s", path, exc.strerror or exc)
 
 
 def _check_admin_token(paths: Layout, key: str) -> None:

@@ -18,7 +18,7 @@ once into ``<state_dir>/secrets/`` by ``ensure_generated``:
 Generation runs the ``openssl`` command (the pyz needs nothing but python3's
 standard library); without it, ``ConfigError`` (exit 2) names the package and
 the keys that avoid it. Files are written the way ``osapi supervise`` writes
-every secret (``supervise.create_secret``: mode 0600, never over an existing
+every secret (``process.create_secret``: mode 0600, never over an existing
 file), under an exclusive lock (``secrets/.tls.lock``) so two starts at once
 agree on one CA; the state dir is checked first (``config.check_state_dir``).
 
@@ -263,14 +263,14 @@ def _openssl_config(common_name: str, dns: set[str], ips: set[str]) -> str:
 def ensure_generated(cfg) -> ServerFiles:
     """Make (once) or reuse the CA and the server certificate in ``<state_dir>/secrets/``; their paths."""
     from osapi import config
-    from osapi.supervise import _make_dir, _tighten_dir
+    from osapi.process import make_dir, tighten_dir
 
     state = config.state_dir(cfg).absolute()
     config.check_state_dir(state, lax_ok=True)  # another user's state dir or secrets: refused before any write
     secrets_dir = state / config.SECRETS_DIR
     for directory in (state, secrets_dir):
-        _make_dir(directory)
-        _tighten_dir(directory)
+        make_dir(directory)
+        tighten_dir(directory)
     config.check_state_dir(state)
     openssl()
     fd = _lock(secrets_dir / LOCK_NAME)
@@ -305,7 +305,7 @@ def _generate(cfg, secrets_dir: Path) -> None:
     import logging
     import tempfile
 
-    from osapi.supervise import create_secret, write_private
+    from osapi.process import create_secret, write_private
 
     log = logging.getLogger("osapi.tls")
     ca_key, ca_cert = secrets_dir / CA_KEY, secrets_dir / CA_CERT
