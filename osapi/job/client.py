@@ -36,6 +36,7 @@ from osapi.domain.errors import (
 from osapi.job.idempotency import Keys
 from osapi.domain.ids import is_job_id, new_job_id
 from osapi.job.registry import Registry
+from osapi.retry import Backoff, GaveUp, retry, sampled
 from osapi.job.statusindex import StatusIndex
 from osapi.job.store import Store, _gather_bounded
 from osapi.domain.subjects import Target, host_target, parse_target, subject_for
@@ -262,26 +263,29 @@ class JobClient:
 
     async def _mark_abandoned(self, job_id: str, reason: str) -> None:
         """Retry ``_abandon_once`` with a growing pause until it succeeds, for at most ``job.kv.ttl``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(60.0, float(self.cfg.job.kv.ttl or 0))
-        pause, attempt = ABANDON_PAUSE[0], 0
-        while True:
-            attempt += 1
-            try:
-                outcome = await self._abandon_once(job_id, reason)
-            except Exception as exc:  # noqa: BLE001 - NATS still away: try again
-                why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
-                if loop.time() + pause > deadline:
-                    log.error("job %s: cannot mark the failed submission (%s) after %d attempts; giving up "
-                              "(it expires with job.kv.ttl)", job_id, why, attempt)
-                    return
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning("job %s: cannot mark the failed submission yet (%s); retrying", job_id, why)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, ABANDON_PAUSE[1])
-                continue
-            log.info("job %s: failed submission %s", job_id, outcome, extra={"fields": {"attempts": attempt}})
+        def why(exc: BaseException) -> str:
+            return getattr(exc, "description", None) or str(exc) or type(exc).__name__
+
+        def notify(attempt: int, exc: BaseException, _pause: float) -> None:
+            if sampled(attempt, 10):
+                log.warning("job %s: cannot mark the failed submission yet (%s); retrying", job_id, why(exc))
+
+        attempts = 0
+
+        async def once() -> str:
+            nonlocal attempts
+            attempts += 1
+            return await self._abandon_once(job_id, reason)
+
+        try:  # any error: NATS still away, try again
+            outcome = await retry(once, Backoff(*ABANDON_PAUSE), notify=notify,
+                                  within=max(60.0, float(self.cfg.job.kv.ttl or 0)))
+        except GaveUp as exc:
+            log.error("job %s: cannot mark the failed submission (%s) after %d attempts; giving up "
+                      "(it expires with job.kv.ttl)", job_id, why(exc.last), exc.attempts)
             return
+        log.info("job %s: failed submission %s", job_id, outcome,
+                 extra={"fields": {"attempts": attempts}})
 
     async def _abandon_once(self, job_id: str, reason: str) -> str:
         """Record the ``failed`` event (after whatever part of the submission landed), or remove the job.
