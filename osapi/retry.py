@@ -2,7 +2,7 @@
 
 Every "NATS is away, wait a little longer each time and try again" in osapi goes
 through here: the worker connecting and setting up, its pull, dead-letter and
-heartbeat loops, the API's bridge connecting, a failed submission's idempotency
+heartbeat loops, the API's bridge connecting, a failed submission being marked and its idempotency
 key being given up.
 
 ``Backoff`` is the schedule and the count of failures in a row: ``failed()``
