@@ -100,10 +100,29 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
         closed_cb=closed_cb,
         # keep published messages while reconnecting (default 2 MiB is enough for job traffic)
     )
-    if token:
+    client = None
+    user, password = cfg.nats.user, cfg.nats.password
+    if cfg.nats.creds:
+        from osapi.errors import ConfigError
+
+        raise ConfigError("nats.creds: NATS credentials files (JWT) are not used by this osapi",
+                          "enroll the host with `osapi client fleet host add`: its bundle sets nats.user and nats.password")
+    if user:  # a fleet host (osapi.fleet): its own user, its own inbox subtree
+        from osapi.fleet.auth import inbox_prefix
+
+        options.update(user=user, password=password, inbox_prefix=inbox_prefix(user))
+    elif token:
+        from osapi.fleet.auth import CONTROL_USER
+        from osapi.job.natsadapter import token_and_user_client
+
         options["token"] = token
+        client = token_and_user_client(CONTROL_USER)
     try:
-        nc = await asyncio.wait_for(nats.connect(**options), first_timeout)
+        if client is None:
+            nc = await asyncio.wait_for(nats.connect(**options), first_timeout)
+        else:
+            await asyncio.wait_for(client.connect(**options), first_timeout)
+            nc = client
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         cause = last_error[0] if last_error else exc
         raise NatsUnavailable(
