@@ -43,9 +43,10 @@ ROUTE_KEY = "osapi.route"  # the matched route's pattern, for the metrics' ``rou
 
 def all_routes(cfg=None) -> list[Route]:
     """Every route the API serves, in the order of the document (``cfg``: whether /metrics is public)."""
-    from osapi.api import domain, health, jobs, metrics
+    from osapi.api import domain, fleet, health, jobs, metrics
 
-    return [*domain.routes(), *jobs.routes(), *audit.routes(), *health.routes(), *metrics.routes(cfg)]
+    return [*domain.routes(), *jobs.routes(), *fleet.routes(), *audit.routes(), *health.routes(),
+            *metrics.routes(cfg)]
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,11 @@ HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
 
 def register(subparsers) -> None:
     """``client`` and its command groups, each built only when the command line chooses it."""
-    from osapi.cli import client_audit, client_job, client_ops
+    from osapi.cli import client_audit, client_fleet, client_job, client_ops
 
     client = group(subparsers, NAME, HELP)
     client_ops.register(client)
-    for module in (client_job, client_audit):
+    for module in (client_job, client_audit, client_fleet):
         client.defer(module.NAME, module.HELP, module.register)
 
 
