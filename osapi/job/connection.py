@@ -56,11 +56,15 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
 
     urls = config.nats_urls(cfg)
     token = config.nats_token(cfg)
+    client = None  # a natsadapter.token_and_user_client when the credential is the token
     last_error: list[BaseException] = []
     connected = asyncio.Event()
     holder: list = []
 
     async def error_cb(exc: Exception) -> None:
+        if _is_auth(exc) and hasattr(client, "send_user") and not client.send_user:
+            client.send_user = True  # a users-list server (osapi.fleet.auth): the token is user osapi's password
+            return
         if not connected.is_set():
             if not (last_error and _is_auth(last_error[0])) or _is_auth(exc):
                 last_error[:] = [exc]  # a refused token stays the reason: see the module docstring
@@ -100,7 +104,6 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
         closed_cb=closed_cb,
         # keep published messages while reconnecting (default 2 MiB is enough for job traffic)
     )
-    client = None
     user, password = cfg.nats.user, cfg.nats.password
     if cfg.nats.creds:
         from osapi.errors import ConfigError

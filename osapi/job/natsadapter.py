@@ -33,18 +33,26 @@ CONNECT_COMMAND = "_connect_command"  # on nats.aio.client.Client: the CONNECT l
 
 
 def token_and_user_client(user: str):
-    """A nats-py ``Client`` whose CONNECT carries ``user`` with the token as its password, besides the token.
+    """A nats-py ``Client`` whose CONNECT also carries ``user`` with the token as its password once
+    ``send_user`` is set (its owner sets it when the server refused the bare token).
 
     nats-server checks the one its configuration asks for: ``auth_token`` under a
-    bare ``token``, ``user``/``pass`` under a ``users`` list.
+    bare ``token``, ``user``/``pass`` under a ``users`` list. The bare token comes
+    first because a token server treats a client that also names a user
+    differently at a reload with another token: it drops it without the
+    ``Authorization Violation`` that makes nats-py close the connection for good.
     """
     import json
 
     from nats.aio.client import Client
 
     class TokenAndUserClient(Client):
+        send_user = False
+
         def _connect_command(self) -> bytes:
             command = super()._connect_command()
+            if not self.send_user:
+                return command
             verb, _, rest = command.partition(b" ")
             try:
                 options = json.loads(rest)
