@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
@@ -145,4 +144,3 @@ def test_enroll_bundle_worker_labels_and_revoke(control, cli, tmp_path):
         assert http.get("/api/v1/fleet/hosts").json["total"] == 0
     finally:
         stop_process(worker)
-        time.sleep(0)

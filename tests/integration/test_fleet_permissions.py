@@ -103,7 +103,6 @@ def test_a_host_can_do_what_its_worker_does_and_nothing_else(fleet):
 
         async def work(nc):
             js = nc.jetstream()
-            kv_jobs = js.__class__  # noqa: F841 - raw subjects below, as a worker's store sends them
             body = await js.get_msg("KV_job-queue", subject=f"$KV.job-queue.jobs.{any_job}", direct=True)
             nanos = time.time_ns()
             await js.publish(f"$KV.job-queue.status.{any_job}.started.a.{nanos}", b"{}")
