@@ -206,6 +206,20 @@ class ApiClient:
         query = {"since": since, "subject": subject, "status": status, "limit": limit, "offset": offset}
         return self.get("/audit", {k: v for k, v in query.items() if v is not None})
 
+    def fleet_host_add(self, hostname: str, labels: dict | None = None, rotate: bool = False) -> dict:
+        body: dict = {"hostname": hostname}
+        if labels is not None:
+            body["labels"] = labels
+        if rotate:
+            body["rotate"] = True
+        return self.request("POST", "/fleet/hosts", body=body)
+
+    def fleet_host_remove(self, hostname: str) -> None:
+        return self.request("DELETE", f"/fleet/hosts/{_segment(hostname)}")
+
+    def fleet_hosts(self) -> dict:
+        return self.get("/fleet/hosts")
+
     def version(self) -> dict:
         return self.get("/version", auth=False)
 

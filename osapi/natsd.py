@@ -59,6 +59,7 @@ def render_config(
     max_payload: int = 8 * 1024 * 1024,
     log_file: str | os.PathLike | None = None,
     tls=None,
+    users_file: str | os.PathLike | None = None,
 ) -> str:
     """The text of a nats-server configuration file.
 
@@ -66,6 +67,10 @@ def render_config(
     ``LOG_SIZE_LIMIT`` with ``LOG_MAX_NUM`` old files kept, instead of to stderr.
     ``tls``: an ``osapi.tls.ServerFiles``; TLS is then required from clients and
     routes (see ``tls_block``).
+    ``users_file``: authorization is the ``users`` list in that file, a path relative to the
+    configuration file's directory (nats-server resolves includes so) (``osapi.fleet.auth``:
+    the control plane's user, whose password is ``token``, and the enrolled hosts) instead
+    of the bare ``token``.
     """
     lines = [
         f"host: {_quote(host)}",
@@ -87,7 +92,9 @@ def render_config(
     ]
     if tls:
         lines += tls_block(tls, verify=False)
-    if token:
+    if users_file:
+        lines += ["authorization {", f"  include {_quote(str(users_file))}", "}"]
+    elif token:
         lines += ["authorization {", f"  token: {_quote(token)}", "}"]
     if cluster_name:
         lines += [
@@ -125,12 +132,13 @@ def tls_block(files, *, verify: bool, indent: str = "") -> list[str]:
 
 def render_from_config(
     cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None,
-    log_file: str | os.PathLike | None = None, tls=None,
+    log_file: str | os.PathLike | None = None, tls=None, users_file: str | os.PathLike | None = None,
 ) -> str:
     """``render_config`` from ``nats.server.*``."""
     server = cfg.nats.server
     return render_config(
         log_file=log_file,
+        users_file=users_file,
         host=server.host,
         port=server.port,
         store_dir=store_dir,
@@ -370,7 +378,16 @@ def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike
     name = server_name(cfg) if cfg.nats.server.cluster.name else None
     from osapi.process import write_private
 
-    write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file, tls=files))
+    users_file = None
+    if token:  # users rather than a bare token, so that enrolled fleet hosts can be users too
+        from osapi.fleet import auth as fleet_auth
+        from osapi.job.setup import Names
+
+        users, sidecar = fleet_auth.users_paths(path.parent)
+        fleet_auth.write_users(path.parent, token, fleet_auth.load_hosts(sidecar), Names.from_config(cfg))
+        users_file = users.name  # next to the configuration file
+    write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file,
+                                           tls=files, users_file=users_file))
     return path, bool(token)
 
 

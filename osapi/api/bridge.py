@@ -51,6 +51,7 @@ class NatsBridge:
         self._connector: concurrent.futures.Future | None = None
         self._reconnector: asyncio.Future | None = None  # after NATS closed the connection (on the loop)
         self._rollouts: asyncio.Future | None = None  # the rollout driver (osapi/job/rollout.py) on the loop
+        self._fleet: asyncio.Future | None = None  # this node's fleet users renderer (osapi/fleet/renderer.py)
         self.nc = None
         self.client = None  # osapi.job.client.JobClient once set up
         self.last_error: str | None = "not connected yet"
@@ -92,6 +93,7 @@ class NatsBridge:
             self._setup_lock = asyncio.Lock()
             self.client = client
             self._drive_rollouts(client)
+            self._render_fleet(client)
             self.last_error = None
             log.info("connected to NATS at %s", ", ".join(self.urls),
                      extra={"fields": {"attempts": attempt}})
@@ -110,6 +112,15 @@ class NatsBridge:
             await retry(connect_once, Backoff(RETRY_MIN, RETRY_MAX), stop=lambda: self._stopping, notify=not_ready)
         except GaveUp:
             pass  # closing
+
+    def _render_fleet(self, client) -> None:
+        """Keep this node's nats-server users equal to the enrollment bucket (when it runs with osapi's users file)."""
+        from osapi.fleet import renderer
+
+        if self._fleet is not None:
+            self._fleet.cancel()
+        local = renderer.local(self.cfg)
+        self._fleet = asyncio.ensure_future(local.run(client.store)) if local is not None else None
 
     def _drive_rollouts(self, client) -> None:
         """Run a ``rollout.RolloutDriver`` for ``client`` (the one of the previous client stops)."""
@@ -144,6 +155,8 @@ class NatsBridge:
                 self._reconnector.cancel()
             if self._rollouts is not None:
                 self._rollouts.cancel()
+            if self._fleet is not None:
+                self._fleet.cancel()
             self.audit.cancel()
             if self.connected:
                 await self.audit.flush(timeout)  # the entries of the last requests

@@ -129,11 +129,13 @@ def _responses(route: Route) -> dict[int, Response]:
 
 
 def _path_param(name: str) -> dict:
+    from osapi.api import fleet
     from osapi.domain import operations
 
     known = {
         "job_id": (schemas.JOB_ID, "the job's id (a lower-case UUID)"),
         "interface_name": (operations.INTERFACE, "a network interface, e.g. eth0"),
+        "hostname": (fleet.HOSTNAME, "an enrolled fleet host's name"),
     }
     schema, description = known.get(name, ({"type": "string"}, name))
     return {"name": name, "in": "path", "required": True, "schema": copy.deepcopy(schema),

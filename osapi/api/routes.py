@@ -9,6 +9,7 @@ from osapi.api.routing import Route
 
 def all_routes(cfg=None) -> list[Route]:
     """Every route the API serves, in the order of the document (``cfg``: whether /metrics is public)."""
-    from osapi.api import audit, domain, health, jobs, metrics
+    from osapi.api import audit, domain, fleet, health, jobs, metrics
 
-    return [*domain.routes(), *jobs.routes(), *audit.routes(), *health.routes(), *metrics.routes(cfg)]
+    return [*domain.routes(), *jobs.routes(), *fleet.routes(), *audit.routes(), *health.routes(),
+            *metrics.routes(cfg)]

@@ -1,6 +1,6 @@
 """``osapi client``: the command group (README "Commands"). Its commands live in
 ``client_ops`` (system, network: generated from the operations table),
-``client_job`` and ``client_audit``; what they share in ``client``.
+``client_job``, ``client_audit`` and ``client_fleet``; what they share in ``client``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ HELP = "talk to the osapi REST API: query and change hosts, manage jobs"
 
 def register(subparsers) -> None:
     """``client`` and its command groups, each built only when the command line chooses it."""
-    from osapi.cli import client_audit, client_job, client_ops
+    from osapi.cli import client_audit, client_fleet, client_job, client_ops
 
     client = group(subparsers, NAME, HELP)
     client_ops.register(client)
-    for module in (client_job, client_audit):
+    for module in (client_job, client_audit, client_fleet):
         client.defer(module.NAME, module.HELP, module.register)

@@ -49,11 +49,15 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
 
     urls = config.nats_urls(cfg)
     token = config.nats_token(cfg)
+    client = None  # a natsadapter.token_and_user_client when the credential is the token
     last_error: list[BaseException] = []
     connected = asyncio.Event()
     holder: list = []
 
     async def error_cb(exc: Exception) -> None:
+        if _is_auth(exc) and hasattr(client, "send_user") and not client.send_user:
+            client.send_user = True  # a users-list server (osapi.fleet.auth): the token is user osapi's password
+            return
         if not connected.is_set():
             if not (last_error and _is_auth(last_error[0])) or _is_auth(exc):
                 last_error[:] = [exc]  # a refused token stays the reason: see the module docstring
@@ -93,13 +97,31 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
         closed_cb=closed_cb,
         # keep published messages while reconnecting (default 2 MiB is enough for job traffic)
     )
-    if token:
+    user, password = cfg.nats.user, cfg.nats.password
+    if cfg.nats.creds:
+        from osapi.errors import ConfigError
+
+        raise ConfigError("nats.creds: NATS credentials files (JWT) are not used by this osapi",
+                          "enroll the host with `osapi client fleet host add`: its bundle sets nats.user and nats.password")
+    if user:  # a fleet host (osapi.fleet): its own user, its own inbox subtree
+        from osapi.fleet.auth import inbox_prefix
+
+        options.update(user=user, password=password, inbox_prefix=inbox_prefix(user))
+    elif token:
+        from osapi.fleet.auth import CONTROL_USER
+        from osapi.job.natsadapter import token_and_user_client
+
         options["token"] = token
+        client = token_and_user_client(CONTROL_USER)
     tls = tls_context(cfg)
     if tls is not None:
         options["tls"] = tls
     try:
-        nc = await asyncio.wait_for(nats.connect(**options), first_timeout)
+        if client is None:
+            nc = await asyncio.wait_for(nats.connect(**options), first_timeout)
+        else:
+            await asyncio.wait_for(client.connect(**options), first_timeout)
+            nc = client
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         cause = last_error[0] if last_error else exc
         raise NatsUnavailable(

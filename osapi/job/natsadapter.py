@@ -10,6 +10,10 @@ into its objects, and only this module does:
 * take the messages a pull subscription holds in its queue after the last
   ``fetch`` gave up (``PullSubscription._sub`` -> ``Subscription._pending_queue``),
   to hand them back at stop instead of letting them wait ``ack_wait``.
+* send a token *and* a user/password in one CONNECT (``Client._connect_command``,
+  ``token_and_user_client``): the control plane's credential works against a
+  nats-server that requires a bare token and against one whose ``users`` list
+  holds the control plane's user with the token as its password (osapi.fleet.auth).
 
 ``missing_internals`` names what a nats-py release no longer has;
 tests/integration/test_job_natsadapter.py checks it on real objects from a real
@@ -23,6 +27,44 @@ from typing import Any, Iterator
 KV_ATTRIBUTES = ("_stream", "_pre")  # on nats.js.kv.KeyValue
 PULL_SUBSCRIPTION_ATTRIBUTE = "_sub"  # on JetStreamContext.PullSubscription: the core Subscription
 SUBSCRIPTION_QUEUE_ATTRIBUTE = "_pending_queue"  # on nats.aio.subscription.Subscription: an asyncio.Queue
+
+
+CONNECT_COMMAND = "_connect_command"  # on nats.aio.client.Client: the CONNECT line it sends
+
+
+def token_and_user_client(user: str):
+    """A nats-py ``Client`` whose CONNECT also carries ``user`` with the token as its password once
+    ``send_user`` is set (its owner sets it when the server refused the bare token).
+
+    nats-server checks the one its configuration asks for: ``auth_token`` under a
+    bare ``token``, ``user``/``pass`` under a ``users`` list. The bare token comes
+    first because a token server treats a client that also names a user
+    differently at a reload with another token: it drops it without the
+    ``Authorization Violation`` that makes nats-py close the connection for good.
+    """
+    import json
+
+    from nats.aio.client import Client
+
+    class TokenAndUserClient(Client):
+        send_user = False
+
+        def _connect_command(self) -> bytes:
+            command = super()._connect_command()
+            if not self.send_user:
+                return command
+            verb, _, rest = command.partition(b" ")
+            try:
+                options = json.loads(rest)
+            except ValueError:
+                return command
+            token = options.get("auth_token")
+            if not token or "user" in options:
+                return command
+            options.update(user=user, **{"pass": token})
+            return verb + b" " + json.dumps(options, sort_keys=True).encode() + b"\r\n"
+
+    return TokenAndUserClient()
 
 
 def kv_handle(js, bucket: str, stream: str, direct: bool):
@@ -57,6 +99,10 @@ def queued_messages(pull_sub) -> Iterator:
 def missing_internals(kv: Any = None, pull_sub: Any = None) -> list[str]:
     """The internals this module uses that ``kv`` / ``pull_sub`` lack, as ``Class.attribute``; [] when all are there."""
     missing: list[str] = []
+    from nats.aio.client import Client
+
+    if not callable(getattr(Client, CONNECT_COMMAND, None)):
+        missing.append(f"Client.{CONNECT_COMMAND}")
     if kv is not None:
         missing += [f"{type(kv).__name__}.{name}" for name in KV_ATTRIBUTES
                     if not isinstance(getattr(kv, name, None), str)]

@@ -56,17 +56,31 @@ class Registry:
 
     async def entries(self) -> list[dict[str, Any]]:
         """Every live entry (full records, one per process), sorted by hostname then start time."""
-        beats, now_ns = await asyncio.gather(self._heartbeats(), self._server_now_ns())
+        beats, now_ns, enrolled = await asyncio.gather(self._heartbeats(), self._server_now_ns(), self._enrolled())
+        prefix = self.store.subject_of("registry", "")
         live, stale = [], []
         for beat in beats:
-            if beat.entry is None:
-                continue
+            if beat.entry is None or beat.subject[len(prefix):].rpartition(".")[0] != beat.entry["hostname"]:
+                continue  # a key is <hostname>.<instance>: an entry naming another host is not believed
+            labels = enrolled.get(beat.entry["hostname"].lower())
+            if labels is not None:  # an enrolled fleet host: its enrolled labels, not its own (osapi.fleet)
+                beat.entry["labels"] = labels
             (stale if is_stale(beat.entry, beat.stored_ns, now_ns) else live).append(beat)
         if stale:
             await self._purge(stale, now_ns)
         values = [b.entry for b in live]
         values.sort(key=lambda e: (e["hostname"], e.get("started_at") or ""))
         return values
+
+    async def _enrolled(self) -> dict[str, dict]:
+        """Enrolled fleet hosts' labels (``osapi.fleet.hosts``); {} when the bucket cannot be read."""
+        from osapi.fleet.hosts import enrolled_labels
+
+        try:
+            return await enrolled_labels(self.store)
+        except Exception as exc:  # noqa: BLE001 - no fleet bucket (an older setup), NATS trouble: hosts' own labels
+            log.debug("cannot read the enrolled fleet hosts: %s", exc)
+            return {}
 
     async def _heartbeats(self) -> list[Heartbeat]:
         prefix = self.store.subject_of("registry", "")

@@ -48,6 +48,7 @@ class Names:
     idempotency_bucket: str
     consumer: str
     rollouts_bucket: str = ""  # the rollouts being driven (rollout.py): one entry per active rollout
+    fleet_bucket: str = ""  # enrolled fleet hosts (osapi.fleet.hosts): one entry per host, no TTL
 
     @classmethod
     def from_config(cls, cfg) -> "Names":
@@ -62,6 +63,7 @@ class Names:
             idempotency_bucket=f"{job.kv_bucket}-idempotency",
             consumer=job.consumer_name,
             rollouts_bucket=f"{job.kv_bucket}-rollouts",
+            fleet_bucket=f"{job.kv_bucket}-fleet",
         )
 
     @staticmethod
@@ -332,6 +334,9 @@ def wanted_streams(cfg) -> list[Wanted]:
                _kv_stream_config(names.idempotency_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
         Wanted("bucket", names.rollouts_bucket,
                _kv_stream_config(names.rollouts_bucket, kv.ttl, kv.max_bytes, kv.storage, kv.replicas), kv_keys),
+        Wanted("bucket", names.fleet_bucket,
+               _kv_stream_config(names.fleet_bucket, None, kv.max_bytes, kv.storage, kv.replicas),
+               {k: v for k, v in kv_keys.items() if k != "max_age"}),  # enrollments never expire
         Wanted("stream", AUDIT_STREAM, audit_stream, {"max_age": "audit.max_age", "replicas": "audit.replicas"}),
     ]
 
@@ -356,7 +361,8 @@ async def ensure_all(js, cfg, update_consumers: bool = True, warned: set | None 
         infos[wanted.kind, wanted.name] = await ensure_stream(js, wanted, warned)
     kv = {role: _kv_handle(js, bucket, infos["bucket", bucket]) for role, bucket in (
         ("jobs", names.jobs_bucket), ("responses", names.responses_bucket), ("registry", names.registry_bucket),
-        ("idempotency", names.idempotency_bucket), ("rollouts", names.rollouts_bucket))}
+        ("idempotency", names.idempotency_bucket), ("rollouts", names.rollouts_bucket),
+        ("fleet", names.fleet_bucket))}
     await ensure_consumer(js, names.stream, any_consumer_config(cfg), update=update_consumers)
     await ensure_consumer(js, names.dlq_stream, dlq_consumer_config(cfg), update=update_consumers)
     return kv

@@ -86,6 +86,7 @@ class Store:
                 "registry": self.names.registry_bucket,
                 "idempotency": self.names.idempotency_bucket,
                 "rollouts": self.names.rollouts_bucket,
+                "fleet": self.names.fleet_bucket,
             }[role]
             handle = natsadapter.kv_handle(self.js, bucket, Names.kv_stream(bucket), direct=True)
             self._kv[role] = handle

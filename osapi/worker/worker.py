@@ -73,6 +73,9 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
         self._reconnected_at: float | None = None
         self._store_full_at: float | None = None  # monotonic time a start could not be recorded: the store is full
         self._beat_now: asyncio.Event | None = None
+        # enrolled with its own NATS credentials (osapi.fleet): nats-server lets it take, read and
+        # answer jobs only; it creates no stream or consumer and runs no dead-letter loop
+        self.fleet_host = bool(cfg.nats.user)
 
     @property
     def registry_key(self) -> str:
@@ -107,8 +110,9 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
             loops = [
                 asyncio.create_task(self._pull_loop("_any", self._bind_any)),
                 asyncio.create_task(self._pull_loop("host", self._bind_host)),
-                asyncio.create_task(self._dlq_loop()),
             ]
+            if not self.fleet_host:  # dead letters are written under other hosts' names: the control plane's job
+                loops.append(asyncio.create_task(self._dlq_loop()))
             beat = asyncio.create_task(self._heartbeat_loop())
             log.info("worker %s ready", self.hostname, extra={"fields": {
                 "labels": ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "-",
@@ -182,5 +186,7 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
         return True
 
     async def _setup(self) -> None:
+        if self.fleet_host:  # fleet credentials: the control plane made the streams and this host's consumer
+            return
         await self.store.setup(update_consumers=True)
         await ensure_consumer(self.store.js, self.names.stream, host_consumer_config(self.cfg, self.hostname, self.labels))

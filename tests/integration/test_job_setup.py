@@ -24,6 +24,7 @@ OBJECTS = [("stream", "JOBS", "JOBS", "job.stream.replicas"),
            ("bucket", "job-queue-workers", "KV_job-queue-workers", "job.kv.replicas"),
            ("bucket", "job-queue-idempotency", "KV_job-queue-idempotency", "job.kv.replicas"),
            ("bucket", "job-queue-rollouts", "KV_job-queue-rollouts", "job.kv.replicas"),
+           ("bucket", "job-queue-fleet", "KV_job-queue-fleet", "job.kv.replicas"),
            ("stream", "AUDIT", "AUDIT", "audit.replicas")]
 STREAMS = [stream for _, _, stream, _ in OBJECTS]
 

@@ -34,14 +34,15 @@ def start(env: dict, *extra: str, stderr_path: Path) -> subprocess.Popen:
 
 
 def nats_handshake(port: int, token: str | None) -> str:
-    """Speak the NATS protocol: CONNECT (with the token) + PING; the server's answer line."""
+    """Speak the NATS protocol: CONNECT (with the token, as osapi's clients send it: also as the password of
+    the control plane's user, for a server whose authorization is a users list) + PING; the server's answer line."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         reader = sock.makefile("rb")
         info = reader.readline().decode()
         assert info.startswith("INFO "), info
         connect = {"verbose": False, "pedantic": False}
         if token is not None:
-            connect["auth_token"] = token
+            connect.update(auth_token=token, user="osapi", **{"pass": token})
         sock.sendall(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
         return reader.readline().decode().strip()
 
@@ -78,8 +79,9 @@ def test_runs_with_the_state_dir_token_and_becomes_nats_server(tmp_path, state):
 
         conf = state / natsd.CONFIG_NAME
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-        text = conf.read_text()
+        text = conf.read_text() + (state / "nats-users.conf").read_text()  # the token: the control plane's password
         assert token in text and f"port: {port}" in text
+        assert stat.S_IMODE((state / "nats-users.conf").stat().st_mode) == 0o600
         # JetStream storage defaults to <state_dir>/nats
         assert (state / "nats" / "jetstream").is_dir()
 

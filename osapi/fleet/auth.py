@@ -1,0 +1,164 @@
+"""Each enrolled host's nats-server user, its permissions, and the file they are rendered into.
+
+A control-plane node whose nats-server requires auth (``osapi nats server start``
+with a token) runs with ``users`` rather than a bare ``token``: the control plane
+is the user ``osapi`` whose password is the NATS token (full permissions), and
+every enrolled host is one more user limited to what its worker does (README.md,
+"Fleet hosts", lists the allowed and refused actions). The list lives in
+``<state_dir>/nats-users.conf``, included by ``nats-server.conf``; the
+enrolled hosts' part is also kept in ``nats-users.json`` (same dir, 0600) so
+that a restart of nats-server renders the file again with the current token.
+Both are written atomically, mode 0600. ``reload`` makes the node's
+nats-server re-read them (SIGHUP): clients of a removed user, or of a changed
+password, are disconnected by the server itself.
+
+Every value that reaches the file is checked against a strict pattern first
+(``check_entry``: user, password, hostname) and then quoted as a JSON string,
+so nothing enrolled can close a block, start a new key or ``include`` a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+from pathlib import Path
+from typing import Iterable
+
+from osapi.config import is_hostname
+
+CONTROL_USER = "osapi"
+USER_PREFIX = "osapi-host-"
+USER_RE = re.compile(r"^osapi-host-[0-9a-f]{16}$")
+PASSWORD_RE = re.compile(r"^[0-9a-f]{48}$")
+USERS_CONF = "nats-users.conf"
+USERS_JSON = "nats-users.json"
+MAX_HOSTNAME = 253
+
+
+class InvalidHost(ValueError):
+    """An enrollment value that is refused; the message says why."""
+
+
+def check_hostname(value) -> str:
+    """The enrolled form of a hostname (lower case), exactly as workers validate theirs; ``InvalidHost`` otherwise."""
+    if not isinstance(value, str):
+        raise InvalidHost(f"hostname must be a string, got {type(value).__name__}")
+    if not is_hostname(value) or value.startswith("_"):
+        shown = value[:80]
+        raise InvalidHost(f"{shown!r} is not a valid hostname: dot-separated labels of letters, digits, '-' "
+                          "and '_' (not first), 1-63 characters each, 253 in all")
+    return value.lower()
+
+
+def new_credentials() -> tuple[str, str]:
+    """A fresh (user, password): both random, the user an opaque token (not the hostname: see ``permissions``)."""
+    return USER_PREFIX + secrets.token_hex(8), secrets.token_hex(24)
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix a fleet host's connection uses (its own subtree, see ``permissions``)."""
+    return f"_INBOX.{user}"
+
+
+def permissions(names, hostname: str, user: str) -> dict:
+    """The nats-server permissions of an enrolled host (its worker's every NATS action, nothing more).
+
+    ``names``: ``osapi.job.setup.Names``. Subjects that carry the hostname end
+    with it or hold it between fixed positions, so ``a`` never matches ``a.b``
+    (``*`` is one token); the inbox is under the opaque user name for the same
+    reason. Reading job bodies and events is a direct get on the jobs bucket's
+    stream (key in the subject or in the body); the responses bucket is not
+    readable. ``allow_responses``: the host may answer a request it received
+    (another instance's "do you run job J?").
+    """
+    jobs_stream = names.kv_stream(names.jobs_bucket)
+    host_consumer = names.host_consumer(hostname)
+    publish = [
+        f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.any_consumer}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{host_consumer}",
+        f"$JS.ACK.{names.stream}.{names.any_consumer}.>",
+        f"$JS.ACK.{names.stream}.{host_consumer}.>",
+        f"$JS.API.DIRECT.GET.{jobs_stream}",
+        f"$JS.API.DIRECT.GET.{jobs_stream}.>",
+        f"$JS.API.STREAM.INFO.{jobs_stream}",
+        f"$KV.{names.jobs_bucket}.status.*.*.{hostname}.*",
+        f"$KV.{names.responses_bucket}.*.{hostname}",
+        f"$KV.{names.registry_bucket}.{hostname}.*",
+        "_osapi.worker.*.running",
+    ]
+    subscribe = [f"{inbox_prefix(user)}.>", "_osapi.worker.*.running"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": True}
+
+
+def check_entry(entry: dict) -> dict:
+    """``{user, password, hostname}`` of an enrolled host, each matching its pattern; ``InvalidHost`` otherwise."""
+    user, password, hostname = entry.get("user"), entry.get("password"), entry.get("hostname")
+    if not isinstance(user, str) or not USER_RE.fullmatch(user):
+        raise InvalidHost(f"invalid NATS user {str(user)[:40]!r}")
+    if not isinstance(password, str) or not PASSWORD_RE.fullmatch(password):
+        raise InvalidHost("invalid NATS password")
+    if check_hostname(hostname) != hostname:
+        raise InvalidHost(f"hostname {hostname!r} is not in its enrolled (lower-case) form")
+    return {"user": user, "password": password, "hostname": hostname}
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value)
+
+
+def render_users(control_password: str, hosts: Iterable[dict], names) -> str:
+    """The text of ``nats-users.conf``: ``users: [...]`` (the control plane, then each host, by hostname)."""
+    if not control_password:
+        raise InvalidHost("the control plane's NATS password (the NATS token) is empty")
+    lines = ["# written by osapi (fleet enrollment); edits are overwritten", "users: ["]
+    lines.append(f"  {{user: {_quote(CONTROL_USER)}, password: {_quote(control_password)}}}")
+    for entry in sorted((check_entry(h) for h in hosts), key=lambda e: e["hostname"]):
+        perms = permissions(names, entry["hostname"], entry["user"])
+        lines.append(f"  {{user: {_quote(entry['user'])}, password: {_quote(entry['password'])}, "
+                     f"permissions: {json.dumps(perms, sort_keys=True)}}}")
+    lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def users_paths(directory: Path) -> tuple[Path, Path]:
+    return Path(directory) / USERS_CONF, Path(directory) / USERS_JSON
+
+
+def load_hosts(json_path: Path) -> list[dict]:
+    """The enrolled hosts last rendered on this node (``nats-users.json``); [] when none or unreadable."""
+    try:
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    out = []
+    for item in data if isinstance(data, list) else []:
+        try:
+            out.append(check_entry(item if isinstance(item, dict) else {}))
+        except InvalidHost:
+            continue
+    return out
+
+
+def write_users(directory: Path, control_password: str, hosts: Iterable[dict], names) -> bool:
+    """Write both files (0600, atomically); False when the configuration text is unchanged (nothing written)."""
+    from osapi.process import write_private
+
+    hosts = [check_entry(h) for h in hosts]
+    conf, sidecar = users_paths(directory)
+    text = render_users(control_password, hosts, names)
+    try:
+        if conf.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    write_private(sidecar, json.dumps(sorted(hosts, key=lambda e: e["hostname"]), indent=1) + "\n")
+    write_private(conf, text)
+    return True
+
+
+def reload(pid: int) -> None:
+    """Make the nats-server ``pid`` reload its configuration (SIGHUP); ``ProcessLookupError`` if it is gone."""
+    os.kill(pid, signal.SIGHUP)

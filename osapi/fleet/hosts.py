@@ -1,0 +1,177 @@
+"""The enrollment bucket ``<job.kv_bucket>-fleet``: one entry per enrolled host.
+
+Key: the hostname (lower case). Value: ``{hostname, labels, enrolled_at, user,
+password}`` -- the NATS credentials are readable by the control plane only (a
+fleet host's permissions do not reach this bucket) and never leave the API but
+in the bundle of ``POST /fleet/hosts``. Entries never expire.
+
+Enrolling also creates the host's durable consumer, filtered on the *enrolled*
+hostname and labels (a fleet host may not create or change consumers): what a
+host receives is decided here, whatever labels it configures locally. Revoking
+deletes the entry (every control-plane node's renderer then drops the user:
+``renderer.py``), the consumer and the host's registry entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from osapi.config import NAME_RE, is_label_value
+from osapi.fleet import auth
+from osapi.job import status as st
+from osapi.job.store import dumps
+
+log = logging.getLogger("osapi.fleet.hosts")
+
+MAX_LABELS = 32
+
+
+class AlreadyEnrolled(Exception):
+    """The host is enrolled and ``rotate`` was not asked for."""
+
+
+class NotEnrolled(Exception):
+    """No such enrolled host."""
+
+
+def check_labels(value) -> dict:
+    """Labels as workers accept them (``job.worker.labels``); ``auth.InvalidHost`` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise auth.InvalidHost("labels must be an object of label to value")
+    if len(value) > MAX_LABELS:
+        raise auth.InvalidHost(f"at most {MAX_LABELS} labels")
+    out = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not NAME_RE.fullmatch(key) or len(key) > 64:
+            raise auth.InvalidHost(f"label key must match [A-Za-z0-9_-]{{1,64}}, got {str(key)[:80]!r}")
+        if not isinstance(val, str) or not is_label_value(val) or len(val) > 253:
+            raise auth.InvalidHost(f"label {key!r}: value must be dot-separated segments of [A-Za-z0-9_-]+, "
+                                   f"got {str(val)[:80]!r}")
+        out[key] = val
+    return out
+
+
+def _entry(data: bytes | None) -> dict | None:
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    try:
+        auth.check_entry(value)
+    except auth.InvalidHost:
+        return None
+    return value
+
+
+async def enrolled(store) -> dict[str, dict]:
+    """Every enrolled host's entry by hostname (credentials included): batch reads of 1,000 entries.
+
+    The bucket keeps one message per key (the entry or its delete marker), so a
+    batch get over every key is the bucket's current state.
+    """
+    prefix = store.subject_of("fleet", "")
+    out = {}
+    async for subject, data in store.batch_get(store.stream_of("fleet"), f"{prefix}>"):
+        entry = _entry(data)
+        if entry is not None and subject == prefix + entry["hostname"]:
+            out[entry["hostname"]] = entry
+    return out
+
+
+async def enrolled_labels(store) -> dict[str, dict]:
+    """``{hostname: labels}`` of every enrolled host (the labels that win over a host's own)."""
+    return {h: dict(e.get("labels") or {}) for h, e in (await enrolled(store)).items()}
+
+
+async def enroll(store, cfg, hostname: str, labels: dict | None, rotate: bool = False) -> dict:
+    """Enroll (or, with ``rotate``, re-issue the credentials of) a host; the stored entry.
+
+    ``AlreadyEnrolled`` when it is enrolled and not ``rotate``. A rotation keeps the
+    enrollment time and takes the new labels when given (else keeps the old ones).
+    The consumer is created (or its filter updated) before the entry is written: a
+    host never has credentials for a consumer that does not exist.
+    """
+    import nats.js.errors as jse
+
+    hostname = auth.check_hostname(hostname)
+    labels = check_labels(labels) if labels is not None else None
+    kv = store.kv("fleet")
+    old, revision = None, None
+    try:
+        got = await kv.get(hostname)
+        old, revision = _entry(got.value), got.revision
+    except jse.KeyNotFoundError:
+        pass
+    if old is not None and not rotate:
+        raise AlreadyEnrolled(hostname)
+    user, password = auth.new_credentials()
+    entry = {
+        "hostname": hostname,
+        "labels": labels if labels is not None else (old or {}).get("labels", {}),
+        "enrolled_at": (old or {}).get("enrolled_at") or st.rfc3339(time.time_ns()),
+        "user": user,
+        "password": password,
+    }
+    await ensure_host_consumer(store, cfg, hostname, entry["labels"])
+    try:
+        if revision is None:
+            await kv.create(hostname, dumps(entry))
+        else:
+            await kv.update(hostname, dumps(entry), last=revision)
+    except jse.KeyWrongLastSequenceError:
+        raise AlreadyEnrolled(hostname) from None  # enrolled (or rotated) by another request meanwhile
+    log.info("fleet host %s %s", hostname, "credentials rotated" if old else "enrolled",
+             extra={"fields": {"labels": ",".join(f"{k}={v}" for k, v in sorted(entry["labels"].items())) or "-"}})
+    return entry
+
+
+async def ensure_host_consumer(store, cfg, hostname: str, labels: dict) -> None:
+    """The host's durable consumer, filtered on its enrolled hostname and labels; it never expires."""
+    from osapi.job.setup import ensure_consumer, host_consumer_config
+
+    config = host_consumer_config(cfg, hostname, labels)
+    config.inactive_threshold = None  # the host cannot create it again: the control plane keeps it
+    config.metadata = {**(config.metadata or {}), "osapi_enrolled": "true"}
+    await ensure_consumer(store.js, store.names.stream, config, update=True)
+
+
+async def revoke(store, hostname: str) -> None:
+    """Remove an enrolled host: its entry, its consumer, its registry entries. ``NotEnrolled`` if unknown."""
+    import nats.js.errors as jse
+
+    hostname = auth.check_hostname(hostname)
+    kv = store.kv("fleet")
+    try:
+        got = await kv.get(hostname)
+    except jse.KeyNotFoundError:
+        raise NotEnrolled(hostname) from None
+    if _entry(got.value) is None:
+        raise NotEnrolled(hostname)
+    await kv.delete(hostname)
+    try:
+        await store.js.delete_consumer(store.names.stream, store.names.host_consumer(hostname))
+    except jse.NotFoundError:
+        pass
+    await store.js.purge_stream(store.stream_of("registry"), subject=store.subject_of("registry", f"{hostname}.*"))
+    log.info("fleet host %s revoked", hostname)
+
+
+async def listing(store) -> dict:
+    """``{total, hosts: [{hostname, labels, enrolled_at, connected, last_seen}]}``, by hostname."""
+    from osapi.job.registry import Registry, by_host
+
+    hosts = await enrolled(store)
+    live = {row["hostname"].lower(): row for row in by_host(await Registry(store).entries())}
+    rows = []
+    for hostname, entry in sorted(hosts.items()):
+        seen = live.get(hostname)
+        rows.append({"hostname": hostname, "labels": dict(entry.get("labels") or {}),
+                     "enrolled_at": entry.get("enrolled_at"), "connected": seen is not None,
+                     "last_seen": seen.get("last_seen") if seen else None})
+    return {"total": len(rows), "hosts": rows}
