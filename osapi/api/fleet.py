@@ -13,6 +13,7 @@ from osapi.api import audit, schemas
 from osapi.api.errors import ApiError, bad_request, not_found
 from osapi.api.routing import Call, Reply, Response, Route, check_fields, json_type
 from osapi.fleet import auth, bundle, hosts
+from osapi.job.registry import Registry, by_host
 
 TAG = "fleet"
 TIMEOUT = 15.0
@@ -75,7 +76,10 @@ def enroll(call: Call) -> Reply:
 
 
 def list_hosts(call: Call) -> Reply:
-    return Reply(200, call.services.bridge.call(lambda client: hosts.listing(client.store), TIMEOUT))
+    async def listing(client) -> dict:
+        return await hosts.listing(client.store, by_host(await Registry(client.store).entries()))
+
+    return Reply(200, call.services.bridge.call(listing, TIMEOUT))
 
 
 def revoke(call: Call) -> Reply:

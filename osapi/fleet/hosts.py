@@ -162,12 +162,13 @@ async def revoke(store, hostname: str) -> None:
     log.info("fleet host %s revoked", hostname)
 
 
-async def listing(store) -> dict:
-    """``{total, hosts: [{hostname, labels, enrolled_at, connected, last_seen}]}``, by hostname."""
-    from osapi.job.registry import Registry, by_host
+async def listing(store, live_rows: list[dict]) -> dict:
+    """``{total, hosts: [{hostname, labels, enrolled_at, connected, last_seen}]}``, by hostname.
 
+    ``live_rows``: the registry's rows, one per host (``osapi.job.registry.by_host``).
+    """
     hosts = await enrolled(store)
-    live = {row["hostname"].lower(): row for row in by_host(await Registry(store).entries())}
+    live = {row["hostname"].lower(): row for row in live_rows}
     rows = []
     for hostname, entry in sorted(hosts.items()):
         seen = live.get(hostname)

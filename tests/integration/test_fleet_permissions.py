@@ -72,7 +72,7 @@ def refused(bridge, host: RawHost, fragment: str, action) -> None:
 
 def submit(bridge, target: str) -> str:
     async def go():
-        job = await bridge.client.create({"type": "system.hostname.get", "data": {}}, target)
+        job = await bridge.client.create(bridge.client.prepare({"type": "system.hostname.get", "data": {}}, target))
         return job["job_id"]
 
     return bridge.call(go())
