@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import free_port, stop_process, wait_for_port
+from testkit import free_port, stop_process, wait_for_port
 
 from osapi import natsd
 

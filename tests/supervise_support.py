@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import stop_process
+from testkit import stop_process
 
 from osapi import supervise
 

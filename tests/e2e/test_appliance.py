@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port
+from testkit import free_port
 from supervise_support import Supervise, alive, children_of, processes_mentioning, wait_until
 
 PROGRAMS = ["nats", "api", "worker:worker-1"]

@@ -10,9 +10,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import Stack, WorkerProcess, make_token, wait_for
 
 ADMIN = make_token(["admin"], subject="metrics-admin")
 HOST = "metrics-w1"
@@ -20,26 +19,13 @@ HOST = "metrics-w1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("metrics")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        env = clean_env(**nats.env())
-        procs.append(WorkerProcess(base / "worker", dict(env, OSAPI_JOB_WORKER_HOSTNAME=HOST)).start())
-        first = ApiProcess(base / "api1", env).start()
-        second = ApiProcess(base / "api2", dict(env, OSAPI_API_SERVER_METRICS_PUBLIC="true")).start()
-        procs += [first, second]
-        first.wait_ready()
-        second.wait_ready()
+    with Stack(tmp_path_factory.mktemp("metrics")) as stack:
+        stack.start_worker(HOST)
+        first = stack.start_api("api1")
+        second = stack.start_api("api2", {"OSAPI_API_SERVER_METRICS_PUBLIC": "true"})
         wait_for(lambda: first.http(ADMIN).get(f"/api/v1/system/hostname?target_hostname={HOST}").status == 200,
                  30, what="the worker answering")
         yield first, second
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
 
 
 def scrape(api, token=ADMIN) -> dict:

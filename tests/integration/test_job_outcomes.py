@@ -25,8 +25,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+import testkit
+from api_support import check_against_document
+from testkit import ApiProcess, WorkerProcess, make_token, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -75,37 +76,20 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("outcomes")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        common = clean_env(**nats.env())
-        resolv = {OK: base / "ok.resolv.conf", BAD: base / "bad.resolv.d", STALLED: base / "stalled.resolv.conf"}
-        resolv[OK].write_text(RESOLV)
-        resolv[STALLED].write_text(RESOLV)
-        resolv[BAD].mkdir()  # a directory: the resolv_conf provider cannot read or write it
+    resolv = {OK: base / "ok.resolv.conf", BAD: base / "bad.resolv.d", STALLED: base / "stalled.resolv.conf"}
+    resolv[OK].write_text(RESOLV)
+    resolv[STALLED].write_text(RESOLV)
+    resolv[BAD].mkdir()  # a directory: the resolv_conf provider cannot read or write it
+    with testkit.Stack(base) as kit:
         workers = {}
-        for host, labels, args in ((OK, "group=web.a,zone=z1", ()), (BAD, "group=web.b,zone=z2", ()),
-                                   (STALLED, "group=web.c,zone=z1", ("--heartbeat", "10s"))):
-            workers[host] = WorkerProcess(base / host, dict(
-                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS=labels,
-                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
-            ), args=args).start()
-            procs.append(workers[host])
-        api = ApiProcess(base / "api", dict(common, OSAPI_API_SERVER_JOB_TIMEOUT=f"{JOB_TIMEOUT:g}s",
-                                            OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD="1s")).start()
-        procs.append(api)
-        api.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])}
-                 >= set(workers), timeout=30, what="three workers registered")
-        doc = http.get("/api/v1/openapi.json", token=None).json
-        yield Stack(api, workers, resolv, doc, common)
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
+        for host, labels, heartbeat in ((OK, "group=web.a,zone=z1", None), (BAD, "group=web.b,zone=z2", None),
+                                        (STALLED, "group=web.c,zone=z1", "10s")):
+            workers[host] = kit.start_worker(host, labels, heartbeat=heartbeat, resolv_conf=resolv[host])
+        api = kit.start_api(env={"OSAPI_API_SERVER_JOB_TIMEOUT": f"{JOB_TIMEOUT:g}s",
+                                 "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"})
+        kit.wait_workers(workers, api)
+        doc = api.http().get("/api/v1/openapi.json", token=None).json
+        yield Stack(api, workers, resolv, doc, kit.env)
 
 
 @contextlib.contextmanager

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+import testkit
+from api_support import check_against_document
+from testkit import ApiProcess, WorkerProcess, make_token, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,6 +34,7 @@ A, B, C, D = "ro-a", "ro-b", "ro-c", "ro-d"
 HOSTS = (A, B, C, D)
 RESOLV = "# managed by the test\nnameserver 192.0.2.1\nsearch example.test\n"
 JOB_TIMEOUT = 4.0
+API_ENV = {"OSAPI_API_SERVER_JOB_TIMEOUT": f"{JOB_TIMEOUT:g}s", "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"}
 
 
 def dns(server: str) -> dict:
@@ -46,9 +48,7 @@ class Stack:
     resolv: dict[str, Path]
     doc: dict
     env: dict[str, str]
-    base: Path
-    api_env: dict[str, str]
-    procs: list
+    kit: testkit.Stack
 
     def job(self, job_id: str, api: ApiProcess | None = None) -> dict:
         resp = (api or self.api).http(ADMIN).get(f"/api/v1/jobs/{job_id}")
@@ -83,39 +83,18 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("rollout")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        common = clean_env(**nats.env())
-        resolv = {h: base / f"{h}.resolv.conf" for h in HOSTS}
-        resolv[B] = base / "b.resolv.d"
-        resolv[B].mkdir()  # a directory: the resolv_conf provider cannot read or write it
-        for host in (A, C, D):
-            resolv[host].write_text(RESOLV)
-        workers = {}
-        for host in HOSTS:
-            args = ("--heartbeat", "10s") if host == D else ()
-            workers[host] = WorkerProcess(base / host, dict(
-                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS="group=web",
-                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
-            ), args=args).start()
-            procs.append(workers[host])
-        api_env = dict(common, OSAPI_API_SERVER_JOB_TIMEOUT=f"{JOB_TIMEOUT:g}s",
-                       OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD="1s")
-        api = ApiProcess(base / "api", api_env).start()
-        procs.append(api)
-        api.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])}
-                 >= set(workers), timeout=30, what="four workers registered")
-        doc = http.get("/api/v1/openapi.json", token=None).json
-        yield Stack(api, workers, resolv, doc, common, base, api_env, procs)
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
+    resolv = {h: base / f"{h}.resolv.conf" for h in HOSTS}
+    resolv[B] = base / "b.resolv.d"
+    resolv[B].mkdir()  # a directory: the resolv_conf provider cannot read or write it
+    for host in (A, C, D):
+        resolv[host].write_text(RESOLV)
+    with testkit.Stack(base) as kit:
+        workers = {host: kit.start_worker(host, "group=web", heartbeat="10s" if host == D else None,
+                                          resolv_conf=resolv[host]) for host in HOSTS}
+        api = kit.start_api(env=API_ENV)
+        kit.wait_workers(workers, api)
+        doc = api.http().get("/api/v1/openapi.json", token=None).json
+        yield Stack(api, workers, resolv, doc, kit.env, kit)
 
 
 @contextlib.contextmanager
@@ -269,9 +248,7 @@ def test_kill_9_of_the_accepting_api_between_batches_and_the_other_api_completes
     assert states(stack.job(job_id))[C] == "pending"
     stack.api.proc.send_signal(signal.SIGKILL)
     stack.api.proc.wait(timeout=10)
-    other = ApiProcess(stack.base / "other", stack.api_env).start()
-    stack.procs.append(other)  # stopped by the fixture
-    other.wait_ready()
+    other = stack.kit.start_api("other", API_ENV)  # stopped by the fixture
     job = stack.settled(job_id, api=other)
     assert states(job) == {A: "ok", B: "failed", C: "ok", D: "ok"}
     assert runs(job) == dict.fromkeys(HOSTS, 1)  # no host ran it twice because of the takeover

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, wait_for, with_test_operations
+from job_support import Bridge, with_test_operations, worker_stack
+from testkit import wait_for
 
 from osapi import __version__
 from osapi.job.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
@@ -36,23 +36,14 @@ def stack(tmp_path_factory):
 
 
 def _stack(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("job-routing")
-    server = NatsServer(workdir / "nats").start()
-    fleet = Fleet(server, workdir / "fleet", ENV)
-    bridge = None
-    try:
+    with worker_stack(tmp_path_factory.mktemp("job-routing"), ENV) as fleet:
         for hostname, labels in HOSTS.items():
-            fleet.add(hostname, labels)
-        fleet.add("twin")
-        fleet.add("twin")
-        bridge = Bridge(base_env(server, workdir / "state", ENV))
-        bridge.wait_workers(EVERY_HOST + ["twin"])
-        yield SimpleNamespace(server=server, fleet=fleet, bridge=bridge, client=bridge.client)
-    finally:
-        if bridge is not None:
-            bridge.close()
-        fleet.stop_all()
-        server.stop()
+            fleet.start_worker(hostname, labels)
+        fleet.start_worker("twin")
+        fleet.start_worker("twin")
+        with Bridge(fleet.env) as bridge:
+            bridge.wait_workers(EVERY_HOST + ["twin"])
+            yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client)
 
 
 def run(stack, op_type, data, target, timeout=SLOW, quiet=SLOW):

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from job_support import Bridge, base_env, wait_for
+from job_support import Bridge, base_env
 
 from osapi.job import deadletter
 from osapi.job import status as st
@@ -24,15 +24,6 @@ from osapi.job.errors import JobStoreFull
 pytestmark = pytest.mark.timeout(120)
 
 HOSTNAME = {"type": "system.hostname.get", "data": {}}
-
-
-@pytest.fixture
-def bridge(nats_server, tmp_path):
-    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
-    try:
-        yield bridge
-    finally:
-        bridge.close()
 
 
 def sent(bridge, coro):

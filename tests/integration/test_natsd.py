@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port, stop_process, wait_for_port
+from testkit import free_port, stop_process, wait_for_port
 from supervise_support import wait_until
 from osapi import config, natsd
 

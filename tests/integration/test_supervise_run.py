@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port, stop_process, wait_for_port
+from testkit import free_port, stop_process, wait_for_port
 from supervise_support import Supervise, alive, children_of, processes_mentioning, wait_until
 
 
@@ -161,7 +161,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict]:
 
 def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     """A host whose NATS is elsewhere and not up yet: supervise keeps both going until it is."""
-    from harness import NatsServer
+    from testkit import NatsServer
 
     nats = NatsServer(tmp_path / "remote-nats")  # port and token chosen, server not started yet
     env.update({

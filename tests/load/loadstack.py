@@ -1,6 +1,6 @@
 """A real osapi stack for the load and hostile-input tests, started from source.
 
-nats-server (``harness.NatsServer``), ``python -m osapi api server start`` and
+nats-server (``testkit.NatsServer``), ``python -m osapi api server start`` and
 ``python -m osapi job worker start`` as subprocesses on free loopback ports,
 each stopped by pid. A worker can run inside a private network namespace
 (``netns_forward.py``) so the jobs it runs cannot reach anything but its own
@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from harness import NatsServer, free_port, stop_process, wait_for_port
+from testkit import NatsServer, free_port, stop_process, wait_for_port
 
 from osapi import authtoken
 

@@ -297,7 +297,8 @@ def _document(stack) -> dict:
 
 
 def _check(doc, method, template, status, body):
-    from api_support import Resp, check_against_document
+    from api_support import check_against_document
+    from testkit import Resp
 
     check_against_document(doc, method, template, Resp(status, {}, json.dumps(body).encode() if body else b""))
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import REPO
+from testkit import REPO
 
 from osapi.job import operations, testhooks
 
