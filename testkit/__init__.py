@@ -7,11 +7,13 @@ says what is where.
 """
 
 from testkit.http import Http, Resp, recv_all
-from testkit.procs import REPO, WaitTimeout, clean_env, free_port, stop_all, stop_process, wait_for, wait_for_port
+from testkit.procs import (
+    REPO, WaitTimeout, clean_env, free_port, paused, stop_all, stop_process, wait_for, wait_for_port,
+)
 from testkit.stack import SIGNING_KEY, ApiProcess, NatsServer, OsapiProcess, Stack, WorkerProcess, make_token
 
 __all__ = [
     "REPO", "SIGNING_KEY", "ApiProcess", "Http", "NatsServer", "OsapiProcess", "Resp", "Stack", "WaitTimeout",
-    "WorkerProcess", "clean_env", "free_port", "make_token", "recv_all", "stop_all", "stop_process", "wait_for",
+    "WorkerProcess", "clean_env", "free_port", "make_token", "paused", "recv_all", "stop_all", "stop_process", "wait_for",
     "wait_for_port",
 ]

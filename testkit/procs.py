@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,6 +89,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0, sig: int = signa
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     return proc.returncode
+
+
+@contextlib.contextmanager
+def paused(proc):
+    """``proc`` (a ``Popen``, or an object with one in ``proc``) stopped by pid with SIGSTOP for the
+    block, as a hung host is; always continued (SIGCONT) after it."""
+    pid = getattr(proc, "proc", proc).pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def stop_all(procs, timeout: float = 20.0) -> list[int | None]:

@@ -274,6 +274,12 @@ class Stack:
 
         return wait_for(listed, timeout, f"workers {sorted(want)} registered", interval=0.1)
 
+    def wait_answering(self, hostname: str, api: ApiProcess | None = None, timeout: float = 30.0) -> None:
+        """Until a call to ``hostname`` through the API answers 200 (the worker serves jobs)."""
+        http = (api or self.apis[0]).http(make_token(["read"], subject="testkit"))
+        wait_for(lambda: http.get(f"/api/v1/system/hostname?target_hostname={hostname}").status == 200, timeout,
+                 f"{hostname} answering", interval=0.1)
+
     def stop_workers(self) -> dict[str, int | None]:
         """SIGTERM every worker at once, then wait for each (KILL after 20 s). Exit codes by name."""
         return dict(zip((w.name for w in self.workers), stop_all(self.workers)))

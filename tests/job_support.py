@@ -15,6 +15,7 @@ import contextlib
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 from testkit import NatsServer, Stack, clean_env, wait_for
 
@@ -43,6 +44,21 @@ def base_env(server: NatsServer, state_dir: Path, extra: dict | None = None) -> 
 def worker_stack(workdir: Path, env: dict | None = None, nats: NatsServer | None = None) -> Stack:
     """A ``testkit.Stack`` for job tests: test operations on, workers with a 1 s heartbeat and a 15 s grace."""
     return Stack(workdir, {**HOOKS_ENV, **(env or {})}, nats=nats, heartbeat="1s", grace="15s")
+
+
+@contextlib.contextmanager
+def job_stack(workdir: Path, env: dict, workers: list[tuple[str, dict]]):
+    """Test operations on (in this process too: the client validates them), a ``worker_stack`` with
+    ``workers`` (hostname, ``start_worker`` keywords) started, and a ``Bridge`` once all are registered.
+
+    Yields ``server``, ``fleet`` (the stack), ``bridge``, ``client`` and ``started`` (the workers, in order).
+    """
+    with with_test_operations(), worker_stack(workdir, env) as fleet:
+        started = [fleet.start_worker(hostname, **kw) for hostname, kw in workers]
+        with Bridge(fleet.env) as bridge:
+            bridge.wait_workers([hostname for hostname, _ in workers])
+            yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client,
+                                  started=started)
 
 
 class Bridge:

@@ -25,9 +25,7 @@ def stack(tmp_path_factory):
     with Stack(tmp_path_factory.mktemp("audit")) as stack:
         stack.start_worker(HOST)
         api = stack.start_api()
-        http = api.http(ADMIN)
-        wait_for(lambda: http.get(f"/api/v1/system/hostname?target_hostname={HOST}").status == 200, 30,
-                 what="the worker answering")
+        stack.wait_answering(HOST, api)
         yield api
 
 

@@ -13,19 +13,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from testkit import Stack, WorkerProcess, make_token, wait_for
 
-ADMIN = make_token(["admin"], subject="metrics-admin")
 HOST = "metrics-w1"
+ADMIN = make_token(["admin"], subject="metrics-admin")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with Stack(tmp_path_factory.mktemp("metrics")) as stack:
         stack.start_worker(HOST)
-        first = stack.start_api("api1")
-        second = stack.start_api("api2", {"OSAPI_API_SERVER_METRICS_PUBLIC": "true"})
-        wait_for(lambda: first.http(ADMIN).get(f"/api/v1/system/hostname?target_hostname={HOST}").status == 200,
-                 30, what="the worker answering")
-        yield first, second
+        apis = [stack.start_api(name, env) for name, env in (("api1", {}),
+                                                              ("api2", {"OSAPI_API_SERVER_METRICS_PUBLIC": "true"}))]
+        stack.wait_answering(HOST, apis[0])
+        yield tuple(apis)
 
 
 def scrape(api, token=ADMIN) -> dict:

@@ -26,7 +26,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from testkit import NatsServer, free_port, stop_process, wait_for_port
 
 from osapi import authtoken

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from job_support import Bridge, with_test_operations, worker_stack
+from job_support import job_stack
 from testkit import wait_for
 
 from osapi.job.errors import NatsUnavailable
@@ -32,16 +30,10 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():  # the in-process client validates test.* operations too
-        yield from _stack(tmp_path_factory)
-
-
-def _stack(tmp_path_factory):
-    with worker_stack(tmp_path_factory.mktemp("job-failures"), ENV) as fleet:
-        hosts = {name: fleet.start_worker(name) for name in ("a1", "a2", "b1")}
-        with Bridge(fleet.env) as bridge:
-            bridge.wait_workers(["a1", "a2", "b1"])
-            yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client, hosts=hosts)
+    names = ("a1", "a2", "b1")
+    with job_stack(tmp_path_factory.mktemp("job-failures"), ENV, [(name, {}) for name in names]) as stack:
+        stack.hosts = dict(zip(names, stack.started))
+        yield stack
 
 
 def create(stack, op_type, data, target):

@@ -13,12 +13,7 @@ The API's ``job_timeout`` is 4 s: a host silent that long after submission is
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,60 +21,34 @@ from urllib.parse import quote
 
 import pytest
 import testkit
-from api_support import check_against_document
-from testkit import ApiProcess, WorkerProcess, make_token, wait_for
+from api_support import RESOLV, JobsApi, check_against_document, resolv_files, states
+from testkit import WorkerProcess, make_token, paused, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 ADMIN = make_token(["admin"], subject="outcomes-admin")
 READ = make_token(["read"], subject="outcomes-reader")
 OK, BAD, STALLED = "out-ok", "out-bad", "out-stalled"
-RESOLV = "# managed by the test\nnameserver 192.0.2.1\nsearch example.test\n"
 JOB_TIMEOUT = 4.0
 DNS = {"type": "network.dns.update", "data": {"interface_name": "lo", "servers": ["192.0.2.53"]}}
 HOSTNAME = {"type": "system.hostname.get", "data": {}}
 
 
 @dataclass
-class Stack:
-    api: ApiProcess
+class Stack(JobsApi):
     workers: dict[str, WorkerProcess]
     resolv: dict[str, Path]
-    doc: dict
-    env: dict[str, str]
-
-    def http(self, token: str = ADMIN):
-        return self.api.http(token)
-
-    def job(self, job_id: str) -> dict:
-        resp = self.http(READ).get(f"/api/v1/jobs/{job_id}")
-        assert resp.status == 200, resp.raw[:300]
-        check_against_document(self.doc, "GET", "/api/v1/jobs/{job_id}", resp)
-        return resp.json
 
     def submit(self, operation: dict, target: str) -> str:
-        resp = self.http().request("POST", "/api/v1/jobs", {"operation": operation, "target_hostname": target})
+        resp = self.post({"operation": operation, "target_hostname": target})
         assert resp.status == 201, resp.raw[:300]
         return resp.json["job_id"]
-
-    def settled(self, job_id: str, timeout: float = 30.0) -> dict:
-        return wait_for(lambda: (lambda j: j if j["status"] not in ("submitted", "processing") else None)(
-            self.job(job_id)), timeout, what=f"job {job_id} settling")
-
-    def cli(self, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
-        env = dict(self.env, OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN=ADMIN)
-        return subprocess.run([sys.executable, "-m", "osapi", "client", *argv, "--url",
-                               f"http://127.0.0.1:{self.api.port}"], env=env, input=stdin, capture_output=True,
-                              text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("outcomes")
-    resolv = {OK: base / "ok.resolv.conf", BAD: base / "bad.resolv.d", STALLED: base / "stalled.resolv.conf"}
-    resolv[OK].write_text(RESOLV)
-    resolv[STALLED].write_text(RESOLV)
-    resolv[BAD].mkdir()  # a directory: the resolv_conf provider cannot read or write it
+    resolv = resolv_files(base, (OK, BAD, STALLED), broken=(BAD,))
     with testkit.Stack(base) as kit:
         workers = {}
         for host, labels, heartbeat in ((OK, "group=web.a,zone=z1", None), (BAD, "group=web.b,zone=z2", None),
@@ -89,22 +58,12 @@ def stack(tmp_path_factory):
                                  "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"})
         kit.wait_workers(workers, api)
         doc = api.http().get("/api/v1/openapi.json", token=None).json
-        yield Stack(api, workers, resolv, doc, kit.env)
+        yield Stack(api, doc, kit.env, ADMIN, READ, workers, resolv)
 
 
-@contextlib.contextmanager
 def stalled(stack: Stack):
     """``out-stalled`` stopped (SIGSTOP) for the block; always continued (SIGCONT) after it."""
-    pid = stack.workers[STALLED].proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def states(job: dict) -> dict[str, str]:
-    return {host: item["state"] for host, item in job["hosts"].items()}
+    return paused(stack.workers[STALLED])
 
 
 def hosts_with_events(job: dict) -> set[str]:

@@ -12,11 +12,9 @@ import asyncio
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from job_support import Bridge, base_env, with_test_operations, worker_stack
+from job_support import base_env, job_stack
 from testkit import wait_for
 
 from osapi.job.errors import NoLiveWorker
@@ -28,15 +26,10 @@ ENV = {"OSAPI_JOB_CONSUMER_ACK_WAIT": "30s"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():
-        workdir = tmp_path_factory.mktemp("job-recovery")
-        with worker_stack(workdir, ENV) as fleet:
-            pair = [fleet.start_worker("pair", grace="1s"), fleet.start_worker("pair", grace="1s")]
-            late = fleet.start_worker("late")
-            with Bridge(fleet.env) as bridge:
-                bridge.wait_workers(["late", "pair", "pair"])
-                yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client,
-                                      pair=pair, late=late, workdir=workdir)
+    workdir = tmp_path_factory.mktemp("job-recovery")
+    with job_stack(workdir, ENV, [("pair", {"grace": "1s"}), ("pair", {"grace": "1s"}), ("late", {})]) as stack:
+        stack.pair, stack.late, stack.workdir = stack.started[:2], stack.started[2], workdir
+        yield stack
 
 
 def live_hostnames(stack) -> list[str]:

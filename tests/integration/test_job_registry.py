@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from job_support import Bridge, base_env, worker_stack
 from testkit import wait_for
 

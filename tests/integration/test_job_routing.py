@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from job_support import Bridge, with_test_operations, worker_stack
+from job_support import job_stack
 from testkit import wait_for
 
 from osapi import __version__
@@ -31,19 +29,9 @@ SLOW = 20.0  # timeout and quiet period for broadcasts: a call must return long 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():  # the in-process client validates test.* operations too
-        yield from _stack(tmp_path_factory)
-
-
-def _stack(tmp_path_factory):
-    with worker_stack(tmp_path_factory.mktemp("job-routing"), ENV) as fleet:
-        for hostname, labels in HOSTS.items():
-            fleet.start_worker(hostname, labels)
-        fleet.start_worker("twin")
-        fleet.start_worker("twin")
-        with Bridge(fleet.env) as bridge:
-            bridge.wait_workers(EVERY_HOST + ["twin"])
-            yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client)
+    workers = [(hostname, {"labels": labels}) for hostname, labels in HOSTS.items()] + [("twin", {}), ("twin", {})]
+    with job_stack(tmp_path_factory.mktemp("job-routing"), ENV, workers) as stack:
+        yield stack
 
 
 def run(stack, op_type, data, target, timeout=SLOW, quiet=SLOW):

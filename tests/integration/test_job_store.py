@@ -13,7 +13,6 @@ import asyncio
 import json
 
 import pytest
-
 from job_support import Bridge, base_env
 
 from osapi.job import deadletter

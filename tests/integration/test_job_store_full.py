@@ -9,7 +9,6 @@ event fits; then room is made again by purging those entries.
 from __future__ import annotations
 
 import pytest
-
 from job_support import Bridge, with_test_operations, worker_stack
 from testkit import make_token, wait_for
 

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from testkit import free_port, stop_process, wait_for, wait_for_port
 from osapi import config, natsd
 

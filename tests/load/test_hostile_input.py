@@ -35,7 +35,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from loadstack import SIGNING_KEY, LoadStack, netns_available
 
 pytestmark = [pytest.mark.slow]

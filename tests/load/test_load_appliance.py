@@ -29,7 +29,6 @@ import threading
 import time
 
 import pytest
-
 from loadstack import LoadStack
 
 pytestmark = [pytest.mark.slow]
