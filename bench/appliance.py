@@ -6,8 +6,8 @@ Two ways to run it, reported in results.md:
   ``python3 osapi.pyz supervise --workers N`` runs nats, api and worker(s) with a
   private state dir and free ports: exactly what an operator runs.
 * ``source``: the same three programs started one by one from the source tree
-  (``python -m osapi nats server start`` is replaced by nats-server with the
-  configuration ``osapi.natsd.render_config`` writes, as the test harness does),
+  with the tests' own stack (testkit/: nats-server with the configuration
+  ``osapi.natsd.render_config`` writes, ``ApiProcess``, ``WorkerProcess``),
   used while the pyz/supervise are not there yet, or with ``--source``.
 
 Extra worker processes with their own hostnames (the broadcast benchmark) are
@@ -16,20 +16,16 @@ started with ``add_workers`` and pointed at the appliance's NATS.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from testkit import (
+    REPO, ApiProcess, Http, NatsServer, WorkerProcess, clean_env, free_port, stop_process, wait_for, wait_for_port,
+)
 
 
 class NotAvailable(RuntimeError):
@@ -45,40 +41,7 @@ def base_env() -> dict:
     process compiles all of its modules at each start (measured: +10 MiB RSS per
     process and a slower start). The figures are for a real host.
     """
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("OSAPI_") and k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"pid {proc.pid} exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    return clean_env(pythonpath=False, bytecode_flag=False)
 
 
 def osapi_commands() -> set[str]:
@@ -173,16 +136,22 @@ class Appliance:
         env.update(more)
         return env
 
-    def _log(self, name: str):
-        (self.workdir / "logs").mkdir(exist_ok=True)
-        return open(self.workdir / "logs" / f"{name}.log", "ab")
+    def _log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
 
     def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
-        with self._log(name) as log:
+        self._log(name).parent.mkdir(exist_ok=True)
+        with open(self._log(name), "ab") as log:
             proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc
+
+    def _worker(self, name: str, env: dict, args: tuple[str, ...] = ()) -> subprocess.Popen:
+        worker = WorkerProcess(self.workdir, env, args, osapi=self.osapi_argv(), log_path=self._log(name)).start()
+        self.procs.append(worker.proc)
+        self.worker_procs.append(worker.proc)
+        return worker.proc
 
     def osapi_argv(self, *args: str) -> list[str]:
         if self.mode == "pyz":
@@ -205,22 +174,23 @@ class Appliance:
             raise
 
     def _start_source(self, timeout: float) -> None:
-        from osapi import authtoken, natsd
+        from osapi import authtoken
 
-        self.nats_token = secrets.token_hex(16)
         self.signing_key = secrets.token_hex(32)
         self.token = authtoken.generate(self.signing_key, ["admin"], "bench", 7 * 86400)
-        conf = self.workdir / "nats.conf"
-        conf.write_text(natsd.render_config(host="127.0.0.1", port=self.nats_port,
-                                            store_dir=self.workdir / "jetstream", token=self.nats_token))
-        self.nats_proc = self._spawn("nats", [str(natsd.find_binary()), "-c", str(conf)], base_env())
-        wait_for_port(self.nats_port, timeout, self.nats_proc)
+        nats = NatsServer(self.workdir / "nats", port=self.nats_port, log=self._log("nats"))
+        self.procs.append(nats.start(timeout).proc)
+        self.nats_proc, self.nats_token = nats.proc, nats.token
+        api = None
         if self.with_api:
-            self.api_proc = self._spawn("api", self.osapi_argv("api", "server", "start"), self.env())
+            api = ApiProcess(self.workdir, self.env(), self.api_port, osapi=self.osapi_argv(),
+                             log_path=self._log("api")).start(timeout, wait=False)
+            self.procs.append(api.proc)
+            self.api_proc = api.proc
         for i in range(self.workers):
-            self.worker_procs.append(self._spawn(f"worker-{i}", self.osapi_argv("job", "worker", "start"), self.env()))
-        if self.with_api:
-            wait_for_port(self.api_port, timeout, self.api_proc)
+            self._worker(f"worker-{i}", self.env())
+        if api is not None:
+            api.wait_port(timeout)
 
     def _start_pyz(self, timeout: float) -> None:
         programs = ["nats"] + (["api"] if self.with_api else []) + (["worker"] if self.workers else [])
@@ -228,67 +198,51 @@ class Appliance:
         self.root = self._spawn("supervise", self.osapi_argv("supervise", "--workers", str(max(1, self.workers))),
                                 env)
         secrets_dir = self.state_dir / "secrets"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def written() -> bool:
             if self.root.poll() is not None:
                 raise RuntimeError(f"supervise exited with {self.root.returncode}; see {self.workdir}/logs")
-            if (secrets_dir / "admin.token").is_file() and (secrets_dir / "nats.token").is_file():
-                break
-            time.sleep(0.05)
+            return (secrets_dir / "admin.token").is_file() and (secrets_dir / "nats.token").is_file()
+
+        wait_for(written, timeout, f"supervise writing {secrets_dir}/admin.token and nats.token")
         self.token = (secrets_dir / "admin.token").read_text().strip()
         self.nats_token = (secrets_dir / "nats.token").read_text().strip()
         self.signing_key = (secrets_dir / "signing_key").read_text().strip()
-        wait_for_port(self.nats_port, timeout, self.root)
+        wait_for_port("127.0.0.1", self.nats_port, timeout, self.root)
         if self.with_api:
-            wait_for_port(self.api_port, timeout, self.root)
+            wait_for_port("127.0.0.1", self.api_port, timeout, self.root)
 
     def wait_ready(self, timeout: float) -> None:
         """/health/ready answers 200 and the workers are in the registry."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        def ready():
             try:
-                status, body = self.request("GET", "/health/ready")
-                if status == 200:
-                    break
-                last = f"{status} {body}"
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.1)
-        else:
-            raise TimeoutError(f"{self.url}/health/ready not 200 within {timeout}s: {last}")
+                return self.request("GET", "/health/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, f"{self.url}/health/ready answering 200", interval=0.1)
         if self.workers:
-            self.wait_workers({self.hostname}, deadline - time.monotonic())
+            self.wait_workers({self.hostname}, timeout)
 
     def wait_workers(self, hostnames: set[str], timeout: float) -> None:
-        deadline = time.monotonic() + max(timeout, 1.0)
-        seen: set[str] = set()
-        while time.monotonic() < deadline:
+        def registered():
             status, body = self.request("GET", "/api/v1/jobs/workers")
-            if status == 200:
-                seen = {w.get("hostname") for w in body.get("workers", [])}
-                if hostnames <= seen:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"workers {sorted(hostnames - seen)} not registered within {timeout:.0f}s")
+            return status == 200 and hostnames <= {w.get("hostname") for w in body.get("workers", [])}
+
+        wait_for(registered, max(timeout, 1.0), f"workers {sorted(hostnames)} registered", interval=0.1)
 
     def add_workers(self, hostnames: list[str], args: tuple[str, ...] = ()) -> list[subprocess.Popen]:
         """One more worker process per hostname, on this appliance's NATS (``args``: more worker flags)."""
         env = self.env()
         if self.mode == "pyz":
             env.update({"OSAPI_NATS_URL": self.nats_url, "OSAPI_NATS_TOKEN": self.nats_token})
-        procs = []
-        for name in hostnames:
-            proc = self._spawn(f"worker-{name}", self.osapi_argv("job", "worker", "start", *args),
-                               dict(env, OSAPI_JOB_WORKER_HOSTNAME=name))
-            self.worker_procs.append(proc)
-            procs.append(proc)
-        return procs
+        return [self._worker(f"worker-{name}", dict(env, OSAPI_JOB_WORKER_HOSTNAME=name), args)
+                for name in hostnames]
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
             try:
-                stop(proc)
+                stop_process(proc, timeout=15)
             except Exception:  # noqa: BLE001 - best effort; the next one must still be stopped
                 pass
         self.procs.clear()
@@ -332,23 +286,8 @@ class Appliance:
 
     def request(self, method: str, path: str, body=None, token: str | None = "default", timeout: float = 30.0):
         """One HTTP call: (status, decoded JSON or text)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if token == "default":
-            token = self.token
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return Http(self.api_port, token=self.token if token == "default" else token).call(
+            method, path, body, timeout=timeout)
 
 
 def logs_tail(app: Appliance, lines: int = 20) -> str:

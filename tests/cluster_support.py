@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import free_port, generate_tls, stop_process, tls_context, wait_for_port
+from testkit import free_port, generate_tls, stop_process, tls_context, wait_for_port
 
 from osapi import natsd
 

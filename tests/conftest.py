@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# the checkout too: the test-only operations are ``tests.testhooks`` (osapi.domain.operations.TEST_HOOKS_MODULE)
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from job_support import Bridge, base_env
+from testkit import NatsServer
 
-from harness import NatsServer  # noqa: E402
-
-from osapi.cli import Environment, main  # noqa: E402
+from osapi.cli import Environment, main
 
 SIGNING_KEY = "test-signing-key-" + "x" * 32
 
@@ -41,6 +36,13 @@ def nats_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def bridge(nats_server, tmp_path):
+    """A JobClient on ``nats_server`` (streams and buckets set up), called synchronously."""
+    with Bridge(base_env(nats_server, tmp_path / "state")) as bridge:
+        yield bridge
 
 
 @dataclass

@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import pytest
-from harness import REPO
+from testkit import REPO
 
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # what the packaging tests run; scripts/test (scripts/install-test-tools) installs the Debian packages that bring them

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from harness import NatsServer, wait_for_port
+from testkit import NatsServer, wait_for_port
 
 from osapi import natsd
 from osapi.fleet import auth

@@ -1,13 +1,12 @@
-"""Helpers for the job-system tests: real worker processes and an in-process JobClient.
+"""Helpers for the job-system tests: worker stacks and an in-process JobClient.
 
-``Fleet`` starts ``python -m osapi job worker start`` subprocesses against one
-``NatsServer`` with distinct ``OSAPI_JOB_WORKER_HOSTNAME`` / ``_LABELS`` and the
-test-only operations on (``OSAPITEST_HOOKS=1``, see ``tests/testhooks.py``).
-``Bridge`` runs a ``JobClient`` on its own event loop thread (as the API does),
-so synchronous tests call ``bridge.call(client.run(job_request(...), ...))``
-(``job_request``: a job from plain values, through ``JobClient.prepare``); ``with_test_operations()``
-registers the test-only operations in the test process itself. Every process
-is stopped by pid; every wait is bounded.
+``worker_stack`` is a ``testkit.Stack`` whose workers run with the test-only
+operations on (``OSAPITEST_HOOKS=1``, see ``tests/testhooks.py``), a 1 s
+heartbeat and a 15 s grace. ``Bridge`` runs a ``JobClient`` on its own event loop
+thread (as the API does), so synchronous tests call ``bridge.call(client.run(job_request(...), ...))``
+(``job_request``: a job from plain values, through ``JobClient.prepare``);
+``with_test_operations()`` registers the test-only operations in the test process
+itself. Every process is stopped by pid; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -15,15 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from harness import REPO, NatsServer, stop_process
+from testkit import NatsServer, Stack, clean_env, wait_for
 
 HOOKS_ENV = {"OSAPITEST_HOOKS": "1"}
 
@@ -50,101 +45,28 @@ def job_request(op_type, data=None, target="_any", dry_run: bool = False):
 
 
 def base_env(server: NatsServer, state_dir: Path, extra: dict | None = None) -> dict[str, str]:
-    """The process environment without the developer's OSAPI_* variables, pointed at ``server``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
-    env.update(server.env())
-    env["OSAPI_SUPERVISE_STATE_DIR"] = str(state_dir)
-    env["PYTHONPATH"] = str(REPO)
-    env.update(HOOKS_ENV)
-    env.update(extra or {})
-    return env
+    """The clean process environment pointed at ``server``, test operations on, plus ``extra``."""
+    return clean_env(**{**server.env(), "OSAPI_SUPERVISE_STATE_DIR": str(state_dir), **HOOKS_ENV, **(extra or {})})
 
 
-class WorkerProc:
-    """One worker process with a hostname and labels; its log in ``workdir``."""
-
-    def __init__(self, fleet: "Fleet", hostname: str, labels: str = "", env: dict | None = None, name: str = "",
-                 grace: str = "15s", heartbeat: str = "1s"):
-        self.fleet = fleet
-        self.grace = grace
-        self.heartbeat = heartbeat
-        self.hostname = hostname
-        self.labels = labels
-        self.extra = env or {}
-        self.name = name or hostname
-        self.log_path = fleet.workdir / f"{self.name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "WorkerProc":
-        env = base_env(self.fleet.server, self.fleet.workdir / "state", {**self.fleet.env, **self.extra})
-        env["OSAPI_JOB_WORKER_HOSTNAME"] = self.hostname
-        if self.labels:
-            env["OSAPI_JOB_WORKER_LABELS"] = self.labels
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", self.heartbeat,
-                 "--grace", self.grace],
-                cwd=self.fleet.workdir, env=env, stdout=log, stderr=log,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        return stop_process(self.proc, timeout=timeout) if self.proc is not None else None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, sig=signal.SIGKILL)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+def worker_stack(workdir: Path, env: dict | None = None, nats: NatsServer | None = None) -> Stack:
+    """A ``testkit.Stack`` for job tests: test operations on, workers with a 1 s heartbeat and a 15 s grace."""
+    return Stack(workdir, {**HOOKS_ENV, **(env or {})}, nats=nats, heartbeat="1s", grace="15s")
 
 
-class Fleet:
-    """Worker processes sharing one server; ``stop_all`` stops each by pid."""
+@contextlib.contextmanager
+def job_stack(workdir: Path, env: dict, workers: list[tuple[str, dict]]):
+    """Test operations on (in this process too: the client validates them), a ``worker_stack`` with
+    ``workers`` (hostname, ``start_worker`` keywords) started, and a ``Bridge`` once all are registered.
 
-    def __init__(self, server: NatsServer, workdir: Path, env: dict | None = None):
-        self.server = server
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(env or {})
-        self.workers: list[WorkerProc] = []
-
-    def add(self, hostname: str, labels: str = "", env: dict | None = None, name: str = "",
-            grace: str = "15s", heartbeat: str = "1s") -> WorkerProc:
-        worker = WorkerProc(self, hostname, labels, env, name or f"{hostname}-{len(self.workers)}", grace, heartbeat)
-        self.workers.append(worker)
-        return worker.start()
-
-    def stop_all(self) -> dict[str, int | None]:
-        """SIGTERM every live worker at once, then wait for each (KILL after 20 s). Exit codes by name."""
-        for worker in self.workers:
-            if worker.alive():
-                try:
-                    os.kill(worker.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        codes = {}
-        for worker in self.workers:
-            try:
-                codes[worker.name] = worker.stop()
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                worker.kill()
-                codes[worker.name] = None
-        return codes
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.workers)
+    Yields ``server``, ``fleet`` (the stack), ``bridge``, ``client`` and ``started`` (the workers, in order).
+    """
+    with with_test_operations(), worker_stack(workdir, env) as fleet:
+        started = [fleet.start_worker(hostname, **kw) for hostname, kw in workers]
+        with Bridge(fleet.env) as bridge:
+            bridge.wait_workers([hostname for hostname, _ in workers])
+            yield SimpleNamespace(server=fleet.nats, fleet=fleet, bridge=bridge, client=bridge.client,
+                                  started=started)
 
 
 class Bridge:
@@ -168,6 +90,12 @@ class Bridge:
         except BaseException:
             self.close()
             raise
+
+    def __enter__(self) -> "Bridge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def call(self, coro, timeout: float = 60.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -223,14 +151,3 @@ class Bridge:
         return wait_for(lambda: (lambda j: j if j["status"] in statuses else None)(self.call(self.client.get(job_id))),
                         timeout, what=f"job {job_id} reaching {statuses}")
 
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until truthy (bounded in time); return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(interval)

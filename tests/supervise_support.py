@@ -12,10 +12,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from harness import stop_process
+from testkit import stop_process, wait_for
 
 from osapi import supervise
 
@@ -67,17 +66,6 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} did not happen within {timeout}s (last: {last!r})")
 
 
 class Supervise:
@@ -138,7 +126,7 @@ class Supervise:
             return None
 
         try:
-            return wait_until(ready, timeout, f"{names} RUNNING", interval=0.2)
+            return wait_for(ready, timeout, f"{names} RUNNING", interval=0.2)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{self.processes()}\n{self.log()}") from None
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port
-from supervise_support import Supervise, alive, children_of, processes_mentioning, wait_until
+from supervise_support import Supervise, alive, children_of, processes_mentioning
+from testkit import free_port, wait_for
 
 PROGRAMS = ["nats", "api", "worker:worker-1"]
 SECRETS = ["admin.token", "nats.token", "signing_key", "supervisor.password"]
@@ -58,7 +58,7 @@ class Appliance:
             return 0, {}
 
     def wait_ready(self, timeout: float = 60) -> None:
-        wait_until(lambda: self.http("GET", "/health/ready", auth=False)[0] == 200, timeout, "/health/ready 200")
+        wait_for(lambda: self.http("GET", "/health/ready", auth=False)[0] == 200, timeout, "/health/ready 200")
 
     def run_job(self, target: str = "_any", timeout: float = 60) -> dict:
         status, created = self.http("POST", "/api/v1/jobs",
@@ -72,7 +72,7 @@ class Appliance:
             status, job = self.http("GET", f"/api/v1/jobs/{job_id}")
             return job if status == 200 and job["status"] in ("completed", "failed", "partial_failure") else None
 
-        return wait_until(done, timeout, f"job {job_id} finished", interval=0.2)
+        return wait_for(done, timeout, f"job {job_id} finished", interval=0.2)
 
 
 def start_supervise(runner, workdir: Path, env: dict[str, str], *args: str) -> Supervise:
@@ -146,7 +146,7 @@ def test_killed_children_come_back_and_jobs_survive_a_nats_restart(appliance):
     for name in ("worker:worker-1", "api", "nats"):
         before = appliance.sup.processes()[name]["pid"]
         os.kill(before, signal.SIGKILL)
-        wait_until(lambda: appliance.sup.processes().get(name, {}).get("pid") not in (None, before),
+        wait_for(lambda: appliance.sup.processes().get(name, {}).get("pid") not in (None, before),
                    60, f"a new {name} pid", interval=0.2)
         appliance.sup.wait_running(PROGRAMS, timeout=60)
         assert not alive(before)
@@ -177,7 +177,7 @@ def test_a_worker_only_supervise_joins_the_first_ones_nats(appliance, runner, tm
             status, body = appliance.http("GET", "/api/v1/jobs/workers")
             return status == 200 and "fleet-e2e-2" in {w["hostname"] for w in body["workers"]}
 
-        wait_until(joined, 60, "fleet-e2e-2 in GET /api/v1/jobs/workers", interval=0.3)
+        wait_for(joined, 60, "fleet-e2e-2 in GET /api/v1/jobs/workers", interval=0.3)
         job = appliance.run_job(target="fleet-e2e-2")
         assert job["status"] == "completed" and list(job["responses"]) == ["fleet-e2e-2"], job
         # `supervise stop` with no name stops that whole supervisor, workers first, and it exits 0

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from harness import REPO, free_port, stop_process, wait_for_port
+from testkit import REPO, free_port, stop_process, wait_for_port
 
 from osapi import __version__
 

@@ -12,8 +12,8 @@ import time
 import uuid
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+from api_support import check_against_document
+from testkit import Stack, make_token, wait_for
 
 ADMIN = make_token(["admin"], subject="audit-admin")
 WRITE = make_token(["write"], subject="audit-writer")
@@ -22,25 +22,11 @@ HOST = "audit-w1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("audit")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        env = clean_env(**nats.env())
-        procs.append(WorkerProcess(base / "worker", dict(env, OSAPI_JOB_WORKER_HOSTNAME=HOST)).start())
-        api = ApiProcess(base / "api", env).start()
-        procs.append(api)
-        api.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: http.get(f"/api/v1/system/hostname?target_hostname={HOST}").status == 200, 30,
-                 what="the worker answering")
+    with Stack(tmp_path_factory.mktemp("audit")) as stack:
+        stack.start_worker(HOST)
+        api = stack.start_api()
+        stack.wait_answering(HOST, api)
         yield api
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
 
 
 def _since() -> str:
@@ -210,26 +196,18 @@ def test_cli_audit_list_and_export(stack, cli):
 
 
 def test_entries_made_while_nats_is_away_are_stored_when_it_is_back(tmp_path):
-    nats = NatsServer(tmp_path / "nats").start()
-    servers, procs = [nats], []
-    try:
-        api = ApiProcess(tmp_path / "api", clean_env(**nats.env())).start()
-        procs.append(api)
-        api.wait_ready()
+    with Stack(tmp_path) as stack:
+        api = stack.start_api()
         who = "offline-reader"
         http = api.http(make_token(["read"], subject=who))
         since = _since()
-        nats.stop()
+        stack.nats.stop()
         api.wait_ready(want=503)
         statuses = [http.get("/api/v1/jobs").status for _ in range(5)]
         assert statuses == [503] * 5
-        servers.append(NatsServer(tmp_path / "nats", port=nats.port, token=nats.token).start())
+        stack.nats.start()  # the same port, token and store
         api.wait_ready(timeout=30)
         entries = _entries(api, since, who=who, want=5)
         time.sleep(0.5)
         entries = _entries(api, since, who=who)
         assert [(e["path"], e["status"]) for e in entries] == [("/api/v1/jobs", 503)] * 5
-    finally:
-        stop_all(procs)
-        for server in servers:
-            server.stop()

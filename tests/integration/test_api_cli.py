@@ -12,8 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from api_support import SIGNING_KEY, ApiProcess, clean_env
-from harness import free_port
+from testkit import SIGNING_KEY, ApiProcess, clean_env, free_port
 
 
 def _dead_nats() -> str:
@@ -80,7 +79,7 @@ def test_sigterm_lets_a_running_request_finish(tmp_path, nats_server):
     """SIGTERM while a synchronous request waits for workers: it still gets its answer."""
     import threading
 
-    from api_support import make_token, wait_for
+    from testkit import make_token, wait_for
 
     api = ApiProcess(tmp_path, clean_env(**nats_server.env(), OSAPI_API_SERVER_JOB_TIMEOUT="3s")).start()
     http = api.http(make_token(["admin"]))

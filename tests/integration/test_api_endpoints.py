@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_support import (
-    ApiProcess, Http, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for,
-)
-from harness import NatsServer
+import testkit
+from api_support import check_against_document
+from testkit import ApiProcess, Http, WorkerProcess, make_token, recv_all, wait_for
 
 from osapi import __version__
 from osapi.api.app import all_routes
@@ -46,40 +45,20 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("api-stack")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        common = clean_env(**nats.env())
+    with testkit.Stack(base) as kit:
         resolv = {}
         workers = []
         for host, group in (("api-w1", "web.dev"), ("api-w2", "web.prod")):
             resolv[host] = base / f"{host}.resolv.conf"
             resolv[host].write_text(RESOLV)
-            worker = WorkerProcess(base / host, dict(
-                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS=f"group={group}",
-                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
-            )).start()
-            procs.append(worker)
-            workers.append(worker)
-        api = ApiProcess(base / "api", dict(
-            common, OSAPI_API_SERVER_JOB_TIMEOUT="20s", OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD=f"{QUIET:g}s",
-            OSAPI_API_SERVER_SECURITY_CORS_ALLOW_ORIGINS="https://ui.example")).start()
-        procs.append(api)
-        fast = ApiProcess(base / "api-fast", dict(common, OSAPI_API_SERVER_JOB_TIMEOUT="1s")).start()
-        procs.append(fast)
-        api.wait_ready()
-        fast.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])} >= HOSTS,
-                 timeout=30, what="both workers registered")
-        doc = http.get("/api/v1/openapi.json", token=None).json
+            workers.append(kit.start_worker(host, f"group={group}", resolv_conf=resolv[host]))
+        api = kit.start_api(env={"OSAPI_API_SERVER_JOB_TIMEOUT": "20s",
+                                 "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": f"{QUIET:g}s",
+                                 "OSAPI_API_SERVER_SECURITY_CORS_ALLOW_ORIGINS": "https://ui.example"})
+        fast = kit.start_api("api-fast", {"OSAPI_API_SERVER_JOB_TIMEOUT": "1s"})
+        kit.wait_workers(HOSTS, api)
+        doc = api.http().get("/api/v1/openapi.json", token=None).json
         yield Stack(api, fast, workers, resolv, doc)
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
 
 
 def _ok(stack: Stack, method: str, template: str, resp, status: int = 200):
@@ -367,7 +346,7 @@ def _post_with_key(stack, key: bytes) -> bytes:
            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
     with socket.create_connection(("127.0.0.1", stack.api.port), timeout=10) as sock:
         sock.sendall(raw)
-        return _read_all(sock)
+        return recv_all(sock)
 
 
 @pytest.mark.parametrize("key", [b"", b" ", b"x" * 201, "caf\u00e9".encode("latin-1"), "caf\u00e9".encode(),
@@ -573,7 +552,7 @@ def test_oversized_body_is_413_envelope_and_stores_nothing(stack):
     with socket.create_connection(("127.0.0.1", stack.api.port), timeout=10) as sock:
         sock.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN.encode()
                      + b"\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{")
-        answer = _read_all(sock)
+        answer = recv_all(sock)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(payload) == {"error": "request body too large",
@@ -587,22 +566,9 @@ def test_oversized_body_is_413_envelope_and_stores_nothing(stack):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except OSError:
             pass  # the server may close once it has refused
-        answer = _read_all(sock)
+        answer = recv_all(sock)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert _total(stack) == before
-
-
-def _read_all(sock) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 def test_unknown_route_and_method_through_waitress(stack):
@@ -619,7 +585,7 @@ def test_unknown_route_and_method_through_waitress(stack):
 def _claims_token(**over) -> str:
     import jwt
 
-    from api_support import SIGNING_KEY
+    from testkit import SIGNING_KEY
 
     now = int(time.time())
     payload = {"sub": "x", "roles": ["admin"], "iat": now, "exp": now + 600, "iss": "osapi", **over}

@@ -13,8 +13,7 @@ import time
 import uuid
 
 import pytest
-from api_support import ApiProcess, Http, WorkerProcess, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+from testkit import ApiProcess, Http, Stack, make_token, stop_all, wait_for
 
 from osapi.api.events import MAX_EVENT_STREAMS
 
@@ -26,24 +25,12 @@ READ_TIMEOUT = 30.0  # seconds a test waits for the next chunk of a stream befor
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("events")
-    nats = NatsServer(tmp / "nats").start()
-    started: list = []
-    try:
-        env = clean_env(**nats.env(), OSAPITEST_HOOKS="1")
+    with Stack(tmp_path_factory.mktemp("events"), {"OSAPITEST_HOOKS": "1"}) as stack:
         for host in HOSTS:
-            started.append(WorkerProcess(tmp / host, dict(env, OSAPI_JOB_WORKER_HOSTNAME=host),
-                                         args=("--heartbeat", "1s")).start())
-        api = ApiProcess(tmp / "api", env).start()
-        started.append(api)
-        api.wait_ready()
-        http = Http(api.port, token=ADMIN)
-        wait_for(lambda: len(http.get("/api/v1/jobs/workers").json.get("workers") or []) == len(HOSTS),
-                 timeout=30, what="three workers registered")
+            stack.start_worker(host, heartbeat="1s")
+        api = stack.start_api()
+        stack.wait_workers(HOSTS, api)
         yield api
-    finally:
-        stop_all(started)
-        nats.stop()
 
 
 class Stream:

@@ -15,8 +15,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from api_support import ApiProcess, Http, WorkerProcess, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+from testkit import Http, Stack, make_token, wait_for
 
 ADMIN = make_token(["admin"], subject="ops")
 WAITING = 48
@@ -27,20 +26,10 @@ HUNG, HEALTHY = "hung-w1", "ok-w1"
 
 @pytest.fixture
 def parts(tmp_path):
-    nats = NatsServer(tmp_path / "nats").start()
-    started: list = []
-    try:
-        env = clean_env(**nats.env(), OSAPI_API_SERVER_JOB_TIMEOUT=f"{JOB_TIMEOUT:g}s")
-        for host, heartbeat in ((HEALTHY, "1s"), (HUNG, "60s")):  # 60 s: stays registered while stopped
-            started.append(WorkerProcess(tmp_path / host, dict(env, OSAPI_JOB_WORKER_HOSTNAME=host),
-                                         args=("--heartbeat", heartbeat)).start())
-        api = ApiProcess(tmp_path / "api", env).start()
-        started.append(api)
-        api.wait_ready()
-        yield api, started[1]
-    finally:
-        stop_all(started)
-        nats.stop()
+    with Stack(tmp_path, {"OSAPI_API_SERVER_JOB_TIMEOUT": f"{JOB_TIMEOUT:g}s"}) as stack:
+        stack.start_worker(HEALTHY, heartbeat="1s")
+        hung = stack.start_worker(HUNG, heartbeat="60s")  # 60 s: stays registered while stopped
+        yield stack.start_api(), hung
 
 
 def _hostname(http: Http, host: str):

@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 import shlex
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from api_support import SIGNING_KEY, clean_env, make_token
-from harness import free_port, stop_process, wait_for_port
+from testkit import ApiProcess, clean_env, free_port, make_token, recv_all
 
 FORGED = "2030-01-01T00:00:00 INFO osapi.api.access: request method=GET path=/ok status=200 subject=admin"
 FORGED_URL = FORGED.replace(" ", "%20")
@@ -54,37 +51,20 @@ def _raw_requests(token: str) -> list[tuple[str, bytes]]:
 def _send(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(raw)
-        chunks = []
-        for _ in range(1000):  # bounded; the server closes (Connection: close)
-            try:
-                data = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks)
+        return recv_all(sock)  # the server closes (Connection: close)
 
 
 def _run_api(workdir: Path, *flags: str) -> str:
     """Start an API with ``flags``, send every hostile request, stop it by pid; its log."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = clean_env(OSAPI_NATS_URL=f"nats://127.0.0.1:{free_port()}", OSAPI_API_SERVER_PORT=str(port),
-                    OSAPI_API_SERVER_SECURITY_SIGNING_KEY=SIGNING_KEY,
-                    OSAPI_SUPERVISE_STATE_DIR=str(workdir / "state"))
+    api = ApiProcess(workdir, clean_env(OSAPI_NATS_URL=f"nats://127.0.0.1:{free_port()}"), flags=flags)
     token = make_token(["admin"], subject=f"evil\n{FORGED}\r\x00")
-    log_path = workdir / "api.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "osapi", "api", "server", "start", *flags],
-                                cwd=workdir, env=env, stdout=log, stderr=log)
     try:
-        wait_for_port("127.0.0.1", port, 20, proc)
-        answers = {marker: _send(port, raw) for marker, raw in _raw_requests(token)}
+        api.start()
+        answers = {marker: _send(api.port, raw) for marker, raw in _raw_requests(token)}
     finally:
-        stop_process(proc)
+        api.stop()
     assert all(a.startswith(b"HTTP/1.") for a in answers.values()), answers
-    return log_path.read_bytes().decode("utf-8", "surrogateescape")
+    return api.log_path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _check_one_line_per_request(text: str, is_access, expected: int) -> None:

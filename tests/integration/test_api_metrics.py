@@ -10,36 +10,21 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import Stack, WorkerProcess, make_token, wait_for
 
-ADMIN = make_token(["admin"], subject="metrics-admin")
 HOST = "metrics-w1"
+ADMIN = make_token(["admin"], subject="metrics-admin")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("metrics")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        env = clean_env(**nats.env())
-        procs.append(WorkerProcess(base / "worker", dict(env, OSAPI_JOB_WORKER_HOSTNAME=HOST)).start())
-        first = ApiProcess(base / "api1", env).start()
-        second = ApiProcess(base / "api2", dict(env, OSAPI_API_SERVER_METRICS_PUBLIC="true")).start()
-        procs += [first, second]
-        first.wait_ready()
-        second.wait_ready()
-        wait_for(lambda: first.http(ADMIN).get(f"/api/v1/system/hostname?target_hostname={HOST}").status == 200,
-                 30, what="the worker answering")
-        yield first, second
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
+    with Stack(tmp_path_factory.mktemp("metrics")) as stack:
+        stack.start_worker(HOST)
+        apis = [stack.start_api(name, env) for name, env in (("api1", {}),
+                                                              ("api2", {"OSAPI_API_SERVER_METRICS_PUBLIC": "true"}))]
+        stack.wait_answering(HOST, apis[0])
+        yield tuple(apis)
 
 
 def scrape(api, token=ADMIN) -> dict:

@@ -7,8 +7,7 @@ store directory; the API process (and the worker) keep running throughout.
 from __future__ import annotations
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+from testkit import ApiProcess, NatsServer, Stack, clean_env, make_token, wait_for
 
 ADMIN = make_token(["admin"], subject="ops")
 
@@ -19,24 +18,14 @@ def _is(status):
 
 @pytest.fixture
 def parts(tmp_path):
-    nats = NatsServer(tmp_path / "nats").start()
-    servers = [nats]  # the test appends the restarted server; all are stopped after the processes
-    started: list = []
-    try:
-        env = clean_env(**nats.env(), OSAPI_API_SERVER_JOB_TIMEOUT="15s")
-        worker = WorkerProcess(tmp_path / "worker", dict(env, OSAPI_JOB_WORKER_HOSTNAME="outage-w1")).start()
-        started.append(worker)
-        api = ApiProcess(tmp_path / "api", env).start()
-        started.append(api)
-        yield nats, api, servers
-    finally:
-        stop_all(started)
-        for server in servers:
-            server.stop()
+    """nats-server, a worker and an API (not yet ready); the test may stop and start the server again."""
+    with Stack(tmp_path, {"OSAPI_API_SERVER_JOB_TIMEOUT": "15s"}) as stack:
+        stack.start_worker("outage-w1", name="worker")
+        yield stack.nats, stack.start_api(ready=False)
 
 
-def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
-    nats, api, servers = parts
+def test_503_while_nats_is_down_and_recovery(parts):
+    nats, api = parts
     http = api.http(ADMIN)
     api.wait_ready()
     wait_for(lambda: http.get("/api/v1/system/hostname?target_hostname=outage-w1").status == 200,
@@ -71,7 +60,7 @@ def test_503_while_nats_is_down_and_recovery(parts, tmp_path):
     # validation still answers without NATS: a bad request is 400, not 503
     assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "nope"}}).status == 400
 
-    servers.append(NatsServer(tmp_path / "nats", port=nats.port, token=nats.token).start())
+    nats.start()  # the same port, token and store
     api.wait_ready(timeout=30)
     assert http.get(f"/api/v1/jobs/{job_id}").json["id"] == job_id  # the store survived
     assert http.request("POST", "/api/v1/jobs", {"operation": {"type": "system.uptime.get"}}).status == 201
@@ -89,7 +78,7 @@ def test_api_started_before_nats_connects_when_it_appears(tmp_path):
     Then nats-server is replaced by one with an empty store on the same port: the
     API sets the stream and buckets up again by itself.
     """
-    from harness import free_port
+    from testkit import free_port
 
     port = free_port()
     token = "t" * 32
@@ -132,7 +121,7 @@ def test_a_submission_answered_503_while_nats_is_stalled_leaves_no_phantom_job(p
     import signal
     import threading
 
-    nats, api, servers = parts
+    nats, api = parts
     http = api.http(ADMIN)
     api.wait_ready()
     wait_for(lambda: http.get("/api/v1/system/hostname?target_hostname=outage-w1").status == 200,

@@ -15,7 +15,8 @@ import sys
 import time
 
 import pytest
-from api_support import SIGNING_KEY, make_token, wsgi_call
+from api_support import wsgi_call
+from testkit import SIGNING_KEY, make_token
 
 from osapi import config
 

@@ -2,7 +2,7 @@
 
 One stack per module (started once, stopped by pid at the end):
 
-- a real nats-server with token auth (tests/harness.NatsServer),
+- a real nats-server with token auth (testkit.NatsServer),
 - the REST API as a subprocess on a free port,
 - two workers as subprocesses acting as two hosts: ``w-alpha`` (label
   ``group=web.dev``) and ``w-beta`` (label ``group=db``). Their DNS provider is
@@ -26,8 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from harness import NatsServer, free_port, stop_process, wait_for_port
+from testkit import NatsServer, free_port, stop_process, wait_for_port
 
 from osapi import authtoken
 

@@ -18,10 +18,9 @@ import threading
 
 import pytest
 import yaml
-from api_support import ApiProcess, make_token
 from fleet_support import FleetNats
-from harness import stop_process
-from job_support import Bridge, base_env, wait_for
+from testkit import ApiProcess, make_token, stop_process, wait_for
+from job_support import Bridge, base_env
 
 HOSTILE = ["web\n1", "web\x001", "*", ">", "a..b", "a/b", "a b", "_x", "", "a" * 300, "web1\r", "a.>", "w\"}"]
 

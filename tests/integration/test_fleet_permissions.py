@@ -17,7 +17,8 @@ import uuid
 
 import pytest
 from fleet_support import FleetNats, RawHost
-from job_support import Bridge, base_env, wait_for
+from job_support import Bridge, base_env
+from testkit import wait_for
 
 from osapi.fleet import hosts
 from osapi.job import status as st

@@ -39,7 +39,7 @@ def test_nats_server_requires_the_token(nats_server):
 
 
 def test_nats_server_is_stopped_by_pid(tmp_path):
-    from harness import NatsServer
+    from testkit import NatsServer
 
     server = NatsServer(tmp_path / "n").start()
     pid = server.proc.pid

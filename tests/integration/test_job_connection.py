@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-
-from harness import NatsServer, free_port, stop_process
-from job_support import Bridge, base_env, job_request, wait_for
+from job_support import Bridge, base_env, job_request
+from testkit import NatsServer, WorkerProcess, free_port, wait_for
 
 from osapi import config
 from osapi.domain.errors import JobTimeout, NatsUnavailable
@@ -61,16 +58,13 @@ def test_a_worker_with_a_wrong_token_says_so(nats_server, tmp_path):
     names the token (as the API's does), not the reset that followed."""
     env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "badtoken",
                                                       "OSAPI_NATS_TOKEN": "wrong-token"})
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    worker = WorkerProcess(tmp_path, env).start()
     try:
-        wait_for(lambda: "cannot connect to NATS" in log_path.read_text(), 20, what="the worker's connect error")
-        assert proc.poll() is None  # it keeps retrying: the token file may be fixed under a supervisor
+        wait_for(lambda: "cannot connect to NATS" in worker.log(), 20, what="the worker's connect error")
+        assert worker.alive()  # it keeps retrying: the token file may be fixed under a supervisor
     finally:
-        code = stop_process(proc)
-    text = log_path.read_text()
+        code = worker.stop()
+    text = worker.log()
     line = next(x for x in text.splitlines() if "cannot connect to NATS" in x)
     assert "authorization violation (wrong or missing token)" in line, text
     assert "nats.token" in line and "Connection reset" not in line and "nats-server running" not in line, text
@@ -81,17 +75,14 @@ def test_a_worker_with_a_wrong_token_says_so(nats_server, tmp_path):
 def test_an_idle_worker_stops_on_sigterm_and_says_so_last(nats_server, tmp_path):
     """Its idle pulls are given up at once (no job is held by them); the last log line says it stopped."""
     env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "idle"})
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--grace", "20s"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    worker = WorkerProcess(tmp_path, env, ("--grace", "20s")).start()
     try:
-        wait_for(lambda: "worker idle ready" in log_path.read_text(), 20, what="the worker ready")
-        os.kill(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        wait_for(lambda: "worker idle ready" in worker.log(), 20, what="the worker ready")
+        os.kill(worker.pid, signal.SIGTERM)
+        code = worker.proc.wait(timeout=30)
     finally:
-        stop_process(proc)
-    lines = [x for x in log_path.read_text().splitlines() if x.strip()]
+        worker.stop()
+    lines = [x for x in worker.log().splitlines() if x.strip()]
     assert code == 0, lines
     assert "worker idle stopped" in lines[-1] and "exit_status=0" in lines[-1], lines[-3:]
     assert not any("WARNING" in x or "ERROR" in x for x in lines if "test-only operations" not in x), lines
@@ -153,14 +144,11 @@ def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
     # the token written into the URL as well: it must never show in the worker's log
     env = base_env(server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "early",
                                                  "OSAPI_NATS_URL": f"nats://{server.token}@127.0.0.1:{server.port}"})
-    with open(tmp_path / "worker.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    worker = WorkerProcess(tmp_path, env, ("--heartbeat", "1s")).start()
     bridge = None
     try:
-        wait_for(lambda: "cannot connect to NATS" in (tmp_path / "worker.log").read_text(), 15,
-                 what="the worker reporting the missing server")
-        assert proc.poll() is None
+        wait_for(lambda: "cannot connect to NATS" in worker.log(), 15, what="the worker reporting the missing server")
+        assert worker.alive()
         server.start()
         bridge = Bridge(base_env(server, tmp_path / "state"))
         bridge.wait_workers(["early"])
@@ -169,9 +157,9 @@ def test_worker_started_before_its_server_waits_and_then_serves(tmp_path):
     finally:
         if bridge is not None:
             bridge.close()
-        code = stop_process(proc)
+        code = worker.stop()
         server.stop()
-    log = (tmp_path / "worker.log").read_text()
+    log = worker.log()
     assert code == 0, log
     assert f"nats://127.0.0.1:{server.port}" in log and server.token not in log
 
@@ -205,17 +193,14 @@ def test_the_api_bridge_connects_again_after_nats_closed_the_connection(nats_ser
 
 def test_a_worker_whose_connection_nats_closed_exits_1_for_its_supervisor(nats_server, tmp_path):
     env = base_env(nats_server, tmp_path / "state", {"OSAPI_JOB_WORKER_HOSTNAME": "closing"})
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "osapi", "job", "worker", "start", "--heartbeat", "1s"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+    worker = WorkerProcess(tmp_path, env, ("--heartbeat", "1s")).start()
     try:
-        wait_for(lambda: "worker closing ready" in log_path.read_text(), 20, what="the worker ready")
+        wait_for(lambda: "worker closing ready" in worker.log(), 20, what="the worker ready")
         rotate_token(nats_server, "rotated-" + nats_server.token)
-        code = proc.wait(timeout=30)
+        code = worker.proc.wait(timeout=30)
     finally:
-        stop_process(proc)
-    text = log_path.read_text()
+        worker.stop()
+    text = worker.log()
     assert code == 1, text
     assert "NATS closed the connection for good; exiting with status 1" in text
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
+from job_support import job_stack, job_request
+from testkit import wait_for
 
 from osapi.domain.errors import NatsUnavailable
 
@@ -32,25 +30,10 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():  # the in-process client validates test.* operations too
-        yield from _stack(tmp_path_factory)
-
-
-def _stack(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("job-failures")
-    server = NatsServer(workdir / "nats").start()
-    fleet = Fleet(server, workdir / "fleet", ENV)
-    bridge = None
-    try:
-        hosts = {name: fleet.add(name) for name in ("a1", "a2", "b1")}
-        bridge = Bridge(base_env(server, workdir / "state", ENV))
-        bridge.wait_workers(["a1", "a2", "b1"])
-        yield SimpleNamespace(server=server, fleet=fleet, bridge=bridge, client=bridge.client, hosts=hosts)
-    finally:
-        if bridge is not None:
-            bridge.close()
-        fleet.stop_all()
-        server.stop()
+    names = ("a1", "a2", "b1")
+    with job_stack(tmp_path_factory.mktemp("job-failures"), ENV, [(name, {}) for name in names]) as stack:
+        stack.hosts = dict(zip(names, stack.started))
+        yield stack
 
 
 def create(stack, op_type, data, target):
@@ -67,7 +50,7 @@ def dlq_count(stack) -> int:
 
 def replace(stack, hostname: str):
     """Start a new process for ``hostname`` (the old one is dead or stopped)."""
-    stack.hosts[hostname] = stack.fleet.add(hostname)
+    stack.hosts[hostname] = stack.fleet.start_worker(hostname)
     return stack.hosts[hostname]
 
 
@@ -104,13 +87,13 @@ def test_job_that_always_asks_to_retry_goes_to_the_dlq(stack):
 
 def test_job_whose_worker_always_dies_goes_to_the_dlq_and_fails(stack):
     dead_before = dlq_count(stack)
-    doomed = stack.fleet.add("doomed")
+    doomed = stack.fleet.start_worker("doomed")
     stack.bridge.wait_workers(["a1", "a2", "b1", "doomed"])
     job_id = create(stack, "test.sleep", {"seconds": 30}, "doomed")
     for delivery in (1, 2):
         wait_for(lambda: len(stack.bridge.started_hosts(job_id)) == delivery, 20, what=f"delivery {delivery}")
         doomed.kill()
-        doomed = stack.fleet.add("doomed")  # pulls again: the server redelivers, or gives up
+        doomed = stack.fleet.start_worker("doomed")  # pulls again: the server redelivers, or gives up
     job = stack.bridge.wait_status(job_id, "failed", timeout=30)
     assert "gave up after 2 deliveries" in job["error"]
     assert job["worker_states"]["doomed"]["status"] == "failed"
@@ -140,7 +123,7 @@ def test_restarted_host_processes_jobs_sent_while_it_was_down(stack):
 def test_new_host_does_not_replay_history(stack):
     old = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in old["results"]) == ["a1", "a2", "b1"]
-    fresh = stack.fleet.add("fresh", "role=new")
+    fresh = stack.fleet.start_worker("fresh", "role=new")
     stack.bridge.wait_workers(["a1", "a2", "b1", "fresh"])
     new = stack.bridge.call(stack.client.run(job_request("system.hostname.get", {}, "_all"), 20, 20))
     assert sorted(r["hostname"] for r in new["results"]) == ["a1", "a2", "b1", "fresh"]
@@ -162,7 +145,7 @@ def test_sigterm_finishes_the_running_job_and_exits_zero(stack):
 
 
 def test_sigterm_grace_is_bounded(stack):
-    slow = stack.fleet.add("slowpoke", grace="1s")
+    slow = stack.fleet.start_worker("slowpoke", grace="1s")
     stack.bridge.wait_workers(["a1", "a2", "b1", "slowpoke"])
     job_id = create(stack, "test.sleep", {"seconds": 30}, "slowpoke")
     wait_for(lambda: stack.bridge.started_hosts(job_id) == ["slowpoke"], 15, what="the job started")
@@ -221,7 +204,7 @@ def test_a_redelivery_while_the_first_run_lives_is_held_not_run_twice(stack):
     # redelivery can land in the paused process's last pull request, still open when it stopped, and
     # with 2 deliveries that one would be the last (to the dead-letter stream), not the other's.
     more = {"OSAPI_JOB_CONSUMER_MAX_DELIVER": "5"}
-    first, second = stack.fleet.add("dup", env=more), stack.fleet.add("dup", env=more)
+    first, second = stack.fleet.start_worker("dup", env=more), stack.fleet.start_worker("dup", env=more)
     try:
         stack.bridge.wait_workers(["a1", "a2", "b1", "dup", "dup"])
         job_id = create(stack, "test.sleep", {"seconds": 3}, "dup")

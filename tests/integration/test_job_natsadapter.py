@@ -14,23 +14,12 @@ import contextlib
 
 import pytest
 
-from job_support import Bridge, base_env
-
 from osapi.job import natsadapter
 
 pytestmark = pytest.mark.timeout(60)
 
 STREAM = "ADAPTERTEST"
 CONSUMER = "adapter-test"
-
-
-@pytest.fixture
-def bridge(nats_server, tmp_path):
-    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
-    try:
-        yield bridge
-    finally:
-        bridge.close()
 
 
 @contextlib.asynccontextmanager

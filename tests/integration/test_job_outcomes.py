@@ -13,114 +13,57 @@ The API's ``job_timeout`` is 4 s: a host silent that long after submission is
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+import testkit
+from api_support import RESOLV, JobsApi, check_against_document, resolv_files, states
+from testkit import WorkerProcess, make_token, paused, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 ADMIN = make_token(["admin"], subject="outcomes-admin")
 READ = make_token(["read"], subject="outcomes-reader")
 OK, BAD, STALLED = "out-ok", "out-bad", "out-stalled"
-RESOLV = "# managed by the test\nnameserver 192.0.2.1\nsearch example.test\n"
 JOB_TIMEOUT = 4.0
 DNS = {"type": "network.dns.update", "data": {"interface_name": "lo", "servers": ["192.0.2.53"]}}
 HOSTNAME = {"type": "system.hostname.get", "data": {}}
 
 
 @dataclass
-class Stack:
-    api: ApiProcess
+class Stack(JobsApi):
     workers: dict[str, WorkerProcess]
     resolv: dict[str, Path]
-    doc: dict
-    env: dict[str, str]
-
-    def http(self, token: str = ADMIN):
-        return self.api.http(token)
-
-    def job(self, job_id: str) -> dict:
-        resp = self.http(READ).get(f"/api/v1/jobs/{job_id}")
-        assert resp.status == 200, resp.raw[:300]
-        check_against_document(self.doc, "GET", "/api/v1/jobs/{job_id}", resp)
-        return resp.json
 
     def submit(self, operation: dict, target: str) -> str:
-        resp = self.http().request("POST", "/api/v1/jobs", {"operation": operation, "target_hostname": target})
+        resp = self.post({"operation": operation, "target_hostname": target})
         assert resp.status == 201, resp.raw[:300]
         return resp.json["job_id"]
-
-    def settled(self, job_id: str, timeout: float = 30.0) -> dict:
-        return wait_for(lambda: (lambda j: j if j["status"] not in ("submitted", "processing") else None)(
-            self.job(job_id)), timeout, what=f"job {job_id} settling")
-
-    def cli(self, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
-        env = dict(self.env, OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN=ADMIN)
-        return subprocess.run([sys.executable, "-m", "osapi", "client", *argv, "--url",
-                               f"http://127.0.0.1:{self.api.port}"], env=env, input=stdin, capture_output=True,
-                              text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("outcomes")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        common = clean_env(**nats.env())
-        resolv = {OK: base / "ok.resolv.conf", BAD: base / "bad.resolv.d", STALLED: base / "stalled.resolv.conf"}
-        resolv[OK].write_text(RESOLV)
-        resolv[STALLED].write_text(RESOLV)
-        resolv[BAD].mkdir()  # a directory: the resolv_conf provider cannot read or write it
+    resolv = resolv_files(base, (OK, BAD, STALLED), broken=(BAD,))
+    with testkit.Stack(base) as kit:
         workers = {}
-        for host, labels, args in ((OK, "group=web.a,zone=z1", ()), (BAD, "group=web.b,zone=z2", ()),
-                                   (STALLED, "group=web.c,zone=z1", ("--heartbeat", "10s"))):
-            workers[host] = WorkerProcess(base / host, dict(
-                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS=labels,
-                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
-            ), args=args).start()
-            procs.append(workers[host])
-        api = ApiProcess(base / "api", dict(common, OSAPI_API_SERVER_JOB_TIMEOUT=f"{JOB_TIMEOUT:g}s",
-                                            OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD="1s")).start()
-        procs.append(api)
-        api.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])}
-                 >= set(workers), timeout=30, what="three workers registered")
-        doc = http.get("/api/v1/openapi.json", token=None).json
-        yield Stack(api, workers, resolv, doc, common)
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
+        for host, labels, heartbeat in ((OK, "group=web.a,zone=z1", None), (BAD, "group=web.b,zone=z2", None),
+                                        (STALLED, "group=web.c,zone=z1", "10s")):
+            workers[host] = kit.start_worker(host, labels, heartbeat=heartbeat, resolv_conf=resolv[host])
+        api = kit.start_api(env={"OSAPI_API_SERVER_JOB_TIMEOUT": f"{JOB_TIMEOUT:g}s",
+                                 "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"})
+        kit.wait_workers(workers, api)
+        doc = api.http().get("/api/v1/openapi.json", token=None).json
+        yield Stack(api, doc, kit.env, ADMIN, READ, workers, resolv)
 
 
-@contextlib.contextmanager
 def stalled(stack: Stack):
     """``out-stalled`` stopped (SIGSTOP) for the block; always continued (SIGCONT) after it."""
-    pid = stack.workers[STALLED].proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def states(job: dict) -> dict[str, str]:
-    return {host: item["state"] for host, item in job["hosts"].items()}
+    return paused(stack.workers[STALLED])
 
 
 def hosts_with_events(job: dict) -> set[str]:

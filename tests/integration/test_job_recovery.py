@@ -12,12 +12,10 @@ import asyncio
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
+from job_support import base_env, job_stack, job_request
+from testkit import wait_for
 
 from osapi.domain.errors import NoLiveWorker
 
@@ -28,23 +26,10 @@ ENV = {"OSAPI_JOB_CONSUMER_ACK_WAIT": "30s"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():
-        workdir = tmp_path_factory.mktemp("job-recovery")
-        server = NatsServer(workdir / "nats").start()
-        fleet = Fleet(server, workdir / "fleet", ENV)
-        bridge = None
-        try:
-            pair = [fleet.add("pair", grace="1s"), fleet.add("pair", grace="1s")]
-            late = fleet.add("late")
-            bridge = Bridge(base_env(server, workdir / "state", ENV))
-            bridge.wait_workers(["late", "pair", "pair"])
-            yield SimpleNamespace(server=server, fleet=fleet, bridge=bridge, client=bridge.client, pair=pair,
-                                  late=late, workdir=workdir)
-        finally:
-            if bridge is not None:
-                bridge.close()
-            fleet.stop_all()
-            server.stop()
+    workdir = tmp_path_factory.mktemp("job-recovery")
+    with job_stack(workdir, ENV, [("pair", {"grace": "1s"}), ("pair", {"grace": "1s"}), ("late", {})]) as stack:
+        stack.pair, stack.late, stack.workdir = stack.started[:2], stack.started[2], workdir
+        yield stack
 
 
 def live_hostnames(stack) -> list[str]:
@@ -77,7 +62,7 @@ def test_a_synchronous_job_picked_up_after_it_expired_is_not_run(stack):
     queued = stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "late")))["job_id"]
     expires_ns = stack.bridge.call(stack.bridge.store.get_job(expired))["expires_at_ns"]
     wait_for(lambda: time.time_ns() > expires_ns, 10, what="the expiry passing")
-    stack.late = stack.fleet.add("late")  # the host comes back and finds both jobs in its durable
+    stack.late = stack.fleet.start_worker("late")  # the host comes back and finds both jobs in its durable
     job = stack.bridge.wait_status(expired, "failed", timeout=20)
     assert "expired before this host picked it up" in job["error"] and job["hostname"] == "late"
     assert stack.bridge.started_hosts(expired) == []  # never ran
@@ -109,7 +94,7 @@ def test_a_job_whose_submission_failed_after_its_notification_landed_is_not_run(
     job = stack.bridge.wait_status(refused, "failed", timeout=20)
     assert job["error"].startswith("submission failed: NATS at ") and "the caller was answered 503" in job["error"]
     queued = stack.bridge.call(stack.client.create(job_request("system.hostname.get", {}, "late")))["job_id"]
-    stack.late = stack.fleet.add("late")  # finds both notifications in its durable, in order
+    stack.late = stack.fleet.start_worker("late")  # finds both notifications in its durable, in order
     assert stack.bridge.wait_status(queued, "completed", timeout=20)["result"]["hostname"] == "late"
     job = stack.bridge.call(stack.client.get(refused))
     assert job["status"] == "failed" and [e["event"] for e in job["timeline"]] == ["submitted", "failed"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from job_support import Bridge, Fleet, base_env, job_request, wait_for
+from job_support import Bridge, base_env, worker_stack, job_request
+from testkit import wait_for
 
 from osapi import __version__
 from osapi.domain.errors import JobTimeout, NoLiveWorker
@@ -32,17 +32,18 @@ def ghost(hostname: str, instance: str, labels: dict | None = None) -> dict:
 
 @pytest.fixture
 def stack(nats_server, tmp_path):
-    fleet = Fleet(nats_server, tmp_path / "fleet")
+    fleet = worker_stack(tmp_path / "fleet", nats=nats_server).start()
     bridge = None
     try:
-        fleet.add("live", "group=web")
+        fleet.start_worker("live", "group=web")
         bridge = Bridge(base_env(nats_server, tmp_path / "state"))
         bridge.wait_workers(["live"])
         yield fleet, bridge
     finally:
         if bridge is not None:
             bridge.close()
-        assert set(fleet.stop_all().values()) == {0}, fleet.logs()
+        assert set(fleet.stop_workers().values()) == {0}, fleet.logs()
+        fleet.stop()
 
 
 def test_entries_past_their_ttl_are_ignored_and_removed(stack):

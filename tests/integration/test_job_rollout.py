@@ -13,26 +13,23 @@ API process on the same NATS, which takes the rollout over. DNS changes go to te
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, check_against_document, clean_env, make_token, stop_all, wait_for
-from harness import NatsServer
+import testkit
+from api_support import RESOLV, JobsApi, check_against_document, resolv_files, states
+from testkit import WorkerProcess, make_token, paused, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 ADMIN = make_token(["admin"], subject="rollout-admin")
 A, B, C, D = "ro-a", "ro-b", "ro-c", "ro-d"
 HOSTS = (A, B, C, D)
-RESOLV = "# managed by the test\nnameserver 192.0.2.1\nsearch example.test\n"
 JOB_TIMEOUT = 4.0
+API_ENV = {"OSAPI_API_SERVER_JOB_TIMEOUT": f"{JOB_TIMEOUT:g}s", "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"}
 
 
 def dns(server: str) -> dict:
@@ -40,40 +37,16 @@ def dns(server: str) -> dict:
 
 
 @dataclass
-class Stack:
-    api: ApiProcess
+class Stack(JobsApi):
     workers: dict[str, WorkerProcess]
     resolv: dict[str, Path]
-    doc: dict
-    env: dict[str, str]
-    base: Path
-    api_env: dict[str, str]
-    procs: list
-
-    def job(self, job_id: str, api: ApiProcess | None = None) -> dict:
-        resp = (api or self.api).http(ADMIN).get(f"/api/v1/jobs/{job_id}")
-        assert resp.status == 200, resp.raw[:300]
-        check_against_document(self.doc, "GET", "/api/v1/jobs/{job_id}", resp)
-        return resp.json
-
-    def post(self, body: dict, api: ApiProcess | None = None):
-        return (api or self.api).http(ADMIN).request("POST", "/api/v1/jobs", body)
+    kit: testkit.Stack
 
     def submit(self, body: dict) -> str:
         resp = self.post(body)
         assert resp.status == 201, resp.raw[:300]
         check_against_document(self.doc, "POST", "/api/v1/jobs", resp)
         return resp.json["job_id"]
-
-    def settled(self, job_id: str, api: ApiProcess | None = None, timeout: float = 60.0) -> dict:
-        return wait_for(lambda: (lambda j: j if j["status"] not in ("submitted", "processing") else None)(
-            self.job(job_id, api)), timeout, what=f"job {job_id} settling")
-
-    def cli(self, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
-        env = dict(self.env, OSAPI_API_CLIENT_SECURITY_BEARER_TOKEN=ADMIN)
-        return subprocess.run([sys.executable, "-m", "osapi", "client", *argv, "--url",
-                               f"http://127.0.0.1:{self.api.port}"], env=env, input=stdin, capture_output=True,
-                              text=True, timeout=120)
 
     def reset_files(self) -> None:
         for host in (A, C, D):
@@ -83,54 +56,19 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("rollout")
-    nats = NatsServer(base / "nats").start()
-    procs: list = []
-    try:
-        common = clean_env(**nats.env())
-        resolv = {h: base / f"{h}.resolv.conf" for h in HOSTS}
-        resolv[B] = base / "b.resolv.d"
-        resolv[B].mkdir()  # a directory: the resolv_conf provider cannot read or write it
-        for host in (A, C, D):
-            resolv[host].write_text(RESOLV)
-        workers = {}
-        for host in HOSTS:
-            args = ("--heartbeat", "10s") if host == D else ()
-            workers[host] = WorkerProcess(base / host, dict(
-                common, OSAPI_JOB_WORKER_HOSTNAME=host, OSAPI_JOB_WORKER_LABELS="group=web",
-                OSAPI_JOB_WORKER_DNS_PROVIDER="resolv_conf", OSAPI_JOB_WORKER_DNS_RESOLV_CONF=str(resolv[host]),
-            ), args=args).start()
-            procs.append(workers[host])
-        api_env = dict(common, OSAPI_API_SERVER_JOB_TIMEOUT=f"{JOB_TIMEOUT:g}s",
-                       OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD="1s")
-        api = ApiProcess(base / "api", api_env).start()
-        procs.append(api)
-        api.wait_ready()
-        http = api.http(ADMIN)
-        wait_for(lambda: {w["hostname"] for w in http.get("/api/v1/jobs/workers").json.get("workers", [])}
-                 >= set(workers), timeout=30, what="four workers registered")
-        doc = http.get("/api/v1/openapi.json", token=None).json
-        yield Stack(api, workers, resolv, doc, common, base, api_env, procs)
-    finally:
-        stop_all(procs)
-        nats.stop()
-        for proc in procs:
-            if "Traceback" in proc.log():
-                print(proc.log())
+    resolv = resolv_files(base, HOSTS, broken=(B,))
+    with testkit.Stack(base) as kit:
+        workers = {host: kit.start_worker(host, "group=web", heartbeat="10s" if host == D else None,
+                                          resolv_conf=resolv[host]) for host in HOSTS}
+        api = kit.start_api(env=API_ENV)
+        kit.wait_workers(workers, api)
+        doc = api.http().get("/api/v1/openapi.json", token=None).json
+        yield Stack(api, doc, kit.env, ADMIN, ADMIN, workers, resolv, kit)
 
 
-@contextlib.contextmanager
 def stalled(stack: Stack):
     """``ro-d`` stopped (SIGSTOP) for the block; always continued (SIGCONT) after it."""
-    pid = stack.workers[D].proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def states(job: dict) -> dict[str, str]:
-    return {host: item["state"] for host, item in job["hosts"].items()}
+    return paused(stack.workers[D])
 
 
 def batches(job: dict) -> dict[str, int]:
@@ -269,9 +207,7 @@ def test_kill_9_of_the_accepting_api_between_batches_and_the_other_api_completes
     assert states(stack.job(job_id))[C] == "pending"
     stack.api.proc.send_signal(signal.SIGKILL)
     stack.api.proc.wait(timeout=10)
-    other = ApiProcess(stack.base / "other", stack.api_env).start()
-    stack.procs.append(other)  # stopped by the fixture
-    other.wait_ready()
+    other = stack.kit.start_api("other", API_ENV)  # stopped by the fixture
     job = stack.settled(job_id, api=other)
     assert states(job) == {A: "ok", B: "failed", C: "ok", D: "ok"}
     assert runs(job) == dict.fromkeys(HOSTS, 1)  # no host ran it twice because of the takeover

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
-
-from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
+from job_support import job_stack, job_request
+from testkit import wait_for
 
 from osapi import __version__
 from osapi.domain.errors import InvalidJob, JobNotFound, JobTimeout, NoLiveWorker
@@ -32,28 +30,9 @@ SLOW = 20.0  # timeout and quiet period for broadcasts: a call must return long 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with with_test_operations():  # the in-process client validates test.* operations too
-        yield from _stack(tmp_path_factory)
-
-
-def _stack(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("job-routing")
-    server = NatsServer(workdir / "nats").start()
-    fleet = Fleet(server, workdir / "fleet", ENV)
-    bridge = None
-    try:
-        for hostname, labels in HOSTS.items():
-            fleet.add(hostname, labels)
-        fleet.add("twin")
-        fleet.add("twin")
-        bridge = Bridge(base_env(server, workdir / "state", ENV))
-        bridge.wait_workers(EVERY_HOST + ["twin"])
-        yield SimpleNamespace(server=server, fleet=fleet, bridge=bridge, client=bridge.client)
-    finally:
-        if bridge is not None:
-            bridge.close()
-        fleet.stop_all()
-        server.stop()
+    workers = [(hostname, {"labels": labels}) for hostname, labels in HOSTS.items()] + [("twin", {}), ("twin", {})]
+    with job_stack(tmp_path_factory.mktemp("job-routing"), ENV, workers) as stack:
+        yield stack
 
 
 def run(stack, op_type, data, target, timeout=SLOW, quiet=SLOW):

@@ -11,9 +11,9 @@ import io
 import json
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, clean_env
 from cluster_support import NatsCluster
-from job_support import Bridge, base_env, job_request, wait_for
+from job_support import Bridge, base_env, job_request
+from testkit import ApiProcess, WorkerProcess, clean_env, wait_for
 
 from osapi.cli import Environment, main
 
@@ -147,7 +147,7 @@ def test_setup_refuses_bad_usage_and_changes_nothing(nats_server, tmp_path, argv
 
 
 def test_setup_without_nats_names_the_url(tmp_path):
-    from harness import free_port
+    from testkit import free_port
 
     port = free_port()
     env = clean_env(OSAPI_NATS_URL=f"nats://user:s3cret@127.0.0.1:{port}", OSAPI_SUPERVISE_STATE_DIR=str(tmp_path / "s"))

@@ -13,8 +13,7 @@ import asyncio
 import json
 
 import pytest
-
-from job_support import Bridge, base_env, wait_for
+from job_support import Bridge, base_env
 
 from osapi.worker import deadletter
 from osapi.job import status as st
@@ -24,15 +23,6 @@ from osapi.domain.errors import JobStoreFull
 pytestmark = pytest.mark.timeout(120)
 
 HOSTNAME = {"type": "system.hostname.get", "data": {}}
-
-
-@pytest.fixture
-def bridge(nats_server, tmp_path):
-    bridge = Bridge(base_env(nats_server, tmp_path / "state"))
-    try:
-        yield bridge
-    finally:
-        bridge.close()
 
 
 def sent(bridge, coro):

@@ -9,10 +9,8 @@ event fits; then room is made again by purging those entries.
 from __future__ import annotations
 
 import pytest
-
-from api_support import ApiProcess, clean_env, make_token
-from harness import NatsServer
-from job_support import Bridge, Fleet, base_env, job_request, wait_for, with_test_operations
+from job_support import Bridge, with_test_operations, worker_stack, job_request
+from testkit import make_token, wait_for
 
 from osapi.domain.errors import JobStoreFull, is_store_full
 
@@ -60,53 +58,39 @@ def fill(bridge) -> list[str]:
 
 def test_a_full_store_does_not_run_a_queued_modify_job_and_fails_it_with_the_true_cause(tmp_path):
     runs = tmp_path / "runs.log"
-    server = NatsServer(tmp_path / "nats").start()
-    fleet = Fleet(server, tmp_path / "fleet", {**ENV, "OSAPITEST_RUNS": str(runs)})
-    api = bridge = None
-    try:
-        with with_test_operations():
-            bridge = Bridge(base_env(server, tmp_path / "state", ENV))
-            api = ApiProcess(tmp_path / "api", clean_env(**server.env(), **ENV)).start()
-            http = api.http(make_token(["admin"]))
-            api.wait_ready()
-            assert http.get("/health/status").json["status"] == "ok"
-            victim = bridge.call(bridge.client.create(job_request("test.record", {"tag": "victim"}, "_any")))
-            job_id = victim["job_id"]
-            fillers = fill(bridge)
+    with with_test_operations(), worker_stack(tmp_path, ENV) as stack, Bridge(stack.env) as bridge:
+        http = stack.start_api().http(make_token(["admin"]))
+        assert http.get("/health/status").json["status"] == "ok"
+        victim = bridge.call(bridge.client.create(job_request("test.record", {"tag": "victim"}, "_any")))
+        job_id = victim["job_id"]
+        fillers = fill(bridge)
 
-            degraded = http.get("/health/status")
-            assert degraded.status == 503 and degraded.json["status"] == "degraded", degraded.json
-            kv = degraded.json["components"]["kv"]
-            assert kv["status"] == "error" and "job store full" in kv["error"] and "job.kv.max_bytes" in kv["error"]
+        degraded = http.get("/health/status")
+        assert degraded.status == 503 and degraded.json["status"] == "degraded", degraded.json
+        kv = degraded.json["components"]["kv"]
+        assert kv["status"] == "error" and "job store full" in kv["error"] and "job.kv.max_bytes" in kv["error"]
 
-            worker = fleet.add("w1")
-            # two deliveries (max_deliver), each refused its started event: then the dead-letter stream
-            wait_for(lambda: bridge.call(bridge.client.stats())["dlq_count"] == 1, 30, what="the job in the DLQ")
-            assert not runs.exists(), runs.read_text()  # the provider never ran
-            assert bridge.started_hosts(job_id) == []  # not even its start could be recorded
-            wait_for(lambda: "job store full" in worker.log(), 10, what="the worker saying why")
-            assert worker.log().count("the job store is full") == 1, worker.log()  # said once
+        worker = stack.start_worker("w1", env={"OSAPITEST_RUNS": str(runs)})
+        # two deliveries (max_deliver), each refused its started event: then the dead-letter stream
+        wait_for(lambda: bridge.call(bridge.client.stats())["dlq_count"] == 1, 30, what="the job in the DLQ")
+        assert not runs.exists(), runs.read_text()  # the provider never ran
+        assert bridge.started_hosts(job_id) == []  # not even its start could be recorded
+        wait_for(lambda: "job store full" in worker.log(), 10, what="the worker saying why")
+        assert worker.log().count("the job store is full") == 1, worker.log()  # said once
 
-            # room again (old jobs deleted): the dead-letter handler records the true cause, on the host that tried
-            store = bridge.store
-            bridge.call(store.js.purge_stream(store.stream_of("jobs"), subject=store.subject_of("jobs", f"{FILLER}.>")))
-            for filler in fillers[:10]:
-                bridge.call(bridge.client.delete(filler))
-            job = bridge.wait_status(job_id, "failed", timeout=40)
-            assert "job store full" in job["error"] and "worker died" not in job["error"], job
-            assert job["hostname"] == "w1" and "_unknown" not in job["worker_states"], job
-            assert [e["event"] for e in job["timeline"]] == ["submitted", "failed"]
-            assert not runs.exists()
-            wait_for(lambda: http.get("/health/status").json["status"] == "ok", 10, what="health ok again")
-            # and the worker runs jobs again
-            again = bridge.call(bridge.client.create(job_request("test.record", {"tag": "after"}, "_any")))
-            bridge.wait_status(again["job_id"], "completed", timeout=30)
-            assert runs.read_text() == "after\n"
-            assert "Traceback" not in worker.log()
-    finally:
-        if api is not None:
-            api.stop()
-        if bridge is not None:
-            bridge.close()
-        fleet.stop_all()
-        server.stop()
+        # room again (old jobs deleted): the dead-letter handler records the true cause, on the host that tried
+        store = bridge.store
+        bridge.call(store.js.purge_stream(store.stream_of("jobs"), subject=store.subject_of("jobs", f"{FILLER}.>")))
+        for filler in fillers[:10]:
+            bridge.call(bridge.client.delete(filler))
+        job = bridge.wait_status(job_id, "failed", timeout=40)
+        assert "job store full" in job["error"] and "worker died" not in job["error"], job
+        assert job["hostname"] == "w1" and "_unknown" not in job["worker_states"], job
+        assert [e["event"] for e in job["timeline"]] == ["submitted", "failed"]
+        assert not runs.exists()
+        wait_for(lambda: http.get("/health/status").json["status"] == "ok", 10, what="health ok again")
+        # and the worker runs jobs again
+        again = bridge.call(bridge.client.create(job_request("test.record", {"tag": "after"}, "_any")))
+        bridge.wait_status(again["job_id"], "completed", timeout=30)
+        assert runs.read_text() == "after\n"
+        assert "Traceback" not in worker.log()

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_support import ApiProcess, WorkerProcess, clean_env, make_token, stop_all, wait_for
 from cluster_support import NatsCluster
-from harness import NatsServer, free_port, generate_tls, stop_process, wait_for_port
+from testkit import (
+    ApiProcess, NatsServer, WorkerProcess, clean_env, free_port, generate_tls, make_token, stop_all, stop_process,
+    wait_for, wait_for_port,
+)
 from supervise_support import Supervise
 
 from osapi import config, natsd, tls

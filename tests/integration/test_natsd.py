@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness import free_port, stop_process, wait_for_port
-from supervise_support import wait_until
+from testkit import free_port, stop_process, wait_for, wait_for_port
 from osapi import config, natsd
 
 
@@ -87,7 +85,7 @@ def test_runs_with_the_state_dir_token_and_becomes_nats_server(tmp_path, state):
 
         # SIGHUP is a config reload for nats-server, not an exit
         os.kill(proc.pid, signal.SIGHUP)
-        wait_until(lambda: "Reloaded server configuration" in (tmp_path / "out.log").read_text(), 15, "reload")
+        wait_for(lambda: "Reloaded server configuration" in (tmp_path / "out.log").read_text(), 15, "reload")
         assert proc.poll() is None
         assert nats_handshake(port, token) == "PONG"
     finally:

@@ -127,7 +127,7 @@ def test_real_worker_updates_the_namespaced_etc_resolv_conf(tmp_path, nats_serve
     import asyncio
     import secrets
 
-    from harness import stop_process
+    from testkit import stop_process
 
     fake = tmp_path / "resolv.conf"
     fake.write_text(ORIGINAL)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import trust_support
-from harness import free_port, stop_process
 from supervise_support import Supervise, processes_mentioning
+from testkit import free_port, stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port, stop_process, wait_for_port
-from supervise_support import Supervise, alive, children_of, processes_mentioning, wait_until
+from supervise_support import Supervise, alive, children_of, processes_mentioning
+from testkit import free_port, stop_process, wait_for, wait_for_port
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_supervise_runs_restarts_controls_and_stops_cleanly(tmp_path, env, cli):
 
         # kill -9 of a child (its store lock dies with it: the new one gets it): supervisord starts a new one
         os.kill(procs["nats"]["pid"], signal.SIGKILL)
-        wait_until(lambda: sup.processes().get("nats", {}).get("pid") not in (None, procs["nats"]["pid"]),
+        wait_for(lambda: sup.processes().get("nats", {}).get("pid") not in (None, procs["nats"]["pid"]),
                    30, "a new nats pid")
         sup.wait_running(["nats", "api"])
 
@@ -161,7 +161,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict]:
 
 def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     """A host whose NATS is elsewhere and not up yet: supervise keeps both going until it is."""
-    from harness import NatsServer
+    from testkit import NatsServer
 
     nats = NatsServer(tmp_path / "remote-nats")  # port and token chosen, server not started yet
     env.update({
@@ -176,17 +176,17 @@ def test_api_and_worker_started_before_their_nats_catch_up(tmp_path, env):
     try:
         sup.wait_running(["api", "worker:worker-1"])
         # RUNNING means the process stayed up 1 s; the API answers once it listens: not ready
-        answer = wait_until(lambda: _get(base + "/health/ready")[0], 60, "the API answers")
+        answer = wait_for(lambda: _get(base + "/health/ready")[0], 60, "the API answers")
         assert answer == 503
         nats.start()
-        wait_until(lambda: _get(base + "/health/ready")[0] == 200, 60, "/health/ready 200 once NATS is up")
+        wait_for(lambda: _get(base + "/health/ready")[0] == 200, 60, "/health/ready 200 once NATS is up")
         token = (state / "secrets" / "admin.token").read_text().strip()
 
         def registered():
             status, body = _get(base + "/api/v1/jobs/workers", token)
             return status == 200 and [w["hostname"] for w in body["workers"]] == ["late-nats-host"]
 
-        wait_until(registered, 60, "the worker in the registry", interval=0.3)
+        wait_for(registered, 60, "the worker in the registry", interval=0.3)
         assert not (state / "secrets" / "nats.token").exists()  # no local NATS, no local token
     finally:
         status = sup.stop()
@@ -211,11 +211,11 @@ def test_no_child_outlives_a_killed_supervisor(tmp_path, env, cli):
         # one job, so the KV buckets (with TTLs) hold state worth flushing
         token = (state / "secrets" / "admin.token").read_text().strip()
         url = f"http://127.0.0.1:{env['OSAPI_API_SERVER_PORT']}/api/v1/system/hostname"
-        wait_until(lambda: _get(url, token)[0] == 200, 60, "a job through the API")
+        wait_for(lambda: _get(url, token)[0] == 200, 60, "a job through the API")
         os.kill(sup.proc.pid, signal.SIGKILL)
         sup.proc.wait(timeout=30)
         for name, pid in pids.items():
-            wait_until(lambda pid=pid: not alive(pid), 30, f"{name} exits after its supervisor was killed")
+            wait_for(lambda pid=pid: not alive(pid), 30, f"{name} exits after its supervisor was killed")
     finally:
         sup.stop()
         for pid in pids.values():  # never leave one behind, even when the test failed

@@ -1,8 +1,8 @@
 """A real osapi stack for the load and hostile-input tests, started from source.
 
-nats-server (``harness.NatsServer``), ``python -m osapi api server start`` and
-``python -m osapi job worker start`` as subprocesses on free loopback ports,
-each stopped by pid. A worker can run inside a private network namespace
+A ``testkit.Stack`` (nats-server, ``osapi api server start`` and ``osapi job
+worker start`` on free loopback ports, each stopped by pid) with the load tests'
+settings. A worker can run inside a private network namespace
 (``netns_forward.py``) so the jobs it runs cannot reach anything but its own
 loopback, and always with the ``resolv_conf`` DNS provider on a temp file: the
 host's /etc/resolv.conf and systemd-resolved are never touched.
@@ -10,28 +10,17 @@ host's /etc/resolv.conf and systemd-resolved are never touched.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from harness import NatsServer, free_port, stop_process, wait_for_port
-
-from osapi import authtoken
+from testkit import SIGNING_KEY, Http, Stack, free_port, make_token, stop_all, wait_for
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-SIGNING_KEY = "load-test-signing-key-" + "k" * 32
 
-
-def admin_token(roles=("admin",), expires_in: float = 3600) -> str:
-    return authtoken.generate(SIGNING_KEY, list(roles), "load-test", expires_in)
+__all__ = ["SIGNING_KEY", "LoadStack", "netns_available"]
 
 
 def netns_available() -> tuple[bool, str]:
@@ -46,124 +35,80 @@ def netns_available() -> tuple[bool, str]:
     return True, ""
 
 
-class Stack:
+class LoadStack(Stack):
+    """nats-server, one API and ``workers`` worker processes of one host (``hostname``)."""
+
     def __init__(self, workdir: Path, *, workers: int = 1, netns: bool = False, job_timeout: str = "10s",
                  hostname: str = "load-host"):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workers = workers
+        super().__init__(workdir, {"OSAPI_API_SERVER_JOB_TIMEOUT": job_timeout,
+                                   "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s"})
+        self.worker_count = workers
         self.netns = netns
-        self.job_timeout = job_timeout
         self.hostname = hostname
-        self.nats = NatsServer(self.workdir / "nats")
         self.api_port = free_port()
         self.resolv_conf = self.workdir / "resolv.conf"
-        self.procs: list[subprocess.Popen] = []
-        self.api: subprocess.Popen | None = None
-        self.worker_procs: list[subprocess.Popen] = []
-        self.token = admin_token()
+        self.forwarders: list[subprocess.Popen] = []
+        self.api = None
+        self.token = make_token(["admin"], subject="load-test")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def env(self, nats_url: str | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OSAPI_")}
-        env.update({
-            "OSAPI_NATS_URL": nats_url or self.nats.url,
-            "OSAPI_NATS_TOKEN": self.nats.token,
-            "OSAPI_API_SERVER_PORT": str(self.api_port),
-            "OSAPI_API_SERVER_SECURITY_SIGNING_KEY": SIGNING_KEY,
-            "OSAPI_API_SERVER_JOB_TIMEOUT": self.job_timeout,
-            "OSAPI_API_SERVER_BROADCAST_QUIET_PERIOD": "1s",
-            "OSAPI_JOB_WORKER_HOSTNAME": self.hostname,
-            "OSAPI_JOB_WORKER_DNS_PROVIDER": "resolv_conf",
-            "OSAPI_JOB_WORKER_DNS_RESOLV_CONF": str(self.resolv_conf),
-            "OSAPI_SUPERVISE_STATE_DIR": str(self.workdir / "state"),
-        })
-        return env
-
-    def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")
-        try:
-            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        self.procs.append(proc)
-        return proc
-
-    def start(self, timeout: float = 60.0) -> "Stack":
+    def start(self, timeout: float = 60.0) -> "LoadStack":
         try:
             self.resolv_conf.write_text("# test resolv.conf\nnameserver 127.0.0.53\nsearch example.test\n")
-            self.nats.start()
-            self.api = self._spawn("api", [sys.executable, "-m", "osapi", "api", "server", "start"], self.env())
-            for i in range(self.workers):
-                self.worker_procs.append(self._start_worker(i))
-            wait_for_port("127.0.0.1", self.api_port, timeout, self.api)
-            self.wait_ready(timeout)
+            super().start()
+            self.api = self.start_api(port=self.api_port, ready=False, timeout=timeout)
+            for i in range(self.worker_count):
+                self._start_worker(i)
+            wait_for(self._ready, timeout, "the stack ready (its workers registered)", interval=0.1)
             return self
         except BaseException:
             self.stop()
             raise
 
-    def _start_worker(self, i: int) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "osapi", "job", "worker", "start"]
+    def _start_worker(self, i: int) -> None:
+        name = f"worker-{i}"
         if not self.netns:
-            return self._spawn(f"worker-{i}", cmd, self.env())
+            self.start_worker(self.hostname, name=name, resolv_conf=self.resolv_conf)
+            return
         sock = str(self.workdir / f"nats-{i}.sock")
-        forwarder = self._spawn(f"forward-{i}", [sys.executable, str(HERE / "netns_forward.py"), "serve-unix",
-                                                  sock, str(self.nats.port)], dict(os.environ))
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock):
-            if forwarder.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"forwarder for worker {i} did not start; see {self.workdir}/forward-{i}.log")
-            time.sleep(0.02)
-        inner_port = 4222  # inside the private namespace every port is free
-        wrapped = ["unshare", "--net", "--", sys.executable, str(HERE / "netns_forward.py"), "wrap", sock,
-                   str(inner_port), "--", *cmd]
-        return self._spawn(f"worker-{i}", wrapped, self.env(nats_url=f"nats://127.0.0.1:{inner_port}"))
+        with open(self.workdir / f"forward-{i}.log", "ab") as log:
+            forwarder = subprocess.Popen([sys.executable, str(HERE / "netns_forward.py"), "serve-unix", sock,
+                                          str(self.nats.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.forwarders.append(forwarder)
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"pid {proc.pid} ({proc.args}) exited with {proc.returncode}:\n{self.logs()}")
-            try:
-                status, body = self.request("GET", "/api/v1/jobs/workers")
-                last = (status, body)
-                if status == 200 and body.get("total", 0) >= (1 if self.workers else 0):
-                    return
-            except OSError as exc:
-                last = exc
-            time.sleep(0.1)
-        raise TimeoutError(f"stack not ready within {timeout}s (last: {last}):\n{self.logs()}")
+        def listening() -> bool:
+            if forwarder.poll() is not None:
+                raise RuntimeError(f"forwarder for worker {i} exited; see {self.workdir}/forward-{i}.log")
+            return os.path.exists(sock)
+
+        wait_for(listening, 15, f"the forwarder for worker {i}", interval=0.02)
+        inner_port = 4222  # inside the private namespace every port is free
+        wrap = ("unshare", "--net", "--", sys.executable, str(HERE / "netns_forward.py"), "wrap", sock,
+                str(inner_port), "--")
+        self.start_worker(self.hostname, name=name, resolv_conf=self.resolv_conf, wrap=wrap,
+                          env={"OSAPI_NATS_URL": f"nats://127.0.0.1:{inner_port}"})
+
+    def _ready(self) -> bool:
+        for proc in [*self.procs, *self.forwarders]:
+            popen = getattr(proc, "proc", proc)
+            if popen.poll() is not None:
+                raise RuntimeError(f"pid {popen.pid} ({popen.args}) exited with {popen.returncode}:\n{self.logs()}")
+        try:
+            status, body = self.request("GET", "/api/v1/jobs/workers")
+        except OSError:
+            return False
+        return status == 200 and body.get("total", 0) >= (1 if self.worker_count else 0)
 
     def request(self, method: str, path: str, body=None, token: str | None = "admin", headers=None,
                 timeout: float = 60.0):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if token == "admin":
-            token = self.token
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            req.add_header(name, value)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, (json.loads(raw) if raw else None)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        """``(status, JSON body or text)``; ``token="admin"`` is the stack's admin token, None sends none."""
+        return Http(self.api_port, token=self.token if token == "admin" else token).call(
+            method, path, body, headers=headers, timeout=timeout)
 
-    def rss(self, proc: subprocess.Popen) -> int:
+    def rss(self, proc) -> int:
         """Resident set size of one process in bytes, from /proc."""
         with open(f"/proc/{proc.pid}/status", encoding="ascii") as f:
             for line in f:
@@ -171,22 +116,8 @@ class Stack:
                     return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for pid {proc.pid}")
 
-    def logs(self, lines: int = 30) -> str:
-        out = []
-        for path in sorted(self.workdir.glob("*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
-
     def stop(self) -> None:
-        # workers first, NATS last, each by pid
-        for proc in reversed(self.procs):
-            stop_process(proc, timeout=15)
-        self.procs.clear()
-        self.nats.stop()
-
-    def __enter__(self) -> "Stack":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            super().stop()
+        finally:
+            stop_all(self.forwarders, timeout=15)

@@ -52,11 +52,8 @@ def test_quick_bench_writes_a_report_with_numbers(tmp_path):
 
 
 def _bench_run():
-    sys.path.insert(0, str(REPO))
-    try:
-        import bench.run
-    finally:
-        sys.path.remove(str(REPO))
+    import bench.run  # the repository root is an import root (pyproject.toml, pythonpath)
+
     return bench.run
 
 

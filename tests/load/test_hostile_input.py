@@ -35,8 +35,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from loadstack import SIGNING_KEY, Stack, netns_available
+from loadstack import SIGNING_KEY, LoadStack, netns_available
 
 pytestmark = [pytest.mark.slow]
 
@@ -53,7 +52,7 @@ CHECKS = "all"
 def stack(tmp_path_factory):
     isolated, why = netns_available()
     # no worker at all when it cannot be isolated: nothing schemathesis sends may then run anywhere
-    with Stack(tmp_path_factory.mktemp("hostile"), workers=1 if isolated else 0, netns=isolated,
+    with LoadStack(tmp_path_factory.mktemp("hostile"), workers=1 if isolated else 0, netns=isolated,
                job_timeout="5s", hostname="hostile-host") as s:
         s.isolated, s.why_not = isolated, why
         yield s
@@ -297,7 +296,8 @@ def _document(stack) -> dict:
 
 
 def _check(doc, method, template, status, body):
-    from api_support import Resp, check_against_document
+    from api_support import check_against_document
+    from testkit import Resp
 
     check_against_document(doc, method, template, Resp(status, {}, json.dumps(body).encode() if body else b""))
 

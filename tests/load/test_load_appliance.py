@@ -29,8 +29,7 @@ import threading
 import time
 
 import pytest
-
-from loadstack import Stack
+from loadstack import LoadStack
 
 pytestmark = [pytest.mark.slow]
 
@@ -45,7 +44,7 @@ JOB = {"operation": {"type": "system.hostname.get", "data": {}}, "target_hostnam
 class Client(threading.Thread):
     """One keep-alive client running a mix of reads and writes until the deadline."""
 
-    def __init__(self, index: int, stack: Stack, deadline: float):
+    def __init__(self, index: int, stack: LoadStack, deadline: float):
         super().__init__(name=f"load-client-{index}", daemon=True)
         self.index, self.stack, self.deadline = index, stack, deadline
         self.job_ids: list[str] = []
@@ -95,7 +94,7 @@ class Client(threading.Thread):
             conn.close()
 
 
-def _wait_final(stack: Stack, job_ids: list[str], timeout: float) -> dict[str, str]:
+def _wait_final(stack: LoadStack, job_ids: list[str], timeout: float) -> dict[str, str]:
     """Poll each job until it is final (bounded); returns id -> last status seen."""
     seen: dict[str, str] = {}
     pending = list(job_ids)
@@ -122,7 +121,7 @@ def _wait_final(stack: Stack, job_ids: list[str], timeout: float) -> dict[str, s
 
 
 def test_32_clients_no_5xx_nothing_lost_memory_stable(tmp_path):
-    with Stack(tmp_path / "stack", workers=2, job_timeout="20s") as stack:
+    with LoadStack(tmp_path / "stack", workers=2, job_timeout="20s") as stack:
         # warm-up: every code path used once before memory is watched
         for _ in range(20):
             assert stack.request("GET", "/api/v1/system/hostname")[0] == 200

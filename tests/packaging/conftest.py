@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from deb_support import load_build_deb, plain_env, require_tools
-from harness import REPO
+from testkit import REPO
 
 CACHE_DIR = Path("/var/tmp/osapi-tests")
 CACHE_MAX_AGE = 30 * 86400

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from deb_support import plain_env
-from harness import REPO
+from testkit import REPO
 
 import osapi
 from osapi import config

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import free_port, stop_process
+from testkit import free_port, stop_process
 
 import osapi
 

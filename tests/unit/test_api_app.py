@@ -10,7 +10,8 @@ import json
 import logging
 
 import pytest
-from api_support import SIGNING_KEY, check_against_document, make_token, wsgi_call
+from api_support import check_against_document, wsgi_call
+from testkit import SIGNING_KEY, make_token
 
 from osapi import config
 from osapi.api.app import Api, create_app

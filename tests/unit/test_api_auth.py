@@ -6,7 +6,7 @@ import time
 
 import jwt
 import pytest
-from api_support import SIGNING_KEY, make_token
+from testkit import SIGNING_KEY, make_token
 
 from osapi.api.auth import Authenticator
 from osapi.api.errors import ApiError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from api_support import SIGNING_KEY
+from testkit import SIGNING_KEY
 from jsonschema import Draft202012Validator
 
 from osapi import config

@@ -286,7 +286,7 @@ def test_a_server_that_is_not_http_is_reported():
 
 def test_a_nats_port_is_not_an_api_and_its_greeting_is_not_quoted(tmp_path):
     """What nats-server sends first (an INFO JSON line) must not end up in the message."""
-    from harness import NatsServer
+    from testkit import NatsServer
 
     nats = NatsServer(tmp_path / "nats").start()
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import REPO
+from testkit import REPO
 
 from osapi.domain import operations
 from tests import testhooks

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from harness import REPO
+from testkit import REPO
 
 PACKAGE = REPO / "osapi"
 
