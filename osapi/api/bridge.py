@@ -76,6 +76,7 @@ class NatsBridge:
     async def _connect_forever(self) -> None:
         pause = RETRY_MIN
         attempt = 0
+        logged = None  # the reason last logged as a warning: a new one is logged at once
         while not self._stopping:
             attempt += 1
             try:
@@ -103,7 +104,9 @@ class NatsBridge:
                     self.last_error = str(exc)
                 else:
                     self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                level = logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG
+                level = logging.WARNING if attempt % 20 == 1 or self.last_error != logged else logging.DEBUG
+                if level == logging.WARNING:
+                    logged = self.last_error
                 log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
                         ", ".join(self.urls), self.last_error, pause)
             await asyncio.sleep(pause)
