@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 import os
 import shutil
 import signal
@@ -113,10 +114,16 @@ def start(node: Node) -> Supervise:
     return node.sup
 
 
-def copy_secrets(source: Node, target: Node) -> None:
-    """What the operator does (README: scp -rp / rsync -a of <state_dir>/secrets)."""
+def copy_secrets(source: Node, target: Node, lax: bool = False) -> None:
+    """What the operator does (README: rsync -a of <state_dir>/secrets). ``lax``: as a copy
+    without the modes (umask 022) leaves them: 0755 directories, 0644 files."""
     target.state.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source.state / "secrets", target.state / "secrets")
+    if lax:
+        for path in (target.state, target.state / "secrets"):
+            os.chmod(path, 0o755)
+        for path in (target.state / "secrets").iterdir():
+            os.chmod(path, 0o644)
 
 
 def wait_ready(node: Node, timeout: float = 90.0) -> None:
@@ -206,8 +213,8 @@ class Cluster:
                    60, "node1's secrets", interval=0.1)
         if sup.proc.poll() is not None:
             raise AssertionError(f"node1: supervise exited\n{sup.log()}")
-        for node in others:
-            copy_secrets(first, node)
+        for i, node in enumerate(others):
+            copy_secrets(first, node, lax=i == 1)
         for node in others:
             start(node)
         for node in self.nodes:
@@ -306,6 +313,12 @@ def test_three_nodes_form_one_cluster_and_any_api_answers(cluster):
     sync = c.http(token).get(f"{API}/system/hostname?target_hostname=_any")
     assert sync.status == 200, sync.raw
     assert sync.json["results"][0]["hostname"] == WORKER_HOST
+
+    # node 3 got its secrets with lax modes: supervise took them (same values) and tightened them
+    assert (c.state / "secrets").stat().st_mode & 0o777 == 0o700
+    for name in ("signing_key", "admin.token", "nats.token"):
+        assert (c.state / "secrets" / name).stat().st_mode & 0o777 == 0o600, name
+        assert (c.state / "secrets" / name).read_text() == (a.state / "secrets" / name).read_text()
 
     infos = stream_infos(b, cluster.nats_token)
     assert set(infos) >= {"JOBS", "JOBS_DLQ", "KV_job-queue", "KV_job-responses", "AUDIT"}
@@ -430,13 +443,15 @@ def test_losing_one_node_loses_no_answered_job_and_it_catches_up(cluster):
         time.sleep(2)  # more load with C's server down
         down_for = time.monotonic() - killed
         supervise.control(c.sup.paths, "start", "nats")
+        restarted = time.monotonic()
         assert c.sup.processes()["nats"]["pid"] != pid
         time.sleep(2)  # and load with C back
     finally:
         load.finish()
 
+    statuses = Counter(o.status for o in load.outcomes)
     print(f"first 2xx after the kill: A {recovered[0]:.2f}s, B {recovered[1]:.2f}s; C down {down_for:.1f}s; "
-          f"{len(load.outcomes)} requests, {len(load.answered())} answered 2xx")
+          f"{len(load.outcomes)} requests: {dict(statuses)}")
     # a generous bound, not a timing test: the documented at most 10 s of 503
     assert max(recovered) <= 10.0, recovered
 
@@ -467,9 +482,11 @@ def test_losing_one_node_loses_no_answered_job_and_it_catches_up(cluster):
         return infos
 
     try:
-        infos = wait_until(caught_up, 60, "node C current in every stream", interval=0.5)
+        wait_until(caught_up, 60, "node C current in every stream", interval=0.5)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{cluster.logs()}") from None
-    again = stream_infos(a, cluster.nats_token)
-    for name, info in infos.items():
-        assert info.state.last_seq == again[name].state.last_seq or name.startswith(("KV_job-queue-workers", "AUDIT")), name
+    print(f"C current in every stream at the latest {time.monotonic() - restarted:.1f}s after its restart")
+    # nothing writes to these any more: the same last sequence through C as through A
+    via_c, via_a = stream_infos(c, cluster.nats_token), stream_infos(a, cluster.nats_token)
+    for name in ("JOBS", "KV_job-queue", "KV_job-responses"):
+        assert via_c[name].state.last_seq == via_a[name].state.last_seq, name
