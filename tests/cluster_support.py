@@ -48,9 +48,13 @@ class NatsCluster:
             env["OSAPI_NATS_TLS_CA"] = self.tls.ca_file
         return env
 
-    def start(self, timeout: float = 20.0) -> "NatsCluster":
+    def start(self, timeout: float = 20.0, members: list[int] | None = None) -> "NatsCluster":
+        """Start every member (or those of ``members``, by index; ``start`` again for the others)."""
         binary = natsd.find_binary()
+        started = []
         for i, port in enumerate(self.ports):
+            if members is not None and i not in members:
+                continue
             member = self.workdir / f"n{i}"
             member.mkdir(parents=True, exist_ok=True)
             routes = [f"nats-route://{self.host}:{p}" for j, p in enumerate(self.cluster_ports) if j != i]
@@ -61,8 +65,10 @@ class NatsCluster:
                 routes=routes, server_name=f"n{i}", tls=self.tls,
             ))
             with open(member / "nats.log", "ab") as log:
-                self.procs.append(subprocess.Popen([str(binary), "-c", str(conf)], stdout=log, stderr=log))
-        for port, proc in zip(self.ports, self.procs):
+                proc = subprocess.Popen([str(binary), "-c", str(conf)], stdout=log, stderr=log)
+            self.procs.append(proc)
+            started.append((port, proc))
+        for port, proc in started:
             wait_for_port(self.host, port, timeout, proc)
         return self
 

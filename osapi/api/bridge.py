@@ -99,12 +99,17 @@ class NatsBridge:
                      extra={"fields": {"attempts": attempt}})
             self.audit.wake()  # entries queued while NATS was away
 
+        logged = None  # the reason last logged as a warning: a new one is logged at once
+
         def not_ready(attempt: int, exc: BaseException, pause: float) -> None:  # keep serving (503) and keep trying
+            nonlocal logged
             if isinstance(exc, NatsUnavailable):
                 self.last_error = str(exc)
             else:
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            level = logging.WARNING if sampled(attempt, 20) else logging.DEBUG
+            level = logging.WARNING if sampled(attempt, 20) or self.last_error != logged else logging.DEBUG
+            if level == logging.WARNING:
+                logged = self.last_error
             log.log(level, "NATS at %s not ready (%s); retrying in %.1fs",
                     ", ".join(self.urls), self.last_error, pause)
 

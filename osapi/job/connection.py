@@ -26,6 +26,12 @@ log = logging.getLogger("osapi.job.connection")
 
 CONNECT_TIMEOUT = 2.0  # one TCP + CONNECT attempt
 RECONNECT_WAIT = 1.0  # between attempts to the same server
+# A server that vanished without closing the socket (its machine died, froze or was cut
+# off) is only noticed by unanswered PINGs: after MAX_OUTSTANDING_PINGS + 1 intervals
+# (4-6 s) the connection counts as stale and nats-py moves on to the next member of
+# nats.url. nats-py's default (120 s x 2) would leave the API answering 503 for minutes.
+PING_INTERVAL = 2.0
+MAX_OUTSTANDING_PINGS = 2
 FIRST_CONNECT_TIMEOUT = 5.0
 
 Callback = Callable[[], Awaitable[None]]
@@ -90,6 +96,8 @@ async def connect(cfg, name: str, first_timeout: float = FIRST_CONNECT_TIMEOUT,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT,
         connect_timeout=CONNECT_TIMEOUT,
+        ping_interval=PING_INTERVAL,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         allow_reconnect=True,
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,

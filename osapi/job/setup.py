@@ -27,6 +27,7 @@ from osapi.domain import subjects as subj
 log = logging.getLogger("osapi.job.setup")
 
 STREAM_NAME_IN_USE = 10058
+NOT_ENOUGH_PEERS = {10005, 10023}  # "no suitable peers for placement", "insufficient resources"
 SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consumer (one per worker process)
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
@@ -233,19 +234,40 @@ async def ensure_stream(js, wanted: Wanted, warned: set | None = None):
     An existing stream whose settings differ from ``wanted`` is used as it is, with
     one warning per differing setting (``warn_differences``).
     """
+    import nats.errors
     import nats.js.errors as jse
 
     try:
         return await js.add_stream(wanted.config)
     except jse.APIError as exc:
+        if exc.err_code in NOT_ENOUGH_PEERS:
+            raise _cluster_not_ready(wanted, exc) from None
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
+    except nats.errors.TimeoutError:
+        raise _cluster_not_ready(wanted, None) from None
     info = await js.stream_info(wanted.config.name)
     found = differences(wanted, info.config)
     warn_differences(found, warned)
     if not found:
         log.debug("%s exists with settings osapi does not compare; using it as it is", wanted.label)
     return info
+
+
+def _cluster_not_ready(wanted: Wanted, exc) -> Exception:
+    """Why a stream could not be created while a JetStream cluster forms or misses servers: the
+    API and workers log it and try again (they never give up), so it says what they wait for."""
+    from osapi.job.errors import NatsUnavailable
+
+    replicas = int(wanted.config.num_replicas or 1)
+    if exc is None:
+        return NatsUnavailable(
+            f"JetStream did not answer the creation of {wanted.label}: a cluster answers only once it has "
+            "a meta leader (a majority of its servers up and connected by their routes); waiting for it")
+    key = wanted.keys.get("replicas", "job.*.replicas")
+    return NatsUnavailable(
+        f"JetStream cannot place {wanted.label} on {replicas} servers ({key} = {replicas}): fewer than "
+        f"{replicas} servers of the cluster are up ({exc.description or exc}); waiting for them")
 
 
 def _kv_stream_config(bucket: str, ttl: float | None, max_bytes: int, storage: str, replicas: int):

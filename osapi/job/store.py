@@ -182,8 +182,30 @@ class Store:
         try:
             entry = await self.kv("jobs").get(f"jobs.{job_id}")
         except jse.KeyNotFoundError:
-            return None
+            return await self._job_from_leader(job_id)
         job = _loads(entry.value)
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            return None
+        self._remember(job)
+        return job
+
+    async def _job_from_leader(self, job_id: str) -> dict | None:
+        """The job body as the stream leader has it: a miss of a direct get, confirmed.
+
+        Direct gets are answered by any replica, and in a cluster a follower may
+        not hold a body stored a moment ago (or, on a node just back, long ago).
+        "No such job" decides things -- a worker skips or purges the job -- so it
+        is only believed from the leader (``$JS.API.STREAM.MSG.GET``, leader-only).
+        """
+        import nats.js.errors as jse
+
+        try:
+            msg = await self.js.get_msg(self.stream_of("jobs"), subject=self.subject_of("jobs", f"jobs.{job_id}"))
+        except jse.NotFoundError:
+            return None
+        if (msg.headers or {}).get("KV-Operation"):  # a delete or purge marker
+            return None
+        job = _loads(msg.data)
         if not isinstance(job, dict) or job.get("id") != job_id:
             return None
         self._remember(job)
@@ -207,8 +229,11 @@ class Store:
             if isinstance(value, dict) and value.get("id") == job_id:
                 job = value
                 self._remember(job)
-        if job is None:
+        if job is None:  # from a replica that may lag: only the leader's answer decides (``_job_from_leader``)
             self.forget(job_id)
+            job = await self._job_from_leader(job_id)
+            if job is not None:
+                return job, await self.events(job_id)
         return job, self._parse_events(subjects, job_id)
 
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:

@@ -329,3 +329,40 @@ def test_setup_keeps_objects_whose_settings_cannot_change_in_place(nats_server, 
             "(job.stream.storage); keeping memory") in text
     assert "stream JOBS: max_age is unlimited in NATS but 1d in this process's configuration" in text
     assert "consumer jobs-worker-any on JOBS exists with settings that cannot change in place" in text
+
+
+def test_a_server_that_stops_answering_is_left_for_another_member_of_nats_url(tmp_path):
+    """A member that vanished without closing the socket (SIGSTOP: as a dead or cut-off machine)
+    is noticed by unanswered pings and the connection moves to the next URL of ``nats.url``."""
+    first = NatsServer(tmp_path / "n1").start()
+    second = NatsServer(tmp_path / "n2", token=first.token).start()
+    by_port = {first.port: first, second.port: second}
+    frozen = None
+    try:
+        cfg = cfg_for({"OSAPI_NATS_URL": f"{first.url},{second.url}", "OSAPI_NATS_TOKEN": first.token,
+                       "OSAPI_SUPERVISE_STATE_DIR": str(tmp_path)})
+        from osapi.job.connection import close, connect
+
+        async def scenario():
+            nonlocal frozen
+            nc = await connect(cfg, "t")
+            try:
+                frozen = by_port[nc.connected_url.port]
+                os.kill(frozen.proc.pid, signal.SIGSTOP)
+                deadline = time.monotonic() + 30  # a bound, not a timing: nats-py's default waits 4 minutes
+                while time.monotonic() < deadline:
+                    if nc.is_connected and nc.connected_url.port != frozen.port:
+                        break
+                    await asyncio.sleep(0.2)
+                assert nc.is_connected and nc.connected_url.port != frozen.port
+                await nc.publish("still.working", b"x")
+                await nc.flush(timeout=5)
+            finally:
+                await close(nc)
+
+        asyncio.run(scenario())
+    finally:
+        if frozen is not None:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        first.stop()
+        second.stop()

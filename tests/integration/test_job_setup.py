@@ -213,3 +213,40 @@ def test_default_processes_keep_a_clusters_three_replicas_until_job_setup_applie
             bridge.close()
         cluster.stop()
 
+
+
+def test_an_api_waits_for_a_forming_cluster_and_says_what_it_waits_for(tmp_path):
+    """Streams at 3 replicas cannot be created before the cluster has a meta leader (one member
+    up) nor while fewer than 3 members are up: the API keeps trying, not ready, saying why."""
+    cluster = NatsCluster(tmp_path / "cluster")
+    api = None
+    try:
+        cluster.start(members=[0])
+        env = clean_env(**cluster.env([0]), OSAPI_SUPERVISE_STATE_DIR=str(tmp_path / "state"),
+                        OSAPI_JOB_STREAM_REPLICAS="3", OSAPI_JOB_KV_REPLICAS="3", OSAPI_JOB_DLQ_REPLICAS="3",
+                        OSAPI_AUDIT_REPLICAS="3")
+        api = ApiProcess(tmp_path / "api", env).start()
+
+        def not_ready_because(text):
+            resp = api.http().get("/health/ready", token=None)
+            assert resp.status in (200, 503), resp.raw
+            return resp.status == 503 and text in resp.json["error"]
+
+        no_leader = "JetStream did not answer the creation of stream JOBS: a cluster answers only once it has a meta leader"
+        wait_for(lambda: not_ready_because(no_leader), 40, 0.3, what=f"no meta leader\n{api.log()}")
+        assert no_leader in api.log()
+
+        cluster.start(members=[1])  # a majority: a meta leader, but 2 servers for 3 replicas
+        few = ("JetStream cannot place stream JOBS on 3 servers (job.stream.replicas = 3): fewer than 3 servers "
+               "of the cluster are up")
+        wait_for(lambda: not_ready_because(few), 60, 0.3, what=f"too few servers\n{api.log()}")
+        wait_for(lambda: few in api.log(), 10, 0.2, what=f"a log line\n{api.log()}")  # a new reason is logged at once
+
+        cluster.start(members=[2])
+        api.wait_ready(timeout=60)
+        assert api.proc.poll() is None  # it waited; it never exited
+        assert "Traceback" not in api.log()
+    finally:
+        if api is not None:
+            api.stop()
+        cluster.stop()
