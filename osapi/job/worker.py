@@ -43,7 +43,8 @@ from osapi.job.store import Store
 log = logging.getLogger("osapi.job.worker")
 
 DEFAULT_GRACE = 30.0
-POLL = 2.0  # one pull request waits this long for a job (also bounds how fast SIGTERM is noticed)
+POLL = 10.0  # one pull request waits this long for a job; a stop does not wait for it (_fetch). Longer: fewer
+# idle pull requests (1,000 hosts at 2 s cost the cluster ~1,500 requests/s doing nothing: bench/results.md, "Fleet")
 MAX_PAUSE = 5.0  # longest wait between retries while NATS is away
 HOLD_POLL = 1.0  # a redelivery held while another instance runs the job: how often to look again
 PROBE_TIMEOUT = 1.0  # how long an instance asked "do you run job J?" has to answer
