@@ -174,6 +174,12 @@ class Fleet:
             out[f"sim process {i + 1}"] = proc.pid
         return out
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user+system) so far by role."""
+        import psutil
+
+        return {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in self.roles().items()}
+
     def idle(self, seconds: float) -> dict[str, tuple[float, float]]:
         """{role: (CPU % of one core over ``seconds``, RSS MiB at the end)}."""
         import psutil
@@ -304,7 +310,9 @@ def _variant(ctx, section: Section, count: int, procs: int, calls: int, idle_s: 
     out: dict = {}
     with Fleet(ctx, ctx.workdir / f"fleet-r{replicas}", count, procs, replicas) as fleet:
         registered = fleet.wait_hosts(ctx.count(900, 300))
+        cpu0 = fleet.cpu()
         times, wrong = _broadcasts(fleet, calls)
+        cpu1 = fleet.cpu()
         rest = times[1:]
         p50, p99 = ms(percentile(rest, 50)), ms(percentile(rest, 99))
         exact = not any(wrong)
@@ -326,6 +334,9 @@ def _variant(ctx, section: Section, count: int, procs: int, calls: int, idle_s: 
         section.note(f"{label}: idle over {idle_s:.0f} s, CPU % of one core / RSS MiB: "
                      + ", ".join(f"{role} {cpu:.1f} % / {rss:.0f}" for role, (cpu, rss) in idle.items()))
         section.note(f"{label}: host consumers by leader node: {leaders}")
+        section.note(f"{label}: CPU per `_all` call (user+system, ms): "
+                     + ", ".join(f"{role} {1000 * (cpu1[role] - cpu0[role]) / len(times):.0f}" for role in cpu0
+                                 if role in cpu1))
         out.update(p50=p50, idle=idle, leaders=leaders)
         if os.environ.get("BENCH_FLEET_NODE_LOSS", "1") != "0":
             section.note(f"{label}: " + _node_loss(fleet, leaders, ctx.count(15, 10)))

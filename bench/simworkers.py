@@ -130,4 +130,17 @@ def run(ctx, section) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(fleet(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
+    # run as a script: bench/ itself must not shadow the standard library (bench/profile.py)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    profile = os.environ.get("BENCH_SIM_PROFILE")  # a path: cProfile stats of this process, written at exit
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        asyncio.run(fleet(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
+    finally:
+        if profile:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{sys.argv[2] if len(sys.argv) > 2 else 0}")
