@@ -32,9 +32,9 @@ SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consu
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
 HOST_CONSUMER_INACTIVE = 7 * 86400.0  # a host consumer nobody pulled from this long is removed by the server
-# One copy per host consumer, on one member of its stream: at 1,000 hosts, 3 copies cost each node of a
-# 3-node cluster ~150 MB and ~15 % of a core while idle and slowed broadcasts; a node loss then holds the
-# jobs of the hosts whose consumer it held until it returns (the stream keeps them). docs/jobs.md,
+# One copy per host consumer, on one member of its stream: at 1,000 hosts on 3 nodes, 3 copies cost each
+# node ~620 MiB instead of ~200 and made a broadcast cost 2.3x the nats-server CPU; a node loss then holds
+# the jobs of the hosts whose consumer it held until it returns (the stream keeps them). docs/jobs.md,
 # "Host consumers: one copy"; figures in bench/results.md, "Fleet".
 HOST_CONSUMER_REPLICAS = 1
 # JOBS holds one consumer per host: nats-server (2.15) refuses a stream's 1,001st consumer when the
