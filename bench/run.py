@@ -71,6 +71,7 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "broadcast": "bench.broadcast",
     "scale": "bench.scale",
+    "fleet": "bench.fleet",
     "hung": "bench.hung",
     "events": "bench.events",
     "startup": "bench.startup",

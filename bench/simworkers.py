@@ -12,7 +12,12 @@ The benchmark (``run``) starts an appliance without a worker, starts this
 fleet as a subprocess, waits until all hosts are in the registry, then times
 ``GET /system/hostname?target_hostname=_all`` and counts the answers.
 
-    python bench/simworkers.py COUNT   # with OSAPI_NATS_URL / OSAPI_NATS_TOKEN set
+    python bench/simworkers.py COUNT [FIRST]   # with OSAPI_NATS_URL / OSAPI_NATS_TOKEN set
+
+``FIRST`` numbers the hosts from there (``sim-FIRST`` …), so that several such
+processes make one fleet (``bench/fleet.py``). ``BENCH_HOST_CONSUMER_REPLICAS``
+(bench only) overrides the replicas of each host's consumer, to measure what
+the choice costs; the worker code is otherwise untouched.
 """
 
 from __future__ import annotations
@@ -30,16 +35,32 @@ from pathlib import Path
 TITLE = "Scale"
 
 
-async def fleet(count: int) -> None:
+def _override_host_consumer_replicas(replicas: int) -> None:
+    """Every host consumer this process creates gets ``replicas`` (the measurement of bench/fleet.py)."""
+    from osapi.job import worker
+
+    made = worker.host_consumer_config
+
+    def host_consumer_config(cfg, hostname, labels):
+        config = made(cfg, hostname, labels)
+        config.num_replicas = replicas
+        return config
+
+    worker.host_consumer_config = host_consumer_config
+
+
+async def fleet(count: int, first: int = 0) -> None:
     from osapi import config
     from osapi.worker.worker import Worker
 
     cfg = config.load(None, os.environ)
+    if os.environ.get("BENCH_HOST_CONSUMER_REPLICAS"):
+        _override_host_consumer_replicas(int(os.environ["BENCH_HOST_CONSUMER_REPLICAS"]))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    workers = [Worker(cfg, hostname=f"sim-{i:04d}", labels={"fleet": "sim"}) for i in range(count)]
+    workers = [Worker(cfg, hostname=f"sim-{i:04d}", labels={"fleet": "sim"}) for i in range(first, first + count)]
     tasks = []
     for i, worker in enumerate(workers):
         tasks.append(asyncio.create_task(worker.serve(stop)))
@@ -109,4 +130,17 @@ def run(ctx, section) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(fleet(int(sys.argv[1])))
+    # run as a script: bench/ itself must not shadow the standard library (bench/profile.py)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    profile = os.environ.get("BENCH_SIM_PROFILE")  # a path: cProfile stats of this process, written at exit
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        asyncio.run(fleet(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
+    finally:
+        if profile:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{sys.argv[2] if len(sys.argv) > 2 else 0}")

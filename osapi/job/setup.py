@@ -11,7 +11,8 @@ max-deliveries advisories, the ``AUDIT`` stream, and the durable pull consumers
 bucket: it warns once per differing setting (``warn_differences``). ``plan`` and
 ``apply`` are ``osapi job setup [--apply]``, the operator's way to change them.
 Workers create and update the consumers; the API only creates a missing one.
-A host consumer unused for ``HOST_CONSUMER_INACTIVE`` is removed by the server.
+A host consumer unused for ``HOST_CONSUMER_INACTIVE`` is removed by the server;
+it is one copy (``HOST_CONSUMER_REPLICAS``) whatever its stream's replicas.
 Why each rule: docs/jobs.md, "Stream and bucket settings, osapi job setup".
 """
 
@@ -32,6 +33,14 @@ SHARED_MAX_WAITING = 4096  # pull requests waiting at once on a fleet-wide consu
 DUPLICATE_WINDOW = 120.0
 REGISTRY_MAX_AGE = 3600.0  # entries expire by their own TTL; this only sweeps leftovers
 HOST_CONSUMER_INACTIVE = 7 * 86400.0  # a host consumer nobody pulled from this long is removed by the server
+# One copy per host consumer, on one member of its stream: at 1,000 hosts on 3 nodes, 3 copies cost each
+# node ~620 MiB instead of ~200 and made a broadcast cost 2.3x the nats-server CPU; a node loss then holds
+# the jobs of the hosts whose consumer it held until it returns (the stream keeps them). docs/jobs.md,
+# "Host consumers: one copy"; figures in bench/results.md, "Fleet".
+HOST_CONSUMER_REPLICAS = 1
+# JOBS holds one consumer per host: nats-server (2.15) refuses a stream's 1,001st consumer when the
+# stream leaves max_consumers unlimited (-1), so it is set, high (docs/fleet-scale.md)
+JOBS_MAX_CONSUMERS = 1_000_000
 AUDIT_STREAM = "AUDIT"
 AUDIT_SUBJECTS = "audit.>"
 
@@ -316,6 +325,7 @@ def wanted_streams(cfg) -> list[Wanted]:
         num_replicas=job.stream.replicas,
         discard=api.DiscardPolicy(job.stream.discard),
         duplicate_window=min(DUPLICATE_WINDOW, job.stream.max_age),
+        max_consumers=JOBS_MAX_CONSUMERS,
     )
     dlq_stream = api.StreamConfig(
         name=names.dlq_stream,
@@ -428,6 +438,7 @@ def host_consumer_config(cfg, hostname: str, labels: dict):
     config = _job_consumer(cfg, names.host_consumer(hostname), subj.host_subjects(hostname, labels, names.prefix),
                            {"osapi_hostname": hostname})
     config.inactive_threshold = HOST_CONSUMER_INACTIVE
+    config.num_replicas = HOST_CONSUMER_REPLICAS
     return config
 
 
@@ -449,15 +460,18 @@ def dlq_consumer_config(cfg):
 async def ensure_consumer(js, stream: str, config, update: bool = True) -> None:
     """Create or update a durable. If the update is refused (a setting that cannot change in
     place, e.g. the deliver policy), the existing consumer is used unchanged, with a warning.
-    ``update=False``: create it only if it is missing; an existing one is not touched."""
+    ``update=False``: create it only if it is missing; an existing one is not touched.
+    An existing consumer that already has every setting of ``config`` is not updated: an
+    update is a proposal through the cluster's meta leader, and a fleet's workers starting
+    together would send one per worker and shared consumer (docs/fleet-scale.md)."""
     import nats.js.errors as jse
 
-    if not update:
-        try:
-            await js.consumer_info(stream, config.name)
+    try:
+        info = await js.consumer_info(stream, config.name)
+        if not update or _has_settings(info.config, config):
             return
-        except jse.NotFoundError:
-            pass
+    except jse.NotFoundError:
+        pass
     try:
         await js.add_consumer(stream, config)
     except jse.APIError as exc:
@@ -467,6 +481,33 @@ async def ensure_consumer(js, stream: str, config, update: bool = True) -> None:
             raise exc from None
         log.warning("consumer %s on %s exists with settings that cannot change in place (%s); using it as it is",
                     config.name, stream, exc.description or exc)
+
+
+def _has_settings(found, wanted) -> bool:
+    """Whether the consumer config ``found`` (from NATS) has every setting ``wanted`` sets (not None).
+
+    Metadata: the keys ``wanted`` sets (the server adds its own). Durations: to the
+    microsecond (they travel as nanoseconds). Anything that differs means an update.
+    """
+    import dataclasses
+
+    for field in dataclasses.fields(wanted):
+        value = getattr(wanted, field.name)
+        if value is None:
+            continue
+        have = getattr(found, field.name, None)
+        if field.name == "metadata":
+            if any((have or {}).get(k) != v for k, v in value.items()):
+                return False
+        elif isinstance(value, float) and isinstance(have, (int, float)):
+            if abs(value - have) > 1e-6:
+                return False
+        elif isinstance(value, list) and isinstance(have, list) and value and isinstance(value[0], float):
+            if len(value) != len(have) or any(abs(a - b) > 1e-6 for a, b in zip(value, have)):
+                return False
+        elif have != value:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- `osapi job setup`

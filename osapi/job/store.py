@@ -211,14 +211,24 @@ class Store:
         self._remember(job)
         return job
 
-    async def job_and_events(self, job_id: str) -> tuple[dict | None, list[st.Event]]:
-        """The job body (read afresh) and its events: one batch request when the server answers it whole."""
+    async def job_and_events(self, job_id: str, host: str | None = None) -> tuple[dict | None, list[st.Event]]:
+        """The job body (read afresh) and its events: one batch request when the server answers it whole.
+
+        ``host``: only that host's events and a failed submission's (``st.abandoned``), not
+        every host's: each of N hosts of a broadcast reading all the others' events makes a
+        broadcast cost O(N²) reads (docs/fleet-scale.md).
+        """
         body = self.subject_of("jobs", f"jobs.{job_id}")
-        got = await self.multi_last(self.stream_of("jobs"), [body, self.subject_of("jobs", f"status.{job_id}.>")])
+        if host is None:
+            filters = [self.subject_of("jobs", f"status.{job_id}.>")]
+        else:
+            filters = [self.subject_of("jobs", f"status.{job_id}.*.{host}.*"),
+                       self.subject_of("jobs", f"status.{job_id}.{st.FAILED}.{st.SUBMISSION_HOST}.*")]
+        got = await self.multi_last(self.stream_of("jobs"), [body, *filters])
         if got is None:  # an older server, or more events than one batch returns
             self.forget(job_id)
             job, events = await asyncio.gather(self.get_job(job_id), self.events(job_id))
-            return job, events
+            return job, _of_host(events, host)
         job, subjects = None, []
         for msg in got:
             subject = msg.headers.get("Nats-Subject", "")
@@ -233,7 +243,7 @@ class Store:
             self.forget(job_id)
             job = await self._job_from_leader(job_id)
             if job is not None:
-                return job, await self.events(job_id)
+                return job, _of_host(await self.events(job_id), host)
         return job, self._parse_events(subjects, job_id)
 
     async def get_jobs(self, ids: Iterable[str]) -> dict[str, dict]:
@@ -531,3 +541,10 @@ async def _gather_bounded(coros: list, limit: int = 256) -> list:
             return await coro
 
     return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
+def _of_host(events: list[st.Event], host: str | None) -> list[st.Event]:
+    """``events`` of ``host`` and a failed submission's (``Store.job_and_events``); all of them for None."""
+    if host is None:
+        return events
+    return [e for e in events if e.host == host or (e.host == st.SUBMISSION_HOST and e.event == st.FAILED)]

@@ -67,7 +67,10 @@ class Execution:
         store, host = self.store, self.hostname
         job_id = (msg.data or b"").decode(errors="replace").strip()
         try:
-            job, events = await store.job_and_events(job_id) if is_job_id(job_id) else (None, [])
+            # a first delivery looks only at this host's events and a failed submission (O(1) per
+            # host of a broadcast); a redelivery at every host's (redelivery.py)
+            job, events = (await store.job_and_events(job_id, host if delivery == 1 else None)
+                           if is_job_id(job_id) else (None, []))
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot read job %s: %s; retrying later", job_id, _describe(exc))
             await _quiet(msg.nak(delay=self._delay(delivery)))

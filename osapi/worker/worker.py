@@ -31,7 +31,8 @@ from osapi.worker.heartbeat import Heartbeat
 from osapi.worker.redelivery import Redelivery, probe_subject
 
 DEFAULT_GRACE = 30.0
-POLL = 2.0  # one pull request waits this long for a job (also bounds how fast SIGTERM is noticed)
+POLL = 10.0  # one pull request waits this long for a job; a stop does not wait for it (_fetch). Longer: fewer
+# idle pull requests (1,000 hosts at 2 s cost the cluster ~1,500 requests/s doing nothing: bench/results.md, "Fleet")
 
 
 class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):

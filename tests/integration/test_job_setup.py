@@ -184,10 +184,13 @@ def test_default_processes_keep_a_clusters_three_replicas_until_job_setup_applie
         assert result["results"][0]["hostname"] == "w1"
 
         assert {n: c.num_replicas for n, c in stream_configs(bridge).items()} == {n: 3 for n in STREAMS}
-        for stream, consumer in (("JOBS", "jobs-worker-any"), ("JOBS", "jobs-worker-host-w1"),
-                                 ("JOBS_DLQ", "jobs-worker-dlq")):
+        for stream, consumer in (("JOBS", "jobs-worker-any"), ("JOBS_DLQ", "jobs-worker-dlq")):
             info = bridge.call(bridge.store.js.consumer_info(stream, consumer))
             assert len(info.cluster.replicas) == 2, (consumer, info.cluster)  # follows its stream: 3 copies
+        # a host's own consumer is one copy (docs/jobs.md, "Host consumers: one copy"), on a member of its stream
+        host = bridge.call(bridge.store.js.consumer_info("JOBS", "jobs-worker-host-w1"))
+        assert host.config.num_replicas == 1 and not host.cluster.replicas, host.cluster
+        assert host.cluster.leader in {"n0", "n1", "n2"}, host.cluster
         for log in (worker.log(), api.log()):
             for kind, name, _, key in OBJECTS:
                 warning = (f"{kind} {name}: replicas is 3 in NATS but 1 in this process's configuration ({key}); "

@@ -233,6 +233,101 @@ def test_the_api_creates_missing_consumers_but_only_workers_update_them(nats_ser
     assert inactive == HOST_CONSUMER_INACTIVE == 7 * 86400
 
 
+def test_a_worker_that_finds_its_consumers_as_configured_sends_no_update(nats_server, tmp_path):
+    """An update is a meta-leader proposal: a fleet starting together must not send one per worker."""
+    from osapi import config
+    from osapi.job.connection import close, connect
+    from osapi.job.setup import Names, ensure_consumer, host_consumer_config
+    from osapi.job.store import Store
+
+    env = base_env(nats_server, tmp_path / "state")
+    cfg = config.load(None, env)
+    changed = config.load(None, {**env, "OSAPI_JOB_CONSUMER_MAX_DELIVER": "3"})
+
+    async def main():
+        nc = await connect(cfg, "t")
+        watcher = await connect(cfg, "watch")
+        creates: list[str] = []
+        async def seen(msg):
+            creates.append(msg.subject)
+
+        try:
+            sub = await watcher.subscribe("$JS.API.CONSUMER.CREATE.>", cb=seen)
+            await watcher.flush()
+            js = nc.jetstream()
+            await Store(nc, cfg).setup(update_consumers=True)
+            await ensure_consumer(js, "JOBS", host_consumer_config(cfg, "w1.example", {"a": "b"}))
+            await nc.flush()
+            await watcher.flush()
+            first = len(creates)
+            for _ in range(2):  # the same settings again: nothing to update
+                await Store(nc, cfg).setup(update_consumers=True)
+                await ensure_consumer(js, "JOBS", host_consumer_config(cfg, "w1.example", {"a": "b"}))
+            await nc.flush()
+            await watcher.flush()
+            same = len(creates) - first
+            await Store(nc, changed).setup(update_consumers=True)  # other settings: updated
+            await ensure_consumer(js, "JOBS", host_consumer_config(changed, "w1.example", {"a": "b"}))
+            await nc.flush()
+            await watcher.flush()
+            any_deliver = (await js.consumer_info("JOBS", "jobs-worker-any")).config.max_deliver
+            host_deliver = (await js.consumer_info("JOBS", Names.from_config(cfg).host_consumer("w1.example"))).config.max_deliver
+            await sub.unsubscribe()
+            return first, same, len(creates) - first - same, any_deliver, host_deliver
+        finally:
+            await close(watcher)
+            await close(nc)
+
+    first, same, updated, any_deliver, host_deliver = asyncio.run(main())
+    assert first == 3  # -any, -dlq, the host's: created
+    assert same == 0
+    assert updated == 2 and any_deliver == 3 and host_deliver == 3  # -dlq has no max_deliver
+
+
+def test_the_jobs_stream_takes_more_than_a_thousand_host_consumers(bridge):
+    """nats-server refuses a stream's 1,001st consumer unless the stream sets max_consumers."""
+    from osapi.job.setup import JOBS_MAX_CONSUMERS, ensure_consumer, host_consumer_config
+
+    js = bridge.store.js
+
+    async def add_all():
+        for i in range(1001):
+            await ensure_consumer(js, "JOBS", host_consumer_config(bridge.cfg, f"h{i}", {}))
+        return (await js.stream_info("JOBS")).state.consumer_count
+
+    assert bridge.call(add_all()) == 1001 + 1  # the hosts' and the shared -any
+    assert bridge.call(js.stream_info("JOBS")).config.max_consumers == JOBS_MAX_CONSUMERS
+
+
+def test_a_first_delivery_reads_only_its_hosts_events_and_a_failed_submission(bridge):
+    """A broadcast's host reading every host's events makes a broadcast O(N²); a redelivery still reads all."""
+    store = bridge.store
+    job_id = "0b7e3c1e-8f44-4a57-9d6c-1a2b3c4d5e6f"
+    job = {"id": job_id, "created": "2026-01-01T00:00:00Z", "created_ns": 1, "target_hostname": "_all",
+           "broadcast": True, "operation": {"type": "system.hostname.get", "data": {}}, "kind": "query",
+           "subject": "jobs.query.all", "expected_hosts": ["a.example", "b", "a"]}
+
+    async def fill():
+        await store.put_job(job)
+        await store.add_event(job_id, st.SUBMITTED, "_all")
+        for host in ("a.example", "b", "a"):
+            await store.add_event(job_id, st.ACKNOWLEDGED, host)
+            await store.add_event(job_id, st.STARTED, host)
+        await store.add_event(job_id, st.FAILED, st.SUBMISSION_HOST, error="x")
+
+    bridge.call(fill())
+    everything = bridge.call(store.job_and_events(job_id))
+    mine = bridge.call(store.job_and_events(job_id, "a.example"))
+    short = bridge.call(store.job_and_events(job_id, "a"))
+    assert everything[0]["id"] == mine[0]["id"] == short[0]["id"] == job_id
+    assert len(everything[1]) == 8
+    assert sorted((e.event, e.host) for e in mine[1]) == [
+        (st.ACKNOWLEDGED, "a.example"), (st.FAILED, st.SUBMISSION_HOST), (st.STARTED, "a.example")]
+    assert sorted((e.event, e.host) for e in short[1]) == [
+        (st.ACKNOWLEDGED, "a"), (st.FAILED, st.SUBMISSION_HOST), (st.STARTED, "a")]
+    assert st.abandoned(mine[1])
+
+
 # ---------------------------------------------------------------- statistics kept up to date incrementally
 
 
