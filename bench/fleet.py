@@ -4,7 +4,7 @@ A real three-node nats-server cluster on loopback (``tests/cluster_support.py``:
 configurations rendered by ``osapi.natsd.render_config``), every stream and
 bucket at replicas 3, one API process whose ``nats.url`` lists every member, and
 1,000 simulated hosts split over several processes (``bench/simworkers.py``:
-each host a real ``osapi.worker.Worker`` with its own connection, host
+each host a real ``osapi.worker.worker.Worker`` with its own connection, host
 consumer, registry entry and results; connections spread over the members by
 the client's random server order).
 
@@ -357,7 +357,7 @@ def run(ctx) -> Section:
             _variant(ctx, section, count, procs, calls, idle_s, replicas)
         except Exception as exc:  # noqa: BLE001 - report and go on to the other variant
             errors.append(f"host consumers at replicas {replicas}: {type(exc).__name__}: {exc}")
-    section.note(f"{count} simulated hosts: real `osapi.worker.Worker` objects, one NATS connection each, "
+    section.note(f"{count} simulated hosts: real `osapi.worker.worker.Worker` objects, one NATS connection each, "
                  f"{procs} processes; one API process with `nats.url` listing the 3 members; streams and "
                  f"buckets at replicas 3; the cluster, the API and the hosts share this machine's cores")
     if errors:
