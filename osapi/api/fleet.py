@@ -54,10 +54,13 @@ def enroll(call: Call) -> Reply:
     if "hostname" not in body:
         raise bad_request("missing field hostname", "the host's name, as its worker's job.worker.hostname")
     hostname = _hostname(body["hostname"])
-    labels = body.get("labels")
-    if labels is not None:
+    labels = None  # absent: a new host has none, a rotation keeps its labels
+    if "labels" in body:
+        if body["labels"] is None:
+            raise bad_request("invalid field labels", "labels must be an object of label to value, got null; "
+                              "leave labels out to keep them")
         try:
-            labels = hosts.check_labels(labels)
+            labels = hosts.check_labels(body["labels"])
         except auth.InvalidHost as exc:
             raise bad_request("invalid field labels", str(exc)) from None
     rotate = body.get("rotate", False)

@@ -70,7 +70,8 @@ def test_hostile_hostnames_are_refused_and_nothing_is_stored(control, cli):
         assert resp.status == 400, (bad, resp.json)
         assert resp.json["error"] == "invalid hostname"
     for body in ({"hostname": "ok1", "labels": {"a b": "x"}}, {"hostname": "ok1", "labels": {"g": "x\ny"}},
-                 {"hostname": "ok1", "rotate": "yes"}, {"hostname": "ok1", "evil": 1}, {"labels": {}}):
+                 {"hostname": "ok1", "rotate": "yes"}, {"hostname": "ok1", "evil": 1}, {"labels": {}},
+                 {"hostname": "ok1", "labels": None}, {"hostname": "ok1", "labels": ["g=x"]}):
         assert http.request("POST", "/api/v1/fleet/hosts", body).status == 400, body
     assert http.request("DELETE", "/api/v1/fleet/hosts/a%20b").status == 400
     assert http.get("/api/v1/fleet/hosts").json == {"total": 0, "hosts": []}
