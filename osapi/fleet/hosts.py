@@ -70,23 +70,39 @@ def _entry(data: bytes | None) -> dict | None:
 
 
 async def enrolled(store) -> dict[str, dict]:
-    """Every enrolled host's entry by hostname (credentials included): batch reads of 1,000 entries.
+    """Every enrolled host's entry by hostname (credentials included): batch reads of 1,000 entries."""
+    return (await enrolled_seen(store))[0]
+
+
+async def enrolled_seen(store) -> tuple[dict[str, dict], int]:
+    """``enrolled`` and the highest stream sequence the read saw.
 
     The bucket keeps one message per key (the entry or its delete marker), so a
-    batch get over every key is the bucket's current state.
+    batch get over every key is the bucket's current state, and it includes the
+    stream's last message: a read that saw less than the stream's ``last_seq``
+    came from a replica that is behind (direct gets may be answered by any
+    replica), and whoever caches by ``last_seq`` reads again (``renderer``, the
+    registry).
     """
     prefix = store.subject_of("fleet", "")
     out = {}
-    async for subject, data in store.batch_get(store.stream_of("fleet"), f"{prefix}>"):
+    seen = 0
+    async for subject, data, seq in store.batch_get(store.stream_of("fleet"), f"{prefix}>", sequences=True):
+        seen = max(seen, seq)
         entry = _entry(data)
         if entry is not None and subject == prefix + entry["hostname"]:
             out[entry["hostname"]] = entry
-    return out
+    return out, seen
+
+
+def labels_of(entries: dict[str, dict]) -> dict[str, dict]:
+    """``{hostname: labels}`` of enrolled entries (the labels that win over a host's own)."""
+    return {h: dict(e.get("labels") or {}) for h, e in entries.items()}
 
 
 async def enrolled_labels(store) -> dict[str, dict]:
     """``{hostname: labels}`` of every enrolled host (the labels that win over a host's own)."""
-    return {h: dict(e.get("labels") or {}) for h, e in (await enrolled(store)).items()}
+    return labels_of(await enrolled(store))
 
 
 async def enroll(store, cfg, hostname: str, labels: dict | None, rotate: bool = False) -> dict:
