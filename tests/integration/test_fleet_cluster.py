@@ -8,7 +8,9 @@ through node 2's API. Raw nats-py connections with the bundle's credentials (not
 osapi in between) work on every node; a plain-text connection is refused by every node.
 Rotating a host's credentials makes every node refuse the old password; revoking a host
 through node 3 makes every node drop its live connections and refuse new ones, and it
-leaves ``GET /jobs/workers``.
+leaves ``GET /jobs/workers``. A job whose host dies on it past ``max_deliver`` is marked
+failed by the control plane's API processes (no worker runs on the control plane, and a
+fleet host runs no dead-letter loop).
 
 The tests run in file order on one control plane; each leaves it usable for the next.
 Consumers use ``max_deliver=2``, ``ack_wait=2s`` and a 100 ms back-off (the bundle carries
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import ssl
 import time
@@ -152,6 +156,35 @@ def test_a_host_enrolled_through_one_node_runs_jobs_through_another_with_tls(pla
     for node in plane.nodes:
         answer = plain_text_refused(node.nats_port, plane.nats_token)
         assert "TLS Required" in answer or answer == "", (node.name, answer)
+
+
+def test_a_job_whose_host_dies_on_it_is_failed_by_the_control_plane(plane):
+    """No worker on the control plane, none with a dead-letter loop on the fleet host: the APIs handle it."""
+    a, b, c = plane.nodes
+    token = plane.admin_token
+    host = plane.hosts[HOST]
+    resp = a.http(token).request("POST", f"{API}/jobs", {"operation": {"type": "test.sleep", "data": {"seconds": 60}},
+                                                           "target_hostname": HOST})
+    assert resp.status == 201, resp.raw
+    job_id = resp.json["job_id"]
+    http = b.http(token)
+    for delivery in (1, 2):
+        wait_for(lambda: started_on(http.get(f"{API}/jobs/{job_id}").json, HOST) >= delivery, 30,
+                 f"delivery {delivery} started on {HOST}", interval=0.3)
+        pid = host.processes()["worker:worker-1"]["pid"]
+        os.kill(pid, signal.SIGKILL)  # supervisord starts it again: it pulls, the server redelivers or gives up
+        wait_for(lambda: host.processes().get("worker:worker-1", {}).get("pid") not in (None, pid), 30,
+                 "the host's worker started again", interval=0.3)
+    job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(c.http(token).get(f"{API}/jobs/{job_id}").json),
+                   40, "the dead job failed", interval=0.5)
+    assert "gave up after 2 deliveries" in job["error"], job
+    assert job["responses"][HOST]["status"] == "failed"
+    assert job["worker_states"][HOST]["status"] == "failed"
+    assert [e for e in job["timeline"] if e["event"] == "failed"] == [
+        e for e in job["timeline"] if e["event"] == "failed" and e.get("hostname") == HOST]
+    assert len([e for e in job["timeline"] if e["event"] == "failed"]) == 1  # handled once, by one of the three
+    assert plane.workers() == [HOST]
+    plane.wait_listed(HOST)  # the host is back for the next test
 
 
 def test_rotate_and_revoke_take_effect_on_every_node(plane):
