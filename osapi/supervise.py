@@ -135,6 +135,10 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
     create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
     if "nats" in programs:
         create_secret(paths.secret("nats.token"), _random_secret)
+        if cfg.nats.server.cluster.name:  # routes present it (osapi.natsd): copied to the other nodes with the rest
+            from osapi import natsd
+
+            create_secret(paths.secret(natsd.ROUTE_SECRET), _random_secret)
         from osapi import tls
 
         if tls.generated(cfg):

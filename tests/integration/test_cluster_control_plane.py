@@ -167,6 +167,70 @@ def test_three_nodes_form_one_cluster_and_any_api_answers(cluster):
         assert peers == members, (name, info.cluster)
 
 
+def test_a_server_without_the_route_secret_cannot_join(cluster, tmp_path):
+    """Routes carry no TLS here: the shared route secret (``secrets/cluster.token``) keeps a rogue
+    nats-server that reaches the cluster ports out; it never sees the streams. The secret is in no log."""
+    import subprocess
+
+    from cluster_support import FLEET_CLUSTER
+    from testkit import free_port, stop_process, wait_for_port
+
+    from osapi import natsd
+
+    a, b, c = cluster.nodes
+    secret = configuration.read_secret_file(a.state, "cluster.token")
+    assert secret and all(configuration.read_secret_file(n.state, "cluster.token") == secret for n in cluster.nodes)
+    port, token = free_port(), "rogue-token-0123456789"
+    conf, log = tmp_path / "rogue.conf", tmp_path / "rogue.log"
+    conf.write_text(natsd.render_config(
+        host="127.0.0.1", port=port, store_dir=tmp_path / "js", token=token, cluster_name=FLEET_CLUSTER,
+        cluster_host="127.0.0.1", cluster_port=free_port(), server_name="rogue",
+        routes=[f"nats://127.0.0.1:{n.cluster_port}" for n in cluster.nodes]))
+    with open(log, "ab") as out:
+        rogue = subprocess.Popen([str(natsd.find_binary()), "-c", str(conf)], stdout=out, stderr=out)
+    try:
+        wait_for_port("127.0.0.1", port, 15, rogue)
+        node_logs = [n.state / "logs" / "nats-server.log" for n in cluster.nodes]
+        def route_refused() -> bool:  # a route's (rid:, not a client's cid:) failed authorization
+            lines = "".join(p.read_text(errors="replace") for p in node_logs).lower().splitlines()
+            return any(" rid:" in line and ("authorization" in line or "authentication" in line) for line in lines)
+
+        wait_for(route_refused, 30, "the nodes refusing the rogue's routes", interval=0.5)
+
+        async def streams(nc):
+            try:
+                reply = await nc.request("$JS.API.STREAM.NAMES", b"", timeout=3)
+            except Exception as exc:  # noqa: BLE001 - no JetStream cluster to answer: what we want
+                return type(exc).__name__
+            return json.loads(reply.data)
+
+        async def ask():
+            import nats
+
+            nc = await nats.connect(f"nats://127.0.0.1:{port}", token=token, connect_timeout=2, allow_reconnect=False)
+            try:
+                return [await streams(nc) for _ in range(3)]
+            finally:
+                await nc.close()
+
+        answers = asyncio.run(ask())
+    finally:
+        stop_process(rogue)
+    rogue_log = log.read_text(errors="replace")
+    assert "route error 'authorization violation'" in rogue_log.lower(), rogue_log[-3000:]  # its routes refused
+    for answer in answers:
+        names = (answer.get("streams") or []) if isinstance(answer, dict) else []
+        assert "JOBS" not in names, answer
+    print(f"the rogue's JetStream answered: {answers}")
+    # the cluster is whole and the secret is in no log (nor in a file but the 0600 nats-server.conf)
+    assert submit(a.http(cluster.admin_token)).status == 201
+    for node in cluster.nodes:
+        for path in (node.state / "logs").glob("*.log"):
+            assert secret not in path.read_text(errors="replace"), path
+        assert secret not in node.sup.log()
+        assert (node.state / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+
+
 @dataclass
 class Outcome:
     node: str
