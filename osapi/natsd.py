@@ -394,6 +394,13 @@ def server_token(cfg, *, require_auth: bool = False) -> str | None:
     return token
 
 
+def route_secret_path(cfg) -> Path:
+    """``<state_dir>/secrets/cluster.token``."""
+    from osapi import config
+
+    return config.secret_path(cfg, ROUTE_SECRET)
+
+
 def route_secret(cfg) -> str | None:
     """The cluster's route secret, ``<state_dir>/secrets/cluster.token``; None without a cluster or the file."""
     from osapi import config
@@ -484,8 +491,8 @@ def exec_server(cfg, *, require_auth: bool = False, log_file: str | None = None,
     if server.cluster.name and not route_secret(cfg):
         log.warning(
             "cluster routes on %s:%s are NOT authorized: anyone who reaches that port can join the cluster; "
-            "osapi supervise creates %s (copy secrets/ from the first node to the others)",
-            server.cluster.host, server.cluster.port, ROUTE_SECRET,
+            "put one secret into %s on every node and restart them (README.md, \"Run a fleet\")",
+            server.cluster.host, server.cluster.port, route_secret_path(cfg),
         )
     log.info("starting %s -c %s (JetStream store %s, %s:%s%s)", binary, path, store, server.host, server.port,
              f", log {log_file}" if log_file else "")

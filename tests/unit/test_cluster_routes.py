@@ -67,3 +67,24 @@ def test_supervise_makes_the_route_secret_for_a_cluster_node_only(tmp_path):
     text = path.read_text()
     assert f"nats://osapi-route:{secret}@10.0.0.2:6222" in text
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_node_gets_no_route_secret_of_its_own(tmp_path):
+    """A node that ran before (its nats.token exists: upgraded, or clustered later) makes none: one of its
+    own would differ from the other nodes' and cut the cluster's routes. Its routes stay unauthorized
+    (nats server start warns) until the operator puts one secret on every node."""
+    state = tmp_path / "old"
+    single = config.load(None, {"OSAPI_SUPERVISE_STATE_DIR": str(state)})
+    supervise.bootstrap(single, ["nats"])
+    node = config.load(None, {"OSAPI_SUPERVISE_STATE_DIR": str(state), "OSAPI_NATS_SERVER_CLUSTER_NAME": "osapi",
+                              "OSAPI_NATS_SERVER_CLUSTER_ROUTES": "nats://10.0.0.2:6222"})
+    supervise.bootstrap(node, ["nats"])
+    assert not (state / "secrets" / natsd.ROUTE_SECRET).exists()
+    path, _ = natsd.write_config(node, require_auth=True)
+    text = path.read_text()
+    assert '"nats://10.0.0.2:6222"' in text and "osapi-route" not in text
+    # the operator's copy of node 1's secret: used from then on
+    (state / "secrets" / natsd.ROUTE_SECRET).write_text(SECRET + "\n")
+    (state / "secrets" / natsd.ROUTE_SECRET).chmod(0o600)
+    path, _ = natsd.write_config(node, require_auth=True)
+    assert f"nats://osapi-route:{SECRET}@10.0.0.2:6222" in path.read_text()
