@@ -174,8 +174,38 @@ async def revoke(store, hostname: str) -> None:
         await store.js.delete_consumer(store.names.stream, store.names.host_consumer(hostname))
     except jse.NotFoundError:
         pass
-    await store.js.purge_stream(store.stream_of("registry"), subject=store.subject_of("registry", f"{hostname}.*"))
+    await forget(store, hostname)
     log.info("fleet host %s revoked", hostname)
+
+
+# seconds after a revocation when its registry entries are removed again: a heartbeat the host sent
+# before every node dropped its connections (renderer.POLL plus a reload, within 10 s) would
+# otherwise keep it in GET /jobs/workers until that entry's TTL
+FORGET_AGAIN = (3.0, 10.0)
+
+
+async def forget(store, hostname: str) -> None:
+    """Remove the host's registry entries (``<hostname>.*``)."""
+    await store.js.purge_stream(store.stream_of("registry"), subject=store.subject_of("registry", f"{hostname}.*"))
+
+
+async def forget_again(store, hostname: str, after=FORGET_AGAIN) -> None:
+    """``forget`` once more at each of ``after`` (seconds since the revocation); errors are logged, not raised."""
+    import asyncio
+
+    waited = 0.0
+    for moment in after:
+        await asyncio.sleep(max(0.0, moment - waited))
+        waited = moment
+        try:
+            if await store.kv("fleet").get(hostname) is not None:
+                return  # enrolled again meanwhile: its entries are its new worker's
+        except Exception:  # noqa: BLE001 - not found: still revoked (the usual case)
+            pass
+        try:
+            await forget(store, hostname)
+        except Exception as exc:  # noqa: BLE001 - NATS away: the entries' TTL removes them
+            log.debug("cannot remove the registry entries of revoked host %s: %s", hostname, exc)
 
 
 async def listing(store, live_rows: list[dict]) -> dict:
