@@ -5,7 +5,8 @@ and password, ``nats.tls.ca`` when TLS is on (``osapi.tls.ca_pem``), the job nam
 the control plane and its consumer settings (``job.consumer.ack_wait``, ``max_deliver``,
 ``back_off``: the control plane creates the host's consumers with them, and a worker
 paces its progress acks and knows its last delivery by them), the enrolled hostname
-and labels, and ``supervise.programs: [worker]``. Never the NATS token. On the host: ``osapi -f HOSTNAME.yaml supervise``.
+and labels, and ``supervise.programs: [worker]``. Never the NATS token. On the host:
+``osapi -f HOSTNAME.yaml supervise``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ deletes the entry (every control-plane node's renderer then drops the user:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -191,8 +192,6 @@ async def forget(store, hostname: str) -> None:
 
 async def forget_again(store, hostname: str, after=FORGET_AGAIN) -> None:
     """``forget`` once more at each of ``after`` (seconds since the revocation); errors are logged, not raised."""
-    import asyncio
-
     waited = 0.0
     for moment in after:
         await asyncio.sleep(max(0.0, moment - waited))

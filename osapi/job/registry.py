@@ -51,7 +51,6 @@ class Registry:
         # bucket's last sequence moves: a broadcast then reads no enrolled entry
         self._fleet_seq: int | None = None
         self._fleet_labels: dict[str, dict] = {}
-        self.fleet_reads = 0  # reads of the fleet bucket (the cache's misses)
 
     async def beat(self, key: str, entry: dict, ttl: float) -> None:
         subject = self.store.subject_of("registry", key)
@@ -101,7 +100,6 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - NATS trouble: hosts' own labels this time
             log.debug("cannot read the enrolled fleet hosts: %s", exc)
             return now, {}
-        self.fleet_reads += 1
         self._fleet_labels = labels_of(found)
         self._fleet_seq = seq if isinstance(seq, int) and seen >= seq else None
         return now, self._fleet_labels

@@ -175,14 +175,16 @@ def test_a_job_whose_host_dies_on_it_is_failed_by_the_control_plane(plane):
         os.kill(pid, signal.SIGKILL)  # supervisord starts it again: it pulls, the server redelivers or gives up
         wait_for(lambda: host.processes().get("worker:worker-1", {}).get("pid") not in (None, pid), 30,
                  "the host's worker started again", interval=0.3)
-    job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(c.http(token).get(f"{API}/jobs/{job_id}").json),
-                   40, "the dead job failed", interval=0.5)
+    def failed():
+        job = c.http(token).get(f"{API}/jobs/{job_id}").json
+        return job if job["status"] == "failed" else None
+
+    job = wait_for(failed, 40, "the dead job failed", interval=0.5)
     assert "gave up after 2 deliveries" in job["error"], job
     assert job["responses"][HOST]["status"] == "failed"
     assert job["worker_states"][HOST]["status"] == "failed"
-    assert [e for e in job["timeline"] if e["event"] == "failed"] == [
-        e for e in job["timeline"] if e["event"] == "failed" and e.get("hostname") == HOST]
-    assert len([e for e in job["timeline"] if e["event"] == "failed"]) == 1  # handled once, by one of the three
+    # handled once, by one of the three APIs
+    assert [e.get("hostname") for e in job["timeline"] if e["event"] == "failed"] == [HOST]
     assert plane.workers() == [HOST]
     plane.wait_listed(HOST)  # the host is back for the next test
 
