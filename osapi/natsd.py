@@ -11,7 +11,12 @@ checks that the port can be bound, writes ``<state_dir>/nats-server.conf`` (mode
 0600, it holds the token) from ``nats.server.*`` and then execs the binary.
 With ``nats.server.tls.enabled`` the configuration requires TLS from clients
 and routes (``tls_block``); the certificates are ``nats.server.tls.*`` or
-generated once by ``osapi.tls`` (README "TLS").
+generated once by ``osapi.tls`` (README "TLS"). In a cluster, routes are
+authorized by a shared secret, ``<state_dir>/secrets/cluster.token`` (``osapi
+supervise`` creates it on the first node; the operator copies ``secrets/`` to the
+others): the ``cluster { authorization }`` block requires it from every route
+that connects, and each route URL carries it (``route_urls``). A server without
+it cannot join the cluster (README "Run a fleet").
 
 One store, one server: two nats-servers on the same ``store_dir`` both restore
 (and rewrite) every stream before the second one fails on its port. So the
@@ -38,11 +43,31 @@ from osapi.errors import ConfigError
 LOG_SIZE_LIMIT = 10 * 1024 * 1024  # bytes: nats-server rotates its own log file here ...
 LOG_MAX_NUM = 5  # ... and keeps this many rotated files (as supervise does for the other logs)
 TLS_TIMEOUT = 5  # seconds for a TLS handshake (nats-server's default, 0.5 s, is short on a busy host)
+ROUTE_USER = "osapi-route"  # the user of the cluster's route authorization; its password is cluster.token
+ROUTE_SECRET = "cluster.token"  # in <state_dir>/secrets/
+ROUTE_AUTH_TIMEOUT = 5  # seconds a route has to present the secret
 
 
 def _quote(value: str) -> str:
     # nats-server's config format accepts JSON strings
     return json.dumps(value)
+
+
+def route_urls(routes: list[str], secret: str | None) -> list[str]:
+    """``routes`` carrying the route secret as ``osapi-route:<secret>@`` (a URL with credentials of its
+    own is kept as it is). The result is for nats-server's configuration only: never log it
+    (``osapi.config.redact_url``)."""
+    from urllib.parse import quote
+
+    if not secret:
+        return list(routes)
+    out = []
+    for route in routes:
+        scheme, sep, rest = route.partition("://")
+        if sep and "@" not in rest:
+            route = f"{scheme}://{ROUTE_USER}:{quote(secret, safe='')}@{rest}"
+        out.append(route)
+    return out
 
 
 def render_config(
@@ -60,6 +85,7 @@ def render_config(
     log_file: str | os.PathLike | None = None,
     tls=None,
     users_file: str | os.PathLike | None = None,
+    route_secret: str | None = None,
 ) -> str:
     """The text of a nats-server configuration file.
 
@@ -71,6 +97,8 @@ def render_config(
     configuration file's directory (nats-server resolves includes so) (``osapi.fleet.auth``:
     the control plane's user, whose password is ``token``, and the enrolled hosts) instead
     of the bare ``token``.
+    ``route_secret``: with ``cluster_name``, routes must present it (user ``ROUTE_USER``) and
+    the routes to the other members carry it (``route_urls``).
     """
     lines = [
         f"host: {_quote(host)}",
@@ -103,8 +131,14 @@ def render_config(
             f"  host: {_quote(cluster_host)}",
             f"  port: {int(cluster_port)}",
         ]
+        if route_secret:
+            lines += ["  authorization {",
+                      f"    user: {_quote(ROUTE_USER)}",
+                      f"    password: {_quote(route_secret)}",
+                      f"    timeout: {ROUTE_AUTH_TIMEOUT}",
+                      "  }"]
         if routes:
-            lines.append("  routes: [" + ", ".join(_quote(r) for r in routes) + "]")
+            lines.append("  routes: [" + ", ".join(_quote(r) for r in route_urls(routes, route_secret)) + "]")
         if tls:
             lines += tls_block(tls, verify=True, indent="  ")
         lines.append("}")
@@ -133,12 +167,14 @@ def tls_block(files, *, verify: bool, indent: str = "") -> list[str]:
 def render_from_config(
     cfg, store_dir: str | os.PathLike, token: str | None, server_name: str | None = None,
     log_file: str | os.PathLike | None = None, tls=None, users_file: str | os.PathLike | None = None,
+    route_secret: str | None = None,
 ) -> str:
     """``render_config`` from ``nats.server.*``."""
     server = cfg.nats.server
     return render_config(
         log_file=log_file,
         users_file=users_file,
+        route_secret=route_secret,
         host=server.host,
         port=server.port,
         store_dir=store_dir,
@@ -358,6 +394,22 @@ def server_token(cfg, *, require_auth: bool = False) -> str | None:
     return token
 
 
+def route_secret_path(cfg) -> Path:
+    """``<state_dir>/secrets/cluster.token``."""
+    from osapi import config
+
+    return config.secret_path(cfg, ROUTE_SECRET)
+
+
+def route_secret(cfg) -> str | None:
+    """The cluster's route secret, ``<state_dir>/secrets/cluster.token``; None without a cluster or the file."""
+    from osapi import config
+
+    if not cfg.nats.server.cluster.name:
+        return None
+    return config.read_secret(cfg, ROUTE_SECRET)
+
+
 def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike | None = None) -> tuple[Path, bool]:
     """Render the configuration from ``nats.server.*`` into the state dir.
 
@@ -387,7 +439,7 @@ def write_config(cfg, *, require_auth: bool = False, log_file: str | os.PathLike
         fleet_auth.write_users(path.parent, token, fleet_auth.load_hosts(sidecar), Names.from_config(cfg))
         users_file = users.name  # next to the configuration file
     write_private(path, render_from_config(cfg, store, token, server_name=name, log_file=log_file,
-                                           tls=files, users_file=users_file))
+                                           tls=files, users_file=users_file, route_secret=route_secret(cfg)))
     return path, bool(token)
 
 
@@ -435,6 +487,12 @@ def exec_server(cfg, *, require_auth: bool = False, log_file: str | None = None,
         log.warning(
             "nats-server runs WITHOUT authentication on %s:%s: set nats.server.auth.token "
             "(osapi supervise creates <state_dir>/secrets/nats.token)", server.host, server.port,
+        )
+    if server.cluster.name and not route_secret(cfg):
+        log.warning(
+            "cluster routes on %s:%s are NOT authorized: anyone who reaches that port can join the cluster; "
+            "put one secret into %s on every node and restart them (README.md, \"Run a fleet\")",
+            server.cluster.host, server.cluster.port, route_secret_path(cfg),
         )
     log.info("starting %s -c %s (JetStream store %s, %s:%s%s)", binary, path, store, server.host, server.port,
              f", log {log_file}" if log_file else "")

@@ -134,7 +134,14 @@ def bootstrap(cfg, programs: list[str]) -> Layout:
     check_state(paths, lax_ok=False)
     create_secret(paths.secret(SUPERVISOR_PASSWORD), _random_secret)
     if "nats" in programs:
-        create_secret(paths.secret("nats.token"), _random_secret)
+        fresh = create_secret(paths.secret("nats.token"), _random_secret)
+        if cfg.nats.server.cluster.name and fresh:
+            # the route secret (osapi.natsd), copied to the other nodes with the rest. Only with a new
+            # node's first secrets: a node of a running cluster (upgraded, or clustered later) making one
+            # of its own would differ from the others' and cut the routes (README "Run a fleet")
+            from osapi import natsd
+
+            create_secret(paths.secret(natsd.ROUTE_SECRET), _random_secret)
         from osapi import tls
 
         if tls.generated(cfg):

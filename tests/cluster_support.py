@@ -1,4 +1,6 @@
-"""A real NATS JetStream cluster on loopback: three nats-servers with routes.
+"""Clusters on loopback: raw nats-servers (``NatsCluster``) and real supervise nodes (``ControlPlane``).
+
+``NatsCluster``: three nats-servers with routes.
 
 Each member's configuration is rendered by ``osapi.natsd.render_config`` (the
 same ``cluster {name, host, port, routes}`` block ``osapi nats server start``
@@ -14,12 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit import free_port, generate_tls, stop_process, tls_context, wait_for_port
+from testkit import Http, clean_env, free_port, generate_tls, stop_process, tls_context, wait_for, wait_for_port
 
 from osapi import natsd
 
@@ -115,3 +123,232 @@ class NatsCluster:
             except OSError:
                 pass
         return "\n".join(out)
+
+
+# ---------------------------------------------------------------- a control plane of real supervise nodes
+#
+# Three ``python -m osapi -f nodeN.yaml supervise`` processes with ``supervise.programs:
+# [nats, api]``, each with its own state dir and ports, ``nats.server.cluster.*`` naming every
+# member's route, ``nats.url`` listing every member and every stream and bucket at
+# ``replicas: 3`` -- the configuration README.md "Run a fleet" gives. Node 1 makes the
+# secrets; ``ControlPlane.start`` copies them (as the operator does) to nodes 2 and 3
+# before they start. Used by tests/integration/test_cluster_control_plane.py (node loss)
+# and test_fleet_cluster.py (enrolled hosts, TLS, route secret).
+
+FLEET_CLUSTER = "osapi-fleet"
+API = "/api/v1"
+
+
+def to_yaml(data: dict) -> str:
+    return json.dumps(data, indent=2) + "\n"  # JSON is YAML
+
+
+@dataclass
+class Node:
+    name: str
+    root: Path
+    nats_port: int = field(default_factory=free_port)
+    cluster_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    sup: object | None = None  # supervise_support.Supervise once started
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / f"{self.name}.yaml"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def server_name(self) -> str:
+        return f"{socket.gethostname()}-{self.nats_port}"  # osapi.natsd.server_name
+
+    def http(self, token: str) -> Http:
+        return Http(self.api_port, token=token, timeout=20.0)
+
+    def nats_pid(self) -> int:
+        return self.sup.processes()["nats"]["pid"]
+
+
+def replicated(extra: dict | None = None) -> dict:
+    """``job`` and ``audit`` at 3 replicas; a job handed to a worker by a server that then died is
+    delivered again after ``ack_wait`` (10 s here; ``extra`` replaces keys of ``job``)."""
+    job = {
+        "stream": {"replicas": 3},
+        "kv": {"replicas": 3},
+        "dlq": {"replicas": 3},
+        "consumer": {"ack_wait": "10s", "back_off": ["1s", "2s", "5s"]},
+    }
+    job.update(extra or {})
+    return {"job": job, "audit": {"replicas": 3}}
+
+
+def write_configs(nodes: list[Node], tls: bool = False) -> None:
+    urls = [n.url for n in nodes]
+    routes = [f"nats://127.0.0.1:{n.cluster_port}" for n in nodes]  # its own route is ignored
+    for node in nodes:
+        node.root.mkdir(parents=True, exist_ok=True)
+        server = {"host": "127.0.0.1", "port": node.nats_port, "cluster": {
+            "name": FLEET_CLUSTER, "host": "127.0.0.1", "port": node.cluster_port, "routes": routes}}
+        if tls:
+            server["tls"] = {"enabled": True}
+        data = {
+            "nats": {"url": urls, "server": server},
+            "api": {"server": {"host": "127.0.0.1", "port": node.api_port, "job_timeout": "10s"}},
+            "supervise": {"state_dir": str(node.state), "programs": ["nats", "api"]},
+            **replicated(),
+        }
+        node.conf.write_text(to_yaml(data))
+
+
+def copy_secrets(source: Node, target: Node, lax: bool = False) -> None:
+    """What the operator does (README: rsync -a of <state_dir>/secrets). ``lax``: as a copy
+    without the modes (umask 022) leaves them: 0755 directories, 0644 files."""
+    target.state.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source.state / "secrets", target.state / "secrets")
+    if lax:
+        for path in (target.state, target.state / "secrets"):
+            os.chmod(path, 0o755)
+        for path in (target.state / "secrets").iterdir():
+            os.chmod(path, 0o644)
+
+
+def wait_api_ready(node: Node, timeout: float = 90.0) -> None:
+    def ready():
+        if node.sup.proc.poll() is not None:
+            raise AssertionError(f"{node.name}: supervise exited\n{node.sup.log()}")
+        try:
+            return Http(node.api_port, timeout=5).get("/health/ready", token=None).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout, f"{node.name} ready", interval=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{node.sup.log()}") from None
+
+
+class ControlPlane:
+    """Three supervise nodes (``node1``..``node3``) and the fleet hosts a test starts (``start_host``).
+
+    ``env``: extra environment of every node's supervise (and so of its programs);
+    ``tls``: ``nats.server.tls.enabled`` on every node (node 1 generates the CA, copied with the rest).
+    """
+
+    def __init__(self, root: Path, tls: bool = False, env: dict[str, str] | None = None):
+        self.root = Path(root)
+        self.tls = tls
+        self.env = dict(env or {})
+        self.nodes = [Node(name, self.root / name) for name in ("node1", "node2", "node3")]
+        self.hosts: dict[str, object] = {}  # hostname -> Supervise
+        write_configs(self.nodes, tls=tls)
+
+    def start_node(self, node: Node):
+        from supervise_support import Supervise
+
+        node.sup = Supervise([sys.executable, "-m", "osapi", "-f", str(node.conf), "supervise"],
+                             clean_env(**self.env), node.state, node.root / "run").start()
+        return node.sup
+
+    def start(self) -> "ControlPlane":
+        first, *others = self.nodes
+        sup = self.start_node(first)
+        # supervise makes the secrets before it starts anything; the operator copies them
+        wait_for(lambda: (first.state / "secrets" / "admin.token").exists() or sup.proc.poll() is not None,
+                 60, "node1's secrets", interval=0.1)
+        if sup.proc.poll() is not None:
+            raise AssertionError(f"node1: supervise exited\n{sup.log()}")
+        for i, node in enumerate(others):
+            copy_secrets(first, node, lax=i == 1)
+        for node in others:
+            self.start_node(node)
+        for node in self.nodes:
+            wait_api_ready(node)
+        return self
+
+    @property
+    def nats_token(self) -> str:
+        from osapi import config
+
+        return config.read_secret_file(self.nodes[0].state, "nats.token")
+
+    @property
+    def admin_token(self) -> str:
+        from osapi import config
+
+        return config.read_secret_file(self.nodes[0].state, "admin.token")
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.nodes[0].state / "secrets" / "ca.pem" if self.tls else None
+
+    def start_host(self, hostname: str, conf: Path, env: dict[str, str] | None = None):
+        """``python -m osapi -f CONF supervise`` for a fleet host (its config names ``programs: [worker]``)."""
+        from supervise_support import Supervise
+
+        root = conf.parent
+        sup = Supervise([sys.executable, "-m", "osapi", "-f", str(conf), "supervise"], clean_env(**(env or {})),
+                        root / "state", root / "run").start()
+        self.hosts[hostname] = sup
+        return sup
+
+    def workers(self, node: Node | None = None) -> list[str]:
+        resp = (node or self.nodes[0]).http(self.admin_token).get(f"{API}/jobs/workers")
+        assert resp.status == 200, resp.raw
+        return [w["hostname"] for w in resp.json["workers"]]
+
+    def wait_listed(self, hostname: str, timeout: float = 60.0) -> None:
+        sup = self.hosts[hostname]
+
+        def listed():
+            if sup.proc.poll() is not None:
+                raise AssertionError(f"{hostname}: supervise exited\n{sup.log()}")
+            return hostname in self.workers()
+
+        try:
+            wait_for(listed, timeout, f"{hostname} in /jobs/workers", interval=0.5)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{sup.log()}") from None
+
+    def stop_host(self, hostname: str) -> None:
+        sup = self.hosts.pop(hostname, None)
+        if sup is not None:
+            sup.stop(signal.SIGTERM, timeout=60)
+
+    def stop(self) -> None:
+        for hostname in list(self.hosts):
+            try:
+                self.stop_host(hostname)
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+        for node in reversed(self.nodes):
+            if node.sup is not None:
+                try:
+                    node.sup.stop(signal.SIGTERM, timeout=60)
+                except Exception:  # noqa: BLE001 - keep stopping the others
+                    pass
+
+    def logs(self) -> str:
+        out = [f"===== {n.name}\n{n.sup.log()[-6000:]}" for n in self.nodes if n.sup]
+        out += [f"===== {name}\n{sup.log()[-4000:]}" for name, sup in self.hosts.items()]
+        return "\n".join(out)
+
+
+def wait_completed(http: Http, job_id: str, timeout: float) -> dict:
+    last = {}
+
+    def done():
+        nonlocal last
+        resp = http.get(f"{API}/jobs/{job_id}")
+        last = {"status": resp.status, "body": resp.json}
+        return resp.json if resp.status == 200 and resp.json.get("status") == "completed" else None
+
+    try:
+        return wait_for(done, timeout, f"job {job_id} completed", interval=0.3)
+    except TimeoutError:
+        raise AssertionError(f"job {job_id} not completed through port {http.port}: {last}") from None

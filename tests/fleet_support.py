@@ -50,7 +50,8 @@ class RawHost:
         self.errors: list[str] = []
         self.closed = asyncio.Event()
 
-    async def connect(self, url: str, user: str, password: str, reconnect: bool = False) -> "RawHost":
+    async def connect(self, url: str, user: str, password: str, reconnect: bool = False, tls=None) -> "RawHost":
+        """``tls``: an ``ssl.SSLContext`` (a TLS node: the bundle's CA)."""
         import nats
 
         async def error_cb(exc):
@@ -61,7 +62,8 @@ class RawHost:
 
         self.nc = await nats.connect(url, user=user, password=password, inbox_prefix=auth.inbox_prefix(user),
                                      connect_timeout=2, allow_reconnect=reconnect, max_reconnect_attempts=3 if reconnect else 0,
-                                     reconnect_time_wait=0.2, error_cb=error_cb, closed_cb=closed_cb)
+                                     reconnect_time_wait=0.2, error_cb=error_cb, closed_cb=closed_cb,
+                                     **({"tls": tls} if tls is not None else {}))
         return self
 
     def refused(self, fragment: str) -> bool:

@@ -14,9 +14,13 @@ If NATS closes the connection for good (nats-py does on some server errors, e.g.
 a rotated token), the bridge drops its client and connects again as at start.
 URLs are kept redacted (``redact_url``): no token in logs, 503s or /health.
 
-The bridge also runs the audit log's publisher (``audit.AuditWriter``) and the
+The bridge also runs the audit log's publisher (``audit.AuditWriter``), the
 rollout driver (``osapi.job.rollout.RolloutDriver``: the rollouts whose lease
-it holds or takes over) on its loop, and hands ``run_observer`` (the metrics) to each ``JobClient`` it makes.
+it holds or takes over), the dead-letter loop (``osapi.worker.deadletter``: one
+shared consumer, so each dead job is handled once whether an API process or a
+worker takes it; a fleet of enrolled hosts has no worker that runs it) and, on a
+control-plane node, the fleet users renderer on its loop, and hands
+``run_observer`` (the metrics) to each ``JobClient`` it makes.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class NatsBridge:
         self._reconnector: asyncio.Future | None = None  # after NATS closed the connection (on the loop)
         self._rollouts: asyncio.Future | None = None  # the rollout driver (osapi/job/rollout.py) on the loop
         self._fleet: asyncio.Future | None = None  # this node's fleet users renderer (osapi/fleet/renderer.py)
+        self._dead_letters: asyncio.Future | None = None  # the dead-letter loop (osapi/worker/deadletter.py)
+        self._dead_letters_stop: asyncio.Event | None = None
         self.nc = None
         self.client = None  # osapi.job.client.JobClient once set up
         self.last_error: str | None = "not connected yet"
@@ -94,6 +100,7 @@ class NatsBridge:
             self.client = client
             self._drive_rollouts(client)
             self._render_fleet(client)
+            self._handle_dead_letters(client)
             self.last_error = None
             log.info("connected to NATS at %s", ", ".join(self.urls),
                      extra={"fields": {"attempts": attempt}})
@@ -126,6 +133,16 @@ class NatsBridge:
             self._fleet.cancel()
         local = renderer.local(self.cfg)
         self._fleet = asyncio.ensure_future(local.run(client.store)) if local is not None else None
+
+    def _handle_dead_letters(self, client) -> None:
+        """Run the dead-letter loop on ``client``'s store (the one of the previous client stops)."""
+        from osapi.worker.deadletter import DeadLetterLoop
+
+        if self._dead_letters is not None:
+            self._dead_letters_stop.set()
+            self._dead_letters.cancel()
+        self._dead_letters_stop = asyncio.Event()
+        self._dead_letters = asyncio.ensure_future(DeadLetterLoop(client.store, self.cfg, self._dead_letters_stop).run())
 
     def _drive_rollouts(self, client) -> None:
         """Run a ``rollout.RolloutDriver`` for ``client`` (the one of the previous client stops)."""
@@ -162,6 +179,9 @@ class NatsBridge:
                 self._rollouts.cancel()
             if self._fleet is not None:
                 self._fleet.cancel()
+            if self._dead_letters is not None:
+                self._dead_letters_stop.set()
+                self._dead_letters.cancel()
             self.audit.cancel()
             if self.connected:
                 await self.audit.flush(timeout)  # the entries of the last requests

@@ -9,6 +9,8 @@ then renders the new user into its nats-server (``osapi.fleet.renderer``).
 
 from __future__ import annotations
 
+import asyncio
+
 from osapi.api import audit, schemas
 from osapi.api.errors import ApiError, bad_request, not_found
 from osapi.api.routing import Call, Reply, Response, Route, check_fields, json_type
@@ -92,11 +94,23 @@ def revoke(call: Call) -> Reply:
     except auth.InvalidHost as exc:
         raise bad_request("invalid hostname", str(exc)) from None
     audit.note(call.environ, target=hostname)
+    bridge = call.services.bridge
     try:
-        call.services.bridge.call(lambda client: hosts.revoke(client.store, hostname), TIMEOUT)
+        store = bridge.call(lambda client: _revoke(client, hostname), TIMEOUT)
     except hosts.NotEnrolled:
         raise not_found("host not enrolled", f"{hostname} is not an enrolled fleet host") from None
+    # a heartbeat it sent before every node dropped it: removed again, in the background
+    _later.add(asyncio.run_coroutine_threadsafe(hosts.forget_again(store, hostname), bridge.loop))
+    _later.difference_update({f for f in _later if f.done()})
     return Reply(204, None)
+
+
+_later: set = set()  # the pending forget_again of revocations
+
+
+async def _revoke(client, hostname: str):
+    await hosts.revoke(client.store, hostname)
+    return client.store
 
 
 _err = schemas.error_responses

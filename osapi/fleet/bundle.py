@@ -2,8 +2,11 @@
 
 ``nats.url`` (every URL the control plane itself uses), the host's own NATS user
 and password, ``nats.tls.ca`` when TLS is on (``osapi.tls.ca_pem``), the job names of
-the control plane, the enrolled hostname and labels, and ``supervise.programs:
-[worker]``. Never the NATS token. On the host: ``osapi -f HOSTNAME.yaml supervise``.
+the control plane and its consumer settings (``job.consumer.ack_wait``, ``max_deliver``,
+``back_off``: the control plane creates the host's consumers with them, and a worker
+paces its progress acks and knows its last delivery by them), the enrolled hostname
+and labels, and ``supervise.programs: [worker]``. Never the NATS token. On the host:
+``osapi -f HOSTNAME.yaml supervise``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ def render(cfg, entry: dict) -> str:
     from osapi import config, tls
 
     job = cfg.job
+    consumer = job.consumer
     nats: dict = {"url": config.nats_urls(cfg), "user": entry["user"], "password": entry["password"]}
     ca = tls.ca_pem(cfg)
     if ca:
@@ -28,6 +32,8 @@ def render(cfg, entry: dict) -> str:
             "kv_bucket": job.kv_bucket,
             "kv_response_bucket": job.kv_response_bucket,
             "consumer_name": job.consumer_name,
+            "consumer": {"ack_wait": config.format_duration(consumer.ack_wait), "max_deliver": consumer.max_deliver,
+                         "back_off": [config.format_duration(b) for b in consumer.back_off]},
             "worker": {"hostname": entry["hostname"], "labels": dict(entry.get("labels") or {})},
         },
         "supervise": {"programs": ["worker"]},

@@ -14,6 +14,7 @@ deletes the entry (every control-plane node's renderer then drops the user:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -70,23 +71,39 @@ def _entry(data: bytes | None) -> dict | None:
 
 
 async def enrolled(store) -> dict[str, dict]:
-    """Every enrolled host's entry by hostname (credentials included): batch reads of 1,000 entries.
+    """Every enrolled host's entry by hostname (credentials included): batch reads of 1,000 entries."""
+    return (await enrolled_seen(store))[0]
+
+
+async def enrolled_seen(store) -> tuple[dict[str, dict], int]:
+    """``enrolled`` and the highest stream sequence the read saw.
 
     The bucket keeps one message per key (the entry or its delete marker), so a
-    batch get over every key is the bucket's current state.
+    batch get over every key is the bucket's current state, and it includes the
+    stream's last message: a read that saw less than the stream's ``last_seq``
+    came from a replica that is behind (direct gets may be answered by any
+    replica), and whoever caches by ``last_seq`` reads again (``renderer``, the
+    registry).
     """
     prefix = store.subject_of("fleet", "")
     out = {}
-    async for subject, data in store.batch_get(store.stream_of("fleet"), f"{prefix}>"):
+    seen = 0
+    async for subject, data, seq in store.batch_get(store.stream_of("fleet"), f"{prefix}>", sequences=True):
+        seen = max(seen, seq)
         entry = _entry(data)
         if entry is not None and subject == prefix + entry["hostname"]:
             out[entry["hostname"]] = entry
-    return out
+    return out, seen
+
+
+def labels_of(entries: dict[str, dict]) -> dict[str, dict]:
+    """``{hostname: labels}`` of enrolled entries (the labels that win over a host's own)."""
+    return {h: dict(e.get("labels") or {}) for h, e in entries.items()}
 
 
 async def enrolled_labels(store) -> dict[str, dict]:
     """``{hostname: labels}`` of every enrolled host (the labels that win over a host's own)."""
-    return {h: dict(e.get("labels") or {}) for h, e in (await enrolled(store)).items()}
+    return labels_of(await enrolled(store))
 
 
 async def enroll(store, cfg, hostname: str, labels: dict | None, rotate: bool = False) -> dict:
@@ -158,8 +175,36 @@ async def revoke(store, hostname: str) -> None:
         await store.js.delete_consumer(store.names.stream, store.names.host_consumer(hostname))
     except jse.NotFoundError:
         pass
-    await store.js.purge_stream(store.stream_of("registry"), subject=store.subject_of("registry", f"{hostname}.*"))
+    await forget(store, hostname)
     log.info("fleet host %s revoked", hostname)
+
+
+# seconds after a revocation when its registry entries are removed again: a heartbeat the host sent
+# before every node dropped its connections (renderer.POLL plus a reload, within 10 s) would
+# otherwise keep it in GET /jobs/workers until that entry's TTL
+FORGET_AGAIN = (3.0, 10.0)
+
+
+async def forget(store, hostname: str) -> None:
+    """Remove the host's registry entries (``<hostname>.*``)."""
+    await store.js.purge_stream(store.stream_of("registry"), subject=store.subject_of("registry", f"{hostname}.*"))
+
+
+async def forget_again(store, hostname: str, after=FORGET_AGAIN) -> None:
+    """``forget`` once more at each of ``after`` (seconds since the revocation); errors are logged, not raised."""
+    waited = 0.0
+    for moment in after:
+        await asyncio.sleep(max(0.0, moment - waited))
+        waited = moment
+        try:
+            if await store.kv("fleet").get(hostname) is not None:
+                return  # enrolled again meanwhile: its entries are its new worker's
+        except Exception:  # noqa: BLE001 - not found: still revoked (the usual case)
+            pass
+        try:
+            await forget(store, hostname)
+        except Exception as exc:  # noqa: BLE001 - NATS away: the entries' TTL removes them
+            log.debug("cannot remove the registry entries of revoked host %s: %s", hostname, exc)
 
 
 async def listing(store, live_rows: list[dict]) -> dict:

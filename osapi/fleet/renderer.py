@@ -5,8 +5,9 @@ the node's files: ``<state_dir>/nats-users.conf``, written by ``osapi nats
 server start`` when nats-server requires auth, and the pid of the nats-server
 holding the node's JetStream store lock). Each ``poll`` seconds it asks the
 bucket's stream for its last sequence (one small request); when it moved, it
-reads the bucket, writes the users file (atomically, 0600; not at all when the
-text is the same) and sends nats-server SIGHUP. The server then applies the new
+reads the bucket (again at the next look when the read came from a replica
+that had not reached that sequence yet), writes the users file (atomically,
+0600; not at all when the text is the same) and sends nats-server SIGHUP. The server then applies the new
 list and itself drops the connections of a removed user or a changed password.
 So an enrollment, rotation or revocation made through any node reaches every
 node within ``poll`` plus one reload, with no manual step.
@@ -45,9 +46,11 @@ class Renderer:
         seq = info.state.last_seq
         if seq == self._seen:
             return False
-        entries = list((await hosts.enrolled(store)).values())
+        found, seen = await hosts.enrolled_seen(store)
+        entries = list(found.values())
         changed = auth.write_users(self.directory, self.control_password, entries, self.names)
-        self._seen = seq
+        # a replica behind the leader answered the read: render what it had, and read again next time
+        self._seen = seq if seen >= seq else None
         if changed:
             self.renders += 1
             pid = self.pid()

@@ -5,8 +5,9 @@ KV ``<job.kv_bucket>-workers``, key ``<hostname>.<instance>``, value
 rewritten at each heartbeat with a per-message TTL of three intervals; a worker
 that stops cleanly removes its entry. Readers also leave out (and purge) entries
 older than their ``ttl`` by the NATS server's clock, read the whole registry in
-one batch request, and fold processes into one row per host. The reasons:
-docs/jobs.md, "Registry".
+one batch request, give an enrolled fleet host its enrolled labels (the fleet
+bucket read again only when its last sequence moved), and fold processes into
+one row per host. The reasons: docs/jobs.md, "Registry".
 
 Heartbeat every 5 s with a TTL of 15 s by default (``osapi job worker start
 --heartbeat``: the TTL is three intervals).
@@ -46,6 +47,10 @@ class Heartbeat(NamedTuple):
 class Registry:
     def __init__(self, store: Store):
         self.store = store
+        # the enrolled fleet hosts' labels (osapi.fleet.hosts), read again only when the fleet
+        # bucket's last sequence moves: a broadcast then reads no enrolled entry
+        self._fleet_seq: int | None = None
+        self._fleet_labels: dict[str, dict] = {}
 
     async def beat(self, key: str, entry: dict, ttl: float) -> None:
         subject = self.store.subject_of("registry", key)
@@ -56,7 +61,7 @@ class Registry:
 
     async def entries(self) -> list[dict[str, Any]]:
         """Every live entry (full records, one per process), sorted by hostname then start time."""
-        beats, now_ns, enrolled = await asyncio.gather(self._heartbeats(), self._server_now_ns(), self._enrolled())
+        beats, (now_ns, enrolled) = await asyncio.gather(self._heartbeats(), self._now_and_enrolled())
         prefix = self.store.subject_of("registry", "")
         live, stale = [], []
         for beat in beats:
@@ -64,7 +69,7 @@ class Registry:
                 continue  # a key is <hostname>.<instance>: an entry naming another host is not believed
             labels = enrolled.get(beat.entry["hostname"].lower())
             if labels is not None:  # an enrolled fleet host: its enrolled labels, not its own (osapi.fleet)
-                beat.entry["labels"] = labels
+                beat.entry["labels"] = dict(labels)
             (stale if is_stale(beat.entry, beat.stored_ns, now_ns) else live).append(beat)
         if stale:
             await self._purge(stale, now_ns)
@@ -72,15 +77,42 @@ class Registry:
         values.sort(key=lambda e: (e["hostname"], e.get("started_at") or ""))
         return values
 
-    async def _enrolled(self) -> dict[str, dict]:
-        """Enrolled fleet hosts' labels (``osapi.fleet.hosts``); {} when the bucket cannot be read."""
-        from osapi.fleet.hosts import enrolled_labels
+    async def _now_and_enrolled(self) -> tuple[int, dict[str, dict]]:
+        """The NATS server's time and the enrolled fleet hosts' labels: one request while the fleet bucket is unchanged.
+
+        The fleet bucket's stream info carries both the server's time (``ts``) and the
+        bucket's last sequence; the bucket itself is read only when that moved (and
+        again next time when a replica behind the leader answered the read). No fleet
+        bucket (an older setup) or no right to it: the registry's stream tells the
+        time, and hosts keep their own labels.
+        """
+        info = await self._stream_info(self.store.stream_of("fleet"))
+        if info is None:
+            return await self._server_now_ns(), {}
+        now = stamp_ns(info.get("ts")) or time.time_ns()
+        seq = (info.get("state") or {}).get("last_seq")
+        if seq is not None and seq == self._fleet_seq:
+            return now, self._fleet_labels
+        from osapi.fleet.hosts import enrolled_seen, labels_of
 
         try:
-            return await enrolled_labels(self.store)
-        except Exception as exc:  # noqa: BLE001 - no fleet bucket (an older setup), NATS trouble: hosts' own labels
+            found, seen = await enrolled_seen(self.store)
+        except Exception as exc:  # noqa: BLE001 - NATS trouble: hosts' own labels this time
             log.debug("cannot read the enrolled fleet hosts: %s", exc)
-            return {}
+            return now, {}
+        self._fleet_labels = labels_of(found)
+        self._fleet_seq = seq if isinstance(seq, int) and seen >= seq else None
+        return now, self._fleet_labels
+
+    async def _stream_info(self, stream: str) -> dict | None:
+        """A stream's info as the server sent it (``ts`` included); None when it cannot be had."""
+        try:
+            msg = await self.store.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=REQUEST_TIMEOUT)
+            info = json.loads(msg.data)
+        except Exception as exc:  # noqa: BLE001 - a slow server, no permission: the caller falls back
+            log.debug("cannot read the info of stream %s: %s", stream, exc)
+            return None
+        return info if isinstance(info, dict) and "error" not in info else None
 
     async def _heartbeats(self) -> list[Heartbeat]:
         prefix = self.store.subject_of("registry", "")

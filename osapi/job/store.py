@@ -314,13 +314,18 @@ class Store:
             await sub.unsubscribe()
         return got, end
 
-    async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000):
-        """Yield ``(subject, data)`` of every message matching a filter, oldest first."""
+    async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000, sequences: bool = False):
+        """Yield ``(subject, data)`` of every message matching a filter, oldest first
+        (``sequences``: ``(subject, data, stream sequence)``)."""
         seq = 1
         for _ in range(MAX_SUBJECT_PAGES):
             got, end = await self.direct_batch(stream, {"seq": seq, "next_by_subj": subject_filter, "batch": batch})
             for msg in got:
-                yield msg.headers.get("Nats-Subject", ""), msg.data
+                subject = msg.headers.get("Nats-Subject", "")
+                if sequences:
+                    yield subject, msg.data, int(msg.headers.get("Nats-Sequence") or 0)
+                else:
+                    yield subject, msg.data
             if end.get("Status") != "204" or not got or end.get("Nats-Num-Pending") == "0":
                 return
             seq = int(got[-1].headers["Nats-Sequence"]) + 1

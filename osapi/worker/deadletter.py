@@ -1,7 +1,10 @@
 """Dead jobs: from the server's max-deliveries advisory to a ``failed`` job.
 
-Every worker runs one loop (``DeadLetters._dlq_loop``) on the shared ``<consumer_name>-dlq`` consumer, so
-each dead job is handled once: its host gets a ``failed`` response and event
+Every worker with the control plane's credentials (``DeadLetters._dlq_loop``) and
+every API process (``osapi.api.bridge``) runs one ``DeadLetterLoop`` on the shared
+``<consumer_name>-dlq`` consumer, so each dead job is handled once, whoever runs it,
+and a fleet whose workers are all enrolled hosts (which run no such loop: it writes
+under other hosts' names) still has its dead jobs handled: its host gets a ``failed`` response and event
 (unless it already has a final one) whose error tells the true cause (a full job
 store, a worker that died, a job never started). Advisories of consumers that
 are not osapi's own job consumers are ignored. docs/jobs.md, "Dead letters".
@@ -106,21 +109,38 @@ async def _store_full_note(store: Store, job_id: str, host: str | None) -> tuple
     return host or UNKNOWN_HOST, None
 
 
-class DeadLetters:
-    """The dead-letter loop of a ``Worker`` (a part of it: it reads the worker's state)."""
+class DeadLetterLoop:
+    """The loop on the shared dead-letter consumer, until ``stopping`` is set (or it is cancelled).
 
-    async def _dlq_loop(self) -> None:
+    ``fetch(sub)``: one pull (default: one message, waiting ``poll`` s); ``on_store_full(exc)``
+    and ``on_store_accepts()``: a worker's notes about a full job store (the API has none).
+    """
+
+    def __init__(self, store: Store, cfg, stopping: asyncio.Event, *, poll: float = 2.0, fetch=None,
+                 on_store_full=None, on_store_accepts=None, logger: logging.Logger = log):
+        self.store = store
+        self.cfg = cfg
+        self.stopping = stopping
+        self.poll = poll
+        self.fetch = fetch or (lambda sub: sub.fetch(1, timeout=self.poll))
+        self.on_store_full = on_store_full or (lambda exc: None)
+        self.on_store_accepts = on_store_accepts or (lambda: None)
+        self.log = logger
+        self.handled = 0  # dead letters acknowledged (for tests and logs)
+
+    async def run(self) -> None:
         import nats.errors
 
+        names = self.store.names
         sub = None
         trouble = Backoff.linear(0.25, MAX_PAUSE)  # failures in a row: the pause grows
         while not self.stopping.is_set():
             try:
                 if sub is None:
-                    await ensure_consumer(self.store.js, self.names.dlq_stream, dlq_consumer_config(self.cfg))
-                    sub = await self.store.js.pull_subscribe_bind(self.names.dlq_consumer, self.names.dlq_stream)
+                    await ensure_consumer(self.store.js, names.dlq_stream, dlq_consumer_config(self.cfg))
+                    sub = await self.store.js.pull_subscribe_bind(names.dlq_consumer, names.dlq_stream)
                 try:
-                    msgs = await self._fetch(sub)
+                    msgs = await self.fetch(sub)
                 except nats.errors.TimeoutError:
                     continue
                 trouble.succeeded()
@@ -131,16 +151,26 @@ class DeadLetters:
                         await quiet(msg.nak(delay=DLQ_RETRY))
                         if not is_store_full(exc):
                             raise
-                        self._note_store_full(exc)  # said once; recorded when room comes back
+                        self.on_store_full(exc)  # said once; recorded when room comes back
                         continue
                     await msg.ack_sync()
-                    self._store_accepts()
+                    self.handled += 1
+                    self.on_store_accepts()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 wait = trouble.failed()
                 if sampled(trouble.failures, 20):
-                    worker_log.warning("dead-letter handling failed: %s; retrying", describe(exc))
+                    self.log.warning("dead-letter handling failed: %s; retrying", describe(exc))
                 if trouble.failures >= 3:
                     sub = None
                 await pause(wait, self.stopping)
+
+
+class DeadLetters:
+    """The dead-letter loop of a ``Worker`` (a part of it: it reads the worker's state)."""
+
+    async def _dlq_loop(self) -> None:
+        await DeadLetterLoop(self.store, self.cfg, self.stopping, poll=self.poll, fetch=self._fetch,
+                             on_store_full=self._note_store_full, on_store_accepts=self._store_accepts,
+                             logger=worker_log).run()

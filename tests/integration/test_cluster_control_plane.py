@@ -1,11 +1,9 @@
 """A control plane of three real ``osapi supervise`` nodes on loopback, and the loss of one.
 
-Each node is ``python -m osapi -f nodeN.yaml supervise`` with ``supervise.programs:
-[nats, api]``, its own state dir and ports, ``nats.server.cluster.*`` naming every
-member's route, ``nats.url`` listing every member and every stream and bucket at
-``replicas: 3`` -- the configuration README.md "Run a fleet" gives. The secrets are
-made by node 1 and copied by the test (as the operator does) to nodes 2 and 3
-before they start. A worker-only host (``programs: [worker]``) points at all three.
+The nodes are ``cluster_support.ControlPlane``'s: ``python -m osapi -f nodeN.yaml
+supervise`` with ``supervise.programs: [nats, api]``, the configuration README.md "Run
+a fleet" gives, the secrets made by node 1 and copied to nodes 2 and 3 before they
+start. A worker-only host (``programs: [worker]``) points at all three.
 
 The node-loss test kills node C's nats-server with SIGKILL (by the pid supervisord
 reports) under asynchronous (``POST /jobs``) and synchronous load through all three
@@ -24,127 +22,32 @@ import asyncio
 import json
 from collections import Counter
 import os
-import shutil
 import signal
-import socket
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
-from testkit import Http, clean_env, free_port, wait_for
-from supervise_support import Supervise
+from cluster_support import API, ControlPlane, Node, replicated, to_yaml, wait_completed
+from testkit import Http, wait_for
 
 from osapi import config as configuration
 from osapi import supervise
 
 pytestmark = pytest.mark.slow
 
-CLUSTER = "osapi-fleet"
 WORKER_HOST = "fleet1"
-API = "/api/v1"
-
-
-def _yaml(data: dict) -> str:
-    return json.dumps(data, indent=2) + "\n"  # JSON is YAML
-
-
-@dataclass
-class Node:
-    name: str
-    root: Path
-    nats_port: int = field(default_factory=free_port)
-    cluster_port: int = field(default_factory=free_port)
-    api_port: int = field(default_factory=free_port)
-    sup: Supervise | None = None
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def conf(self) -> Path:
-        return self.root / f"{self.name}.yaml"
-
-    @property
-    def server_name(self) -> str:
-        return f"{socket.gethostname()}-{self.nats_port}"  # osapi.natsd.server_name
-
-    def http(self, token: str) -> Http:
-        return Http(self.api_port, token=token, timeout=20.0)
-
-    def nats_pid(self) -> int:
-        return self.sup.processes()["nats"]["pid"]
-
-
-def _replicated(extra: dict | None = None) -> dict:
-    job = {
-        "stream": {"replicas": 3},
-        "kv": {"replicas": 3},
-        "dlq": {"replicas": 3},
-        # a job handed to a worker by a server that then died is delivered again after ack_wait
-        "consumer": {"ack_wait": "10s", "back_off": ["1s", "2s", "5s"]},
-    }
-    job.update(extra or {})
-    return {"job": job, "audit": {"replicas": 3}}
-
-
-def write_configs(nodes: list[Node]) -> None:
-    urls = [f"nats://127.0.0.1:{n.nats_port}" for n in nodes]
-    routes = [f"nats://127.0.0.1:{n.cluster_port}" for n in nodes]  # its own route is ignored
-    for node in nodes:
-        node.root.mkdir(parents=True, exist_ok=True)
-        data = {
-            "nats": {"url": urls, "server": {"host": "127.0.0.1", "port": node.nats_port, "cluster": {
-                "name": CLUSTER, "host": "127.0.0.1", "port": node.cluster_port, "routes": routes}}},
-            "api": {"server": {"host": "127.0.0.1", "port": node.api_port, "job_timeout": "10s"}},
-            "supervise": {"state_dir": str(node.state), "programs": ["nats", "api"]},
-            **_replicated(),
-        }
-        node.conf.write_text(_yaml(data))
-
-
-def start(node: Node) -> Supervise:
-    env = clean_env()
-    node.sup = Supervise([sys.executable, "-m", "osapi", "-f", str(node.conf), "supervise"], env, node.state,
-                         node.root / "run").start()
-    return node.sup
-
-
-def copy_secrets(source: Node, target: Node, lax: bool = False) -> None:
-    """What the operator does (README: rsync -a of <state_dir>/secrets). ``lax``: as a copy
-    without the modes (umask 022) leaves them: 0755 directories, 0644 files."""
-    target.state.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source.state / "secrets", target.state / "secrets")
-    if lax:
-        for path in (target.state, target.state / "secrets"):
-            os.chmod(path, 0o755)
-        for path in (target.state / "secrets").iterdir():
-            os.chmod(path, 0o644)
-
-
-def wait_ready(node: Node, timeout: float = 90.0) -> None:
-    def ready():
-        if node.sup.proc.poll() is not None:
-            raise AssertionError(f"{node.name}: supervise exited\n{node.sup.log()}")
-        try:
-            return Http(node.api_port, timeout=5).get("/health/ready", token=None).status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, timeout, f"{node.name} ready", interval=0.5)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n{node.sup.log()}") from None
 
 
 async def _nats(urls: list[str], token: str, work):
+    """``work(nc)`` on a raw connection as the control plane: user ``osapi`` with the NATS token (a node's
+    nats-server runs with osapi's users file, which refuses a bare token: README "Fleet hosts")."""
     import nats
 
-    nc = await nats.connect(servers=urls, token=token, connect_timeout=2, max_reconnect_attempts=2,
-                            reconnect_time_wait=0.5)
+    from osapi.fleet.auth import CONTROL_USER
+
+    nc = await nats.connect(servers=urls, user=CONTROL_USER, password=token, connect_timeout=2,
+                            max_reconnect_attempts=2, reconnect_time_wait=0.5, allow_reconnect=False)
     try:
         return await work(nc)
     finally:
@@ -197,76 +100,27 @@ def lead_from(node: Node, token: str) -> dict[str, str]:
     return asyncio.run(_nats([f"nats://127.0.0.1:{node.nats_port}"], token, work))
 
 
-class Cluster:
-    def __init__(self, root: Path):
-        self.nodes = [Node(name, root / name) for name in ("node1", "node2", "node3")]
-        self.worker_root = root / WORKER_HOST
-        self.worker: Supervise | None = None
-        write_configs(self.nodes)
+class Cluster(ControlPlane):
+    """The control plane and a worker-only host that connects with the control plane's token."""
 
     def start(self) -> "Cluster":
-        first, *others = self.nodes
-        sup = start(first)
-        # supervise makes the secrets before it starts anything; the operator copies them
-        wait_for(lambda: (first.state / "secrets" / "admin.token").exists() or sup.proc.poll() is not None,
-                   60, "node1's secrets", interval=0.1)
-        if sup.proc.poll() is not None:
-            raise AssertionError(f"node1: supervise exited\n{sup.log()}")
-        for i, node in enumerate(others):
-            copy_secrets(first, node, lax=i == 1)
-        for node in others:
-            start(node)
-        for node in self.nodes:
-            wait_ready(node)
+        super().start()
         self.start_worker()
         return self
 
-    @property
-    def nats_token(self) -> str:
-        return configuration.read_secret_file(self.nodes[0].state, "nats.token")
-
-    @property
-    def admin_token(self) -> str:
-        return configuration.read_secret_file(self.nodes[0].state, "admin.token")
-
     def start_worker(self) -> None:
-        self.worker_root.mkdir(parents=True, exist_ok=True)
-        conf = self.worker_root / f"{WORKER_HOST}.yaml"
+        root = self.root / WORKER_HOST
+        root.mkdir(parents=True, exist_ok=True)
+        conf = root / f"{WORKER_HOST}.yaml"
         data = {
-            "nats": {"url": [f"nats://127.0.0.1:{n.nats_port}" for n in self.nodes], "token": self.nats_token},
-            "supervise": {"state_dir": str(self.worker_root / "state"), "programs": ["worker"], "workers": 1},
-            **_replicated({"worker": {"hostname": WORKER_HOST}}),
+            "nats": {"url": [n.url for n in self.nodes], "token": self.nats_token},
+            "supervise": {"state_dir": str(root / "state"), "programs": ["worker"], "workers": 1},
+            **replicated({"worker": {"hostname": WORKER_HOST}}),
         }
-        conf.write_text(_yaml(data))
+        conf.write_text(to_yaml(data))
         os.chmod(conf, 0o600)
-        self.worker = Supervise([sys.executable, "-m", "osapi", "-f", str(conf), "supervise"], clean_env(),
-                                self.worker_root / "state", self.worker_root / "run").start()
-        http = self.nodes[0].http(self.admin_token)
-
-        def listed():
-            if self.worker.proc.poll() is not None:
-                raise AssertionError(f"worker supervise exited\n{self.worker.log()}")
-            resp = http.get(f"{API}/jobs/workers")
-            return resp.status == 200 and WORKER_HOST in [w["hostname"] for w in resp.json["workers"]]
-
-        try:
-            wait_for(listed, 60, "the fleet host in /jobs/workers", interval=0.5)
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.worker.log()}") from None
-
-    def stop(self) -> None:
-        for sup in [self.worker] + [n.sup for n in reversed(self.nodes)]:
-            if sup is not None:
-                try:
-                    sup.stop(signal.SIGTERM, timeout=60)
-                except Exception:  # noqa: BLE001 - keep stopping the others
-                    pass
-
-    def logs(self) -> str:
-        out = [f"===== {n.name}\n{n.sup.log()[-6000:]}" for n in self.nodes if n.sup]
-        if self.worker:
-            out.append(f"===== {WORKER_HOST}\n{self.worker.log()[-4000:]}")
-        return "\n".join(out)
+        self.start_host(WORKER_HOST, conf)
+        self.wait_listed(WORKER_HOST)
 
 
 @pytest.fixture(scope="module")
@@ -277,21 +131,6 @@ def cluster(tmp_path_factory):
         yield fleet
     finally:
         fleet.stop()
-
-
-def wait_completed(http: Http, job_id: str, timeout: float) -> dict:
-    last = {}
-
-    def done():
-        nonlocal last
-        resp = http.get(f"{API}/jobs/{job_id}")
-        last = {"status": resp.status, "body": resp.json}
-        return resp.json if resp.status == 200 and resp.json.get("status") == "completed" else None
-
-    try:
-        return wait_for(done, timeout, f"job {job_id} completed", interval=0.3)
-    except TimeoutError:
-        raise AssertionError(f"job {job_id} not completed through port {http.port}: {last}") from None
 
 
 def submit(http: Http):
@@ -326,6 +165,70 @@ def test_three_nodes_form_one_cluster_and_any_api_answers(cluster):
         assert info.config.num_replicas == 3, name
         peers = {info.cluster.leader} | {r.name for r in info.cluster.replicas}
         assert peers == members, (name, info.cluster)
+
+
+def test_a_server_without_the_route_secret_cannot_join(cluster, tmp_path):
+    """Routes carry no TLS here: the shared route secret (``secrets/cluster.token``) keeps a rogue
+    nats-server that reaches the cluster ports out; it never sees the streams. The secret is in no log."""
+    import subprocess
+
+    from cluster_support import FLEET_CLUSTER
+    from testkit import free_port, stop_process, wait_for_port
+
+    from osapi import natsd
+
+    a, b, c = cluster.nodes
+    secret = configuration.read_secret_file(a.state, "cluster.token")
+    assert secret and all(configuration.read_secret_file(n.state, "cluster.token") == secret for n in cluster.nodes)
+    port, token = free_port(), "rogue-token-0123456789"
+    conf, log = tmp_path / "rogue.conf", tmp_path / "rogue.log"
+    conf.write_text(natsd.render_config(
+        host="127.0.0.1", port=port, store_dir=tmp_path / "js", token=token, cluster_name=FLEET_CLUSTER,
+        cluster_host="127.0.0.1", cluster_port=free_port(), server_name="rogue",
+        routes=[f"nats://127.0.0.1:{n.cluster_port}" for n in cluster.nodes]))
+    with open(log, "ab") as out:
+        rogue = subprocess.Popen([str(natsd.find_binary()), "-c", str(conf)], stdout=out, stderr=out)
+    try:
+        wait_for_port("127.0.0.1", port, 15, rogue)
+        node_logs = [n.state / "logs" / "nats-server.log" for n in cluster.nodes]
+        def route_refused() -> bool:  # a route's (rid:, not a client's cid:) failed authorization
+            lines = "".join(p.read_text(errors="replace") for p in node_logs).lower().splitlines()
+            return any(" rid:" in line and ("authorization" in line or "authentication" in line) for line in lines)
+
+        wait_for(route_refused, 30, "the nodes refusing the rogue's routes", interval=0.5)
+
+        async def streams(nc):
+            try:
+                reply = await nc.request("$JS.API.STREAM.NAMES", b"", timeout=3)
+            except Exception as exc:  # noqa: BLE001 - no JetStream cluster to answer: what we want
+                return type(exc).__name__
+            return json.loads(reply.data)
+
+        async def ask():
+            import nats
+
+            nc = await nats.connect(f"nats://127.0.0.1:{port}", token=token, connect_timeout=2, allow_reconnect=False)
+            try:
+                return [await streams(nc) for _ in range(3)]
+            finally:
+                await nc.close()
+
+        answers = asyncio.run(ask())
+    finally:
+        stop_process(rogue)
+    rogue_log = log.read_text(errors="replace")
+    assert "route error 'authorization violation'" in rogue_log.lower(), rogue_log[-3000:]  # its routes refused
+    for answer in answers:
+        names = (answer.get("streams") or []) if isinstance(answer, dict) else []
+        assert "JOBS" not in names, answer
+    print(f"the rogue's JetStream answered: {answers}")
+    # the cluster is whole and the secret is in no log (nor in a file but the 0600 nats-server.conf)
+    assert submit(a.http(cluster.admin_token)).status == 201
+    for node in cluster.nodes:
+        for path in (node.state / "logs").glob("*.log"):
+            assert secret not in path.read_text(errors="replace"), path
+        assert secret not in node.sup.log()
+        assert (node.state / "nats-server.conf").stat().st_mode & 0o777 == 0o600
 
 
 @dataclass

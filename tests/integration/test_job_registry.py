@@ -118,3 +118,40 @@ def test_a_live_worker_is_never_taken_for_stale(stack):
     finally:
         bridge.call(registry.remove(key))
     assert [w["hostname"] for w in bridge.call(bridge.client.workers())["workers"]] == ["live"]
+
+
+def test_enrolled_labels_win_and_an_unchanged_fleet_bucket_is_not_read_again(stack):
+    """Each registry read (every broadcast) used to read every enrolled host's entry; now the fleet
+    bucket is read only when its last sequence moved, and the enrolled labels still win."""
+    from osapi.fleet import hosts
+
+    _, bridge = stack
+    store, registry = bridge.store, bridge.client.registry
+    stream = store.stream_of("fleet")
+
+    def labels() -> dict:
+        return {e["hostname"]: e["labels"] for e in bridge.call(registry.entries())}
+
+    assert labels() == {"live": {"group": "web"}}
+    bridge.call(hosts.enroll(store, bridge.cfg, "live", {"group": "db"}))
+    assert labels() == {"live": {"group": "db"}}  # the enrolled labels, not the worker's own
+
+    subjects = [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
+    subs = [bridge.call(bridge.client.nc.subscribe(s)) for s in subjects]  # copies of every fleet bucket read
+    try:
+        for _ in range(3):
+            assert labels() == {"live": {"group": "db"}}
+            assert bridge.call(bridge.client.workers())["workers"][0]["labels"] == {"group": "db"}
+        bridge.call(bridge.client.nc.flush())
+        assert sum(s.pending_msgs for s in subs) == 0
+        # a change is seen at the next read: a rotation with new labels, then a revocation
+        bridge.call(hosts.enroll(store, bridge.cfg, "live", {"group": "ops"}, rotate=True))
+        assert labels() == {"live": {"group": "ops"}}
+        bridge.call(bridge.client.nc.flush())
+        assert sum(s.pending_msgs for s in subs) > 0
+        bridge.call(hosts.revoke(store, "live"))
+        bridge.wait_workers(["live"])  # the revocation removed its entry; its next heartbeat brings it back
+        assert labels() == {"live": {"group": "web"}}
+    finally:
+        for sub in subs:
+            bridge.call(sub.unsubscribe())
