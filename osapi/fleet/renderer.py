@@ -6,7 +6,8 @@ server start`` when nats-server requires auth, and the pid of the nats-server
 holding the node's JetStream store lock). Each ``poll`` seconds it asks the
 bucket's stream for its last sequence (one small request); when it moved, it
 reads the bucket, writes the users file (atomically, 0600; not at all when the
-text is the same) and sends nats-server SIGHUP. The server then applies the new
+text is the same; the entries carry their password hashes, nothing is hashed
+here) and sends nats-server SIGHUP. The server then applies the new
 list and itself drops the connections of a removed user or a changed password.
 So an enrollment, rotation or revocation made through any node reaches every
 node within ``poll`` plus one reload, with no manual step.
