@@ -33,7 +33,8 @@ def measure(n: int) -> dict:
     for i in range(n):
         user, password = auth.new_credentials()
         hashed = auth.hash_password(password) if i == n - 1 else shared
-        entries.append({"user": user, "password": password, "password_hash": hashed, "hostname": f"host{i}.example.com"})
+        entries.append({"user": user, "password": password, "password_hash": hashed,
+                        "hostname": f"host{i}.example.com"})
     with tempfile.TemporaryDirectory() as tmp:
         server = FleetNats(Path(tmp) / "nats")
         t0 = time.perf_counter()
