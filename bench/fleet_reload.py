@@ -4,7 +4,9 @@ One nats-server configured as a control-plane node (users from osapi's users
 file) with N enrolled users. Measures: rendering the file (N users), the
 server's start with it, and a revocation: rewrite without one user, SIGHUP,
 until that user's live connection is closed by the server (and its new
-connections are refused). ``python bench/fleet_reload.py 1000 10000``.
+connections are refused). ``python bench/fleet_reload.py 1000 10000``. Each
+entry carries a bcrypt hash as an enrolled one does (made at enrollment, not
+here); only the revoked host's is its own, the others share one.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from osapi.job.setup import Names  # noqa: E402
 def measure(n: int) -> dict:
     names = Names.from_config(config.load(None, {}))
     entries = []
+    shared = auth.hash_password(auth.new_credentials()[1])  # one bcrypt hash (0.1 s) for all but the last host
     for i in range(n):
         user, password = auth.new_credentials()
-        entries.append({"user": user, "password": password, "hostname": f"host{i}.example.com"})
+        hashed = auth.hash_password(password) if i == n - 1 else shared
+        entries.append({"user": user, "password": password, "password_hash": hashed,
+                        "hostname": f"host{i}.example.com"})
     with tempfile.TemporaryDirectory() as tmp:
         server = FleetNats(Path(tmp) / "nats")
         t0 = time.perf_counter()

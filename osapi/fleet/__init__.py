@@ -7,4 +7,5 @@
 ``renderer.py``  the control-plane task that keeps every node's include file equal
                  to the bucket and makes its nats-server reload it
 ``bundle.py``    a host's complete ``osapi.yaml``
+``bcrypt.py``    bcrypt in pure Python: the password hashes of the users file
 """

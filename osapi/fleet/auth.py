@@ -8,17 +8,21 @@ every enrolled host is one more user limited to what its worker does (README.md,
 ``<state_dir>/nats-users.conf``, included by ``nats-server.conf``; the
 enrolled hosts' part is also kept in ``nats-users.json`` (same dir, 0600) so
 that a restart of nats-server renders the file again with the current token.
-Both are written atomically, mode 0600. ``reload`` makes the node's
+Both are written atomically, mode 0600. Neither holds a password: each is a
+bcrypt hash (``osapi.fleet.bcrypt``, which says why its cost is the lowest),
+a host's made once when it is enrolled (its entry keeps only the hash), the
+control plane's when the file is written with a token it does not hold yet. ``reload`` makes the node's
 nats-server re-read them (SIGHUP): clients of a removed user, or of a changed
 password, are disconnected by the server itself.
 
 Every value that reaches the file is checked against a strict pattern first
-(``check_entry``: user, password, hostname) and then quoted as a JSON string,
+(``check_entry``: user, password hash, hostname) and then quoted as a JSON string,
 so nothing enrolled can close a block, start a new key or ``include`` a file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from osapi.config import is_hostname
+from osapi.fleet import bcrypt
 
 CONTROL_USER = "osapi"
 USER_PREFIX = "osapi-host-"
@@ -56,6 +61,13 @@ def check_hostname(value) -> str:
 def new_credentials() -> tuple[str, str]:
     """A fresh (user, password): both random, the user an opaque token (not the hostname: see ``permissions``)."""
     return USER_PREFIX + secrets.token_hex(8), secrets.token_hex(24)
+
+
+def hash_password(password: str) -> str:
+    """The bcrypt hash nats-server keeps of a host's password (``check_entry``'s ``password_hash``)."""
+    if not isinstance(password, str) or not PASSWORD_RE.fullmatch(password):
+        raise InvalidHost("invalid NATS password")
+    return bcrypt.hashpw(password)
 
 
 def inbox_prefix(user: str) -> str:
@@ -94,33 +106,70 @@ def permissions(names, hostname: str, user: str) -> dict:
 
 
 def check_entry(entry: dict) -> dict:
-    """``{user, password, hostname}`` of an enrolled host, each matching its pattern; ``InvalidHost`` otherwise."""
-    user, password, hostname = entry.get("user"), entry.get("password"), entry.get("hostname")
+    """``{user, password_hash, hostname}`` of an enrolled host, each matching its pattern; ``InvalidHost`` otherwise.
+
+    ``password_hash``: a bcrypt hash (``bcrypt.HASH_RE``: ``$``, ``.``, ``/``, letters
+    and digits only); a plain ``password`` is never rendered.
+    """
+    user, hashed, hostname = entry.get("user"), entry.get("password_hash"), entry.get("hostname")
     if not isinstance(user, str) or not USER_RE.fullmatch(user):
         raise InvalidHost(f"invalid NATS user {str(user)[:40]!r}")
-    if not isinstance(password, str) or not PASSWORD_RE.fullmatch(password):
-        raise InvalidHost("invalid NATS password")
+    if not bcrypt.is_hash(hashed):
+        raise InvalidHost("invalid NATS password hash (a bcrypt hash is expected)")
     if check_hostname(hostname) != hostname:
         raise InvalidHost(f"hostname {hostname!r} is not in its enrolled (lower-case) form")
-    return {"user": user, "password": password, "hostname": hostname}
+    return {"user": user, "password_hash": hashed, "hostname": hostname}
 
 
 def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def render_users(control_password: str, hosts: Iterable[dict], names) -> str:
-    """The text of ``nats-users.conf``: ``users: [...]`` (the control plane, then each host, by hostname)."""
-    if not control_password:
+def render_users(control_hash: str, hosts: Iterable[dict], names) -> str:
+    """The text of ``nats-users.conf``: ``users: [...]`` (the control plane, then each host, by hostname).
+
+    ``control_hash``: user ``osapi``'s password as nats-server keeps it (``control_password``).
+    """
+    if not control_hash:
         raise InvalidHost("the control plane's NATS password (the NATS token) is empty")
     lines = ["# written by osapi (fleet enrollment); edits are overwritten", "users: ["]
-    lines.append(f"  {{user: {_quote(CONTROL_USER)}, password: {_quote(control_password)}}}")
+    lines.append(f"  {{user: {_quote(CONTROL_USER)}, password: {_quote(control_hash)}}}")
     for entry in sorted((check_entry(h) for h in hosts), key=lambda e: e["hostname"]):
         perms = permissions(names, entry["hostname"], entry["user"])
-        lines.append(f"  {{user: {_quote(entry['user'])}, password: {_quote(entry['password'])}, "
+        lines.append(f"  {{user: {_quote(entry['user'])}, password: {_quote(entry['password_hash'])}, "
                      f"permissions: {json.dumps(perms, sort_keys=True)}}}")
     lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+_CONTROL_LINE = re.compile(r'^  \{user: "' + CONTROL_USER + r'", password: "([^"\\]*)"\}$', re.MULTILINE)
+_control_hash: tuple[bytes, str] | None = None  # (sha256 of the token, its bcrypt hash): hashed once per process
+
+
+def control_password(token: str, current_text: str = "") -> str:
+    """User ``osapi``'s password in the users file: the bcrypt hash of the NATS token.
+
+    The hash already in the file (``current_text``) is kept when it is the token's
+    (checked once per process), so rewriting the file with the same token does not
+    change it (and no reload follows). A token longer than 72 bytes stays as it is:
+    bcrypt reads no further, nats-server then compares it whole (and warns about a
+    plaintext password); the generated token has 64 characters.
+    """
+    global _control_hash
+    if not token:
+        raise InvalidHost("the control plane's NATS password (the NATS token) is empty")
+    if len(token.encode("utf-8")) > bcrypt.MAX_KEY:
+        return token
+    digest = hashlib.sha256(token.encode("utf-8")).digest()
+    known = _control_hash[1] if _control_hash and _control_hash[0] == digest else None
+    found = _CONTROL_LINE.search(current_text)
+    current = found.group(1) if found else None
+    if current is not None and bcrypt.is_hash(current) and (current == known or bcrypt.checkpw(token, current)):
+        known = current
+    elif known is None:
+        known = bcrypt.hashpw(token)
+    _control_hash = (digest, known)
+    return known
 
 
 def users_paths(directory: Path) -> tuple[Path, Path]:
@@ -142,18 +191,22 @@ def load_hosts(json_path: Path) -> list[dict]:
     return out
 
 
-def write_users(directory: Path, control_password: str, hosts: Iterable[dict], names) -> bool:
-    """Write both files (0600, atomically); False when the configuration text is unchanged (nothing written)."""
+def write_users(directory: Path, token: str, hosts: Iterable[dict], names) -> bool:
+    """Write both files (0600, atomically); False when the configuration text is unchanged (nothing written).
+
+    ``token``: the NATS token, user ``osapi``'s password (written as its hash: ``control_password``).
+    """
     from osapi.process import write_private
 
     hosts = [check_entry(h) for h in hosts]
     conf, sidecar = users_paths(directory)
-    text = render_users(control_password, hosts, names)
     try:
-        if conf.read_text(encoding="utf-8") == text:
-            return False
+        current = conf.read_text(encoding="utf-8")
     except OSError:
-        pass
+        current = ""
+    text = render_users(control_password(token, current), hosts, names)
+    if text == current:
+        return False
     write_private(sidecar, json.dumps(sorted(hosts, key=lambda e: e["hostname"]), indent=1) + "\n")
     write_private(conf, text)
     return True

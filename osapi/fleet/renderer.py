@@ -7,7 +7,8 @@ holding the node's JetStream store lock). Each ``poll`` seconds it asks the
 bucket's stream for its last sequence (one small request); when it moved, it
 reads the bucket (again at the next look when the read came from a replica
 that had not reached that sequence yet), writes the users file (atomically,
-0600; not at all when the text is the same) and sends nats-server SIGHUP. The server then applies the new
+0600; not at all when the text is the same; the entries carry their password
+hashes, nothing is hashed here) and sends nats-server SIGHUP. The server then applies the new
 list and itself drops the connections of a removed user or a changed password.
 So an enrollment, rotation or revocation made through any node reaches every
 node within ``poll`` plus one reload, with no manual step.

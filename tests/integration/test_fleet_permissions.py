@@ -221,3 +221,31 @@ def test_rotate_and_revoke(fleet):
         bridge.call(RawHost().connect(server.url, second["user"], second["password"]))
     with pytest.raises(hosts.NotEnrolled):
         bridge.call(hosts.revoke(bridge.store, "web1"))
+
+
+def _other(password: str) -> str:
+    """``password`` with its last character changed."""
+    return password[:-1] + ("1" if password[-1] != "1" else "2")
+
+
+def test_the_server_checks_the_stored_bcrypt_hashes_and_no_password_is_stored(fleet):
+    server, bridge = fleet
+    entry = enroll(server, bridge, "web1")
+    stored = json.loads(bridge.call(bridge.store.kv("fleet").get("web1")).value)
+    assert set(stored) == {"hostname", "labels", "enrolled_at", "user", "password_hash"}
+    assert stored["password_hash"].startswith("$2b$04$") and entry["password"] not in json.dumps(stored)
+    host = connect(server, bridge, entry)  # raw nats-py with the bundle's password, checked against the hash
+    try:
+        for wrong in (_other(entry["password"]), stored["password_hash"], ""):
+            with pytest.raises(Exception, match="(?i)authorization"):
+                bridge.call(RawHost().connect(server.url, entry["user"], wrong))
+        # the control plane's user: the token is its password, kept as a hash too
+        bridge.call(bridge.call(RawHost().connect(server.url, "osapi", server.token)).close())
+        with pytest.raises(Exception, match="(?i)authorization"):
+            bridge.call(RawHost().connect(server.url, "osapi", _other(server.token)))
+        written = "".join(path.read_text() for path in server.workdir.glob("nats-users.*"))
+        assert stored["password_hash"] in written and server.token not in written and entry["password"] not in written
+        log = server.log.read_text()
+        assert "Reloaded server configuration" in log and "[WRN]" not in log, log
+    finally:
+        bridge.call(host.close())

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from testkit import free_port, stop_process, wait_for, wait_for_port
 from osapi import config, natsd
+from osapi.fleet import bcrypt
 
 
 def nats_command(*extra: str) -> list[str]:
@@ -77,8 +78,9 @@ def test_runs_with_the_state_dir_token_and_becomes_nats_server(tmp_path, state):
 
         conf = state / natsd.CONFIG_NAME
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-        text = conf.read_text() + (state / "nats-users.conf").read_text()  # the token: the control plane's password
-        assert token in text and f"port: {port}" in text
+        users = (state / "nats-users.conf").read_text()  # the control plane's password: the token's bcrypt hash
+        assert f"port: {port}" in conf.read_text() and token not in conf.read_text() + users
+        assert bcrypt.checkpw(token, users.split('{user: "osapi", password: "')[1].split('"')[0])
         assert stat.S_IMODE((state / "nats-users.conf").stat().st_mode) == 0o600
         # JetStream storage defaults to <state_dir>/nats
         assert (state / "nats" / "jetstream").is_dir()
