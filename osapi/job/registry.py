@@ -93,6 +93,9 @@ class Registry:
         seq = (info.get("state") or {}).get("last_seq")
         if seq is not None and seq == self._fleet_seq:
             return now, self._fleet_labels
+        if seq == 0:  # nothing was ever enrolled (a single appliance): nothing to read
+            self._fleet_labels, self._fleet_seq = {}, 0
+            return now, {}
         from osapi.fleet.hosts import enrolled_seen, labels_of
 
         try:

@@ -266,7 +266,7 @@ async def ensure_stream(js, wanted: Wanted, warned: set | None = None):
 def _cluster_not_ready(wanted: Wanted, exc) -> Exception:
     """Why a stream could not be created while a JetStream cluster forms or misses servers: the
     API and workers log it and try again (they never give up), so it says what they wait for."""
-    from osapi.job.errors import NatsUnavailable
+    from osapi.domain.errors import NatsUnavailable
 
     replicas = int(wanted.config.num_replicas or 1)
     if exc is None:

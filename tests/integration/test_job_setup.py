@@ -236,14 +236,14 @@ def test_an_api_waits_for_a_forming_cluster_and_says_what_it_waits_for(tmp_path)
             return resp.status == 503 and text in resp.json["error"]
 
         no_leader = "JetStream did not answer the creation of stream JOBS: a cluster answers only once it has a meta leader"
-        wait_for(lambda: not_ready_because(no_leader), 40, 0.3, what=f"no meta leader\n{api.log()}")
+        wait_for(lambda: not_ready_because(no_leader), 40, interval=0.3, what=f"no meta leader\n{api.log()}")
         assert no_leader in api.log()
 
         cluster.start(members=[1])  # a majority: a meta leader, but 2 servers for 3 replicas
         few = ("JetStream cannot place stream JOBS on 3 servers (job.stream.replicas = 3): fewer than 3 servers "
                "of the cluster are up")
-        wait_for(lambda: not_ready_because(few), 60, 0.3, what=f"too few servers\n{api.log()}")
-        wait_for(lambda: few in api.log(), 10, 0.2, what=f"a log line\n{api.log()}")  # a new reason is logged at once
+        wait_for(lambda: not_ready_because(few), 60, interval=0.3, what=f"too few servers\n{api.log()}")
+        wait_for(lambda: few in api.log(), 10, interval=0.2, what=f"a log line\n{api.log()}")  # a new reason is logged at once
 
         cluster.start(members=[2])
         api.wait_ready(timeout=60)

@@ -128,3 +128,25 @@ def test_the_product_holds_no_test_operations():
     """The test-only operations are the test stack's (tests/testhooks.py): osapi/ (and so osapi.pyz) has none."""
     assert not list(PACKAGE.rglob("testhooks.py"))
     assert not [p for p in PACKAGE.rglob("*.py") if '"test.sleep"' in p.read_text(encoding="utf-8")]
+
+
+def test_every_import_of_an_osapi_module_names_one_that_exists():
+    """A lazy import inside a function is only tried when that path runs: a module moved in the
+    layout (osapi.job.errors -> osapi.domain.errors) must not leave one behind that fails at run time."""
+    files = {**MODULES, **{_module_name(p): p for p in (REPO / "tests").rglob("*.py")},
+             **{_module_name(p): p for p in (REPO / "bench").rglob("*.py")},
+             **{_module_name(p): p for p in (REPO / "testkit").rglob("*.py")}}
+    missing = []
+    for name, path in sorted(files.items()):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                # ``from osapi.x import y``: osapi.x must be a module (y may be a module or a name in it)
+                wanted = [node.module]
+            else:
+                continue
+            for module in wanted:
+                if (module == "osapi" or module.startswith("osapi.")) and module not in MODULES:
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+    assert missing == [], "imports of osapi modules that do not exist:\n" + "\n".join(missing)
