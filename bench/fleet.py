@@ -1,6 +1,6 @@
 """Fleet: 1,000 simulated hosts on a 3-node loopback JetStream cluster.
 
-A real three-node nats-server cluster on loopback (``tests/cluster_support.py``:
+A real three-node nats-server cluster on loopback (``testkit/cluster.py``:
 configurations rendered by ``osapi.natsd.render_config``), every stream and
 bucket at replicas 3, one API process whose ``nats.url`` lists every member, and
 1,000 simulated hosts split over several processes (``bench/simworkers.py``:
@@ -36,21 +36,12 @@ from pathlib import Path
 from bench.appliance import REPO, base_env, free_port, stop, wait_for_port
 from bench.report import Section
 from bench.stats import mib, ms, percentile
+from testkit.cluster import NatsCluster
 
 TITLE = "Fleet"
 GOAL_MS = 1000.0
 REPLICAS_ENV = {"OSAPI_JOB_STREAM_REPLICAS": "3", "OSAPI_JOB_KV_REPLICAS": "3", "OSAPI_JOB_DLQ_REPLICAS": "3",
                 "OSAPI_AUDIT_REPLICAS": "3"}
-
-
-def _cluster_class():
-    """``NatsCluster`` of the test support (a raw 3-node loopback cluster), shared, not copied."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    from cluster_support import NatsCluster
-
-    return NatsCluster
 
 
 class Fleet:
@@ -62,7 +53,7 @@ class Fleet:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.count, self.nprocs, self.consumer_replicas = count, procs, consumer_replicas
-        self.cluster = _cluster_class()(self.workdir / "cluster")
+        self.cluster = NatsCluster(self.workdir / "cluster")
         self.api_port = free_port()
         self.api: subprocess.Popen | None = None
         self.sims: list[subprocess.Popen] = []

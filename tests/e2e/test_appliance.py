@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from supervise_support import Supervise, alive, children_of, processes_mentioning
+from testkit.supervise import Supervise, alive, children_of, processes_mentioning
 from testkit import free_port, wait_for
 
 PROGRAMS = ["nats", "api", "worker:worker-1"]

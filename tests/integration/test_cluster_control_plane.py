@@ -1,6 +1,6 @@
 """A control plane of three real ``osapi supervise`` nodes on loopback, and the loss of one.
 
-The nodes are ``cluster_support.ControlPlane``'s: ``python -m osapi -f nodeN.yaml
+The nodes are ``testkit.cluster.ControlPlane``'s: ``python -m osapi -f nodeN.yaml
 supervise`` with ``supervise.programs: [nats, api]``, the configuration README.md "Run
 a fleet" gives, the secrets made by node 1 and copied to nodes 2 and 3 before they
 start. A worker-only host (``programs: [worker]``) points at all three.
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from cluster_support import API, ControlPlane, Node, replicated, to_yaml, wait_completed
+from testkit.cluster import API, ControlPlane, Node, replicated, to_yaml, wait_completed
 from testkit import Http, wait_for
 
 from osapi import config as configuration
@@ -172,7 +172,7 @@ def test_a_server_without_the_route_secret_cannot_join(cluster, tmp_path):
     nats-server that reaches the cluster ports out; it never sees the streams. The secret is in no log."""
     import subprocess
 
-    from cluster_support import FLEET_CLUSTER
+    from testkit.cluster import FLEET_CLUSTER
     from testkit import free_port, stop_process, wait_for_port
 
     from osapi import natsd

@@ -1,6 +1,6 @@
 """A fleet on the three-node control plane, end to end, with TLS on (README.md, "Run a fleet", "Fleet hosts").
 
-Three real ``supervise`` nodes (``cluster_support.ControlPlane``, ``programs: [nats, api]``,
+Three real ``supervise`` nodes (``testkit.cluster.ControlPlane``, ``programs: [nats, api]``,
 ``nats.server.tls.enabled``; node 1 generates the CA, the test copies ``secrets/`` to the
 others). A host is enrolled through node 1's API with the CLI and started with nothing but
 its bundle (``python -m osapi -f BUNDLE supervise``, ``programs: [worker]``); jobs reach it
@@ -30,7 +30,7 @@ import time
 
 import pytest
 import yaml
-from cluster_support import API, ControlPlane, wait_completed
+from testkit.cluster import API, ControlPlane, wait_completed
 from fleet_support import RawHost
 from testkit import wait_for
 

@@ -1,7 +1,7 @@
 """Stream and bucket settings: processes never change existing ones; `osapi job setup` does.
 
 Real nats-servers: one for the single-node tests, a three-node JetStream cluster on
-loopback (``cluster_support.NatsCluster``) for the replica test. Worker and API are
+loopback (``testkit.cluster.NatsCluster``) for the replica test. Worker and API are
 real processes; ``osapi job setup`` runs in-process through the CLI's ``main``.
 """
 
@@ -11,7 +11,7 @@ import io
 import json
 
 import pytest
-from cluster_support import NatsCluster
+from testkit.cluster import NatsCluster
 from job_support import Bridge, base_env, job_request
 from testkit import ApiProcess, WorkerProcess, clean_env, wait_for
 

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster_support import NatsCluster
+from testkit.cluster import NatsCluster
 from testkit import (
     ApiProcess, NatsServer, WorkerProcess, clean_env, free_port, generate_tls, make_token, stop_all, stop_process,
     wait_for, wait_for_port,
 )
-from supervise_support import Supervise
+from testkit.supervise import Supervise
 
 from osapi import config, natsd, tls
 from osapi.job.connection import close, connect

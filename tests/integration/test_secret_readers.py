@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trust_support
-from supervise_support import Supervise, processes_mentioning
+from testkit.supervise import Supervise, processes_mentioning
 from testkit import free_port, stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")

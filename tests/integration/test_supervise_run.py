@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from supervise_support import Supervise, alive, children_of, processes_mentioning
+from testkit.supervise import Supervise, alive, children_of, processes_mentioning
 from testkit import free_port, stop_process, wait_for, wait_for_port
 
 

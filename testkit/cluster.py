@@ -150,7 +150,7 @@ class Node:
     nats_port: int = field(default_factory=free_port)
     cluster_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
-    sup: object | None = None  # supervise_support.Supervise once started
+    sup: object | None = None  # testkit.supervise.Supervise once started
 
     @property
     def state(self) -> Path:
@@ -249,7 +249,7 @@ class ControlPlane:
         write_configs(self.nodes, tls=tls)
 
     def start_node(self, node: Node):
-        from supervise_support import Supervise
+        from testkit.supervise import Supervise
 
         node.sup = Supervise([sys.executable, "-m", "osapi", "-f", str(node.conf), "supervise"],
                              clean_env(**self.env), node.state, node.root / "run").start()
@@ -289,7 +289,7 @@ class ControlPlane:
 
     def start_host(self, hostname: str, conf: Path, env: dict[str, str] | None = None):
         """``python -m osapi -f CONF supervise`` for a fleet host (its config names ``programs: [worker]``)."""
-        from supervise_support import Supervise
+        from testkit.supervise import Supervise
 
         root = conf.parent
         sup = Supervise([sys.executable, "-m", "osapi", "-f", str(conf), "supervise"], clean_env(**(env or {})),
