@@ -2,6 +2,11 @@
 host's consumer), each waiting for a free slot (``Slots``, ``max_jobs``) before it
 pulls one job, handing each delivery to ``Execution._process``; at stop the
 deliveries nobody will read are negatively acked (``_nak_queued``).
+A pending pull is given up and sent again at once (``repull``) when the connection
+was re-established or a consumer of the job stream elected a new leader: a pull
+held by a server that died, or by a consumer leader that is gone, would otherwise
+only be re-issued when it expires (``poll``, 10 s), and jobs submitted meanwhile
+(synchronous calls among them) would wait for it.
 docs/jobs.md, "Workers and delivery".
 """
 
@@ -43,8 +48,24 @@ class Slots:
 
 
 
+def leader_elected_subject(stream: str) -> str:
+    """JetStream's advisory that a consumer of ``stream`` has a new leader (after a failover or a step-down)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.*"
+
+
 class Consumer:
     """The pull loops of a ``Worker`` (a part of it: it reads the worker's state)."""
+
+    _repull_now: asyncio.Event | None = None
+
+    def repull(self) -> None:
+        """Give up the pending pulls and send them again now (see the module docstring)."""
+        if self._repull_now is not None:
+            self._repull_now.set()
+        self._repull_now = asyncio.Event()
+
+    async def _leader_elected(self, _msg) -> None:
+        self.repull()
 
     async def _bind_any(self):
         return await self.store.js.pull_subscribe_bind(self.names.any_consumer, self.names.stream)
@@ -106,18 +127,25 @@ class Consumer:
         """
         if self.stopping.is_set():
             return []
+        if self._repull_now is None:
+            self._repull_now = asyncio.Event()
+        repull = self._repull_now
         fetch = asyncio.ensure_future(sub.fetch(1, timeout=self.poll))
         stopped = asyncio.ensure_future(self.stopping.wait())
+        again = asyncio.ensure_future(repull.wait())
         try:
-            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({fetch, stopped, again}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            again.cancel()
             if not fetch.done():
                 fetch.cancel()
         try:
             return await fetch
         except asyncio.CancelledError:
-            if fetch.cancelled() and self.stopping.is_set():
+            # given up for a stop, or to pull again at once (``repull``): a job the server delivers
+            # for the old pull waits in the subscription's queue, where the next fetch takes it first
+            if fetch.cancelled() and (self.stopping.is_set() or repull.is_set()):
                 return []
             raise
 

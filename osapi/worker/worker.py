@@ -24,7 +24,7 @@ from osapi.job.setup import Names, ensure_consumer, host_consumer_config
 from osapi.job.store import Store
 from osapi.retry import Backoff, GaveUp, retry, sampled
 from osapi.worker.common import MAX_PAUSE, describe as _describe, log, now as _now, quiet as _quiet
-from osapi.worker.consumer import Consumer, Slots
+from osapi.worker.consumer import Consumer, Slots, leader_elected_subject
 from osapi.worker.deadletter import DeadLetters
 from osapi.worker.execution import Execution
 from osapi.worker.heartbeat import Heartbeat
@@ -108,6 +108,8 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
             if not await self._retry(stop, "set up the job streams", self._setup):
                 return
             await self.nc.subscribe(probe_subject(self.instance), cb=self._answer_probe)
+            if not self.fleet_host:  # a fleet host's credentials allow no JetStream advisories: it re-pulls on reconnect
+                await self.nc.subscribe(leader_elected_subject(self.names.stream), cb=self._leader_elected)
             loops = [
                 asyncio.create_task(self._pull_loop("_any", self._bind_any)),
                 asyncio.create_task(self._pull_loop("host", self._bind_host)),
@@ -163,6 +165,7 @@ class Worker(Consumer, Execution, Redelivery, DeadLetters, Heartbeat):
 
         async def reconnected() -> None:
             self._reconnected_at = time.monotonic()
+            self.repull()  # a pull the old server held is lost: send it again now, not when it expires
             if self._beat_now is not None:
                 self._beat_now.set()  # be in the registry again at once: see _redelivered
 
