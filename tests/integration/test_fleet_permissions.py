@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 
+import nats.errors
 import pytest
 from fleet_support import FleetNats, RawHost
 from job_support import Bridge, base_env
@@ -129,7 +130,13 @@ def test_a_host_can_do_what_its_worker_does_and_nothing_else(fleet):
 
             await host.nc.subscribe("_osapi.worker.inst1.running", cb=answer)
             await host.nc.flush()
-            return await other.nc.request("_osapi.worker.inst1.running", b"job", timeout=5)
+            for attempt in range(5):  # bounded: a users reload (SIGHUP) of the enrollments above may be in flight
+                try:
+                    return await other.nc.request("_osapi.worker.inst1.running", b"job", timeout=5)
+                except nats.errors.NoRespondersError:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5)
 
         assert bridge.call(probe()).data == b"yes"
         assert not host.errors and not other.errors
