@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from osapi.fleet import auth, hosts
+from osapi.retry import Backoff, pause, sampled
 
 log = logging.getLogger("osapi.fleet.renderer")
 
@@ -64,21 +65,21 @@ class Renderer:
         return changed
 
     async def run(self, store, stop: asyncio.Event | None = None) -> None:
-        """``once`` every ``poll`` seconds until cancelled (or ``stop`` is set); errors are logged and retried."""
-        failures = 0
+        """``once`` every ``poll`` seconds until cancelled (or ``stop`` is set); errors are logged and
+        retried after a growing pause (``osapi.retry``: ``poll``, ``2 × poll`` … at most ``MAX_PAUSE``)."""
+        trouble = Backoff.linear(self.poll, MAX_PAUSE)
         while stop is None or not stop.is_set():
             try:
                 await self.once(store)
-                failures = 0
-                pause = self.poll
+                trouble.succeeded()
+                wait = self.poll
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS away, bucket missing: look again later
-                failures += 1
-                if failures == 1 or failures % 30 == 0:
+                wait = trouble.failed()
+                if sampled(trouble.failures, 30):
                     log.warning("cannot render the fleet users: %s; retrying", getattr(exc, "description", None) or exc)
-                pause = min(MAX_PAUSE, self.poll * failures)
-            await asyncio.sleep(pause)
+            await pause(wait, stop)
 
 
 def node_pid(cfg) -> int | None:
