@@ -344,14 +344,7 @@ class JobClient:
         job_id = new_job_id()
 
         async def submit() -> dict:
-            gone = asyncio.Event()
-            task = asyncio.ensure_future(self._submit(job_id, job.op, job.data, job.target, gone=gone, rollout=rollout))
-            task.add_done_callback(_retrieve)
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                gone.set()
-                raise
+            return await self._submit_shielded(job_id, job.op, job.data, job.target, rollout=rollout)
 
         async with self._nats("submit the job"):
             return await self.idempotency.once(key_slot, request_hash, job_id, submit, self._submitted)
