@@ -37,7 +37,7 @@ TITLE = "Scale"
 
 def _override_host_consumer_replicas(replicas: int) -> None:
     """Every host consumer this process creates gets ``replicas`` (the measurement of bench/fleet.py)."""
-    from osapi.job import worker
+    from osapi.worker import worker
 
     made = worker.host_consumer_config
 
@@ -128,19 +128,26 @@ def run(ctx, section) -> None:
                    "would each use their own CPU")
 
 
+def _profiling(path: str) -> None:
+    """``BENCH_SIM_PROFILE``: cProfile of this process between SIGUSR1 (start) and SIGUSR2 (stop, written
+    to ``path.FIRST``), so that bench/fleet.py profiles only its timed calls (not start-up, not idle)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    first = sys.argv[2] if len(sys.argv) > 2 else "0"
+    signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+
+    def stop(*_):
+        profiler.disable()
+        profiler.dump_stats(f"{path}.{first}")
+
+    signal.signal(signal.SIGUSR2, stop)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # run as a script: bench/ itself must not shadow the standard library (bench/profile.py)
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    profile = os.environ.get("BENCH_SIM_PROFILE")  # a path: cProfile stats of this process, written at exit
-    if profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
-    try:
-        asyncio.run(fleet(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
-    finally:
-        if profile:
-            profiler.disable()
-            profiler.dump_stats(f"{profile}.{sys.argv[2] if len(sys.argv) > 2 else 0}")
+    if os.environ.get("BENCH_SIM_PROFILE"):
+        _profiling(os.environ["BENCH_SIM_PROFILE"])
+    asyncio.run(fleet(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
