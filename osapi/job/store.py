@@ -18,6 +18,7 @@ Job bodies and per-job summaries are cached: jobs never change.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -61,7 +62,10 @@ class Store:
         self._kv: dict[str, Any] = {}
         self._warned: set = set()  # stream settings already warned about (setup.warn_differences)
         self._cache: OrderedDict[str, dict] = OrderedDict()
-        self._summaries: dict[str, st.Summary] = {}
+        self._summaries: dict[str, st.Summary] = {}  # filled when asked (``summaries``): workers never ask
+        self._batch_prefix: str | None = None  # the reply subjects of batch gets (``direct_batch``)
+        self._batch_tokens = itertools.count(1)
+        self._batches: dict[str, tuple[list, dict, asyncio.Future]] = {}
         # an expected host silent this long after submission is no_response (status.py), for jobs
         # stored without their own bound (``answer_by_ns``)
         self.silence_limit = float(cfg.api.server.job_timeout)
@@ -171,7 +175,6 @@ class Store:
         self._cache.move_to_end(job["id"])
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        self._summaries[job["id"]] = st.summarize(job, self.silence_limit)
 
     async def get_job(self, job_id: str) -> dict | None:
         import nats.js.errors as jse
@@ -210,6 +213,20 @@ class Store:
             return None
         self._remember(job)
         return job
+
+    async def still_stored(self, job_id: str) -> bool:
+        """Whether the job is still stored (not deleted or expired), without reading its body.
+
+        A worker asks after answering, and the body of a broadcast lists every expected
+        host (1,000 hosts: 12 KB read by each of them). Its ``submitted`` event, a few
+        bytes written with the body and purged with it, says the same. A miss is
+        believed only from the stream leader (``_job_from_leader``): a replica may lag.
+        """
+        got = await self.multi_last(self.stream_of("jobs"), [self.subject_of("jobs", f"status.{job_id}.{st.SUBMITTED}.>")])
+        if got and any(not (msg.headers or {}).get("KV-Operation") for msg in got):
+            return True
+        self.forget(job_id)
+        return await self._job_from_leader(job_id) is not None
 
     async def job_and_events(self, job_id: str, host: str | None = None) -> tuple[dict | None, list[st.Event]]:
         """The job body (read afresh) and its events: one batch request when the server answers it whole.
@@ -270,6 +287,9 @@ class Store:
         After such a bulk read, a job still missing is gone (deleted meanwhile):
         nothing is read one by one.
         """
+        for i in ids:  # bodies read since the last call (``_remember`` leaves the summary to here)
+            if i not in self._summaries and i in self._cache:
+                self._summaries[i] = st.summarize(self._cache[i], self.silence_limit)
         missing = [i for i in ids if i not in self._summaries]
         if len(missing) > BULK_THRESHOLD:
             try:
@@ -278,7 +298,8 @@ class Store:
             except Exception as exc:  # noqa: BLE001 - a server without batch gets: read them below
                 log.debug("batch get of jobs failed (%s); reading them one by one", exc)
         if missing:
-            await self.get_jobs(missing)
+            for i, job in (await self.get_jobs(missing)).items():
+                self._summaries[i] = st.summarize(job, self.silence_limit)
         wanted = set(ids)  # drops jobs that expired or were deleted (by any process) since the last call
         self._summaries = {i: s for i, s in self._summaries.items() if i in wanted}
         return self._summaries
@@ -292,27 +313,47 @@ class Store:
                 self._summaries[job["id"]] = st.summarize(job, self.silence_limit)
 
     async def direct_batch(self, stream: str, request: dict) -> tuple[list, dict]:
-        """One JetStream batch direct get (server 2.11+): the messages and the end-of-batch headers."""
-        inbox = self.nc.new_inbox()
+        """One JetStream batch direct get (server 2.11+): the messages and the end-of-batch headers.
+
+        The replies come to one wildcard subscription per ``Store`` (``_batch_replies``), each
+        request under its own token: a subscription per request would cost a SUB and an
+        UNSUB, each propagated to every cluster node, for every read (a broadcast to N hosts:
+        2N interest changes on every node).
+        """
+        replies = await self._batch_replies()
+        token = str(next(self._batch_tokens))
         got: list = []
         end: dict = {}
-        done = asyncio.Event()
-
-        async def on_msg(msg):
-            headers = msg.headers or {}
-            if not msg.data and "Status" in headers:
-                end.update(headers)
-                done.set()
-            else:
-                got.append(msg)
-
-        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        done = asyncio.get_running_loop().create_future()
+        self._batches[token] = (got, end, done)
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", dumps(request), reply=inbox)
-            await asyncio.wait_for(done.wait(), REQUEST_TIMEOUT)
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", dumps(request), reply=f"{replies}.{token}")
+            await asyncio.wait_for(done, REQUEST_TIMEOUT)
         finally:
-            await sub.unsubscribe()
+            self._batches.pop(token, None)
         return got, end
+
+    async def _batch_replies(self) -> str:
+        """The subject prefix the batch replies come to (subscribed once; nats-py renews it on reconnect)."""
+        if self._batch_prefix is None:
+            prefix = self.nc.new_inbox()
+
+            async def on_msg(msg) -> None:
+                waiting = self._batches.get(msg.subject[len(prefix) + 1:])
+                if waiting is None:  # a batch given up (timed out): its late messages are dropped
+                    return
+                got, end, done = waiting
+                headers = msg.headers or {}
+                if not msg.data and "Status" in headers:
+                    end.update(headers)
+                    if not done.done():
+                        done.set_result(None)
+                else:
+                    got.append(msg)
+
+            await self.nc.subscribe(f"{prefix}.*", cb=on_msg)
+            self._batch_prefix = prefix
+        return self._batch_prefix
 
     async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000, sequences: bool = False):
         """Yield ``(subject, data)`` of every message matching a filter, oldest first

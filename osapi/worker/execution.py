@@ -142,8 +142,8 @@ class Execution:
             "status": outcome, "data": data, "error": error, "hostname": host,
             "finished": _now(), "delivery": delivery,
         })
-        store.forget(job_id)  # read it afresh: a job deleted while it ran must not get keys back
-        if await store.get_job(job_id) is None:
+        store.forget(job_id)  # done with its body here
+        if not await store.still_stored(job_id):  # deleted while it ran: it must not get keys back
             await store.purge_job(job_id)
             await msg.ack()
             return
