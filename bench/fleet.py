@@ -8,8 +8,11 @@ each host a real ``osapi.worker.worker.Worker`` with its own connection, host
 consumer, registry entry and results; connections spread over the members by
 the client's random server order).
 
-Measured once with each host consumer at replicas 3 and once at replicas 1, each
-on a fresh cluster:
+First the floor (``bench/fleetfloor.py``): the same cluster shape and host count,
+hosts in raw nats-py doing only what any host must per broadcast; it is the
+reference of the `_all` figure, so that its ratio holds on a noisy machine
+(``BENCH_FLEET_FLOOR=0`` skips it). Then osapi, measured once with each host
+consumer at replicas 3 and once at replicas 1, each on a fresh cluster:
 
 * ``GET /system/hostname?target_hostname=_all``: each of the hosts answers
   exactly once (distinct hostnames, no duplicate, no stranger), p50/p99 of
@@ -28,12 +31,15 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.appliance import REPO, base_env, free_port, stop, wait_for_port
+from bench import fleetfloor
+from bench.appliance import REPO, base_env
+from testkit import free_port, stop_process, wait_for_port
 from bench.report import Section
 from bench.stats import mib, ms, percentile
 from testkit.cluster import NatsCluster
@@ -82,7 +88,7 @@ class Fleet:
             with open(self.workdir / "logs" / "api.log", "ab") as log:
                 self.api = subprocess.Popen(self.ctx.osapi_argv("api", "server", "start"), env=env, stdout=log,
                                             stderr=log, stdin=subprocess.DEVNULL, cwd=self.workdir)
-            wait_for_port(self.api_port, 60, self.api)
+            wait_for_port("127.0.0.1", self.api_port, 60, self.api)
             self._wait_ready(60)
             per = -(-self.count // self.nprocs)
             for first in range(0, self.count, per):
@@ -99,7 +105,7 @@ class Fleet:
     def stop(self) -> None:
         for proc in [*self.sims, *([self.api] if self.api else [])]:
             try:
-                stop(proc, timeout=60)
+                stop_process(proc, timeout=60)
             except Exception:  # noqa: BLE001 - the next one must still be stopped
                 pass
         self.cluster.stop()
@@ -222,7 +228,7 @@ class Fleet:
         with open(member / "nats.log", "ab") as log:
             self.cluster.procs[index] = subprocess.Popen([str(natsd.find_binary()), "-c", str(member / "nats.conf")],
                                                          stdout=log, stderr=log)
-        wait_for_port(self.cluster.ports[index], 30, self.cluster.procs[index])
+        wait_for_port("127.0.0.1", self.cluster.ports[index], 30, self.cluster.procs[index])
 
 
 # ---------------------------------------------------------------- the measurement
@@ -297,18 +303,28 @@ def _node_loss(fleet: Fleet, leaders: dict[str, int], wait: float) -> str:
             f"{fleet.count} {time.monotonic() - t1:.0f} s after its restart")
 
 
-def _variant(ctx, section: Section, count: int, procs: int, calls: int, idle_s: float, replicas: int) -> dict:
+def _variant(ctx, section: Section, count: int, procs: int, calls: int, idle_s: float, replicas: int,
+             floor_p50: float | None = None) -> dict:
     out: dict = {}
     with Fleet(ctx, ctx.workdir / f"fleet-r{replicas}", count, procs, replicas) as fleet:
         registered = fleet.wait_hosts(ctx.count(900, 300))
+        profiling = bool(os.environ.get("BENCH_SIM_PROFILE"))  # bench/simworkers.py: profile the timed calls only
+        if profiling:
+            for proc in fleet.sims:
+                proc.send_signal(signal.SIGUSR1)
         cpu0 = fleet.cpu()
         times, wrong = _broadcasts(fleet, calls)
         cpu1 = fleet.cpu()
+        if profiling:
+            for proc in fleet.sims:
+                proc.send_signal(signal.SIGUSR2)
         rest = times[1:]
         p50, p99 = ms(percentile(rest, 50)), ms(percentile(rest, 99))
         exact = not any(wrong)
         label = f"host consumers at replicas {replicas}"
         section.add(f"`_all` over {count} hosts, 3-node cluster, {label}: p50 of {calls}", p50, "ms",
+                    reference="floor p50: raw nats-py hosts, bench/fleetfloor.py" if floor_p50 else "",
+                    reference_value=floor_p50, ratio_of="floor",
                     goal=f"< {GOAL_MS:.0f} ms, each host exactly once", met=exact and p50 < GOAL_MS)
         section.add(f"`_all` over {count} hosts, 3-node cluster, {label}: p99 of {calls}", p99, "ms")
         time.sleep(5)  # let the last broadcast's writes settle
@@ -343,9 +359,23 @@ def run(ctx) -> Section:
     idle_s = ctx.count(30, 5)
     variants = [int(r) for r in (os.environ.get("BENCH_FLEET_REPLICAS") or "3,1").split(",")]
     errors = []
+    floor_p50 = None
+    if os.environ.get("BENCH_FLEET_FLOOR", "1") != "0":
+        try:
+            floor = fleetfloor.measure(ctx.workdir / "fleet-floor", count, procs, calls)
+            floor_p50 = ms(percentile(floor["times"][1:], 50))
+            section.add(f"`_all` floor over {count} raw nats-py hosts (bench/fleetfloor.py), 3-node cluster: "
+                        f"p50 of {calls}", floor_p50, "ms")
+            section.note(f"floor: {count} hosts doing only what every host must (delivery, body read, "
+                         f"acknowledged+started, response, completed, ack) in raw nats-py, {procs} processes, "
+                         f"no API, registry or heartbeat: every call's times (ms) "
+                         f"{[round(ms(t)) for t in floor['times'][1:]]}; CPU per call: nats-server (3 nodes) "
+                         f"{1000 * floor['nats_cpu']:.0f} ms, hosts {1000 * floor['hosts_cpu']:.0f} ms")
+        except Exception as exc:  # noqa: BLE001 - report and go on to osapi's own figures
+            errors.append(f"floor: {type(exc).__name__}: {exc}")
     for replicas in variants:
         try:
-            _variant(ctx, section, count, procs, calls, idle_s, replicas)
+            _variant(ctx, section, count, procs, calls, idle_s, replicas, floor_p50)
         except Exception as exc:  # noqa: BLE001 - report and go on to the other variant
             errors.append(f"host consumers at replicas {replicas}: {type(exc).__name__}: {exc}")
     section.note(f"{count} simulated hosts: real `osapi.worker.worker.Worker` objects, one NATS connection each, "
