@@ -18,6 +18,12 @@ fleet as a subprocess, waits until all hosts are in the registry, then times
 processes make one fleet (``bench/fleet.py``). ``BENCH_HOST_CONSUMER_REPLICAS``
 (bench only) overrides the replicas of each host's consumer, to measure what
 the choice costs; the worker code is otherwise untouched.
+
+Each host acts as an enrolled fleet host (``_enrolled_host_class``: no dead-letter
+loop, no advisories; ``BENCH_SIM_ENROLLED=0`` for a control-plane worker).
+``BENCH_SIM_HEARTBEAT`` (seconds) sets the heartbeat interval, to isolate what
+heartbeats cost; ``BENCH_SIM_PROFILE`` profiles the process between SIGUSR1 and
+SIGUSR2 (``_profiling``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,24 @@ def _override_host_consumer_replicas(replicas: int) -> None:
     worker.host_consumer_config = host_consumer_config
 
 
+def _enrolled_host_class():
+    """``Worker`` acting as an enrolled fleet host does (``Worker.fleet_host``): no dead-letter loop,
+    no JetStream advisories. Its consumer is still made here, as the control plane makes it at
+    enrollment; it connects with the control plane's token (enrolling 1,000 hosts would spend
+    minutes in bcrypt and users reloads before the measurement)."""
+    from osapi.worker.worker import Worker
+
+    class EnrolledHost(Worker):
+        async def _setup(self) -> None:
+            self.fleet_host = False
+            try:
+                await super()._setup()
+            finally:
+                self.fleet_host = True
+
+    return EnrolledHost
+
+
 async def fleet(count: int, first: int = 0) -> None:
     from osapi import config
     from osapi.worker.worker import Worker
@@ -60,7 +84,10 @@ async def fleet(count: int, first: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    workers = [Worker(cfg, hostname=f"sim-{i:04d}", labels={"fleet": "sim"}) for i in range(first, first + count)]
+    beat = float(os.environ.get("BENCH_SIM_HEARTBEAT") or 5.0)  # bench only: isolate what heartbeats cost
+    host_class = _enrolled_host_class() if os.environ.get("BENCH_SIM_ENROLLED", "1") != "0" else Worker
+    workers = [host_class(cfg, hostname=f"sim-{i:04d}", labels={"fleet": "sim"}, heartbeat=beat)
+               for i in range(first, first + count)]
     tasks = []
     for i, worker in enumerate(workers):
         tasks.append(asyncio.create_task(worker.serve(stop)))
