@@ -91,3 +91,19 @@ def test_python3_outside_the_venv_runs_the_driver_in_the_venv(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("usage: ")
+
+
+def test_every_benchmark_module_imports():
+    """A refactor that moves what a benchmark imports breaks it only when someone runs it: bench/fleet.py
+    imported names bench.appliance no longer had (moved to testkit) and nobody noticed for a day."""
+    import importlib
+
+    modules = sorted(p.stem for p in (REPO / "bench").glob("*.py") if p.stem != "__init__")
+    assert "fleet" in modules and "fleetfloor" in modules
+    failed = {}
+    for name in modules:
+        try:
+            importlib.import_module(f"bench.{name}")
+        except Exception as exc:  # noqa: BLE001 - collected and reported together
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    assert not failed, failed
