@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit import Http, clean_env, free_port, generate_tls, stop_process, tls_context, wait_for, wait_for_port
+from testkit import Http, clean_env, free_port, generate_tls, stop_all, tls_context, wait_for, wait_for_port
 
 from osapi import natsd
 
@@ -109,11 +109,7 @@ class NatsCluster:
                 await asyncio.sleep(0.25)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            try:
-                stop_process(proc)
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                pass
+        stop_all(self.procs, timeout=10)  # SIGTERM to every member first: their shutdowns overlap
 
     def logs(self) -> str:
         out = []
@@ -321,22 +317,28 @@ class ControlPlane:
             sup.stop(signal.SIGTERM, timeout=60)
 
     def stop(self) -> None:
-        for hostname in list(self.hosts):
-            try:
-                self.stop_host(hostname)
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                pass
-        for node in reversed(self.nodes):
-            if node.sup is not None:
-                try:
-                    node.sup.stop(signal.SIGTERM, timeout=60)
-                except Exception:  # noqa: BLE001 - keep stopping the others
-                    pass
+        """The hosts, then the nodes; each group stopped at once (their shutdowns overlap)."""
+        _stop_together([self.hosts.pop(hostname) for hostname in list(self.hosts)])
+        _stop_together([node.sup for node in self.nodes if node.sup is not None])
 
     def logs(self) -> str:
         out = [f"===== {n.name}\n{n.sup.log()[-6000:]}" for n in self.nodes if n.sup]
         out += [f"===== {name}\n{sup.log()[-4000:]}" for name, sup in self.hosts.items()]
         return "\n".join(out)
+
+
+def _stop_together(sups: list) -> None:
+    """``Supervise.stop`` of each of ``sups`` in its own thread (by pid, as ever), all waited for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not sups:
+        return
+    with ThreadPoolExecutor(max_workers=len(sups)) as pool:
+        for stopping in [pool.submit(sup.stop, signal.SIGTERM, 60) for sup in sups]:
+            try:
+                stopping.result()
+            except Exception:  # noqa: BLE001 - the others are stopped all the same
+                pass
 
 
 def wait_completed(http: Http, job_id: str, timeout: float) -> dict:

@@ -66,6 +66,7 @@ class Store:
         self._batch_prefix: str | None = None  # the reply subjects of batch gets (``direct_batch``)
         self._batch_tokens = itertools.count(1)
         self._batches: dict[str, tuple[list, dict, asyncio.Future]] = {}
+        self._batch_subscribing = asyncio.Lock()
         # an expected host silent this long after submission is no_response (status.py), for jobs
         # stored without their own bound (``answer_by_ns``)
         self.silence_limit = float(cfg.api.server.job_timeout)
@@ -336,24 +337,29 @@ class Store:
     async def _batch_replies(self) -> str:
         """The subject prefix the batch replies come to (subscribed once; nats-py renews it on reconnect)."""
         if self._batch_prefix is None:
-            prefix = self.nc.new_inbox()
-
-            async def on_msg(msg) -> None:
-                waiting = self._batches.get(msg.subject[len(prefix) + 1:])
-                if waiting is None:  # a batch given up (timed out): its late messages are dropped
-                    return
-                got, end, done = waiting
-                headers = msg.headers or {}
-                if not msg.data and "Status" in headers:
-                    end.update(headers)
-                    if not done.done():
-                        done.set_result(None)
-                else:
-                    got.append(msg)
-
-            await self.nc.subscribe(f"{prefix}.*", cb=on_msg)
-            self._batch_prefix = prefix
+            async with self._batch_subscribing:  # concurrent first reads: one subscription, not one each
+                if self._batch_prefix is None:
+                    await self._subscribe_batch_replies()
         return self._batch_prefix
+
+    async def _subscribe_batch_replies(self) -> None:
+        prefix = self.nc.new_inbox()
+
+        async def on_msg(msg) -> None:
+            waiting = self._batches.get(msg.subject[len(prefix) + 1:])
+            if waiting is None:  # a batch given up (timed out): its late messages are dropped
+                return
+            got, end, done = waiting
+            headers = msg.headers or {}
+            if not msg.data and "Status" in headers:
+                end.update(headers)
+                if not done.done():
+                    done.set_result(None)
+            else:
+                got.append(msg)
+
+        await self.nc.subscribe(f"{prefix}.*", cb=on_msg)
+        self._batch_prefix = prefix
 
     async def batch_get(self, stream: str, subject_filter: str, batch: int = 1000, sequences: bool = False):
         """Yield ``(subject, data)`` of every message matching a filter, oldest first

@@ -328,6 +328,49 @@ def test_a_first_delivery_reads_only_its_hosts_events_and_a_failed_submission(br
     assert st.abandoned(mine[1])
 
 
+def test_batch_reads_share_one_reply_subscription_and_the_after_answer_check_reads_no_body(bridge, monkeypatch):
+    """At N hosts a broadcast made 2N SUB/UNSUB (each propagated to every cluster node) and N re-reads of a
+    body listing all N hosts: batch reads now reply to one subscription, and ``still_stored`` reads the
+    ``submitted`` event only; a deleted job is "not stored" (confirmed by the stream leader)."""
+    store, nc = bridge.store, bridge.nc
+    job_id = "1c7e3c1e-8f44-4a57-9d6c-1a2b3c4d5e70"
+    hosts = [f"host-{i:04d}" for i in range(1000)]
+    job = {"id": job_id, "created": "2026-01-01T00:00:00Z", "created_ns": 1, "target_hostname": "_all",
+           "broadcast": True, "operation": {"type": "system.hostname.get", "data": {}}, "kind": "query",
+           "subject": "jobs.query.all", "expected_hosts": hosts}
+
+    async def fill():
+        await store.put_job(job)
+        await store.add_event(job_id, st.SUBMITTED, "_all")
+
+    bridge.call(fill())
+    subscribed = []
+    subscribe = nc.subscribe
+
+    async def counting(subject, *args, **kwargs):
+        subscribed.append(subject)
+        return await subscribe(subject, *args, **kwargs)
+
+    monkeypatch.setattr(nc, "subscribe", counting)
+
+    async def reads():
+        return await asyncio.gather(*(store.job_and_events(job_id, h) for h in hosts[:20]))
+
+    found = bridge.call(reads())
+    found += bridge.call(reads())
+    assert all(j is not None and j["expected_hosts"] == hosts for j, _ in found)
+    assert len(subscribed) <= 1, subscribed  # 40 batch reads: at most the one reply subscription
+
+    before = nc.stats["in_bytes"]
+    assert bridge.call(store.still_stored(job_id)) is True
+    read = nc.stats["in_bytes"] - before
+    assert read < 2000 < len(json.dumps(job)), read  # the event, not the ~13 KB body
+
+    bridge.call(store.purge_job(job_id))
+    assert bridge.call(store.still_stored(job_id)) is False
+    assert bridge.call(store.still_stored("2c7e3c1e-8f44-4a57-9d6c-1a2b3c4d5e71")) is False  # never stored
+
+
 # ---------------------------------------------------------------- statistics kept up to date incrementally
 
 
