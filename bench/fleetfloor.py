@@ -88,6 +88,8 @@ async def _drive(cluster, count: int, procs: int, calls: int, log) -> dict:
     import psutil
     from nats.js.api import StreamConfig
 
+    from testkit import stop_all
+
     nc = await nats.connect(servers=cluster.urls, token=cluster.token)
     hosts: list[subprocess.Popen] = []
     try:
@@ -136,9 +138,7 @@ async def _drive(cluster, count: int, procs: int, calls: int, log) -> dict:
         n = len(cluster.procs)
         return {"times": times, "nats_cpu": sum(spent[:n]), "hosts_cpu": sum(spent[n:])}
     finally:
-        for proc in hosts:
-            proc.kill()
-            proc.wait(10)
+        stop_all(hosts, timeout=10)  # by pid, all signalled first
         await nc.close()
 
 

@@ -157,7 +157,7 @@ def run(ctx, section) -> None:
 
 def _profiling(path: str) -> None:
     """``BENCH_SIM_PROFILE``: cProfile of this process between SIGUSR1 (start) and SIGUSR2 (stop, written
-    to ``path.FIRST``), so that bench/fleet.py profiles only its timed calls (not start-up, not idle)."""
+    to ``path.FIRST.PID``), so that bench/fleet.py profiles only its timed calls (not start-up, not idle)."""
     import cProfile
 
     profiler = cProfile.Profile()
@@ -166,7 +166,7 @@ def _profiling(path: str) -> None:
 
     def stop(*_):
         profiler.disable()
-        profiler.dump_stats(f"{path}.{first}")
+        profiler.dump_stats(f"{path}.{first}.{os.getpid()}")  # a file per process and variant
 
     signal.signal(signal.SIGUSR2, stop)
 

@@ -82,7 +82,8 @@ def permissions(names, hostname: str, user: str) -> dict:
     with it or hold it between fixed positions, so ``a`` never matches ``a.b``
     (``*`` is one token); the inbox is under the opaque user name for the same
     reason. Reading job bodies and events is a direct get on the jobs bucket's
-    stream (key in the subject or in the body); the responses bucket is not
+    stream (key in the subject or in the body), and a get from its leader to
+    confirm a miss (``Store._job_from_leader``); the responses bucket is not
     readable. ``allow_responses``: the host may answer a request it received
     (another instance's "do you run job J?").
     """
@@ -95,6 +96,7 @@ def permissions(names, hostname: str, user: str) -> dict:
         f"$JS.ACK.{names.stream}.{host_consumer}.>",
         f"$JS.API.DIRECT.GET.{jobs_stream}",
         f"$JS.API.DIRECT.GET.{jobs_stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{jobs_stream}",  # a direct get's miss, confirmed by the leader: no new data
         f"$JS.API.STREAM.INFO.{jobs_stream}",
         f"$KV.{names.jobs_bucket}.status.*.*.{hostname}.*",
         f"$KV.{names.responses_bucket}.*.{hostname}",

@@ -106,6 +106,9 @@ def test_a_host_can_do_what_its_worker_does_and_nothing_else(fleet):
         async def work(nc):
             js = nc.jetstream()
             body = await js.get_msg("KV_job-queue", subject=f"$KV.job-queue.jobs.{any_job}", direct=True)
+            # a miss of a direct get is confirmed by the stream leader (Store._job_from_leader, still_stored)
+            led = await js.get_msg("KV_job-queue", subject=f"$KV.job-queue.jobs.{any_job}")
+            assert json.loads(led.data)["id"] == any_job
             nanos = time.time_ns()
             await js.publish(f"$KV.job-queue.status.{any_job}.started.a.{nanos}", b"{}")
             await js.publish(f"$KV.job-responses.{any_job}.a", dumps({"status": "ok", "hostname": "a"}))
@@ -158,6 +161,8 @@ def test_a_host_can_do_what_its_worker_does_and_nothing_else(fleet):
                 "KV_job-responses", subject=f"$KV.job-responses.{any_job}.a", direct=True)),
             ("$JS.API.DIRECT.GET.KV_job-queue-fleet", lambda nc: nc.jetstream().get_msg(
                 "KV_job-queue-fleet", subject="$KV.job-queue-fleet.a", direct=True)),
+            ("$JS.API.STREAM.MSG.GET.KV_job-responses", lambda nc: nc.jetstream().get_msg(
+                "KV_job-responses", subject=f"$KV.job-responses.{any_job}.a")),
             # streams, consumers, buckets, keys
             ("$JS.API.STREAM.CREATE.EVIL", lambda nc: nc.jetstream().add_stream(name="EVIL", subjects=["evil.>"])),
             ("$JS.API.STREAM.UPDATE.JOBS", lambda nc: nc.request("$JS.API.STREAM.UPDATE.JOBS", b"{}", timeout=3)),
