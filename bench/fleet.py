@@ -39,9 +39,9 @@ from pathlib import Path
 
 from bench import fleetfloor
 from bench.appliance import REPO, base_env
-from testkit import free_port, stop_process, wait_for_port
 from bench.report import Section
 from bench.stats import mib, ms, percentile
+from testkit import free_port, stop_all, wait_for_port
 from testkit.cluster import NatsCluster
 
 TITLE = "Fleet"
@@ -103,11 +103,7 @@ class Fleet:
             raise
 
     def stop(self) -> None:
-        for proc in [*self.sims, *([self.api] if self.api else [])]:
-            try:
-                stop_process(proc, timeout=60)
-            except Exception:  # noqa: BLE001 - the next one must still be stopped
-                pass
+        stop_all([*self.sims, self.api], timeout=60)  # by pid, all signalled first; then the cluster
         self.cluster.stop()
 
     def __enter__(self) -> "Fleet":
